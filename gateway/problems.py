@@ -1,0 +1,208 @@
+"""RFC 9457 problem details and the gateway's one exception tree.
+
+Every expected failure on the request path is a ``GatewayError`` subclass that knows its
+HTTP status, its problem ``type``, a title, a short ``reason`` (used as a log field and a
+metrics label) and, for authentication failures, its RFC 6750 §3 ``WWW-Authenticate``
+challenge. The tree is pure data: it never imports aiohttp, so the auth pipeline can raise
+these errors and the proxy edge renders them in exactly one place.
+
+    GatewayError (500)
+    ├── BadRequest (400)            malformed request line, target, framing or headers
+    │   └── InvalidPath (400)       a path the normaliser refuses
+    ├── HeadersTooLarge (431)
+    ├── NotFound (404)              no route matched
+    ├── MethodNotAllowed (405)      a route's path matched, its methods did not
+    ├── BadGateway (502)            upstream refused, reset or answered garbage
+    ├── GatewayTimeout (504)        upstream did not answer in time
+    ├── ServiceUnavailable (503)    a dependency the decision needs is down (fail closed)
+    └── AuthError                   RFC 6750 §3 errors, rendered with a Bearer challenge
+        ├── MissingCredentials (401, no error code: RFC 6750 §3.1)
+        ├── InvalidRequest (400, error="invalid_request")
+        ├── InvalidToken (401, error="invalid_token")
+        └── InsufficientScope (403, error="insufficient_scope", scope="…")
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+_TYPE_PREFIX = "urn:oauth-gateway:problem:"
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway answers on purpose."""
+
+    status: int = 500
+    title: str = "Internal Server Error"
+    slug: str = "internal-error"
+    reason: str = "internal_error"
+
+    def __init__(self, detail: str | None = None, *, reason: str | None = None) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        if reason is not None:
+            self.reason = reason
+
+    def challenge(self, realm: str) -> str | None:
+        """The ``WWW-Authenticate`` value to send, or None where none applies."""
+        return None
+
+    def extra_headers(self) -> dict[str, str]:
+        """Headers beyond the challenge that this status requires (e.g. ``Allow``)."""
+        return {}
+
+    def problem(self, request_id: str | None = None) -> dict[str, object]:
+        """The RFC 9457 body. ``detail`` is written for the client and never holds secrets."""
+        body: dict[str, object] = {
+            "type": _TYPE_PREFIX + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if request_id:
+            body["request_id"] = request_id
+        return body
+
+    def problem_bytes(self, request_id: str | None = None) -> bytes:
+        return json.dumps(self.problem(request_id), separators=(",", ":")).encode()
+
+
+class BadRequest(GatewayError):
+    status = 400
+    title = "Bad Request"
+    slug = "bad-request"
+    reason = "bad_request"
+
+
+class InvalidPath(BadRequest):
+    slug = "invalid-path"
+    reason = "invalid_path"
+
+
+class HeadersTooLarge(GatewayError):
+    status = 431
+    title = "Request Header Fields Too Large"
+    slug = "headers-too-large"
+    reason = "headers_too_large"
+
+
+class NotFound(GatewayError):
+    status = 404
+    title = "Not Found"
+    slug = "no-route"
+    reason = "no_route"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    title = "Method Not Allowed"
+    slug = "method-not-allowed"
+    reason = "method_not_allowed"
+
+    def __init__(self, allowed: Iterable[str]) -> None:
+        self.allowed = tuple(sorted(set(allowed)))
+        super().__init__("This path does not accept that method.")
+
+    def extra_headers(self) -> dict[str, str]:
+        # RFC 9110 §15.5.6: the origin server MUST generate an Allow header field in a 405.
+        return {"Allow": ", ".join(self.allowed)}
+
+
+class BadGateway(GatewayError):
+    status = 502
+    title = "Bad Gateway"
+    slug = "upstream-unavailable"
+    reason = "upstream_error"
+
+
+class GatewayTimeout(GatewayError):
+    status = 504
+    title = "Gateway Timeout"
+    slug = "upstream-timeout"
+    reason = "upstream_timeout"
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
+    title = "Service Unavailable"
+    slug = "dependency-unavailable"
+    reason = "unavailable"
+
+
+def _quoted(value: str) -> str:
+    """An RFC 9110 quoted-string; RFC 6750 §3 forbids '"' and '\\' in these values anyway."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class AuthError(GatewayError):
+    """An RFC 6750 §3 error: rendered with a ``Bearer`` challenge."""
+
+    error_code: str | None = None
+
+    def challenge(self, realm: str) -> str:
+        params = [f"realm={_quoted(realm)}"]
+        if self.error_code is not None:
+            params.append(f"error={_quoted(self.error_code)}")
+            params.append(f"error_description={_quoted(self.detail)}")
+        params.extend(self._extra_params())
+        return "Bearer " + ", ".join(params)
+
+    def _extra_params(self) -> list[str]:
+        return []
+
+
+class MissingCredentials(AuthError):
+    """RFC 6750 §3.1: "If the request lacks any authentication information …, the resource
+    server SHOULD NOT include an error code or other error information." """
+
+    status = 401
+    title = "Unauthorized"
+    slug = "missing-credentials"
+    reason = "missing"
+
+    def __init__(self) -> None:
+        super().__init__("This resource requires a bearer access token.")
+
+
+class InvalidRequest(AuthError):
+    status = 400
+    title = "Bad Request"
+    slug = "invalid-request"
+    reason = "invalid_request"
+    error_code = "invalid_request"
+
+
+class InvalidToken(AuthError):
+    status = 401
+    title = "Unauthorized"
+    slug = "invalid-token"
+    reason = "invalid"
+    error_code = "invalid_token"
+
+
+class InsufficientScope(AuthError):
+    status = 403
+    title = "Forbidden"
+    slug = "insufficient-scope"
+    reason = "insufficient_scope"
+    error_code = "insufficient_scope"
+
+    def __init__(self, required: Iterable[str], detail: str | None = None) -> None:
+        self.required = tuple(required)
+        super().__init__(detail or "The access token does not grant the scope this route needs.")
+
+    def _extra_params(self) -> list[str]:
+        return [f"scope={_quoted(' '.join(self.required))}"] if self.required else []
+
+
+class Forbidden(AuthError):
+    """A claim rule said no. RFC 6750 has no code for it; the closest is insufficient_scope
+    without a ``scope`` attribute, which tells a client that another token might do."""
+
+    status = 403
+    title = "Forbidden"
+    slug = "claims-rejected"
+    reason = "claims_rejected"
+    error_code = "insufficient_scope"
