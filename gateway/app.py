@@ -1,0 +1,187 @@
+"""Build the proxy server and the admin application, and run them on their listeners.
+
+The proxy listener uses aiohttp's low-level server (no router, no middleware chain: the
+handler is the whole request path); the admin listener is a small ``web.Application`` on
+its own address, so nothing of it is reachable through the proxy port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+
+from gateway.admin.app import build_admin_app
+from gateway.config.loader import LoadedConfig
+from gateway.handler import ProxyHandler, new_request_id, problem_response
+from gateway.problems import BadRequest, GatewayError, HeadersTooLarge
+from gateway.runtime import build_runtime
+from gateway.state import RuntimeHolder
+
+log = logging.getLogger("gateway.app")
+
+
+class _UriTooLong(GatewayError):
+    status = 414
+    title = "URI Too Long"
+    slug = "uri-too-long"
+    reason = "uri_too_long"
+
+
+def _parse_error(exc: BaseException | None, max_line: int) -> GatewayError:
+    """The precise answer for a request the HTTP parser refused."""
+    if isinstance(exc, LineTooLong):
+        # The parser reports the limit it hit; the request line's limit is distinct
+        # from the header field limit by construction (see ``_server_limits``).
+        if f"{max_line} bytes" in str(exc) or f"limit {max_line}" in str(exc):
+            return _UriTooLong("The request target is too long.")
+        return HeadersTooLarge("A request header field is too large.")
+    if isinstance(exc, BadHttpMessage):
+        if "Too many headers" in str(exc):
+            return HeadersTooLarge("The request has too many header fields.")
+        return BadRequest("The request is not valid HTTP/1.1.")
+    return GatewayError()
+
+
+class _GatewayRequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering parse errors with problem bodies."""
+
+    max_line = 8190
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started")
+        error = _parse_error(exc, self.max_line) if status != 500 else GatewayError()
+        if status == 500 and exc is not None:
+            log.error("internal error", exc_info=exc)
+        return problem_response(error, "gateway", new_request_id(), close=True)
+
+
+class _GatewayServer(web.Server):
+    def __init__(self, *args: object, max_line: int, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._max_line = max_line
+
+    def __call__(self) -> RequestHandler:
+        handler = _GatewayRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler.max_line = self._max_line
+        return handler
+
+
+def _server_limits(loaded: LoadedConfig) -> dict[str, int]:
+    limits = loaded.config.limits
+    max_line = limits.max_request_line
+    max_field = limits.max_header_size
+    if max_field == max_line:
+        max_field += 1  # tells the two apart in the parser's LineTooLong message
+    return {
+        "max_line_size": max_line,
+        "max_field_size": max_field,
+        "max_headers": limits.max_headers,
+    }
+
+
+@dataclass
+class Gateway:
+    """A running gateway: its listeners, its live runtime and its shared client session."""
+
+    holder: RuntimeHolder
+    session: aiohttp.ClientSession
+    proxy_runner: web.BaseRunner
+    admin_runner: web.AppRunner
+    proxy_port: int = 0
+    admin_port: int = 0
+    _old_runtimes: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def reload(self, loaded: LoadedConfig, *, wait_for_keys: float = 10.0) -> None:
+        """Swap in a new config; raises ConfigError and keeps the old one if it is bad."""
+        runtime = await build_runtime(loaded, self.session, wait_for_keys=wait_for_keys)
+        old, self.holder.current = self.holder.current, runtime
+        task = asyncio.ensure_future(_close_later(old, 30.0))
+        self._old_runtimes.add(task)
+        task.add_done_callback(self._old_runtimes.discard)
+
+    async def close(self) -> None:
+        await self.proxy_runner.cleanup()
+        await self.admin_runner.cleanup()
+        for task in list(self._old_runtimes):
+            task.cancel()
+        await self.holder.current.close()
+        await self.session.close()
+
+
+async def _close_later(runtime: object, delay: float) -> None:
+    """Old runtimes serve their in-flight requests, then release pools and tasks."""
+    await asyncio.sleep(delay)
+    await runtime.close()  # type: ignore[attr-defined]
+
+
+def _listening_port(runner: web.BaseRunner) -> int:
+    for server in runner.sites:
+        sock_server = server._server
+        if sock_server is not None and sock_server.sockets:
+            return int(sock_server.sockets[0].getsockname()[1])
+    return 0
+
+
+async def start_gateway(
+    loaded: LoadedConfig,
+    *,
+    reuse_port: bool = False,
+    proxy_port: int | None = None,
+    admin_port: int | None = None,
+) -> Gateway:
+    """Build the runtime and open both listeners (ports from config unless overridden)."""
+    config = loaded.config
+    session = aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        trust_env=False,
+        connector=aiohttp.TCPConnector(limit=100, enable_cleanup_closed=True),
+    )
+    try:
+        runtime = await build_runtime(loaded, session)
+    except BaseException:
+        await session.close()
+        raise
+    holder = RuntimeHolder(current=runtime)
+    server = _GatewayServer(
+        ProxyHandler(holder, session),
+        handler_cancellation=True,
+        auto_decompress=False,
+        access_log=None,
+        keepalive_timeout=config.limits.keepalive_timeout,
+        max_line=config.limits.max_request_line,
+        **_server_limits(loaded),
+    )
+    proxy_runner = web.ServerRunner(server, handle_signals=False)
+    await proxy_runner.setup()
+    admin_runner = web.AppRunner(build_admin_app(holder), handle_signals=False, access_log=None)
+    await admin_runner.setup()
+    gateway = Gateway(holder, session, proxy_runner, admin_runner)
+    try:
+        listen = config.listen
+        port = listen.port if proxy_port is None else proxy_port
+        await web.TCPSite(
+            proxy_runner, listen.host, port, reuse_port=reuse_port, backlog=1024
+        ).start()
+        admin = config.admin
+        port = admin.port if admin_port is None else admin_port
+        await web.TCPSite(admin_runner, admin.host, port, reuse_port=reuse_port).start()
+    except BaseException:
+        await gateway.close()
+        raise
+    gateway.proxy_port = _listening_port(proxy_runner)
+    gateway.admin_port = _listening_port(admin_runner)
+    return gateway

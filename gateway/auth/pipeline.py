@@ -1,0 +1,172 @@
+"""authenticate → authorize → mutate: the resource-server decision (RFC 6750, RFC 7662, RFC 9068).
+
+The pipeline takes a small ``AuthRequest`` value and a route's ``RouteAuth`` and returns a
+``Decision`` (identity and the headers to set) or raises an ``AuthError``. It knows nothing
+about HTTP servers, so the same code can later answer a forward-auth endpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway.auth.bearer import read_token
+from gateway.auth.headers import IdentityHeaders
+from gateway.auth.identity import Identity
+from gateway.auth.jwt import JwtVerifier, NotMine
+from gateway.auth.policy import Policy, check
+from gateway.auth.token_cache import TokenCache, token_hash
+from gateway.problems import AuthError, InvalidToken, MissingCredentials, ServiceUnavailable
+
+TokenMode = Literal["jwt", "introspection", "auto"]
+Introspect = Callable[[str], Awaitable[Identity]]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    """What the pipeline needs from a request, and nothing else."""
+
+    authorization: Sequence[str]
+    query: str | None
+    form_fields: Sequence[tuple[str, str]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteAuth:
+    """A route's compiled auth settings (defaults already merged)."""
+
+    required: bool
+    identify_anonymous: bool
+    allow_query: bool
+    allow_form: bool
+    policy: Policy
+    identity_headers: IdentityHeaders
+    issuers: frozenset[str] | None  # issuer keys accepted here; None = any configured
+    token_mode: TokenMode | None  # None = each issuer's own mode
+    realm: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    identity: Identity | None
+    headers: list[tuple[str, str]]
+
+
+ANONYMOUS = Decision(identity=None, headers=[])
+
+
+class AuthPipeline:
+    """Validates tokens through a cache of verified tokens and checks route policies."""
+
+    def __init__(
+        self,
+        *,
+        verifier: JwtVerifier | None,
+        token_cache: TokenCache,
+        max_token_size: int,
+        introspectors: Mapping[str, Introspect] | None = None,
+        issuer_modes: Mapping[str, TokenMode] | None = None,
+        introspect_jwts: frozenset[str] = frozenset(),
+    ) -> None:
+        self._verifier = verifier
+        self._cache = token_cache
+        self._max_token_size = max_token_size
+        self._introspectors = dict(introspectors or {})
+        self._modes = dict(issuer_modes or {})
+        self._introspect_jwts = introspect_jwts
+
+    async def run(self, route: RouteAuth, request: AuthRequest) -> Decision:
+        token = read_token(
+            request.authorization,
+            request.query,
+            request.form_fields,
+            allow_query=route.allow_query,
+            allow_form=route.allow_form,
+            max_size=self._max_token_size,
+        )
+        if token is None:
+            if route.required:
+                raise MissingCredentials()
+            return ANONYMOUS
+        try:
+            identity = await self.authenticate(token, route)
+        except AuthError:
+            if route.required:
+                raise
+            # An anonymous route never fails for a bad token; it just gets no identity.
+            return ANONYMOUS
+        if route.required:
+            check(route.policy, identity)
+        elif not route.identify_anonymous:
+            return ANONYMOUS
+        return Decision(identity=identity, headers=route.identity_headers.render(identity))
+
+    async def authenticate(self, token: str, route: RouteAuth) -> Identity:
+        """The identity behind ``token``, from the verified-token cache when possible."""
+        key = token_hash(token)
+        cached = self._cache.get(key)
+        if cached is not None:
+            if isinstance(cached, Identity):
+                self._check_issuer_allowed(cached, route)
+                return cached
+            raise cached
+        try:
+            identity = await self._validate(token, route)
+        except InvalidToken as error:
+            # Remember rejections briefly, so replaying a bad token costs a hash, not a
+            # signature check. Unavailability (503) is never cached.
+            self._cache.put_rejection(key, error)
+            raise
+        self_contained = identity.token_kind == "jwt"  # noqa: S105 - a kind, not a secret
+        if self_contained and identity.issuer not in self._introspect_jwts:
+            # Introspected answers live in the introspection cache, where revocation and
+            # eviction reach them; only self-contained JWT results are kept here.
+            self._cache.put(key, identity)
+        return identity
+
+    def _check_issuer_allowed(self, identity: Identity, route: RouteAuth) -> None:
+        if route.issuers is not None and identity.issuer not in route.issuers:
+            raise InvalidToken("The token's issuer is not accepted here.", reason="bad_issuer")
+
+    async def _validate(self, token: str, route: RouteAuth) -> Identity:
+        verifier = self._verifier
+        if verifier is None:
+            return await self._introspect(token, route)
+        try:
+            parsed = verifier.parse(token)
+        except NotMine:
+            # Not a JWT from a trusted issuer: an opaque token, for introspection if allowed.
+            return await self._introspect(token, route)
+        mode = route.token_mode or self._modes.get(parsed.issuer_key, "jwt")
+        if mode == "introspection":
+            return await self._introspect(token, route, parsed.issuer_key)
+        identity = await verifier.verify(token, route.issuers)
+        if parsed.issuer_key in self._introspect_jwts:
+            return await self._introspect(token, route, parsed.issuer_key)
+        return identity
+
+    async def _introspect(
+        self, token: str, route: RouteAuth, issuer_key: str | None = None
+    ) -> Identity:
+        if issuer_key is None:
+            issuer_key = self._introspection_issuer(route)
+        if issuer_key is None:
+            raise InvalidToken("The access token is malformed.", reason="malformed")
+        introspect = self._introspectors.get(issuer_key)
+        if introspect is None:
+            raise ServiceUnavailable(
+                "Token introspection is not available.", reason="introspection_error"
+            )
+        return await introspect(token)
+
+    def _introspection_issuer(self, route: RouteAuth) -> str | None:
+        """The first issuer that may introspect opaque tokens on this route."""
+        for key, mode in self._modes.items():
+            if key not in self._introspectors:
+                continue
+            if route.issuers is not None and key not in route.issuers:
+                continue
+            if (route.token_mode or mode) in ("introspection", "auto"):
+                return key
+        return None

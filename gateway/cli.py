@@ -1,0 +1,131 @@
+"""``gateway run | check | schema | demo | --version``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from gateway import __version__
+from gateway.config.errors import ConfigError
+from gateway.config.loader import LoadedConfig, load_config
+from gateway.config.models import GatewayConfig
+
+
+def _config_path(value: str | None) -> Path:
+    path = value or os.environ.get("GATEWAY_CONFIG")
+    if not path:
+        raise SystemExit("gateway: give -c FILE or set GATEWAY_CONFIG")
+    return Path(path)
+
+
+def describe_routes(loaded: LoadedConfig) -> list[str]:
+    """The resolved route table, one line per route, in match order."""
+    from gateway.proxy.upstreams import UpstreamPool, compile_upstream
+    from gateway.runtime import compile_routes
+
+    config = loaded.config
+    loop = asyncio.new_event_loop()
+    try:
+        pools = {
+            name: UpstreamPool(compile_upstream(name, upstream), loop)
+            for name, upstream in config.upstreams.items()
+        }
+        _, routes = compile_routes(loaded, pools)
+    finally:
+        loop.close()
+    lines = []
+    for spec, route in zip(config.routes, routes, strict=True):
+        match = spec.match
+        hosts = ",".join(match.host) if match.host else "*"
+        methods = ",".join(match.methods) if match.methods else "ANY"
+        auth = "required" if route.auth.required else "anonymous"
+        scopes = ""
+        if route.auth.policy.required_scopes:
+            scopes = " scopes=" + " ".join(route.auth.policy.required_scopes)
+        lines.append(
+            f"{route.index:>3} {route.name}: {methods} {hosts} {match.path.kind}:"
+            f"{match.path.pattern} -> {spec.upstream} ({config.upstreams[spec.upstream].url})"
+            f" auth={auth}{scopes}"
+        )
+    return lines
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    path = _config_path(args.config)
+    try:
+        loaded = load_config(path)
+        lines = describe_routes(loaded)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
+    print(f"{path}: OK, {len(lines)} routes")
+    for line in lines:
+        print(line)
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    schema = GatewayConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "OAuth gateway configuration"
+    print(json.dumps(schema, indent=2))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from gateway.server import run
+
+    return run(_config_path(args.config), args.workers)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(port=args.port, admin_port=args.admin_port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    parser.add_argument(
+        "--log-level", default=os.environ.get("GATEWAY_LOG_LEVEL", "INFO"), help="default INFO"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="serve a config")
+    run.add_argument("-c", "--config", help="config file (default: $GATEWAY_CONFIG)")
+    run.add_argument(
+        "--workers", type=int, default=int(os.environ.get("GATEWAY_WORKERS", "1")),
+        help="processes sharing the port with SO_REUSEPORT (default 1)",
+    )  # fmt: skip
+    run.set_defaults(func=_cmd_run)
+
+    check = sub.add_parser("check", help="validate a config and print the resolved routes")
+    check.add_argument("-c", "--config", help="config file (default: $GATEWAY_CONFIG)")
+    check.set_defaults(func=_cmd_check)
+
+    schema = sub.add_parser("schema", help="print the config's JSON Schema")
+    schema.set_defaults(func=_cmd_schema)
+
+    demo = sub.add_parser("demo", help="run on the example config with a dev issuer and upstream")
+    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--admin-port", type=int, default=9901)
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

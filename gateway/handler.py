@@ -1,0 +1,207 @@
+"""normalise → match → authenticate/authorize → set identity headers → forward.
+
+The only module that imports both the auth pipeline and the proxy. It fails closed: a
+request reaches ``forward`` only after a route matched and the route's policy said yes, and
+every error on the way becomes an RFC 9457 problem response, never a pass-through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from urllib.parse import parse_qsl, urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from gateway.auth.pipeline import AuthRequest, Decision
+from gateway.problems import (
+    PROBLEM_CONTENT_TYPE,
+    AuthError,
+    BadRequest,
+    GatewayError,
+    MethodNotAllowed,
+)
+from gateway.proxy.forward import NO_BODY, Body, forward, request_head, response_started
+from gateway.proxy.headers import request_id_of, upstream_request_headers
+from gateway.proxy.websocket import relay_websocket
+from gateway.routing.paths import normalise_target, rewrite_path
+from gateway.routing.patterns import normalise_host
+from gateway.state import CompiledRoute, Runtime, RuntimeHolder
+
+log = logging.getLogger("gateway.handler")
+
+# RFC 6750 §2.2: form-encoded tokens only travel in bodies with defined semantics.
+_FORM_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_MAX_FORM_BODY = 64 * 1024
+_NO_STORE = "no-store"
+
+
+def new_request_id() -> str:
+    return os.urandom(12).hex()
+
+
+def problem_response(
+    error: GatewayError, realm: str, request_id: str | None, *, close: bool = False
+) -> web.Response:
+    """Render an error as ``application/problem+json`` with its challenge, if any."""
+    response = web.Response(
+        status=error.status,
+        body=error.problem_bytes(request_id),
+        content_type=PROBLEM_CONTENT_TYPE,
+    )
+    challenge = error.challenge(realm)
+    if challenge is not None:
+        response.headers["WWW-Authenticate"] = challenge
+    if isinstance(error, AuthError):
+        # RFC 6750 §5.3 / RFC 9111: answers about credentials must not be cached.
+        response.headers["Cache-Control"] = _NO_STORE
+    for name, value in error.extra_headers().items():
+        response.headers[name] = value
+    if close:
+        response.force_close()
+    return response
+
+
+def _origin_target(request: web.BaseRequest) -> str:
+    """The origin-form target; an absolute-form one is reduced to it (RFC 9112 §3.2.2).
+
+    The authority of an absolute-form target never chooses a route or an upstream: it must
+    agree with Host, or the request is refused, so the gateway is not an open proxy.
+    """
+    raw = request.raw_path
+    if raw.startswith("/"):
+        return raw
+    lowered = raw[:8].lower()
+    if not (lowered.startswith("http://") or lowered.startswith("https://")):
+        raise BadRequest("The request target must be a path.")
+    try:
+        parts = urlsplit(raw)
+        authority = (parts.netloc or "").lower()
+    except ValueError:
+        raise BadRequest("The request target is not a valid URI.") from None
+    host = (request.headers.get("Host") or "").lower()
+    if not authority or parts.username or parts.password or authority != host:
+        raise BadRequest("An absolute-form target must name the same authority as Host.")
+    path = parts.path or "/"
+    return f"{path}?{parts.query}" if "?" in raw[len(parts.scheme) + 3 :] else path
+
+
+def _body_of(request: web.BaseRequest) -> Body:
+    """The body's framing as the client sent it (the parser already refused bad framing)."""
+    if request.headers.get("Transfer-Encoding") is not None:
+        return Body(reader=request.content, length=None)
+    length = request.content_length
+    if length is None:
+        return NO_BODY
+    return Body(reader=request.content if length else None, length=length)
+
+
+async def _form_fields(
+    request: web.BaseRequest, route: CompiledRoute
+) -> tuple[Sequence[tuple[str, str]] | None, bytes | None]:
+    """Read a form-encoded body for an RFC 6750 §2.2 token, only where the route allows it."""
+    if not route.auth.allow_form or request.method not in _FORM_METHODS:
+        return None, None
+    content_type = request.headers.get("Content-Type", "")
+    if content_type.split(";", 1)[0].strip().lower() != "application/x-www-form-urlencoded":
+        return None, None
+    length = request.content_length
+    if length is not None and length > _MAX_FORM_BODY:
+        raise BadRequest("The form body is too large to read a token from.")
+    body = await request.content.read(_MAX_FORM_BODY + 1)
+    if len(body) > _MAX_FORM_BODY:
+        raise BadRequest("The form body is too large to read a token from.")
+    text = body.decode("latin-1")
+    return parse_qsl(text, keep_blank_values=True), body
+
+
+class ProxyHandler:
+    """The proxy listener's request handler."""
+
+    def __init__(self, holder: RuntimeHolder, session: aiohttp.ClientSession) -> None:
+        self._holder = holder
+        self._session = session
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        runtime = self._holder.current
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
+        request_id = request_id_of(headers, runtime.forwarding.request_id_header, new_request_id)
+        realm = runtime.realm
+        try:
+            return await self._handle(request, runtime, headers, request_id)
+        except GatewayError as error:
+            if response_started(request):
+                raise ConnectionResetError("response aborted after it started") from None
+            return problem_response(error, realm, request_id)
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception:
+            log.exception("unexpected error handling request %s", request_id)
+            if response_started(request):
+                raise ConnectionResetError("response aborted after it started") from None
+            return problem_response(GatewayError(), realm, request_id)
+
+    async def _handle(
+        self,
+        request: web.BaseRequest,
+        runtime: Runtime,
+        headers: list[tuple[str, str]],
+        request_id: str,
+    ) -> web.StreamResponse:
+        method = request.method
+        if method in ("CONNECT", "TRACE"):
+            # Not an open proxy (CONNECT), and no reflection of credentials (TRACE).
+            raise MethodNotAllowed(())
+        target = normalise_target(_origin_target(request))
+        try:
+            host = normalise_host(request.headers.get("Host"))
+        except ValueError:
+            raise BadRequest("The Host header is not a valid host.") from None
+        route = runtime.table.match(host, target.path, method)
+
+        form_fields, form_body = await _form_fields(request, route)
+        decision: Decision = await runtime.pipeline.run(
+            route.auth,
+            AuthRequest(
+                authorization=request.headers.getall("Authorization", ()),
+                query=target.query,
+                form_fields=form_fields,
+            ),
+        )
+        upstream = route.upstream
+        outbound = upstream_request_headers(
+            headers,
+            peer=request.remote,
+            scheme=request.scheme,
+            http_version=(request.version.major, request.version.minor),
+            request_id=request_id,
+            policy=runtime.forwarding,
+            removal=route.removal,
+            add=decision.headers,
+            host=request.headers.get("Host", upstream.host_header)
+            if upstream.preserve_host
+            else upstream.host_header,
+            keep_authorization=route.forward_authorization,
+        )
+        path = rewrite_path(target.path, route.strip_prefix, route.add_prefix)
+        path = upstream.base_path + path
+        if target.query is not None:
+            path = f"{path}?{target.query}"
+
+        if route.websocket and request.headers.get("Upgrade", "").lower() == "websocket":
+            return await relay_websocket(request, upstream, path, outbound, self._session)
+
+        if form_body is not None:
+            body = Body(reader=None, length=None, buffered=form_body)
+        else:
+            body = _body_of(request)
+        if request.headers.get("Expect", "").lower() == "100-continue" and request.transport:
+            # RFC 9110 §10.1.1: the client waits for this before sending the body; it is
+            # sent only now that the request passed authentication and authorisation.
+            request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        head = request_head(method, path, outbound, body)
+        echo_id = ((runtime.forwarding.request_id_header, request_id),)
+        return await forward(request, route.pool, head, body, echo_id)

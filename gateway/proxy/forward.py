@@ -1,0 +1,201 @@
+"""Stream one request to an upstream and its response back (RFC 9112 §6, RFC 9110 §9.3.2).
+
+What the upstream receives always carries exactly one framing: the client's Content-Length
+when it sent one, chunked when it sent chunked, none when it sent no body. The response is
+relayed as it arrives, with backpressure both ways; a small response that arrived whole with
+its head is sent in one write. Upstream failures become 502/504 only while nothing has been
+sent to the client; after that the client connection is aborted, never given a made-up end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestPayloadError
+
+from gateway.problems import BadGateway, BadRequest, GatewayError
+from gateway.proxy.headers import downstream_response_headers
+from gateway.proxy.upstreams import ResponseHead, UpstreamConnection, UpstreamPool
+
+_CRLF = b"\r\n"
+_CHUNK_END = b"0\r\n\r\n"
+_REASON_SAFE = frozenset(range(0x20, 0x7F)) | {0x09}
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """The request body to send and how it is framed upstream."""
+
+    reader: StreamReader | None
+    length: int | None  # Content-Length framing; None with a reader means chunked
+    buffered: bytes | None = None  # a body the gateway already read (form-encoded tokens)
+
+
+NO_BODY = Body(reader=None, length=None)
+
+
+def request_head(method: str, target: str, headers: Sequence[tuple[str, str]], body: Body) -> bytes:
+    """Serialise the request line and header block sent upstream."""
+    parts = [f"{method} {target} HTTP/1.1\r\n"]
+    parts.extend(f"{name}: {value}\r\n" for name, value in headers)
+    if body.buffered is not None:
+        parts.append(f"Content-Length: {len(body.buffered)}\r\n")
+    elif body.length is not None:
+        parts.append(f"Content-Length: {body.length}\r\n")
+    elif body.reader is not None:
+        parts.append("Transfer-Encoding: chunked\r\n")
+    parts.append("\r\n")
+    # Header text came from the wire as latin-1 (or is gateway-made ASCII): encode it back
+    # byte for byte. The target keeps the client's query bytes (surrogateescape).
+    return "".join(parts).encode("utf-8", "surrogateescape")
+
+
+async def _send_body(conn: UpstreamConnection, body: Body) -> None:
+    """Upload the body; failures end the exchange through the connection, never raise here."""
+    try:
+        if body.buffered is not None:
+            if body.buffered:
+                await conn.write(body.buffered)
+            return
+        reader = body.reader
+        if reader is None:
+            return
+        chunked = body.length is None
+        while True:
+            data = await reader.readany()
+            if not data:
+                break
+            if chunked:
+                await conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+            else:
+                await conn.write(data)
+        if chunked:
+            await conn.write(_CHUNK_END)
+    except (HttpProcessingError, RequestPayloadError):
+        # The client's body was malformed or cut short: the upstream must not see a
+        # well-formed end of it, and the client gets a 400 if nothing was sent yet.
+        conn.abort(BadRequest("The request body was malformed or incomplete."))
+    except (ConnectionError, GatewayError):
+        # The upstream went away or answered early; the response side reports it.
+        return
+
+
+async def _exchange(
+    pool: UpstreamPool, head: bytes, body: Body, is_head: bool
+) -> tuple[UpstreamConnection, ResponseHead, asyncio.Task[None] | None]:
+    """Send the request and wait for the response head; retry once on a stale keep-alive."""
+    for attempt in (1, 2):
+        conn, reused = await pool.acquire()
+        conn.begin(head, is_head_request=is_head)
+        upload: asyncio.Task[None] | None = None
+        if body.reader is not None or body.buffered:
+            upload = asyncio.ensure_future(_send_body(conn, body))
+        try:
+            response = await conn.read_head()
+        except BadGateway:
+            if upload is not None:
+                upload.cancel()
+            pool.release(conn)
+            # A keep-alive connection the upstream closed while idle fails before any byte
+            # comes back; the request never reached the application, so one retry on a new
+            # connection is safe when there was no body to replay.
+            retryable = reused and not conn.received_any and body.reader is None
+            if attempt == 1 and retryable:
+                continue
+            raise
+        except BaseException:
+            if upload is not None:
+                upload.cancel()
+            conn.close()
+            pool.release(conn)
+            raise
+        return conn, response, upload
+    raise AssertionError("unreachable")
+
+
+def _reason(head: ResponseHead) -> str | None:
+    reason = head.reason
+    if reason and all(ord(c) in _REASON_SAFE for c in reason):
+        return reason
+    return None
+
+
+async def forward(
+    request: web.BaseRequest,
+    pool: UpstreamPool,
+    head: bytes,
+    body: Body,
+    extra_response_headers: Sequence[tuple[str, str]] = (),
+) -> web.StreamResponse:
+    """Relay one exchange; the caller has already decided the request may pass."""
+    is_head = request.method == "HEAD"
+    conn, upstream, upload = await _exchange(pool, head, body, is_head)
+    released = False
+    try:
+        headers = downstream_response_headers(upstream.headers)
+        headers.extend(extra_response_headers)
+        if upstream.complete and (upload is None or upload.done()):
+            payload = conn.take_buffered_body()
+            released = True
+            pool.release(conn)
+            if upload is not None:
+                await upload
+            response = web.Response(status=upstream.status, reason=_reason(upstream))
+            response.headers.extend(headers)
+            if payload and not is_head:
+                response.body = payload
+            elif not _has_length(headers):
+                # No body and no length: say so, rather than let the client wait for EOF.
+                response.headers["Content-Length"] = "0"
+            return response
+        response = web.StreamResponse(status=upstream.status, reason=_reason(upstream))
+        response.headers.extend(headers)
+        await response.prepare(request)
+        while chunk := await conn.read_body():
+            await response.write(chunk)
+        if upload is not None:
+            if upload.done():
+                await upload
+            else:
+                # The upstream answered before reading the whole body (e.g. an early 413):
+                # stop sending, and do not reuse a connection left mid-request.
+                upload.cancel()
+                conn.close()
+        released = True
+        pool.release(conn)
+        await response.write_eof()
+        return response
+    except GatewayError:
+        if response_started(request):
+            _abort(request)
+        raise
+    finally:
+        if not released:
+            if upload is not None and not upload.done():
+                upload.cancel()
+            conn.close()
+            pool.release(conn)
+
+
+def _has_length(headers: Sequence[tuple[str, str]]) -> bool:
+    return any(name.lower() == "content-length" for name, _ in headers)
+
+
+def response_started(request: web.BaseRequest) -> bool:
+    """Whether bytes of a response already went to the client (no problem body is possible)."""
+    writer = request.writer
+    return writer is not None and writer.output_size > 0
+
+
+def _abort(request: web.BaseRequest) -> None:
+    """End the client connection abruptly, so a truncated body is never taken as whole."""
+    transport = request.transport
+    if transport is not None:
+        with contextlib.suppress(Exception):
+            transport.abort()

@@ -1,0 +1,181 @@
+"""Compile a validated config into a ``Runtime`` and start what it needs (key sets, pools).
+
+Every error found here (a template with an unknown placeholder, a pattern that does not
+compile) is reported like a schema error: file, key path and line. Start-up and reload both
+come through ``build_runtime``, so a config that would fail at request time never goes live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Sequence
+
+import aiohttp
+
+from gateway.auth.headers import IdentityHeaders
+from gateway.auth.jwks import KeySetProvider
+from gateway.auth.jwt import JwtVerifier
+from gateway.auth.pipeline import AuthPipeline, RouteAuth
+from gateway.auth.policy import compile_policy
+from gateway.auth.token_cache import TokenCache
+from gateway.config.errors import ConfigError
+from gateway.config.loader import LoadedConfig
+from gateway.config.models import GatewayConfig, Route
+from gateway.proxy.headers import ForwardingPolicy, Removal
+from gateway.proxy.trust import TrustedProxies
+from gateway.proxy.upstreams import UpstreamPool, compile_upstream
+from gateway.routing.table import RouteEntry, RouteTable
+from gateway.state import CompiledRoute, Runtime
+
+
+def _inherit(value: bool | None, default: bool) -> bool:
+    """A route setting left out takes the value from ``defaults``."""
+    return default if value is None else value
+
+
+def _route_auth(loaded: LoadedConfig, index: int, route: Route) -> tuple[RouteAuth, Removal]:
+    config = loaded.config
+    d = config.defaults
+    loc_base: tuple[str | int, ...] = ("routes", index)
+    templates = route.identity_headers if route.identity_headers is not None else d.identity_headers
+    try:
+        identity_headers = IdentityHeaders.compile(templates)
+    except ValueError as exc:
+        loc: tuple[str | int, ...] = ("defaults", "identity_headers")
+        if route.identity_headers is not None:
+            loc = (*loc_base, "identity_headers")
+        raise loaded.source.error(loc, str(exc)) from None
+    issuer_names = route.issuers if route.issuers is not None else d.issuers
+    tokens = route.tokens or d.tokens
+    auth = RouteAuth(
+        required=(route.auth or d.auth) == "required",
+        identify_anonymous=_inherit(route.identify_anonymous, d.identify_anonymous),
+        allow_query=tokens.query,
+        allow_form=tokens.form,
+        policy=compile_policy(route.require or d.require),
+        identity_headers=identity_headers,
+        issuers=frozenset(issuer_names) if issuer_names is not None else None,
+        token_mode=route.token_mode,
+        realm=d.realm,
+    )
+    removal = Removal(
+        names=identity_headers.names,
+        prefixes=(d.identity_prefix.lower(),) if d.identity_prefix else (),
+    )
+    return auth, removal
+
+
+def compile_routes(
+    loaded: LoadedConfig, pools: dict[str, UpstreamPool]
+) -> tuple[RouteTable[CompiledRoute], tuple[CompiledRoute, ...]]:
+    compiled: list[CompiledRoute] = []
+    entries: list[RouteEntry[CompiledRoute]] = []
+    for index, route in enumerate(loaded.config.routes):
+        auth, removal = _route_auth(loaded, index, route)
+        pool = pools[route.upstream]
+        item = CompiledRoute(
+            index=index,
+            name=route.name or f"routes[{index}]",
+            upstream=pool.target,
+            pool=pool,
+            strip_prefix=route.rewrite.strip_prefix if route.rewrite else None,
+            add_prefix=route.rewrite.add_prefix if route.rewrite else None,
+            websocket=route.websocket,
+            auth=auth,
+            forward_authorization=_inherit(
+                route.forward_authorization, loaded.config.defaults.forward_authorization
+            ),
+            removal=removal,
+        )
+        compiled.append(item)
+        match = route.match
+        entries.append(
+            RouteEntry(
+                hosts=tuple(match.host) if match.host else None,
+                path_kind=match.path.kind,
+                path_pattern=match.path.pattern,
+                methods=frozenset(match.methods) if match.methods else None,
+                target=item,
+            )
+        )
+    try:
+        table = RouteTable(entries)
+    except ValueError as exc:
+        raise loaded.source.error(("routes",), str(exc)) from None
+    return table, tuple(compiled)
+
+
+def _issuer_ssl(config: GatewayConfig) -> dict[str, ssl.SSLContext | None]:
+    contexts: dict[str, ssl.SSLContext | None] = {}
+    for issuer in config.issuers:
+        ca = issuer.http.ca_file
+        contexts[issuer.key] = ssl.create_default_context(cafile=str(ca)) if ca else None
+    return contexts
+
+
+async def build_runtime(
+    loaded: LoadedConfig,
+    session: aiohttp.ClientSession,
+    *,
+    wait_for_keys: float = 0.0,
+) -> Runtime:
+    """Compile ``loaded`` and start its key providers; raises ConfigError on a bad config.
+
+    ``wait_for_keys`` bounds how long to wait for the first key sets (reload waits, so the
+    new config goes live with keys in hand; start-up does not, and readiness says so).
+    """
+    config = loaded.config
+    loop = asyncio.get_running_loop()
+    pools = {
+        name: UpstreamPool(compile_upstream(name, upstream), loop)
+        for name, upstream in config.upstreams.items()
+    }
+    table, routes = compile_routes(loaded, pools)
+    contexts = _issuer_ssl(config)
+    providers = {
+        issuer.key: KeySetProvider(issuer, session, ssl=contexts[issuer.key])
+        for issuer in config.issuers
+    }
+    verifier = JwtVerifier(config.issuers, providers) if config.issuers else None
+    tc = config.token_cache
+    pipeline = AuthPipeline(
+        verifier=verifier,
+        token_cache=TokenCache(tc.max_entries, tc.max_ttl, tc.negative_ttl),
+        max_token_size=config.limits.max_token_size,
+        issuer_modes={issuer.key: issuer.mode for issuer in config.issuers},
+    )
+    fwd = config.forwarding
+    runtime = Runtime(
+        loaded=loaded,
+        table=table,
+        routes=routes,
+        pipeline=pipeline,
+        forwarding=ForwardingPolicy(
+            trusted=TrustedProxies(fwd.trusted_proxies),
+            x_forwarded=fwd.x_forwarded,
+            forwarded=fwd.forwarded,
+            via=fwd.via,
+            request_id_header=fwd.request_id_header,
+        ),
+        pools=pools,
+        realm=config.defaults.realm,
+    )
+    for key, provider in providers.items():
+        runtime.readiness.append(lambda k=key, p=provider: (f"keys:{k}", p.ready))
+        runtime.closers.append(provider.close)
+    await asyncio.gather(*(p.start() for p in providers.values()))
+    if wait_for_keys > 0 and providers:
+        await _wait_ready(list(providers.values()), wait_for_keys)
+    return runtime
+
+
+async def _wait_ready(providers: Sequence[KeySetProvider], limit: float) -> None:
+    deadline = asyncio.get_running_loop().time() + limit
+    while not all(p.ready for p in providers):
+        if asyncio.get_running_loop().time() >= deadline:
+            return
+        await asyncio.sleep(0.05)
+
+
+__all__ = ["ConfigError", "build_runtime", "compile_routes"]

@@ -1,0 +1,112 @@
+"""Processes and signals: uvloop, ``--workers N`` on one port, reload and graceful stop.
+
+Workers are separate processes that each bind the proxy and admin ports with SO_REUSEPORT,
+so the kernel spreads connections across cores with no shared state between them; each
+worker holds its own runtime, pools and caches (Redis, where configured, is the shared tier).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from gateway.app import start_gateway
+from gateway.config.errors import ConfigError
+from gateway.config.loader import LoadedConfig, load_config
+
+log = logging.getLogger("gateway.server")
+
+
+def install_uvloop() -> bool:
+    """Use uvloop when installed: it roughly halves the event loop's share of each request."""
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+async def serve(config_path: Path, loaded: LoadedConfig, *, reuse_port: bool) -> None:
+    """Run one worker until SIGTERM/SIGINT; SIGHUP reloads the config file."""
+    gateway = await start_gateway(loaded, reuse_port=reuse_port)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    async def reload() -> None:
+        try:
+            new = load_config(config_path)
+            await gateway.reload(new)
+        except ConfigError as error:
+            log.error("config reload rejected, keeping the running config:\n%s", error)
+            return
+        log.info("config reloaded from %s", config_path)
+
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hup() -> None:
+        task = asyncio.ensure_future(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    log.info(
+        "gateway listening on %s:%d (admin %s:%d)",
+        loaded.config.listen.host, gateway.proxy_port,
+        loaded.config.admin.host, gateway.admin_port,
+    )  # fmt: skip
+    try:
+        await stop.wait()
+        gateway.holder.draining = True
+    finally:
+        await gateway.close()
+
+
+def _run_worker(config_path: Path, loaded: LoadedConfig, reuse_port: bool) -> None:
+    install_uvloop()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(config_path, loaded, reuse_port=reuse_port))
+
+
+def run(config_path: Path, workers: int) -> int:
+    """Validate the config, then serve it with ``workers`` processes; returns an exit code."""
+    try:
+        loaded = load_config(config_path)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
+    if workers <= 1:
+        _run_worker(config_path, loaded, reuse_port=False)
+        return 0
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 0
+            try:
+                _run_worker(config_path, loaded, reuse_port=True)
+            except BaseException:
+                log.exception("worker failed")
+                code = 1
+            os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    status = 0
+    for child in children:
+        _, code = os.waitpid(child, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    return 0 if status in (0, -signal.SIGTERM, -signal.SIGINT) else 1

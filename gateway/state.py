@@ -1,0 +1,74 @@
+"""The compiled config the request path reads (``Runtime``) and every ``web.AppKey``.
+
+A ``Runtime`` is built whole from a validated config and then only read. Reload builds a
+new one and swaps a single reference (``RuntimeHolder.current``); a request keeps the
+runtime it started with, so in-flight requests finish on their own config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from gateway.auth.pipeline import AuthPipeline, RouteAuth
+from gateway.config.loader import LoadedConfig
+from gateway.proxy.headers import ForwardingPolicy, Removal
+from gateway.proxy.upstreams import UpstreamPool, UpstreamTarget
+from gateway.routing.table import RouteTable
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    """Everything the handler needs about one route, precomputed at load."""
+
+    index: int
+    name: str
+    upstream: UpstreamTarget
+    pool: UpstreamPool
+    strip_prefix: str | None
+    add_prefix: str | None
+    websocket: bool
+    auth: RouteAuth
+    forward_authorization: bool
+    removal: Removal
+
+
+@dataclass(slots=True)
+class Runtime:
+    """One loaded config, compiled; its pools and key providers live as long as it does."""
+
+    loaded: LoadedConfig
+    table: RouteTable[CompiledRoute]
+    routes: tuple[CompiledRoute, ...]
+    pipeline: AuthPipeline
+    forwarding: ForwardingPolicy
+    pools: dict[str, UpstreamPool]
+    realm: str
+    readiness: list[Callable[[], tuple[str, bool]]] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def ready(self) -> tuple[bool, dict[str, bool]]:
+        """Overall readiness and each component's, for /readyz."""
+        checks = dict(check() for check in self.readiness)
+        return all(checks.values()), checks
+
+    async def close(self) -> None:
+        for closer in reversed(self.closers):
+            await closer()
+        for pool in self.pools.values():
+            await pool.close()
+
+
+@dataclass(slots=True)
+class RuntimeHolder:
+    """The single mutable reference to the live runtime."""
+
+    current: Runtime
+    draining: bool = False
+
+
+HOLDER = web.AppKey("holder", RuntimeHolder)
+CLIENT_SESSION = web.AppKey("client_session", aiohttp.ClientSession)
