@@ -20,6 +20,7 @@ from gateway.auth.pipeline import AuthRequest, Decision
 from gateway.problems import (
     PROBLEM_CONTENT_TYPE,
     AuthError,
+    BadFraming,
     BadRequest,
     GatewayError,
     MethodNotAllowed,
@@ -91,7 +92,12 @@ def _origin_target(request: web.BaseRequest) -> str:
 
 def _body_of(request: web.BaseRequest) -> Body:
     """The body's framing as the client sent it (the parser already refused bad framing)."""
-    if request.headers.get("Transfer-Encoding") is not None:
+    codings = request.headers.getall("Transfer-Encoding", ())
+    if codings:
+        # RFC 9112 §6.1: chunked is the only coding the gateway relays; anything layered
+        # under it (gzip, chunked) would be lost when the body is re-chunked upstream.
+        if len(codings) != 1 or codings[0].strip().lower() != "chunked":
+            raise BadFraming("Only Transfer-Encoding: chunked is accepted.")
         return Body(reader=request.content, length=None)
     length = request.content_length
     if length is None:
@@ -135,7 +141,7 @@ class ProxyHandler:
         except GatewayError as error:
             if response_started(request):
                 raise ConnectionResetError("response aborted after it started") from None
-            return problem_response(error, realm, request_id)
+            return problem_response(error, realm, request_id, close=isinstance(error, BadFraming))
         except (asyncio.CancelledError, ConnectionError):
             raise
         except Exception:

@@ -8,6 +8,7 @@ these errors and the proxy edge renders them in exactly one place.
 
     GatewayError (500)
     ├── BadRequest (400)            malformed request line, target, framing or headers
+    │   ├── BadFraming (400)        framing the gateway will not relay (closes the connection)
     │   └── InvalidPath (400)       a path the normaliser refuses
     ├── HeadersTooLarge (431)
     ├── NotFound (404)              no route matched
@@ -74,6 +75,13 @@ class BadRequest(GatewayError):
     title = "Bad Request"
     slug = "bad-request"
     reason = "bad_request"
+
+
+class BadFraming(BadRequest):
+    """Message framing the gateway will not relay; the connection is closed after it."""
+
+    slug = "bad-framing"
+    reason = "bad_framing"
 
 
 class InvalidPath(BadRequest):

@@ -144,6 +144,7 @@ async def build_runtime(
         token_cache=TokenCache(tc.max_entries, tc.max_ttl, tc.negative_ttl),
         max_token_size=config.limits.max_token_size,
         issuer_modes={issuer.key: issuer.mode for issuer in config.issuers},
+        issuer_keys={issuer.issuer: issuer.key for issuer in config.issuers},
     )
     fwd = config.forwarding
     runtime = Runtime(

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
 from tests.support.upstream import RecordingUpstream
+
+
+def pytest_asyncio_loop_factories(config, item):
+    """Tests run on uvloop when it is installed, as the gateway does in production."""
+    try:
+        import uvloop
+    except ImportError:
+        return {"asyncio": asyncio.new_event_loop}
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture

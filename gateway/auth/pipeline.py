@@ -68,6 +68,7 @@ class AuthPipeline:
         introspectors: Mapping[str, Introspect] | None = None,
         issuer_modes: Mapping[str, TokenMode] | None = None,
         introspect_jwts: frozenset[str] = frozenset(),
+        issuer_keys: Mapping[str, str] | None = None,
     ) -> None:
         self._verifier = verifier
         self._cache = token_cache
@@ -75,6 +76,8 @@ class AuthPipeline:
         self._introspectors = dict(introspectors or {})
         self._modes = dict(issuer_modes or {})
         self._introspect_jwts = introspect_jwts
+        # Identities carry the issuer URL; routes name issuers by key (name or URL).
+        self._key_of_issuer = dict(issuer_keys or {})
 
     async def run(self, route: RouteAuth, request: AuthRequest) -> Decision:
         token = read_token(
@@ -103,30 +106,38 @@ class AuthPipeline:
         return Decision(identity=identity, headers=route.identity_headers.render(identity))
 
     async def authenticate(self, token: str, route: RouteAuth) -> Identity:
-        """The identity behind ``token``, from the verified-token cache when possible."""
+        """The identity behind ``token``, from the verified-token cache when possible.
+
+        Only what is true of the token itself is cached (valid, or rejected for a reason of
+        its own); whether this route accepts its issuer is checked afterwards, every time.
+        """
         key = token_hash(token)
         cached = self._cache.get(key)
-        if cached is not None:
-            if isinstance(cached, Identity):
-                self._check_issuer_allowed(cached, route)
-                return cached
-            raise cached
-        try:
-            identity = await self._validate(token, route)
-        except InvalidToken as error:
-            # Remember rejections briefly, so replaying a bad token costs a hash, not a
-            # signature check. Unavailability (503) is never cached.
-            self._cache.put_rejection(key, error)
-            raise
-        self_contained = identity.token_kind == "jwt"  # noqa: S105 - a kind, not a secret
-        if self_contained and identity.issuer not in self._introspect_jwts:
-            # Introspected answers live in the introspection cache, where revocation and
-            # eviction reach them; only self-contained JWT results are kept here.
-            self._cache.put(key, identity)
+        if isinstance(cached, Identity):
+            identity = cached
+        elif cached is not None:
+            # The cached error is shared: drop the traceback a previous raise attached.
+            raise cached.with_traceback(None)
+        else:
+            try:
+                identity = await self._validate(token, route)
+            except InvalidToken as error:
+                # Remember rejections briefly, so replaying a bad token costs a hash, not a
+                # signature check. Unavailability (503) is never cached.
+                self._cache.put_rejection(key, error)
+                raise
+            self_contained = identity.token_kind == "jwt"  # noqa: S105 - a kind, not a secret
+            issuer_key = self._key_of_issuer.get(identity.issuer, identity.issuer)
+            if self_contained and issuer_key not in self._introspect_jwts:
+                # Introspected answers live in the introspection cache, where revocation and
+                # eviction reach them; only self-contained JWT results are kept here.
+                self._cache.put(key, identity)
+        self._check_issuer_allowed(identity, route)
         return identity
 
     def _check_issuer_allowed(self, identity: Identity, route: RouteAuth) -> None:
-        if route.issuers is not None and identity.issuer not in route.issuers:
+        key = self._key_of_issuer.get(identity.issuer, identity.issuer)
+        if route.issuers is not None and key not in route.issuers:
             raise InvalidToken("The token's issuer is not accepted here.", reason="bad_issuer")
 
     async def _validate(self, token: str, route: RouteAuth) -> Identity:
@@ -141,7 +152,7 @@ class AuthPipeline:
         mode = route.token_mode or self._modes.get(parsed.issuer_key, "jwt")
         if mode == "introspection":
             return await self._introspect(token, route, parsed.issuer_key)
-        identity = await verifier.verify(token, route.issuers)
+        identity = await verifier.verify_parsed(parsed)
         if parsed.issuer_key in self._introspect_jwts:
             return await self._introspect(token, route, parsed.issuer_key)
         return identity

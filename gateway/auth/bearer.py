@@ -1,0 +1,84 @@
+"""RFC 6750 §2 (§2.1 header, §2.2 form body, §2.3 query): finding the bearer token in a request.
+
+The function is pure over values the edge already holds, so the same rules serve the proxy and
+a future forward-auth decision endpoint. The caller decides whether a form body may be read at
+all (RFC 6750 §2.2's conditions: urlencoded, single-part, not GET) and passes its fields or None.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from urllib.parse import parse_qsl
+
+from gateway.problems import InvalidRequest, InvalidToken
+
+ACCESS_TOKEN_PARAM = "access_token"  # noqa: S105 - a parameter name, not a secret
+
+_BEARER = "bearer"
+# RFC 6750 §2.1: credentials = "Bearer" 1*SP b64token. Tabs and extra spaces are tolerated.
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+# RFC 6749 Appendix A.12: access-token = 1*VSCHAR, the only syntax the body and query forms have.
+_VSCHARS = re.compile(r"[\x20-\x7e]+")
+_CREDENTIALS = re.compile(r"([^ \t]+)(?:[ \t]+(.*))?", re.DOTALL)
+
+
+def read_token(
+    authorization: Sequence[str],
+    query: str | None,
+    form_fields: Sequence[tuple[str, str]] | None,
+    *,
+    allow_query: bool,
+    allow_form: bool,
+    max_size: int,
+) -> str | None:
+    """The one bearer token the request carries, or None when no enabled source holds one.
+
+    Sources a route has not enabled are ignored entirely: a disabled query token neither
+    authenticates nor counts towards "sent in more than one way".
+    """
+    if len(authorization) > 1:
+        # RFC 9110 §11.6.2: Authorization holds one set of credentials; two fields are ambiguous.
+        raise InvalidRequest("more than one Authorization header")
+    token = _header_token(authorization[0]) if authorization else None
+    # A query can only name access_token literally or through percent-encoding.
+    if allow_query and query and (ACCESS_TOKEN_PARAM in query or "%" in query):
+        for name, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+            if name == ACCESS_TOKEN_PARAM:
+                token = _only(token, _param_token(value, "query"))
+    if allow_form and form_fields:
+        for name, value in form_fields:
+            if name == ACCESS_TOKEN_PARAM:
+                token = _only(token, _param_token(value, "form body"))
+    if token is not None and len(token) > max_size:
+        raise InvalidToken("the access token is too large", reason="oversized")
+    return token
+
+
+def _header_token(value: str) -> str | None:
+    """The token of ``Bearer`` credentials; None for any other scheme, which is not ours."""
+    match = _CREDENTIALS.fullmatch(value.strip(" \t"))
+    if match is None:
+        raise InvalidRequest("malformed Authorization header")
+    scheme, token = match.groups()
+    if not (scheme.isascii() and scheme.lower() == _BEARER):
+        return None
+    if token is None:
+        raise InvalidRequest("the Bearer credentials carry no token")
+    if _B64TOKEN.fullmatch(token) is None:
+        raise InvalidRequest("malformed Authorization header")
+    return token
+
+
+def _param_token(value: str, where: str) -> str:
+    if _VSCHARS.fullmatch(value) is None:
+        raise InvalidRequest(f"malformed access_token in the {where}")
+    return value
+
+
+def _only(found: str | None, token: str) -> str:
+    if found is not None:
+        # RFC 6750 §2: "Clients MUST NOT use more than one method to transmit the token in
+        # each request." A resource server that picked one would hide a confused client.
+        raise InvalidRequest("the token was sent in more than one way")
+    return token

@@ -1,0 +1,115 @@
+"""RFC 6750 §3.1 (insufficient_scope) and RFC 6749 §3.3 (scope): may this identity use a route?
+
+A route's ``require`` section is compiled once into a ``Policy`` of frozensets and claim tests;
+``check`` is then a few set operations per request and knows nothing about HTTP.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gateway.auth.identity import Identity
+from gateway.config.models import ClaimRule, Require, Scalar
+from gateway.problems import Forbidden, InsufficientScope
+
+ClaimOp = Literal["equals", "one_of", "contains"]
+
+# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+# RFC 6750 §3: error_description characters, so a claim name can be quoted in the challenge.
+_DESCRIBABLE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]+")
+_MISSING = object()
+
+
+def _kind(value: Any) -> type:
+    """JSON's kinds: bool apart from numbers, and 1 the same number as 1.0."""
+    if isinstance(value, bool):
+        return bool
+    if isinstance(value, int | float):
+        return float
+    return type(value)
+
+
+def _same(claim: Any, expected: Scalar) -> bool:
+    # A plain == would let True satisfy `equals: 1` and 1 satisfy `equals: "1"`.
+    return _kind(claim) is _kind(expected) and claim == expected
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimTest:
+    """One compiled claim rule. ``detail`` is precomputed and never holds the claim's value."""
+
+    name: str
+    op: ClaimOp
+    values: tuple[Scalar, ...]
+    detail: str
+
+    @classmethod
+    def compile(cls, name: str, rule: ClaimRule) -> ClaimTest:
+        op: ClaimOp
+        values: tuple[Scalar, ...]
+        if rule.one_of is not None:
+            op, values = "one_of", tuple(rule.one_of)
+        else:
+            op = "equals" if rule.equals is not None else "contains"
+            values = tuple(v for v in (rule.equals, rule.contains) if v is not None)
+        shown = f"'{name}' claim" if _DESCRIBABLE.fullmatch(name) else "a claim"
+        return cls(name, op, values, f"the token's {shown} does not satisfy this route")
+
+    def matches(self, claims: Mapping[str, Any]) -> bool:
+        value = claims.get(self.name, _MISSING)
+        if value is _MISSING:
+            return False
+        if self.op == "equals":
+            return _same(value, self.values[0])
+        if self.op == "one_of":
+            return any(_same(value, v) for v in self.values)
+        expected = self.values[0]
+        if isinstance(value, list | tuple):
+            return any(_same(item, expected) for item in value)
+        # A space-delimited string claim (RFC 6749 §3.3 style, e.g. "roles": "a b") holds words.
+        return isinstance(value, str) and isinstance(expected, str) and expected in value.split()
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    scopes_all: frozenset[str]
+    scopes_any: frozenset[str]
+    claims: tuple[ClaimTest, ...]
+
+    @property
+    def required_scopes(self) -> tuple[str, ...]:
+        """What the challenge's ``scope`` lists: RFC 6750 §3 "the scope necessary"."""
+        return tuple(sorted(self.scopes_all | self.scopes_any))
+
+
+ALLOW_ALL = Policy(frozenset(), frozenset(), ())
+
+
+def compile_policy(require: Require) -> Policy:
+    """Compile at load; a ValueError names a scope that no token could ever carry."""
+    for scope in (*require.scopes.all, *require.scopes.any):
+        if _SCOPE_TOKEN.fullmatch(scope) is None:
+            raise ValueError(f"{scope!r} is not an RFC 6749 §3.3 scope token")
+    tests = tuple(ClaimTest.compile(name, rule) for name, rule in require.claims.items())
+    if not (require.scopes.all or require.scopes.any or tests):
+        return ALLOW_ALL
+    return Policy(frozenset(require.scopes.all), frozenset(require.scopes.any), tests)
+
+
+def check(policy: Policy, identity: Identity) -> None:
+    """Raise unless the identity satisfies the policy: scopes first, then claims."""
+    scopes = identity.scopes
+    if not policy.scopes_all <= scopes or (
+        policy.scopes_any and policy.scopes_any.isdisjoint(scopes)
+    ):
+        # RFC 6750 §3.1: insufficient_scope "The resource server SHOULD respond with the HTTP
+        # 403 (Forbidden) status code and MAY include the "scope" attribute with the scope
+        # necessary to access the protected resource."
+        raise InsufficientScope(required=policy.required_scopes)
+    for test in policy.claims:
+        if not test.matches(identity.claims):
+            raise Forbidden(test.detail)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The project's one test command (README "Run the tests"; .ci/run calls it too).
+# On a fresh machine it makes .venv, installs the gateway with its test extras, makes sure
+# redis-server exists (the tests start their own on a free loopback port unless REDIS_URL
+# is set), then runs the linters and the test suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+
+if [ -z "${REDIS_URL:-}" ] && ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "tests/run.sh: installing redis-server (the tests need a real Redis)" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "tests/run.sh: redis-server is missing: install it (apt-get install redis-server) or set REDIS_URL" >&2
+    exit 1
+  fi
+fi
+
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+exec .venv/bin/pytest "$@"

@@ -1,0 +1,206 @@
+"""RFC 6750 §2: which token a request carries, and which requests are malformed."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.auth.bearer import read_token
+from gateway.problems import InvalidRequest, InvalidToken
+
+TOKEN = "eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJl"
+
+
+def read(
+    authorization: tuple[str, ...] = (),
+    query: str | None = None,
+    form: list[tuple[str, str]] | None = None,
+    *,
+    allow_query: bool = False,
+    allow_form: bool = False,
+    max_size: int = 4096,
+) -> str | None:
+    return read_token(
+        authorization,
+        query,
+        form,
+        allow_query=allow_query,
+        allow_form=allow_form,
+        max_size=max_size,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        pytest.param({"authorization": (f"Bearer {TOKEN}",)}, TOKEN, id="bearer-header"),
+        pytest.param({"authorization": (f"bearer {TOKEN}",)}, TOKEN, id="lowercase-scheme"),
+        pytest.param({"authorization": (f"Bearer \t  {TOKEN}",)}, TOKEN, id="spaces-and-tab"),
+        pytest.param({"authorization": (f" Bearer {TOKEN} ",)}, TOKEN, id="surrounding-ows"),
+        pytest.param({"authorization": ("Bearer abc+/=",)}, "abc+/=", id="b64-padding"),
+        pytest.param({"authorization": ("Bearer a-b._~c",)}, "a-b._~c", id="b64token-punctuation"),
+        pytest.param(
+            {"authorization": ("Basic dXNlcjpwYXNz",)}, None, id="basic-scheme-is-no-bearer"
+        ),
+        pytest.param({"authorization": (f"DPoP {TOKEN}",)}, None, id="dpop-scheme-is-no-bearer"),
+        pytest.param(
+            {"authorization": (f"Bearerx {TOKEN}",)}, None, id="scheme-prefix-is-no-bearer"
+        ),
+        pytest.param({}, None, id="no-credentials"),
+        pytest.param(
+            {"query": f"a=1&access_token={TOKEN}", "allow_query": True}, TOKEN, id="query-token"
+        ),
+        pytest.param(
+            {"query": f"access%5Ftoken={TOKEN}", "allow_query": True},
+            TOKEN,
+            id="query-name-percent-encoded",
+        ),
+        pytest.param(
+            {"query": "access_token=a%2Bb%3D", "allow_query": True},
+            "a+b=",
+            id="query-value-decoded",
+        ),
+        pytest.param({"query": f"access_token={TOKEN}"}, None, id="query-token-disabled-ignored"),
+        pytest.param(
+            {"form": [("access_token", TOKEN)], "allow_form": True}, TOKEN, id="form-token"
+        ),
+        pytest.param({"form": [("access_token", TOKEN)]}, None, id="form-token-disabled-ignored"),
+        pytest.param({"allow_form": True}, None, id="form-not-read"),
+        pytest.param(
+            {"authorization": (f"Bearer {TOKEN}",), "query": "access_token=x&access_token=y"},
+            TOKEN,
+            id="disabled-query-does-not-count",
+        ),
+        pytest.param(
+            {
+                "authorization": ("Basic dXNlcjpwYXNz",),
+                "query": f"access_token={TOKEN}",
+                "allow_query": True,
+            },
+            TOKEN,
+            id="basic-header-and-query-token",
+        ),
+        pytest.param(
+            {"authorization": ("Bearer " + "a" * 4096,)}, "a" * 4096, id="token-at-max-size"
+        ),
+    ],
+)
+def test_reads_the_token(kwargs: dict, expected: str | None) -> None:
+    assert read(**kwargs) == expected
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        pytest.param(
+            {"authorization": (f"Bearer {TOKEN}", f"Bearer {TOKEN}")},
+            InvalidRequest,
+            "more than one Authorization header",
+            id="two-authorization-headers",
+        ),
+        pytest.param(
+            {"authorization": ("Bearer",)}, InvalidRequest, "no token", id="bearer-without-token"
+        ),
+        pytest.param(
+            {"authorization": ("",)}, InvalidRequest, "malformed", id="empty-authorization"
+        ),
+        pytest.param(
+            {"authorization": ("Bearer a b",)}, InvalidRequest, "malformed", id="token-with-space"
+        ),
+        pytest.param(
+            {"authorization": ('Bearer realm="x"',)},
+            InvalidRequest,
+            "malformed",
+            id="auth-params-not-token",
+        ),
+        pytest.param(
+            {"authorization": ("Bearer abc\r\nX-Evil: 1",)},
+            InvalidRequest,
+            "malformed",
+            id="crlf-in-token",
+        ),
+        pytest.param(
+            {"authorization": ("Bearer jos\u00e9",)},
+            InvalidRequest,
+            "malformed",
+            id="non-ascii-token",
+        ),
+        pytest.param(
+            {
+                "authorization": (f"Bearer {TOKEN}",),
+                "query": f"access_token={TOKEN}",
+                "allow_query": True,
+            },
+            InvalidRequest,
+            "more than one way",
+            id="header-and-query-both",
+        ),
+        pytest.param(
+            {
+                "authorization": (f"Bearer {TOKEN}",),
+                "form": [("access_token", TOKEN)],
+                "allow_form": True,
+            },
+            InvalidRequest,
+            "more than one way",
+            id="header-and-form-both",
+        ),
+        pytest.param(
+            {"query": "access_token=a&access_token=b", "allow_query": True},
+            InvalidRequest,
+            "more than one way",
+            id="query-token-twice",
+        ),
+        pytest.param(
+            {
+                "query": "access_token=a",
+                "form": [("access_token", "b")],
+                "allow_query": True,
+                "allow_form": True,
+            },
+            InvalidRequest,
+            "more than one way",
+            id="query-and-form-both",
+        ),
+        pytest.param(
+            {"form": [("access_token", "a"), ("access_token", "b")], "allow_form": True},
+            InvalidRequest,
+            "more than one way",
+            id="form-token-twice",
+        ),
+        pytest.param(
+            {"query": "access_token=", "allow_query": True},
+            InvalidRequest,
+            "malformed",
+            id="query-token-empty",
+        ),
+        pytest.param(
+            {"query": "access_token=a%0Ab", "allow_query": True},
+            InvalidRequest,
+            "malformed",
+            id="query-token-with-lf",
+        ),
+        pytest.param(
+            {"authorization": ("Bearer " + "a" * 4097,)},
+            InvalidToken,
+            "too large",
+            id="oversized-header-token",
+        ),
+        pytest.param(
+            {"query": "access_token=" + "a" * 4097, "allow_query": True},
+            InvalidToken,
+            "too large",
+            id="oversized-query-token",
+        ),
+    ],
+)
+def test_rejects(kwargs: dict, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message) as caught:
+        read(**kwargs)
+    assert type(caught.value) is error
+
+
+def test_oversized_token_has_its_own_reason() -> None:
+    with pytest.raises(InvalidToken) as caught:
+        read(("Bearer " + "a" * 300,), max_size=256)
+    assert caught.value.reason == "oversized"
+    assert caught.value.status == 401

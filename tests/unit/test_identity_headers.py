@@ -1,0 +1,194 @@
+"""Identity header templates: placeholders, fallbacks, and values that cannot inject headers."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+
+from gateway.auth.headers import MAX_VALUE_BYTES, HeaderTemplate, IdentityHeaders
+from gateway.auth.identity import Identity
+
+
+def identity(
+    subject: str | None = "alice", client_id: str | None = None, **claims: Any
+) -> Identity:
+    return Identity(
+        issuer="https://issuer.example/",
+        subject=subject,
+        client_id=client_id,
+        scopes=frozenset({"write", "read"}),
+        audiences=("api",),
+        expires_at=None,
+        token_kind="jwt",
+        claims=claims,
+    )
+
+
+def render(template: str, who: Identity) -> str | None:
+    return HeaderTemplate.compile(template).render(who)
+
+
+@pytest.mark.parametrize(
+    ("template", "who", "expected"),
+    [
+        pytest.param("{sub}", identity(), "alice", id="sub-from-identity"),
+        pytest.param("{scope}", identity(), "read write", id="scope-sorted-string"),
+        pytest.param("{iss}", identity(), "https://issuer.example/", id="issuer"),
+        pytest.param("{token_kind}", identity(), "jwt", id="token-kind"),
+        pytest.param("{client_id|azp}", identity(azp="web"), "web", id="fallback-to-azp"),
+        pytest.param(
+            "{client_id|azp}", identity(client_id="app", azp="web"), "app", id="first-source-wins"
+        ),
+        pytest.param(
+            "{claims.tenant|sub}", identity(tenant=""), "alice", id="empty-string-falls-back"
+        ),
+        pytest.param("user={sub};", identity(), "user=alice;", id="literal-around-placeholder"),
+        pytest.param("{{{sub}}}", identity(), "{alice}", id="doubled-braces-are-literal"),
+        pytest.param("static", identity(), "static", id="literal-only"),
+        pytest.param("{ sub | azp }", identity(), "alice", id="spaces-around-sources"),
+        pytest.param("{groups}", identity(groups=["a", "b"]), "a,b", id="list-joined-with-comma"),
+        pytest.param(
+            "{scp}", identity(scp=["read", "write"]), "read write", id="scp-list-joined-with-space"
+        ),
+        pytest.param("{claims.verified}", identity(verified=False), "false", id="bool-lowercase"),
+        pytest.param("{exp}", identity(exp=1700000000), "1700000000", id="int"),
+        pytest.param("{claims.ratio}", identity(ratio=0.5), "0.5", id="float"),
+        pytest.param(
+            "{claims.org}",
+            identity(org={"b": 1, "a": "x"}),
+            '{"a":"x","b":1}',
+            id="object-compact-json",
+        ),
+        pytest.param(
+            "{claims.ex.com:role}",
+            identity(**{"ex.com:role": "x"}),
+            "x",
+            id="dotted-claim-name-not-a-path",
+        ),
+        pytest.param("{sub}", identity(subject=None), None, id="missing-source-omits-header"),
+        pytest.param(
+            "id={sub}", identity(subject=None), None, id="missing-source-omits-literal-too"
+        ),
+        pytest.param("{groups}", identity(groups=[]), None, id="empty-list-is-nothing"),
+        pytest.param("{claims.x}", identity(x=None), None, id="null-claim-is-nothing"),
+        pytest.param(
+            "{sub}",
+            identity(subject="a\r\nX-Admin: true"),
+            "a%0D%0AX-Admin: true",
+            id="crlf-in-claim",
+        ),
+        pytest.param(
+            "{sub}", identity(subject="a\x00b\x7fc\td"), "a%00b%7Fc%09d", id="nul-del-tab"
+        ),
+        pytest.param("{name}", identity(name="Jos\u00e9"), "Jos%C3%A9", id="non-ascii-utf8"),
+        pytest.param("{sub}", identity(subject="100%"), "100%25", id="percent-is-encoded"),
+        pytest.param("{sub}", identity(subject="\ud800"), "?", id="lone-surrogate-replaced"),
+        pytest.param("{groups}", identity(groups=["a\nb"]), "a%0Ab", id="crlf-in-list-item"),
+    ],
+)
+def test_render(template: str, who: Identity, expected: str | None) -> None:
+    assert render(template, who) == expected
+
+
+def test_all_claims_is_unpadded_base64url_of_sorted_compact_json() -> None:
+    claims = {"sub": "alice", "name": "Jos\u00e9", "roles": ["a"]}
+    value = render("{@claims}", identity(**claims))
+    assert value is not None and "=" not in value
+    decoded = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    assert (
+        decoded
+        == json.dumps(claims, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+    )
+
+
+@pytest.mark.parametrize(
+    ("size", "present"),
+    [
+        pytest.param(MAX_VALUE_BYTES, True, id="at-cap-kept"),
+        pytest.param(MAX_VALUE_BYTES + 1, False, id="over-cap-omitted"),
+    ],
+)
+def test_value_size_cap(size: int, present: bool) -> None:
+    assert (render("{sub}", identity(subject="a" * size)) is not None) is present
+
+
+def test_cap_counts_encoded_bytes() -> None:
+    # 3000 x "é" is 6000 UTF-8 bytes, 18000 once percent-encoded.
+    assert render("{sub}", identity(subject="\u00e9" * 3000)) is None
+
+
+def test_encoded_value_is_printable_ascii_and_round_trips() -> None:
+    nasty = "x\r\n\x00\x1f\x7f%é\U0001f600 ok"
+    value = render("{sub}", identity(subject=nasty))
+    assert value is not None
+    assert all(0x20 <= ord(c) < 0x7F for c in value)
+    assert unquote(value) == nasty
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        pytest.param(
+            "{subject}",
+            "unknown placeholder '{subject}' (known: sub, client_id",
+            id="unknown-placeholder",
+        ),
+        pytest.param("{sub|nope}", "unknown placeholder '{nope}'", id="unknown-fallback"),
+        pytest.param("{claims.}", "claim name", id="claims-without-name"),
+        pytest.param("{claims.a b}", "claim name", id="claims-name-with-space"),
+        pytest.param("{}", "empty source", id="empty-placeholder"),
+        pytest.param("{sub|}", "empty source", id="empty-fallback"),
+        pytest.param("{sub", "unclosed '{' at position 0", id="unclosed-brace"),
+        pytest.param("a}b", "unmatched '}' at position 1", id="lone-closing-brace"),
+        pytest.param("{a{sub}}", "'{' inside a placeholder at position 2", id="nested-brace"),
+        pytest.param("caf\u00e9 {sub}", "printable ASCII", id="non-ascii-literal"),
+        pytest.param("a\r\n{sub}", "printable ASCII", id="crlf-literal"),
+        pytest.param("", "empty", id="empty-template"),
+    ],
+)
+def test_compile_errors(template: str, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        HeaderTemplate.compile(template)
+    assert message in str(caught.value)
+
+
+def test_identity_headers_render_only_headers_with_values() -> None:
+    headers = IdentityHeaders.compile(
+        {
+            "X-Auth-Subject": "{sub}",
+            "X-Auth-Client-Id": "{client_id|azp}",
+            "X-Auth-Scopes": "{scope}",
+        }
+    )
+    assert headers.names == frozenset({"x-auth-subject", "x-auth-client-id", "x-auth-scopes"})
+    assert headers.render(identity()) == [
+        ("X-Auth-Subject", "alice"),
+        ("X-Auth-Scopes", "read write"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("mapping", "message"),
+    [
+        pytest.param(
+            {"X-Bad": "{nope}"},
+            "X-Bad: unknown placeholder '{nope}'",
+            id="template-error-names-header",
+        ),
+        pytest.param(
+            {"X-A": "{sub}", "x-a": "{sub}"}, "x-a: set twice", id="duplicate-name-any-case"
+        ),
+        pytest.param(
+            {"X-A\r\nEvil": "{sub}"}, "not an RFC 9110 field name", id="crlf-in-header-name"
+        ),
+        pytest.param({"X A": "{sub}"}, "not an RFC 9110 field name", id="space-in-header-name"),
+    ],
+)
+def test_identity_headers_compile_errors(mapping: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        IdentityHeaders.compile(mapping)
+    assert message in str(caught.value)

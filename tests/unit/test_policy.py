@@ -1,0 +1,159 @@
+"""Route authorisation: scopes (RFC 6750 §3.1 insufficient_scope), then claim rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.auth.identity import Identity
+from gateway.auth.policy import ALLOW_ALL, check, compile_policy
+from gateway.config.models import Require
+from gateway.problems import Forbidden, InsufficientScope
+
+
+def identity(scopes: str = "", **claims: Any) -> Identity:
+    return Identity(
+        issuer="https://issuer.example/",
+        subject="alice",
+        client_id="app",
+        scopes=frozenset(scopes.split()),
+        audiences=("api",),
+        expires_at=None,
+        token_kind="jwt",
+        claims=claims,
+    )
+
+
+def policy(**require: Any):
+    return compile_policy(Require.model_validate(require))
+
+
+ALL_RW = {"scopes": {"all": ["read", "write"]}}
+ANY_AB = {"scopes": {"any": ["a", "b"]}}
+
+
+@pytest.mark.parametrize(
+    ("require", "who"),
+    [
+        pytest.param({}, identity(), id="empty-require-allows-anyone"),
+        pytest.param(ALL_RW, identity("read write extra"), id="all-scopes-present"),
+        pytest.param(ANY_AB, identity("b"), id="one-of-any-scopes"),
+        pytest.param(
+            {"scopes": {"all": ["read"], "any": ["a", "b"]}}, identity("read a"), id="all-and-any"
+        ),
+        pytest.param(
+            {"claims": {"tenant": {"equals": "acme"}}}, identity(tenant="acme"), id="equals-string"
+        ),
+        pytest.param(
+            {"claims": {"level": {"equals": 1}}},
+            identity(level=1.0),
+            id="equals-int-matches-json-float",
+        ),
+        pytest.param(
+            {"claims": {"admin": {"equals": True}}}, identity(admin=True), id="equals-bool"
+        ),
+        pytest.param(
+            {"claims": {"env": {"one_of": ["dev", "prod"]}}}, identity(env="prod"), id="one-of"
+        ),
+        pytest.param(
+            {"claims": {"roles": {"contains": "admin"}}},
+            identity(roles=["user", "admin"]),
+            id="contains-in-list",
+        ),
+        pytest.param(
+            {"claims": {"roles": {"contains": "admin"}}},
+            identity(roles="user admin"),
+            id="contains-word-in-string",
+        ),
+    ],
+)
+def test_allows(require: dict, who: Identity) -> None:
+    check(policy(**require), who)
+
+
+@pytest.mark.parametrize(
+    ("require", "who"),
+    [
+        pytest.param(ALL_RW, identity("read"), id="one-of-all-missing"),
+        pytest.param(ALL_RW, identity(), id="no-scopes"),
+        pytest.param(ANY_AB, identity("c"), id="none-of-any"),
+        pytest.param(
+            {"scopes": {"all": ["read"], "any": ["a"]}}, identity("a"), id="any-ok-all-missing"
+        ),
+        pytest.param(
+            ALL_RW, identity("read", scope="read write"), id="scope-claim-is-not-identity-scopes"
+        ),
+    ],
+)
+def test_insufficient_scope(require: dict, who: Identity) -> None:
+    with pytest.raises(InsufficientScope):
+        check(policy(**require), who)
+
+
+@pytest.mark.parametrize(
+    ("rule", "who"),
+    [
+        pytest.param({"equals": "acme"}, identity(), id="missing-claim"),
+        pytest.param({"equals": "acme"}, identity(tenant=None), id="null-claim"),
+        pytest.param({"equals": "acme"}, identity(tenant="ACME"), id="equals-is-case-sensitive"),
+        pytest.param({"equals": 1}, identity(tenant=True), id="true-is-not-1"),
+        pytest.param({"equals": True}, identity(tenant=1), id="1-is-not-true"),
+        pytest.param({"equals": 1}, identity(tenant="1"), id="string-1-is-not-1"),
+        pytest.param(
+            {"equals": "acme"}, identity(tenant=["acme"]), id="equals-does-not-look-inside-list"
+        ),
+        pytest.param({"one_of": [1, 2]}, identity(tenant=True), id="one-of-type-aware"),
+        pytest.param(
+            {"contains": "admin"},
+            identity(tenant=["administrator"]),
+            id="contains-needs-whole-item",
+        ),
+        pytest.param(
+            {"contains": "admin"}, identity(tenant="administrators"), id="contains-needs-whole-word"
+        ),
+        pytest.param({"contains": 1}, identity(tenant=[True]), id="contains-type-aware"),
+        pytest.param({"contains": "a"}, identity(tenant={"a": 1}), id="contains-on-object"),
+    ],
+)
+def test_claim_rule_refuses(rule: dict, who: Identity) -> None:
+    with pytest.raises(Forbidden) as caught:
+        check(policy(claims={"tenant": rule}), who)
+    assert "'tenant'" in caught.value.detail
+
+
+def test_required_scopes_are_all_and_any_sorted() -> None:
+    required = policy(scopes={"all": ["write", "read"], "any": ["b", "a"]})
+    with pytest.raises(InsufficientScope) as caught:
+        check(required, identity("read"))
+    assert caught.value.required == ("a", "b", "read", "write")
+    assert 'scope="a b read write"' in caught.value.challenge("gw")
+
+
+def test_scopes_are_checked_before_claims() -> None:
+    both = policy(scopes={"all": ["read"]}, claims={"tenant": {"equals": "acme"}})
+    with pytest.raises(InsufficientScope):
+        check(both, identity("", tenant="other"))
+
+
+def test_forbidden_detail_never_shows_the_value() -> None:
+    rule = policy(claims={"tenant": {"one_of": ["acme", "globex"]}})
+    with pytest.raises(Forbidden) as caught:
+        check(rule, identity(tenant="s3cr3t-tenant"))
+    rendered = caught.value.problem_bytes().decode() + caught.value.challenge("gw")
+    assert "s3cr3t" not in rendered
+    assert "acme" not in rendered
+
+
+def test_empty_require_compiles_to_allow_all() -> None:
+    assert policy() is ALLOW_ALL
+    assert ALLOW_ALL.required_scopes == ()
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [pytest.param("read write", id="space-in-scope"), pytest.param('a"b', id="quote-in-scope")],
+)
+def test_scope_that_no_token_can_carry_is_refused_at_compile(scope: str) -> None:
+    with pytest.raises(ValueError, match="scope token"):
+        policy(scopes={"any": [scope]})

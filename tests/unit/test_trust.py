@@ -1,0 +1,85 @@
+"""TrustedProxies: which socket peers may set X-Forwarded-* and Forwarded."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.proxy.trust import TrustedProxies
+
+NETWORKS = ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32", "::1"]
+
+
+@pytest.mark.parametrize(
+    ("networks", "peer", "expected"),
+    [
+        pytest.param(NETWORKS, "192.0.2.7", True, id="ipv4-exact-address"),
+        pytest.param(NETWORKS, "192.0.2.8", False, id="ipv4-neighbour-of-exact-address"),
+        pytest.param(NETWORKS, "10.255.255.255", True, id="ipv4-inside-cidr-top"),
+        pytest.param(NETWORKS, "10.0.0.0", True, id="ipv4-inside-cidr-bottom"),
+        pytest.param(NETWORKS, "11.0.0.0", False, id="ipv4-just-outside-cidr"),
+        pytest.param(NETWORKS, "2001:db8:ffff::1", True, id="ipv6-inside-cidr"),
+        pytest.param(NETWORKS, "2001:db9::1", False, id="ipv6-outside-cidr"),
+        pytest.param(NETWORKS, "::1", True, id="ipv6-loopback-exact"),
+        pytest.param(NETWORKS, "0:0:0:0:0:0:0:1", True, id="ipv6-uncompressed-spelling"),
+        pytest.param(NETWORKS, "::ffff:10.1.2.3", True, id="ipv4-mapped-peer-as-ipv4"),
+        pytest.param(NETWORKS, "::ffff:11.1.2.3", False, id="ipv4-mapped-peer-outside"),
+        pytest.param(["::ffff:10.0.0.0/104"], "10.9.9.9", True, id="ipv4-mapped-network"),
+        pytest.param(["::ffff:10.0.0.0/104"], "::ffff:10.9.9.9", True, id="mapped-both-sides"),
+        pytest.param(NETWORKS, "fe80::1%eth0", False, id="ipv6-scoped-outside"),
+        pytest.param(["fe80::/10"], "fe80::1%eth0", True, id="ipv6-scoped-inside"),
+        pytest.param(NETWORKS, None, False, id="no-peer-unix-socket"),
+        pytest.param(NETWORKS, "", False, id="empty-peer"),
+        pytest.param(NETWORKS, "not-an-ip", False, id="junk-peer"),
+        pytest.param(NETWORKS, "localhost", False, id="hostname-is-not-an-address"),
+        pytest.param(NETWORKS, "10.0.0.1:8080", False, id="peer-with-port-is-junk"),
+        pytest.param(NETWORKS, "[::1]", False, id="bracketed-ipv6-is-junk"),
+        pytest.param(NETWORKS, " 10.0.0.1", False, id="padded-peer-is-junk"),
+        pytest.param([], "10.0.0.1", False, id="no-trusted-proxies"),
+        pytest.param(["0.0.0.0/0"], "198.51.100.1", True, id="trust-all-ipv4"),
+        pytest.param(["0.0.0.0/0"], "2001:db8::1", False, id="trust-all-ipv4-not-ipv6"),
+        pytest.param([" 10.0.0.0/8 "], "10.1.1.1", True, id="config-whitespace-stripped"),
+    ],
+)
+def test_is_trusted(networks: list[str], peer: str | None, expected: bool) -> None:
+    trust = TrustedProxies(networks)
+    assert trust.is_trusted(peer) is expected
+    assert trust.is_trusted(peer) is expected, "cached answer differs"
+
+
+@pytest.mark.parametrize(
+    "networks",
+    [
+        pytest.param(["junk"], id="junk"),
+        pytest.param([""], id="empty-entry"),
+        pytest.param(["10.0.0.1/8"], id="host-bits-set"),
+        pytest.param(["10.0.0.0/33"], id="ipv4-prefix-too-long"),
+        pytest.param(["2001:db8::/129"], id="ipv6-prefix-too-long"),
+        pytest.param(["10.0.0.0/8", "example.com"], id="hostname"),
+        pytest.param([167772161], id="integer-entry"),
+        pytest.param("10.0.0.1", id="bare-string-not-list"),
+    ],
+)
+def test_rejects_bad_configuration(networks: object) -> None:
+    with pytest.raises(ValueError):
+        TrustedProxies(networks)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("networks", "expected"),
+    [
+        pytest.param([], True, id="nothing-configured"),
+        pytest.param(["10.0.0.1"], False, id="one-ipv4"),
+        pytest.param(["::1"], False, id="one-ipv6"),
+    ],
+)
+def test_empty(networks: list[str], expected: bool) -> None:
+    assert TrustedProxies(networks).empty is expected
+
+
+def test_cache_stays_bounded_and_correct_across_clears() -> None:
+    trust = TrustedProxies(["10.0.0.0/16"])
+    peers = [f"10.{i // 256}.{i % 256}.1" for i in range(3000)]
+    for _ in range(2):
+        answers = [trust.is_trusted(peer) for peer in peers]
+        assert answers == [peer.startswith("10.0.") for peer in peers]
+    assert 0 < len(trust._cache) <= 1024
