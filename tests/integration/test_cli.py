@@ -1,0 +1,122 @@
+"""The ``gateway`` command as a user runs it: a real subprocess, real ports, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from gateway import __version__
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "config").glob("*.yaml")) + [ROOT / "gateway/defaults/demo.yaml"]
+EXAMPLE_ENV = {"DEMO_ISSUER": "http://127.0.0.1:1", "DEMO_UPSTREAM": "http://127.0.0.1:2"}
+
+
+def gateway(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+        env={**os.environ, **(env or {})}, **kwargs,
+    )  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_version():
+    result = gateway("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"gateway {__version__}"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_shipped_config_checks_clean(path: Path):
+    result = gateway("check", "-c", str(path), env=EXAMPLE_ENV)
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+
+
+def test_check_reports_file_line_and_key_path(tmp_path: Path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        "upstreams:\n"
+        "  app: {url: 'http://127.0.0.1:9000'}\n"
+        "defaults: {auth: anonymous}\n"
+        "routes:\n"
+        "  - match: {path: /a}\n"
+        "    upstream: app\n"
+        "  - match: {pth: /b}\n"
+        "    upstream: nowhere\n"
+    )
+    result = gateway("check", "-c", str(config))
+    assert result.returncode == 2
+    assert f"{config}:7: routes[1].match.pth: unknown key 'pth'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_env_variable_is_a_config_error(tmp_path: Path):
+    config = tmp_path / "env.yaml"
+    config.write_text(
+        "upstreams:\n  app: {url: '${UPSTREAM_URL}'}\n"
+        "defaults: {auth: anonymous}\nroutes: [{upstream: app}]\n"
+    )
+    result = gateway("check", "-c", str(config))
+    assert result.returncode == 2
+    assert "UPSTREAM_URL" in result.stderr
+    assert f"{config}:2: upstreams.app.url" in result.stderr
+
+
+def test_schema_is_json_schema_for_the_config():
+    result = gateway("schema")
+    assert result.returncode == 0
+    schema = json.loads(result.stdout)
+    assert schema["type"] == "object"
+    assert {"routes", "upstreams", "issuers", "listen"} <= set(schema["properties"])
+    assert schema["additionalProperties"] is False
+
+
+def test_run_serves_and_stops_on_sigterm(tmp_path: Path):
+    port, admin = free_port(), free_port()
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"listen: {{host: 127.0.0.1, port: {port}}}\nadmin: {{host: 127.0.0.1, port: {admin}}}\n"
+        "upstreams:\n  app: {url: 'http://127.0.0.1:1'}\n"
+        "defaults: {auth: anonymous}\nroutes: [{upstream: app}]\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", "-c", str(config)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=1) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/x", timeout=5)
+        assert refused.value.code == 502  # nothing listens on the upstream port
+        assert refused.value.headers["Content-Type"] == "application/problem+json"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
