@@ -1,0 +1,267 @@
+"""Path pattern semantics, literal prefixes, host normalisation and host wildcards."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.routing.patterns import (
+    HostPattern,
+    PathKind,
+    compile_path_pattern,
+    normalise_host,
+)
+
+MATCHES = [
+    # --- exact -----------------------------------------------------------------------------
+    pytest.param("exact", "/health", "/health", True, id="exact-equal"),
+    pytest.param("exact", "/health", "/health/", False, id="exact-not-trailing-slash"),
+    pytest.param("exact", "/health", "/Health", False, id="exact-case-sensitive"),
+    pytest.param("exact", "/health", "/healthz", False, id="exact-not-longer"),
+    # --- prefix ----------------------------------------------------------------------------
+    pytest.param("prefix", "/api", "/api", True, id="prefix-itself"),
+    pytest.param("prefix", "/api", "/api/", True, id="prefix-trailing-slash"),
+    pytest.param("prefix", "/api", "/api/x/y", True, id="prefix-below"),
+    pytest.param("prefix", "/api", "/apix", False, id="prefix-segment-aware"),
+    pytest.param("prefix", "/api", "/ap", False, id="prefix-shorter"),
+    pytest.param("prefix", "/api", "/api;v=1/x", False, id="prefix-params-are-part-of-segment"),
+    pytest.param("prefix", "/api/", "/api/", True, id="slash-prefix-itself"),
+    pytest.param("prefix", "/api/", "/api/x", True, id="slash-prefix-below"),
+    pytest.param("prefix", "/api/", "/api", False, id="slash-prefix-not-bare"),
+    pytest.param("prefix", "/", "/", True, id="root-prefix-root"),
+    pytest.param("prefix", "/", "/anything/at/all", True, id="root-prefix-everything"),
+    # --- glob ------------------------------------------------------------------------------
+    pytest.param("glob", "/a/*", "/a/b", True, id="star-one-segment"),
+    pytest.param("glob", "/a/*", "/a/", True, id="star-zero-chars"),
+    pytest.param("glob", "/a/*", "/a/b/c", False, id="star-not-across-slash"),
+    pytest.param("glob", "/a/*", "/a", False, id="star-needs-its-slash"),
+    pytest.param("glob", "/a/*.json", "/a/x.json", True, id="star-within-segment"),
+    pytest.param("glob", "/a/*.json", "/a/x.jsonp", False, id="star-suffix-literal"),
+    pytest.param("glob", "/a/**", "/a", True, id="globstar-zero-segments"),
+    pytest.param("glob", "/a/**", "/a/", True, id="globstar-trailing-slash"),
+    pytest.param("glob", "/a/**", "/a/b/c", True, id="globstar-many-segments"),
+    pytest.param("glob", "/a/**", "/ab", False, id="globstar-segment-aware"),
+    pytest.param("glob", "/a/**/z", "/a/z", True, id="globstar-middle-zero"),
+    pytest.param("glob", "/a/**/z", "/a/b/c/z", True, id="globstar-middle-many"),
+    pytest.param("glob", "/a/**/z", "/a/bz", False, id="globstar-middle-whole-segments"),
+    pytest.param("glob", "/**", "/", True, id="globstar-root"),
+    pytest.param("glob", "/**", "/x/y", True, id="globstar-everything"),
+    pytest.param("glob", "/a/b**", "/a/bc", True, id="double-star-in-segment-is-star"),
+    pytest.param("glob", "/a/b**", "/a/b/c", False, id="double-star-in-segment-one-segment"),
+    pytest.param("glob", "/a.b/+(x)", "/a.b/+(x)", True, id="glob-regex-chars-literal"),
+    pytest.param("glob", "/a.b/*", "/axb/c", False, id="glob-dot-is-literal"),
+    pytest.param("glob", "/users/*/orders/*", "/users/1/orders/2", True, id="two-stars"),
+    # --- regex -----------------------------------------------------------------------------
+    pytest.param("regex", r"/u/\d+", "/u/42", True, id="regex-fullmatch"),
+    pytest.param("regex", r"/u/\d+", "/u/42/x", False, id="regex-anchored-at-end"),
+    pytest.param("regex", r"u/\d+", "/u/42", False, id="regex-anchored-at-start"),
+    pytest.param("regex", r"^/(a|b)$", "/b", True, id="regex-alternation"),
+    pytest.param("regex", r"(?i)/admin", "/ADMIN", True, id="regex-flags"),
+]
+
+
+@pytest.mark.parametrize(("kind", "pattern", "path", "expected"), MATCHES)
+def test_matches(kind: PathKind, pattern: str, path: str, expected: bool) -> None:
+    compiled = compile_path_pattern(kind, pattern)
+    assert compiled.matches(path) is expected
+    if expected:
+        assert path.startswith(compiled.literal_prefix)
+
+
+@pytest.mark.parametrize(
+    ("kind", "pattern", "prefix"),
+    [
+        pytest.param("exact", "/a/b", "/a/b", id="exact-whole"),
+        pytest.param("prefix", "/a/", "/a/", id="prefix-whole"),
+        pytest.param("glob", "/a/b*", "/a/b", id="glob-up-to-star"),
+        pytest.param("glob", "/a/**", "/a", id="glob-globstar-drops-slash"),
+        pytest.param("glob", "/**", "", id="glob-root-globstar"),
+        pytest.param("glob", "/a/x**", "/a/x", id="glob-double-star-in-segment"),
+        pytest.param("glob", "/a/b", "/a/b", id="glob-without-star-is-exact"),
+        pytest.param("regex", r"/api/v1/.*", "/api/v1/", id="regex-literal-run"),
+        pytest.param("regex", r"^/api/x", "/api/x", id="regex-caret"),
+        pytest.param("regex", r"/api/v1?", "/api/v", id="regex-optional-char-dropped"),
+        pytest.param("regex", r"/ab*", "/a", id="regex-star-drops-char"),
+        pytest.param("regex", r"/ab+", "/a", id="regex-plus-drops-char"),
+        pytest.param("regex", r"/ab{2}", "/a", id="regex-brace-drops-char"),
+        pytest.param("regex", r"/a|/b", "", id="regex-top-level-alternation"),
+        pytest.param("regex", r"/(?:a|b)", "/", id="regex-alternation-in-group"),
+        pytest.param("regex", r"/x[|]|/y", "", id="regex-alternation-after-class"),
+        pytest.param("regex", r"/x[]|]", "/x", id="regex-bar-in-class"),
+        pytest.param("regex", r"/x\|y", "/x", id="regex-escaped-bar"),
+        pytest.param("regex", r"/x(?#(|)|/y", "", id="regex-alternation-after-comment"),
+        pytest.param("regex", r"/ab(?#c)*", "/a", id="regex-quantifier-after-comment"),
+        pytest.param("regex", r"/a\.json", "/a", id="regex-escape-stops"),
+        pytest.param("regex", r"/a[bc]", "/a", id="regex-class-stops"),
+        pytest.param("regex", r"(?i)/admin", "", id="regex-leading-flags"),
+        pytest.param("regex", r".*", "", id="regex-no-literal"),
+        pytest.param("regex", r"a/b", "", id="regex-not-slash-led"),
+    ],
+)
+def test_literal_prefix(kind: PathKind, pattern: str, prefix: str) -> None:
+    assert compile_path_pattern(kind, pattern).literal_prefix == prefix
+
+
+@pytest.mark.parametrize(
+    ("kind", "pattern"),
+    [
+        pytest.param("regex", "/a(", id="regex-syntax"),
+        pytest.param("regex", "/a(?i)", id="regex-late-global-flag"),
+        pytest.param("exact", "a/b", id="exact-relative"),
+        pytest.param("prefix", "", id="prefix-empty"),
+        pytest.param("exact", "/a/../b", id="exact-dot-segments"),
+        pytest.param("exact", "/a//b", id="exact-double-slash"),
+        pytest.param("prefix", "/%7euser", id="prefix-encoded-unreserved"),
+        pytest.param("exact", "/a%2fb", id="exact-encoded-slash"),
+        pytest.param("glob", "/a b/*", id="glob-raw-space"),
+        pytest.param("exact", "/a?x=1", id="exact-with-query"),
+        pytest.param("prefix", "/a/..;/b", id="prefix-tomcat"),
+        pytest.param("substring", "/a", id="unknown-kind"),
+    ],
+)
+def test_bad_patterns(kind: PathKind, pattern: str) -> None:
+    with pytest.raises(ValueError, match=r"\S"):
+        compile_path_pattern(kind, pattern)
+
+
+_SEGMENTS = st.sampled_from(["a", "b", "ab", "x.json", "", "*", "**", "a*", "*b"])
+_PATH_SEGMENTS = st.sampled_from(["a", "b", "ab", "x.json", "ba", "abab", "z"])
+
+
+@given(
+    st.lists(_SEGMENTS, min_size=1, max_size=5),
+    st.lists(_PATH_SEGMENTS, max_size=6),
+    st.booleans(),
+)
+def test_every_glob_match_starts_with_the_literal_prefix(
+    pattern_segments: list[str], path_segments: list[str], trailing: bool
+) -> None:
+    pattern = "/" + "/".join(pattern_segments)
+    try:
+        compiled = compile_path_pattern("glob", pattern)
+    except ValueError:
+        return  # e.g. "//" in the pattern: not a normalised path
+    path = "/" + "/".join(path_segments) + ("/" if trailing and path_segments else "")
+    if compiled.matches(path):
+        assert path.startswith(compiled.literal_prefix)
+
+
+# --- hosts ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(None, None, id="none"),
+        pytest.param("", None, id="empty"),
+        pytest.param("api.example.com", "api.example.com", id="already-normal"),
+        pytest.param("API.Example.COM", "api.example.com", id="lowercase"),
+        pytest.param("api.example.com:8443", "api.example.com", id="strip-port"),
+        pytest.param("api.example.com.", "api.example.com", id="strip-trailing-dot"),
+        pytest.param("API.example.com.:443", "api.example.com", id="dot-and-port"),
+        pytest.param("example.com:", "example.com", id="empty-port"),
+        pytest.param("127.0.0.1:8080", "127.0.0.1", id="ipv4-port"),
+        pytest.param("[::1]", "[::1]", id="ipv6"),
+        pytest.param("[::1]:8080", "[::1]", id="ipv6-port"),
+        pytest.param("[2001:DB8:0:0::1]", "[2001:db8::1]", id="ipv6-canonical"),
+        pytest.param("my_host", "my_host", id="underscore"),
+    ],
+)
+def test_normalise_host(raw: str | None, expected: str | None) -> None:
+    assert normalise_host(raw) == expected
+    assert normalise_host(expected) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param("a b.com", id="space"),
+        pytest.param("a.com/x", id="slash"),
+        pytest.param("user@a.com", id="userinfo"),
+        pytest.param("a.com:80:80", id="two-ports"),
+        pytest.param("a.com:http", id="named-port"),
+        pytest.param("a.com:99999", id="port-out-of-range"),
+        pytest.param("a.com..", id="two-trailing-dots"),
+        pytest.param(".a.com", id="leading-dot"),
+        pytest.param("a..com", id="empty-label"),
+        pytest.param(".", id="only-dot"),
+        pytest.param(":80", id="only-port"),
+        pytest.param("::1", id="unbracketed-ipv6"),
+        pytest.param("[::1", id="unclosed-bracket"),
+        pytest.param("[::1]x", id="junk-after-bracket"),
+        pytest.param("[fe80::1%25eth0]", id="ipv6-zone"),
+        pytest.param("[v1.x]", id="ipvfuture"),
+        pytest.param("\u212aexample.com", id="kelvin-sign-lowercases-to-k"),
+        pytest.param("exämple.com", id="non-ascii"),
+        pytest.param("a.com\r\nX: y", id="crlf"),
+        pytest.param("*.a.com", id="wildcard-is-not-a-host"),
+        pytest.param("a" * 254, id="too-long"),
+    ],
+)
+def test_normalise_host_rejects_junk(raw: str) -> None:
+    with pytest.raises(ValueError, match="host"):
+        normalise_host(raw)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "host", "expected"),
+    [
+        pytest.param("api.example.com", "api.example.com", True, id="exact"),
+        pytest.param("API.Example.com", "api.example.com", True, id="exact-pattern-case"),
+        pytest.param("api.example.com.", "api.example.com", True, id="exact-pattern-dot"),
+        pytest.param("api.example.com", "x.api.example.com", False, id="exact-not-sub"),
+        pytest.param("api.example.com", None, False, id="exact-no-host"),
+        pytest.param("*.example.com", "a.example.com", True, id="wildcard-one-label"),
+        pytest.param("*.example.com", "a.b.example.com", True, id="wildcard-many-labels"),
+        pytest.param("*.example.com", "example.com", False, id="wildcard-not-apex"),
+        pytest.param("*.example.com", "badexample.com", False, id="wildcard-label-aware"),
+        pytest.param("*.example.com", "example.com.evil", False, id="wildcard-suffix-only"),
+        pytest.param("*.example.com", None, False, id="wildcard-no-host"),
+        pytest.param("[::1]", "[::1]", True, id="ipv6-exact"),
+        pytest.param("[0:0::1]", "[::1]", True, id="ipv6-canonical"),
+    ],
+)
+def test_host_pattern(pattern: str, host: str | None, expected: bool) -> None:
+    assert HostPattern(pattern).matches(host) is expected
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("*", id="bare-star"),
+        pytest.param("*.", id="star-dot"),
+        pytest.param("a.*.com", id="inner-star"),
+        pytest.param("*.*.com", id="two-stars"),
+        pytest.param("api*.com", id="partial-star"),
+        pytest.param("api.example.com:443", id="port"),
+        pytest.param("[::1]:443", id="ipv6-port"),
+        pytest.param("*.[::1]", id="wildcard-ip"),
+        pytest.param("a b", id="space"),
+    ],
+)
+def test_bad_host_patterns(pattern: str) -> None:
+    with pytest.raises(ValueError, match="host"):
+        HostPattern(pattern)
+
+
+_REGEX_TOKENS = st.sampled_from(
+    ["/", "a", "b", "|", "(", ")", "(?:", "[", "]", "[^", "]|]", "*", "?", "+", "{2}", ".",
+     "\\|", "\\(", "\\d", "(?#(|)", "(?P<n>", "[(|]", "$"]
+)  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:Possible:FutureWarning")  # "[[" or "||" in a class
+@given(st.data(), st.booleans(), st.lists(_REGEX_TOKENS, min_size=1, max_size=10))
+def test_every_regex_match_starts_with_the_literal_prefix(
+    data: st.DataObject, caret: bool, tokens: list[str]
+) -> None:
+    pattern = ("^" if caret else "") + "/" + "".join(tokens)
+    try:
+        compiled = compile_path_pattern("regex", pattern)
+    except ValueError:
+        return
+    path = data.draw(st.from_regex(pattern.removeprefix("^"), fullmatch=True))
+    assert compiled.matches(path)
+    assert path.startswith(compiled.literal_prefix), (pattern, compiled.literal_prefix)
