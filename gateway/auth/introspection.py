@@ -1,0 +1,294 @@
+"""RFC 7662 token introspection, authenticated per RFC 6749 §2.3 or RFC 7523 §2.2.
+
+An opaque token is only as good as the authorization server's answer about it, so every
+doubt fails closed: a transport failure, a non-200 status or an answer that is not a JSON
+object with a boolean ``active`` is ``ServiceUnavailable`` (503, the token is neither
+accepted nor declared invalid), and an active answer that contradicts this issuer's
+configuration is ``InvalidToken``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import ipaddress
+import json
+import logging
+import math
+import random
+import secrets
+import ssl as ssl_module
+import time
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Final
+from urllib.parse import quote_plus, urlsplit
+
+import aiohttp
+import jwt
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from gateway.auth.identity import Identity, scopes_from_claim
+from gateway.config.models import ClientAuth, Issuer
+from gateway.problems import InvalidToken, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+JWT_BEARER_ASSERTION: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_LIFETIME: Final = 60
+MAX_ANSWER_BYTES: Final = 256 * 1024
+RETRY_JITTER: Final = (0.05, 0.15)
+_UNAVAILABLE_DETAIL: Final = "The access token could not be checked with its issuer."
+
+
+class Introspector:
+    """Asks one issuer's introspection endpoint about opaque tokens."""
+
+    def __init__(
+        self,
+        issuer: Issuer,
+        session: aiohttp.ClientSession,
+        *,
+        endpoint: str,
+        ssl: ssl_module.SSLContext | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if issuer.introspection is None:
+            raise ValueError(f"issuer {issuer.issuer} has no introspection section")
+        _check_transport(endpoint, allow_http=issuer.http.insecure_http)
+        config = issuer.introspection
+        self._issuer = issuer.issuer
+        self._audiences = frozenset(issuer.audiences)
+        self._scope_claims = tuple(issuer.scope_claims)
+        self._leeway = issuer.leeway
+        self._session = session
+        self._endpoint = endpoint
+        self._ssl: ssl_module.SSLContext | bool = True if ssl is None else ssl
+        self._clock = clock
+        self._timeout = config.timeout
+        self._client_timeout = aiohttp.ClientTimeout(total=config.timeout)
+        self._hint = config.token_type_hint
+        self._auth = _ClientAuthenticator(config.client, endpoint, clock)
+        self.calls = 0
+
+    async def introspect(self, token: str) -> Identity | None:
+        """The token's identity, or None when the server says it is not active."""
+        form = {"token": token}
+        if self._hint:
+            form["token_type_hint"] = self._hint
+        try:
+            async with asyncio.timeout(self._timeout):
+                status, body = await self._post_with_retry(form)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            log.warning(
+                "introspection failed for token %s: %s", _token_ref(token), type(exc).__name__
+            )
+            raise ServiceUnavailable(_UNAVAILABLE_DETAIL, reason="introspection_error") from None
+        answer = _parse_answer(status, body, token)
+        # RFC 7662 §2.2: "active  REQUIRED. Boolean indicator of whether or not the
+        # presented token is currently active."
+        if not answer["active"]:
+            return None
+        return self._identity(answer)
+
+    async def _post_with_retry(self, form: dict[str, str]) -> tuple[int, bytes]:
+        """One retry after a connection failure (refused, reset, a pooled connection the
+        server had closed); never after an HTTP answer or a timeout. Introspection changes
+        nothing on the server, so a repeat is safe."""
+        try:
+            return await self._post(form)
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            if isinstance(exc, TimeoutError | aiohttp.ClientSSLError):
+                raise
+            await asyncio.sleep(random.uniform(*RETRY_JITTER))
+        return await self._post(form)
+
+    async def _post(self, form: dict[str, str]) -> tuple[int, bytes]:
+        headers, form = self._auth.apply(form)
+        self.calls += 1
+        async with self._session.post(
+            self._endpoint,
+            data=form,
+            headers=headers,
+            timeout=self._client_timeout,
+            allow_redirects=False,
+            ssl=self._ssl,
+        ) as response:
+            return response.status, await _read_bounded(response)
+
+    def _identity(self, answer: dict[str, Any]) -> Identity:
+        """Check an active answer against this issuer, then reshape it (RFC 7662 §2.2)."""
+        now = self._clock()
+        issuer = answer.get("iss")
+        if issuer is not None and issuer != self._issuer:
+            raise InvalidToken("The access token was issued by another issuer.", reason="issuer")
+        audiences = _audiences(answer.get("aud"))
+        # "aud" is OPTIONAL in RFC 7662 §2.2: an answer without it is accepted (the server
+        # vouched for the token to us, its authenticated client); one that names audiences
+        # must name one of ours.
+        if "aud" in answer and self._audiences.isdisjoint(audiences):
+            raise InvalidToken("The access token is not meant for us.", reason="audience")
+        expires_at = _timestamp(answer, "exp")
+        if expires_at is not None and expires_at <= now - self._leeway:
+            raise InvalidToken("The access token has expired.", reason="expired")
+        not_before = _timestamp(answer, "nbf")
+        if not_before is not None and not_before > now + self._leeway:
+            raise InvalidToken("The access token is not valid yet.", reason="not_yet_valid")
+        if answer.get("token_type") == "refresh_token":
+            raise InvalidToken("A refresh token is not an access token.", reason="token_type")
+        claims = {name: value for name, value in answer.items() if name != "active"}
+        return Identity(
+            issuer=self._issuer,
+            subject=_string(answer.get("sub")),
+            client_id=_string(answer.get("client_id")),
+            scopes=scopes_from_claim(_first_present(answer, self._scope_claims)),
+            audiences=audiences,
+            expires_at=expires_at,
+            token_kind="opaque",  # noqa: S106 - a kind, not a secret
+            claims=MappingProxyType(claims),
+        )
+
+
+class _ClientAuthenticator:
+    """Client credentials for the introspection request, prepared once. RFC 7662 §2.1: "To
+    prevent token scanning attacks, the endpoint MUST also require some form of
+    authorization to access this endpoint"."""
+
+    def __init__(self, client: ClientAuth, endpoint: str, clock: Callable[[], float]) -> None:
+        self._client_id = client.client_id
+        self._endpoint = endpoint
+        self._clock = clock
+        self._headers: dict[str, str] = {"Accept": "application/json"}
+        self._form: dict[str, str] = {}
+        self._key: Any = None
+        self._alg = client.private_key_alg
+        self._jwt_headers = {"kid": client.key_id} if client.key_id else None
+        secret = client.client_secret.get_secret_value() if client.client_secret else ""
+        if client.method == "client_secret_basic":
+            self._headers["Authorization"] = _basic_credentials(client.client_id, secret)
+        elif client.method == "client_secret_post":
+            self._form = {"client_id": client.client_id, "client_secret": secret}
+        else:
+            assert client.private_key_file is not None  # ClientAuth guarantees it
+            self._key = load_pem_private_key(client.private_key_file.read_bytes(), password=None)
+            self._form = {
+                "client_id": client.client_id,
+                "client_assertion_type": JWT_BEARER_ASSERTION,
+            }
+            try:  # a key that cannot sign with the configured alg is a config error, now
+                self._assertion()
+            except (jwt.PyJWTError, TypeError, ValueError) as exc:
+                raise ValueError(f"private_key_file cannot sign {self._alg}: {exc}") from None
+
+    def apply(self, form: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+        """Headers and form for one request: a private_key_jwt assertion is fresh each time,
+        since the server may refuse a ``jti`` it has seen (RFC 7523 §3 item 7)."""
+        fields = {**form, **self._form}
+        if self._key is not None:
+            fields["client_assertion"] = self._assertion()
+        return self._headers, fields
+
+    def _assertion(self) -> str:
+        """RFC 7523 §3: iss and sub MUST be the client_id (for client authentication, §2.2),
+        aud MUST identify the authorization server (here: the endpoint), exp MUST be there."""
+        now = int(self._clock())
+        claims = {
+            "iss": self._client_id,
+            "sub": self._client_id,
+            "aud": self._endpoint,
+            "jti": secrets.token_urlsafe(16),
+            "iat": now,
+            "exp": now + ASSERTION_LIFETIME,
+        }
+        return jwt.encode(claims, self._key, algorithm=self._alg, headers=self._jwt_headers)
+
+
+def _check_transport(endpoint: str, *, allow_http: bool) -> None:
+    """RFC 7662 §2: "The introspection endpoint MUST be protected by a transport-layer
+    security mechanism". Plain http is allowed to loopback (a sidecar), or when configured."""
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"introspection endpoint {endpoint} is not an http(s) URL")
+    if parts.scheme == "http" and not (allow_http or _is_loopback(parts.hostname)):
+        raise ValueError(f"introspection endpoint {endpoint} must use https (or insecure_http)")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _basic_credentials(client_id: str, secret: str) -> str:
+    """RFC 6749 §2.3.1: "The client identifier is encoded using the
+    application/x-www-form-urlencoded encoding algorithm per Appendix B, and the encoded
+    value is used as the username; the client password is encoded using the same algorithm
+    and used as the password." Skipping that breaks secrets holding ':' or '%'."""
+    pair = f"{quote_plus(client_id, safe='')}:{quote_plus(secret, safe='')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+
+
+async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body, or nothing (an unusable answer) when it passes ``MAX_ANSWER_BYTES``."""
+    if (response.content_length or 0) > MAX_ANSWER_BYTES:
+        return b""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            return b""
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_answer(status: int, body: bytes, token: str) -> dict[str, Any]:
+    """RFC 7662 §2.2: a 200 with a JSON object holding a boolean "active"; anything else
+    means the server could not tell us, never that the token is fine."""
+    answer: Any = None
+    if status == 200:
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+    if not isinstance(answer, dict) or not isinstance(answer.get("active"), bool):
+        log.warning(
+            "unusable introspection answer for token %s (status %d)", _token_ref(token), status
+        )
+        raise ServiceUnavailable(_UNAVAILABLE_DETAIL, reason="introspection_bad_answer")
+    return answer
+
+
+def _audiences(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list):
+        return tuple(item for item in value if isinstance(item, str))
+    return ()
+
+
+def _timestamp(answer: Mapping[str, Any], name: str) -> float | None:
+    """A NumericDate (RFC 7662 §2.2, "as defined in JWT"); a malformed one fails closed."""
+    value = answer.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ServiceUnavailable(_UNAVAILABLE_DETAIL, reason="introspection_bad_answer")
+    return float(value)
+
+
+def _string(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _first_present(answer: Mapping[str, Any], names: tuple[str, ...]) -> Any:
+    return next((answer[name] for name in names if name in answer), None)
+
+
+def _token_ref(token: str) -> str:
+    """What logs may say about a token: a prefix of its SHA-256, never the token."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12]

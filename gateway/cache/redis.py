@@ -1,0 +1,276 @@
+"""The shared (L2) cache of RFC 7662 answers in Redis, and eviction messages over pub/sub.
+
+Redis is an accelerator, never a dependency of a decision: every failure or timeout becomes
+a miss, so an outage costs introspection calls, not requests. A breaker stops paying the
+timeout on every request while Redis is down; one probe per interval finds it again.
+
+Keys are ``key_prefix + hex(SHA-256(token))``: the raw token is never sent to Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+
+from redis.asyncio import Redis, RedisCluster, Sentinel
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
+
+from gateway.config.models import RedisConfig
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_FAILURES: Final = (RedisError, RedisClusterException, OSError, TimeoutError)
+_KEEPALIVE: Final = 5.0
+"""Seconds of pub/sub silence before a PING; no answer within three of them: resubscribe."""
+
+RESYNC: Final = {"op": "resync"}
+"""Delivered to the eviction callback after a gap in the subscription: messages may be lost."""
+
+
+class RedisCache:
+    """Fault-tolerant L2 operations; ``key`` arguments are SHA-256 digests of tokens."""
+
+    def __init__(
+        self, config: RedisConfig, key_prefix: str, *, probe_interval: float = 1.0
+    ) -> None:
+        self._prefix = key_prefix
+        self._channel = f"{key_prefix}evict"
+        self._timeout = config.timeout
+        self._probe_interval = probe_interval
+        self._client = _client(config)
+        self._healthy = True
+        self._probe_at = 0.0
+        self._subscriber: asyncio.Task[None] | None = None
+        self.errors = 0
+        self.commands = 0
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    @property
+    def channel(self) -> str:
+        return self._channel
+
+    def key(self, digest: bytes) -> str:
+        return self._prefix + digest.hex()
+
+    def subject_key(self, subject: str) -> str:
+        return f"{self._prefix}sub:{hashlib.sha256(subject.encode()).hexdigest()}"
+
+    async def start(self) -> None:
+        """Never raises: a gateway must start (degraded) while Redis is down."""
+        await self._run(lambda: self._client.ping(), probe=True)
+
+    async def close(self) -> None:
+        if self._subscriber is not None:
+            self._subscriber.cancel()
+            await asyncio.gather(self._subscriber, return_exceptions=True)
+            self._subscriber = None
+        await self._client.aclose()
+
+    async def get(self, key: bytes) -> bytes | None:
+        return await self._run(lambda: self._client.get(self.key(key)))
+
+    async def set(self, key: bytes, value: bytes, ttl: float) -> None:
+        await self._run(lambda: self._client.set(self.key(key), value, px=_ms(ttl)))
+
+    async def set_for_subject(
+        self, key: bytes, value: bytes, ttl: float, subject: str, subject_ttl: float
+    ) -> None:
+        """SET plus membership in the subject's index, in one round trip (not a transaction:
+        a lost index entry only means a later subject eviction misses a key that expires)."""
+
+        async def write() -> None:
+            index = self.subject_key(subject)
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.set(self.key(key), value, px=_ms(ttl))
+                pipe.sadd(index, key.hex())
+                pipe.pexpire(index, _ms(subject_ttl))
+                await pipe.execute()
+
+        await self._run(write)
+
+    async def delete(self, key: bytes) -> None:
+        await self._run(lambda: self._client.delete(self.key(key)))
+
+    async def delete_subject(self, subject: str) -> int:
+        """Delete every entry indexed under ``subject``, and the index; returns the count."""
+
+        async def remove() -> int:
+            index = self.subject_key(subject)
+            members = await self._client.smembers(index)
+            # One DEL per key: in a cluster the keys live in different hash slots.
+            async with self._client.pipeline(transaction=False) as pipe:
+                for member in members:
+                    pipe.delete(self._prefix + member.decode("ascii"))
+                pipe.delete(index)
+                deleted = await pipe.execute()
+            return sum(deleted[:-1])
+
+        return await self._run(remove) or 0
+
+    async def publish_eviction(self, message: dict[str, Any]) -> None:
+        payload = json.dumps(message, separators=(",", ":"))
+        await self._run(lambda: self._client.publish(self._channel, payload))
+
+    async def subscribe_evictions(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        """Start the subscriber task; returns once the first subscription attempt ended, so
+        a message published after ``start()`` is not lost to a race."""
+        if self._subscriber is not None:
+            raise RuntimeError("already subscribed")
+        ready = asyncio.Event()
+        self._subscriber = asyncio.create_task(self._listen(callback, ready))
+        await ready.wait()
+
+    # --- internals -------------------------------------------------------------------------
+
+    async def _run(self, command: Callable[[], Awaitable[T]], *, probe: bool = False) -> T | None:
+        if not (probe or self._may_try()):
+            return None
+        self.commands += 1
+        try:
+            async with asyncio.timeout(self._timeout):
+                result = await command()
+        except _FAILURES as exc:
+            self._failed(exc)
+            return None
+        self._succeeded()
+        return result
+
+    def _may_try(self) -> bool:
+        """While down, let one command through per probe interval; the rest are misses."""
+        if self._healthy:
+            return True
+        now = time.monotonic()
+        if now < self._probe_at:
+            return False
+        self._probe_at = now + self._probe_interval
+        return True
+
+    def _failed(self, exc: BaseException) -> None:
+        self.errors += 1
+        self._probe_at = time.monotonic() + self._probe_interval
+        if self._healthy:
+            self._healthy = False
+            log.warning("redis unavailable, serving without L2: %s", _describe(exc))
+
+    def _succeeded(self) -> None:
+        if not self._healthy:
+            self._healthy = True
+            log.info("redis available again")
+
+    async def _listen(
+        self, callback: Callable[[dict[str, Any]], None], ready: asyncio.Event
+    ) -> None:
+        gap = False
+        while True:
+            pubsub = self._client.pubsub()
+            try:
+                async with asyncio.timeout(self._timeout * 2):
+                    await _subscribe(pubsub, self._channel)
+                self._succeeded()
+                if gap:
+                    _deliver(callback, dict(RESYNC))
+                ready.set()
+                await _pump(pubsub, callback)
+            except _FAILURES as exc:
+                self._failed(exc)
+                gap = True
+            finally:
+                ready.set()
+                await _close_quietly(pubsub)
+            await asyncio.sleep(self._probe_interval)
+
+
+def _client(config: RedisConfig) -> Any:
+    """One client per target kind; retries off: a failed command is a miss, not a wait."""
+    options: dict[str, Any] = {
+        "socket_timeout": config.timeout,
+        "socket_connect_timeout": config.timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if config.sentinel is not None:
+        if config.cluster:
+            raise ValueError("redis: cluster mode takes a url, not sentinel")
+        sentinel = Sentinel([_host_port(item) for item in config.sentinel.hosts], **options)
+        return sentinel.master_for(config.sentinel.service, **options)
+    assert config.url is not None  # RedisConfig guarantees url xor sentinel
+    if config.cluster:
+        return RedisCluster.from_url(config.url, **options)
+    return Redis.from_url(config.url, **options)
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def _subscribe(pubsub: PubSub, channel: str) -> None:
+    """SUBSCRIBE and wait for its confirmation, so the subscription is live on return."""
+    await pubsub.subscribe(channel)
+    while True:
+        message = await pubsub.get_message(timeout=None)
+        if message is not None and message["type"] == "subscribe":
+            return
+
+
+async def _pump(pubsub: PubSub, callback: Callable[[dict[str, Any]], None]) -> None:
+    """Deliver messages until the connection fails; a silent link is probed, then dropped."""
+    loop = asyncio.get_running_loop()
+    heard = loop.time()
+    while True:
+        message = await pubsub.get_message(timeout=_KEEPALIVE)
+        now = loop.time()
+        if message is None:
+            if now - heard > 3 * _KEEPALIVE:
+                raise RedisConnectionError("pub/sub connection went silent")
+            await pubsub.ping()
+            continue
+        heard = now
+        if message["type"] == "message":
+            decoded = _decode_message(message["data"])
+            if decoded is not None:
+                _deliver(callback, decoded)
+
+
+def _decode_message(data: bytes) -> dict[str, Any] | None:
+    try:
+        message = json.loads(data)
+    except ValueError:
+        log.warning("ignoring an eviction message that is not JSON")
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def _deliver(callback: Callable[[dict[str, Any]], None], message: dict[str, Any]) -> None:
+    """A failing callback loses one message, not the subscription."""
+    try:
+        callback(message)
+    except Exception:
+        log.exception("eviction callback failed")
+
+
+async def _close_quietly(pubsub: PubSub) -> None:
+    try:
+        await pubsub.aclose()
+    except _FAILURES:
+        log.debug("closing a failed pub/sub connection", exc_info=True)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
