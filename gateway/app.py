@@ -17,8 +17,10 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.admin.app import build_admin_app
+from gateway.config.errors import ConfigError
 from gateway.config.loader import LoadedConfig
 from gateway.handler import ProxyHandler, new_request_id, problem_response
+from gateway.metrics import Metrics, runtime_metrics
 from gateway.problems import BadRequest, GatewayError, HeadersTooLarge
 from gateway.runtime import build_runtime
 from gateway.state import RuntimeHolder
@@ -98,6 +100,7 @@ class Gateway:
 
     holder: RuntimeHolder
     session: aiohttp.ClientSession
+    metrics: Metrics
     proxy_runner: web.BaseRunner
     admin_runner: web.AppRunner
     proxy_port: int = 0
@@ -106,11 +109,24 @@ class Gateway:
 
     async def reload(self, loaded: LoadedConfig, *, wait_for_keys: float = 10.0) -> None:
         """Swap in a new config; raises ConfigError and keeps the old one if it is bad."""
-        runtime = await build_runtime(loaded, self.session, wait_for_keys=wait_for_keys)
+        try:
+            runtime = await build_runtime(loaded, self.session, wait_for_keys=wait_for_keys)
+        except ConfigError:
+            self.metrics.config_reloads.labels("rejected").inc()
+            raise
         old, self.holder.current = self.holder.current, runtime
+        self.metrics.config_reloads.labels("ok").inc()
         task = asyncio.ensure_future(_close_later(old, 30.0))
         self._old_runtimes.add(task)
         task.add_done_callback(self._old_runtimes.discard)
+
+    async def shutdown(self, readiness_delay: float) -> None:
+        """SIGTERM: unready at once, keep accepting while load balancers notice, then stop
+        accepting and give in-flight requests (and WebSockets) the drain time to finish."""
+        self.holder.draining = True
+        await asyncio.sleep(readiness_delay)
+        await self.proxy_runner.cleanup()  # waits up to shutdown_timeout for in-flight work
+        await self.close()
 
     async def close(self) -> None:
         await self.proxy_runner.cleanup()
@@ -156,8 +172,10 @@ async def start_gateway(
         await session.close()
         raise
     holder = RuntimeHolder(current=runtime)
+    metrics = Metrics()
+    metrics.add_source(lambda: runtime_metrics(holder))
     server = _GatewayServer(
-        ProxyHandler(holder, session),
+        ProxyHandler(holder, session, metrics),
         handler_cancellation=True,
         auto_decompress=False,
         access_log=None,
@@ -165,11 +183,14 @@ async def start_gateway(
         max_line=config.limits.max_request_line,
         **_server_limits(loaded),
     )
-    proxy_runner = web.ServerRunner(server, handle_signals=False)
+    proxy_runner = web.ServerRunner(
+        server, handle_signals=False, shutdown_timeout=config.shutdown.drain_timeout
+    )
     await proxy_runner.setup()
-    admin_runner = web.AppRunner(build_admin_app(holder), handle_signals=False, access_log=None)
+    admin_app = build_admin_app(holder, metrics)
+    admin_runner = web.AppRunner(admin_app, handle_signals=False, access_log=None)
     await admin_runner.setup()
-    gateway = Gateway(holder, session, proxy_runner, admin_runner)
+    gateway = Gateway(holder, session, metrics, proxy_runner, admin_runner)
     try:
         listen = config.listen
         port = listen.port if proxy_port is None else proxy_port

@@ -10,22 +10,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Sequence
 from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 from aiohttp import web
 
+from gateway.accesslog import RequestRecord
 from gateway.auth.pipeline import AuthRequest, Decision
+from gateway.metrics import Metrics
 from gateway.problems import (
     PROBLEM_CONTENT_TYPE,
     AuthError,
     BadFraming,
     BadRequest,
     GatewayError,
+    InvalidPath,
     MethodNotAllowed,
 )
-from gateway.proxy.forward import NO_BODY, Body, forward, request_head, response_started
+from gateway.proxy.forward import (
+    NO_BODY,
+    UPSTREAM_SECONDS,
+    Body,
+    forward,
+    request_head,
+    response_started,
+)
 from gateway.proxy.headers import request_id_of, upstream_request_headers
 from gateway.proxy.websocket import relay_websocket
 from gateway.routing.paths import normalise_target, rewrite_path
@@ -127,46 +138,85 @@ async def _form_fields(
 class ProxyHandler:
     """The proxy listener's request handler."""
 
-    def __init__(self, holder: RuntimeHolder, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, holder: RuntimeHolder, session: aiohttp.ClientSession, metrics: Metrics
+    ) -> None:
         self._holder = holder
         self._session = session
+        self._metrics = metrics
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
         runtime = self._holder.current
+        metrics = self._metrics
+        metrics.in_flight.inc()
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
         request_id = request_id_of(headers, runtime.forwarding.request_id_header, new_request_id)
-        realm = runtime.realm
+        record = RequestRecord(
+            request_id=request_id, method=request.method, path="-", remote=request.remote
+        )
         try:
-            return await self._handle(request, runtime, headers, request_id)
+            response = await self._respond(request, runtime, headers, record)
+        finally:
+            metrics.in_flight.dec()
+        seconds = time.perf_counter() - started
+        record.status = response.status
+        metrics.observe_request(record.route, record.method, record.status, seconds)
+        if record.upstream_seconds is not None and record.upstream is not None:
+            metrics.observe_upstream(record.upstream, record.upstream_seconds)
+        if runtime.access_log is not None:
+            runtime.access_log.write(record, seconds)
+        return response
+
+    async def _respond(
+        self,
+        request: web.BaseRequest,
+        runtime: Runtime,
+        headers: list[tuple[str, str]],
+        record: RequestRecord,
+    ) -> web.StreamResponse:
+        try:
+            return await self._handle(request, runtime, headers, record)
         except GatewayError as error:
+            record.reason = error.reason
+            record.decision = "deny" if isinstance(error, AuthError) else "error"
+            if isinstance(error, AuthError):
+                self._metrics.observe_decision("deny", error.reason)
             if response_started(request):
                 raise ConnectionResetError("response aborted after it started") from None
-            return problem_response(error, realm, request_id, close=isinstance(error, BadFraming))
+            close = isinstance(error, BadFraming)
+            return problem_response(error, runtime.realm, record.request_id, close=close)
         except (asyncio.CancelledError, ConnectionError):
+            record.decision, record.reason = "error", "client_gone"
             raise
         except Exception:
-            log.exception("unexpected error handling request %s", request_id)
+            log.exception("unexpected error handling request %s", record.request_id)
+            record.decision, record.reason = "error", "internal_error"
             if response_started(request):
                 raise ConnectionResetError("response aborted after it started") from None
-            return problem_response(GatewayError(), realm, request_id)
+            return problem_response(GatewayError(), runtime.realm, record.request_id)
 
     async def _handle(
         self,
         request: web.BaseRequest,
         runtime: Runtime,
         headers: list[tuple[str, str]],
-        request_id: str,
+        record: RequestRecord,
     ) -> web.StreamResponse:
         method = request.method
         if method in ("CONNECT", "TRACE"):
             # Not an open proxy (CONNECT), and no reflection of credentials (TRACE).
             raise MethodNotAllowed(())
         target = normalise_target(_origin_target(request))
+        if ";" in target.path and not runtime.path_parameters:
+            raise InvalidPath("Path parameters (';') are not accepted here.")
+        record.path = target.path
         try:
             host = normalise_host(request.headers.get("Host"))
         except ValueError:
             raise BadRequest("The Host header is not a valid host.") from None
         route = runtime.table.match(host, target.path, method)
+        record.route = route.name
 
         form_fields, form_body = await _form_fields(request, route)
         decision: Decision = await runtime.pipeline.run(
@@ -177,13 +227,23 @@ class ProxyHandler:
                 form_fields=form_fields,
             ),
         )
+        identity = decision.identity
+        if identity is not None:
+            record.decision, record.reason = "allow", "ok"
+            record.client_id, record.subject = identity.client_id, identity.subject
+        else:
+            record.decision = "allow" if route.auth.required else "anonymous"
+            record.reason = "ok"
+        self._metrics.observe_decision(record.decision, record.reason)
+
         upstream = route.upstream
+        record.upstream = upstream.name
         outbound = upstream_request_headers(
             headers,
             peer=request.remote,
             scheme=request.scheme,
             http_version=(request.version.major, request.version.minor),
-            request_id=request_id,
+            request_id=record.request_id,
             policy=runtime.forwarding,
             removal=route.removal,
             add=decision.headers,
@@ -209,5 +269,9 @@ class ProxyHandler:
             # sent only now that the request passed authentication and authorisation.
             request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         head = request_head(method, path, outbound, body)
-        echo_id = ((runtime.forwarding.request_id_header, request_id),)
-        return await forward(request, route.pool, head, body, echo_id)
+        echo_id = ((runtime.forwarding.request_id_header, record.request_id),)
+        response = await forward(request, route.pool, head, body, echo_id)
+        record.upstream_status = response.status
+        record.upstream_seconds = response.get(UPSTREAM_SECONDS)
+        record.bytes_out = response.content_length
+        return response

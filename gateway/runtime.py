@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import aiohttp
 
+from gateway.accesslog import AccessLog
 from gateway.auth.headers import IdentityHeaders
 from gateway.auth.jwks import KeySetProvider
 from gateway.auth.jwt import JwtVerifier
@@ -22,6 +23,7 @@ from gateway.auth.token_cache import TokenCache
 from gateway.config.errors import ConfigError
 from gateway.config.loader import LoadedConfig
 from gateway.config.models import GatewayConfig, Route
+from gateway.metrics import counter_family, gauge_family
 from gateway.proxy.headers import ForwardingPolicy, Removal
 from gateway.proxy.trust import TrustedProxies
 from gateway.proxy.upstreams import UpstreamPool, compile_upstream
@@ -161,10 +163,25 @@ async def build_runtime(
         ),
         pools=pools,
         realm=config.defaults.realm,
+        path_parameters=config.limits.path_parameters,
+        access_log=AccessLog(config.logging.format) if config.logging.access_log else None,
     )
     for key, provider in providers.items():
         runtime.readiness.append(lambda k=key, p=provider: (f"keys:{k}", p.ready))
         runtime.closers.append(provider.close)
+    token_cache = pipeline.token_cache
+    runtime.metric_sources.append(
+        lambda: [
+            counter_family(
+                "gateway_keyset_fetches", "Key-set (JWKS) fetches attempted, by issuer.",
+                ["issuer"], {(k,): float(p.fetch_count) for k, p in providers.items()},
+            ),
+            gauge_family(
+                "gateway_token_cache_entries", "Verified tokens (and rejections) held in memory.",
+                [], {(): float(len(token_cache))},
+            ),
+        ]
+    )  # fmt: skip
     await asyncio.gather(*(p.start() for p in providers.values()))
     if wait_for_keys > 0 and providers:
         await _wait_ready(list(providers.values()), wait_for_keys)

@@ -41,7 +41,12 @@ async def serve(config_path: Path, loaded: LoadedConfig, *, reuse_port: bool) ->
     async def reload() -> None:
         try:
             new = load_config(config_path)
-            await gateway.reload(new)
+        except ConfigError as error:
+            gateway.metrics.config_reloads.labels("rejected").inc()
+            log.error("config reload rejected, keeping the running config:\n%s", error)
+            return
+        try:
+            await gateway.reload(new)  # counts its own outcome
         except ConfigError as error:
             log.error("config reload rejected, keeping the running config:\n%s", error)
             return
@@ -64,7 +69,8 @@ async def serve(config_path: Path, loaded: LoadedConfig, *, reuse_port: bool) ->
     )  # fmt: skip
     try:
         await stop.wait()
-        gateway.holder.draining = True
+        log.info("stopping: readiness off, draining in-flight requests")
+        await gateway.shutdown(gateway.holder.current.loaded.config.shutdown.readiness_delay)
     finally:
         await gateway.close()
 

@@ -7,14 +7,17 @@ runtime it started with, so in-flight requests finish on their own config.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
+from prometheus_client.core import Metric
 
+from gateway.accesslog import AccessLog
 from gateway.auth.pipeline import AuthPipeline, RouteAuth
 from gateway.config.loader import LoadedConfig
+from gateway.metrics import Metrics
 from gateway.proxy.headers import ForwardingPolicy, Removal
 from gateway.proxy.upstreams import UpstreamPool, UpstreamTarget
 from gateway.routing.table import RouteTable
@@ -47,8 +50,12 @@ class Runtime:
     forwarding: ForwardingPolicy
     pools: dict[str, UpstreamPool]
     realm: str
+    path_parameters: bool = False
+    access_log: AccessLog | None = None
     readiness: list[Callable[[], tuple[str, bool]]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Scrape-time metric families of this runtime's components.
+    metric_sources: list[Callable[[], Iterable[Metric]]] = field(default_factory=list)
 
     def ready(self) -> tuple[bool, dict[str, bool]]:
         """Overall readiness and each component's, for /readyz."""
@@ -72,3 +79,4 @@ class RuntimeHolder:
 
 HOLDER = web.AppKey("holder", RuntimeHolder)
 CLIENT_SESSION = web.AppKey("client_session", aiohttp.ClientSession)
+METRICS = web.AppKey("metrics", Metrics)

@@ -48,6 +48,11 @@ class Limits(Strict):
     max_headers: int = Field(100, ge=8, le=1000, description="header fields (431)")
     max_token_size: int = Field(8192, ge=256, le=65536, description="bytes of a bearer token")
     keepalive_timeout: Duration = 75.0
+    path_parameters: bool = Field(
+        False,
+        description="Allow ';' in paths. Off: servlet-style upstreams read /admin;x/y as "
+        "/admin/y, which routes matching the raw path would not see.",
+    )
 
 
 class Forwarding(Strict):
@@ -411,10 +416,25 @@ class IntrospectionCache(Strict):
     )
 
 
+class LoggingConfig(Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+    access_log: bool = Field(True, description="One line per request on stdout.")
+
+
+class Shutdown(Strict):
+    """SIGTERM: readiness false at once, stop accepting after a delay, then drain."""
+
+    readiness_delay: Duration = Field(5.0, description="Time for load balancers to notice.")
+    drain_timeout: Duration = Field(30.0, description="Longest wait for in-flight requests.")
+
+
 class GatewayConfig(Strict):
     listen: Listen = Listen()
     admin: AdminListen = AdminListen()
     limits: Limits = Limits()
+    logging: LoggingConfig = LoggingConfig()
+    shutdown: Shutdown = Shutdown()
     forwarding: Forwarding = Forwarding()
     upstreams: dict[str, Upstream] = Field(min_length=1)
     issuers: list[Issuer] = Field(default_factory=list)

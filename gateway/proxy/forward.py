@@ -38,6 +38,8 @@ class Body:
 
 
 NO_BODY = Body(reader=None, length=None)
+# Set on each relayed response: seconds from sending the request to the response head.
+UPSTREAM_SECONDS = web.ResponseKey("upstream_seconds", float)
 
 
 def request_head(method: str, target: str, headers: Sequence[tuple[str, str]], body: Body) -> bytes:
@@ -135,7 +137,9 @@ async def forward(
 ) -> web.StreamResponse:
     """Relay one exchange; the caller has already decided the request may pass."""
     is_head = request.method == "HEAD"
+    sent_at = pool.loop.time()
     conn, upstream, upload = await _exchange(pool, head, body, is_head)
+    upstream_seconds = pool.loop.time() - sent_at
     released = False
     try:
         headers = downstream_response_headers(upstream.headers)
@@ -147,6 +151,7 @@ async def forward(
             if upload is not None:
                 await upload
             response = web.Response(status=upstream.status, reason=_reason(upstream))
+            response[UPSTREAM_SECONDS] = upstream_seconds
             response.headers.extend(headers)
             if payload and not is_head:
                 response.body = payload
@@ -155,6 +160,7 @@ async def forward(
                 response.headers["Content-Length"] = "0"
             return response
         response = web.StreamResponse(status=upstream.status, reason=_reason(upstream))
+        response[UPSTREAM_SECONDS] = upstream_seconds
         response.headers.extend(headers)
         await response.prepare(request)
         while chunk := await conn.read_body():

@@ -17,7 +17,7 @@ import pytest
 from gateway import __version__
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((ROOT / "config").glob("*.yaml")) + [ROOT / "gateway/defaults/demo.yaml"]
+EXAMPLES = [*sorted((ROOT / "config").glob("*.yaml")), ROOT / "gateway/defaults/demo.yaml"]
 EXAMPLE_ENV = {"DEMO_ISSUER": "http://127.0.0.1:1", "DEMO_UPSTREAM": "http://127.0.0.1:2"}
 
 

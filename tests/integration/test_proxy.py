@@ -208,6 +208,9 @@ async def test_upstream_sees_the_normalised_path(gateway, upstream, target, expe
         pytest.param("/a/..;/admin", id="tomcat-dotdot-semicolon"),
         pytest.param("/a/%252e%252e/b", id="double-encoded-dot"),
         pytest.param("/a/%C0%AE%C0%AE/b", id="overlong-utf8-dot"),
+        pytest.param("/admin;x/secret", id="path-parameter-servlet-bypass"),
+        pytest.param("/a/%EF%BC%8E%EF%BC%8E/b", id="fullwidth-dots"),
+        pytest.param("/a\\..\\b", id="backslash"),
     ],
 )
 async def test_unsafe_paths_get_400_and_never_reach_upstream(gateway, upstream, target):
@@ -261,6 +264,16 @@ async def test_invalid_framing_is_refused_and_never_forwarded(gateway, upstream,
     response = await raw_exchange(gateway.proxy_port, request_bytes, timeout=1)
     assert status_of(response) in (400, 405)
     assert upstream.received == []
+
+
+async def test_path_parameters_can_be_allowed(tmp_path, upstream):
+    config = base_config(upstream.url, limits={"path_parameters": True})
+    async with running_gateway(tmp_path, config) as gw:
+        response = await raw_exchange(
+            gw.proxy_port, b"GET /a;v=1/b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+    assert status_of(response) == 200
+    assert upstream.last.raw_path == "/a;v=1/b"
 
 
 async def test_absolute_form_matching_host_uses_the_path_only(gateway, upstream):
