@@ -187,7 +187,8 @@ async def start_gateway(
         server, handle_signals=False, shutdown_timeout=config.shutdown.drain_timeout
     )
     await proxy_runner.setup()
-    admin_app = build_admin_app(holder, metrics)
+    admin_token = config.admin.token.get_secret_value() if config.admin.token else None
+    admin_app = build_admin_app(holder, metrics, admin_token)
     admin_runner = web.AppRunner(admin_app, handle_signals=False, access_log=None)
     await admin_runner.setup()
     gateway = Gateway(holder, session, metrics, proxy_runner, admin_runner)

@@ -8,18 +8,25 @@ come through ``build_runtime``, so a config that would fail at request time neve
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import ssl
 from collections.abc import Sequence
+from typing import Any
 
 import aiohttp
+from prometheus_client.core import Metric
 
 from gateway.accesslog import AccessLog
 from gateway.auth.headers import IdentityHeaders
+from gateway.auth.introspection import IssuerIntrospection
 from gateway.auth.jwks import KeySetProvider
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.pipeline import AuthPipeline, RouteAuth
 from gateway.auth.policy import compile_policy
 from gateway.auth.token_cache import TokenCache
+from gateway.cache.redis import RedisCache
+from gateway.cache.tiered import TieredCache
 from gateway.config.errors import ConfigError
 from gateway.config.loader import LoadedConfig
 from gateway.config.models import GatewayConfig, Route
@@ -141,12 +148,16 @@ async def build_runtime(
     }
     verifier = JwtVerifier(config.issuers, providers) if config.issuers else None
     tc = config.token_cache
+    token_cache = TokenCache(tc.max_entries, tc.max_ttl, tc.negative_ttl)
+    introspection = _introspection(config, session, providers, contexts, token_cache)
     pipeline = AuthPipeline(
         verifier=verifier,
-        token_cache=TokenCache(tc.max_entries, tc.max_ttl, tc.negative_ttl),
+        token_cache=token_cache,
         max_token_size=config.limits.max_token_size,
+        introspectors=introspection,
         issuer_modes={issuer.key: issuer.mode for issuer in config.issuers},
         issuer_keys={issuer.issuer: issuer.key for issuer in config.issuers},
+        introspect_jwts=frozenset(i.key for i in config.issuers if i.introspect_jwts),
     )
     fwd = config.forwarding
     runtime = Runtime(
@@ -162,6 +173,8 @@ async def build_runtime(
             request_id_header=fwd.request_id_header,
         ),
         pools=pools,
+        token_cache=token_cache,
+        introspection=introspection,
         realm=config.defaults.realm,
         path_parameters=config.limits.path_parameters,
         access_log=AccessLog(config.logging.format) if config.logging.access_log else None,
@@ -169,7 +182,10 @@ async def build_runtime(
     for key, provider in providers.items():
         runtime.readiness.append(lambda k=key, p=provider: (f"keys:{k}", p.ready))
         runtime.closers.append(provider.close)
-    token_cache = pipeline.token_cache
+    for key, client in introspection.items():
+        runtime.closers.append(client.cache.close)
+        runtime.notes.append(lambda k=key, c=client.cache: (f"cache:{k}", _cache_state(c)))
+    runtime.metric_sources.append(lambda: _introspection_metrics(introspection))
     runtime.metric_sources.append(
         lambda: [
             counter_family(
@@ -183,9 +199,71 @@ async def build_runtime(
         ]
     )  # fmt: skip
     await asyncio.gather(*(p.start() for p in providers.values()))
+    await asyncio.gather(*(c.cache.start() for c in introspection.values()))
     if wait_for_keys > 0 and providers:
         await _wait_ready(list(providers.values()), wait_for_keys)
     return runtime
+
+
+def _introspection(
+    config: GatewayConfig,
+    session: aiohttp.ClientSession,
+    providers: dict[str, KeySetProvider],
+    contexts: dict[str, ssl.SSLContext | None],
+    token_cache: TokenCache,
+) -> dict[str, IssuerIntrospection]:
+    """One cached introspection client per issuer that has one.
+
+    Each issuer gets its own Redis key prefix: the same opaque string could mean different
+    things to two authorization servers, so their answers must never share an entry.
+    """
+
+    def remote_eviction(message: dict[str, Any]) -> None:
+        op = message.get("op")
+        if op == "token" and isinstance(key := message.get("key"), str):
+            with contextlib.suppress(ValueError):
+                token_cache.evict(bytes.fromhex(key))
+        elif op == "subject" and isinstance(subject := message.get("subject"), str):
+            token_cache.evict_subject(subject)
+        elif op == "resync":
+            token_cache.clear()
+
+    clients: dict[str, IssuerIntrospection] = {}
+    cache_config = config.cache
+    for issuer in config.issuers:
+        if issuer.introspection is None:
+            continue
+        tag = hashlib.sha256(issuer.issuer.encode()).hexdigest()[:12]
+        prefix = f"{cache_config.key_prefix}{tag}:"
+        redis = RedisCache(cache_config.redis, prefix) if cache_config.redis else None
+        cache = TieredCache(cache_config, redis, on_remote_eviction=remote_eviction)
+        provider = providers[issuer.key]
+        clients[issuer.key] = IssuerIntrospection(
+            issuer, session, cache, lambda p=provider: p.metadata, ssl=contexts[issuer.key]
+        )
+    return clients
+
+
+def _cache_state(cache: TieredCache) -> str:
+    return "degraded" if cache.degraded else "ok"
+
+
+def _introspection_metrics(clients: dict[str, IssuerIntrospection]) -> list[Metric]:
+    stats: dict[tuple[str, ...], float] = {}
+    for key, client in clients.items():
+        for name, value in client.cache.stats.items():
+            stats[(key, name)] = float(value)
+    return [
+        counter_family(
+            "gateway_introspection_cache_events", "Introspection cache events (l1_hits, "
+            "l1_misses, l2_hits, l2_misses, loads, coalesced, …), by issuer.",
+            ["issuer", "event"], stats,
+        ),
+        counter_family(
+            "gateway_introspection_calls", "HTTP calls to introspection endpoints, by issuer.",
+            ["issuer"], {(k,): float(c.calls) for k, c in clients.items()},
+        ),
+    ]  # fmt: skip
 
 
 async def _wait_ready(providers: Sequence[KeySetProvider], limit: float) -> None:

@@ -15,7 +15,9 @@ from aiohttp import web
 from prometheus_client.core import Metric
 
 from gateway.accesslog import AccessLog
+from gateway.auth.introspection import IssuerIntrospection
 from gateway.auth.pipeline import AuthPipeline, RouteAuth
+from gateway.auth.token_cache import TokenCache
 from gateway.config.loader import LoadedConfig
 from gateway.metrics import Metrics
 from gateway.proxy.headers import ForwardingPolicy, Removal
@@ -49,10 +51,15 @@ class Runtime:
     pipeline: AuthPipeline
     forwarding: ForwardingPolicy
     pools: dict[str, UpstreamPool]
+    token_cache: TokenCache
+    introspection: dict[str, IssuerIntrospection]
     realm: str
     path_parameters: bool = False
     access_log: AccessLog | None = None
     readiness: list[Callable[[], tuple[str, bool]]] = field(default_factory=list)
+    # Informational states for /readyz that do not make the gateway unready (a degraded
+    # shared cache still serves from memory and the authorization server).
+    notes: list[Callable[[], tuple[str, str]]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # Scrape-time metric families of this runtime's components.
     metric_sources: list[Callable[[], Iterable[Metric]]] = field(default_factory=list)
@@ -61,6 +68,18 @@ class Runtime:
         """Overall readiness and each component's, for /readyz."""
         checks = dict(check() for check in self.readiness)
         return all(checks.values()), checks
+
+    async def evict_token(self, digest: bytes) -> None:
+        """Forget a token (by SHA-256) in every cache here and, via Redis, in every replica."""
+        self.token_cache.evict(digest)
+        for client in self.introspection.values():
+            await client.cache.evict_token(digest.hex())
+
+    async def evict_subject(self, subject: str) -> int:
+        dropped = self.token_cache.evict_subject(subject)
+        for client in self.introspection.values():
+            dropped += await client.cache.evict_subject(subject)
+        return dropped
 
     async def close(self) -> None:
         for closer in reversed(self.closers):

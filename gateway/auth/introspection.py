@@ -30,6 +30,7 @@ import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from gateway.auth.identity import Identity, scopes_from_claim
+from gateway.cache.tiered import TieredCache
 from gateway.config.models import ClientAuth, Issuer
 from gateway.problems import InvalidToken, ServiceUnavailable
 
@@ -292,3 +293,57 @@ def _first_present(answer: Mapping[str, Any], names: tuple[str, ...]) -> Any:
 def _token_ref(token: str) -> str:
     """What logs may say about a token: a prefix of its SHA-256, never the token."""
     return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+class IssuerIntrospection:
+    """One issuer's introspection behind its two-tier cache, as the pipeline calls it.
+
+    The endpoint may come from discovery, which can finish after start-up; the client is
+    therefore made on first use, and until the endpoint is known an uncached token gets a
+    503 (fail closed), never a pass.
+    """
+
+    def __init__(
+        self,
+        issuer: Issuer,
+        session: aiohttp.ClientSession,
+        cache: TieredCache,
+        metadata: Callable[[], Mapping[str, Any] | None],
+        *,
+        ssl: ssl_module.SSLContext | None = None,
+    ) -> None:
+        self._issuer = issuer
+        self._session = session
+        self._metadata = metadata
+        self._ssl = ssl
+        self._client: Introspector | None = None
+        self.cache = cache
+
+    @property
+    def calls(self) -> int:
+        return self._client.calls if self._client is not None else 0
+
+    async def __call__(self, token: str) -> Identity:
+        identity = await self.cache.get_or_load(token, lambda: self._load(token))
+        if identity is None:
+            # RFC 7662 §2.2: active false — revoked, expired, or never issued.
+            raise InvalidToken("The access token is not active.", reason="inactive")
+        return identity
+
+    async def _load(self, token: str) -> Identity | None:
+        client = self._client or self._make_client()
+        return await client.introspect(token)
+
+    def _make_client(self) -> Introspector:
+        assert self._issuer.introspection is not None
+        endpoint = self._issuer.introspection.endpoint
+        if endpoint is None:
+            found = (self._metadata() or {}).get("introspection_endpoint")
+            if not isinstance(found, str):
+                raise ServiceUnavailable(
+                    "The issuer's introspection endpoint is not known yet.",
+                    reason="introspection_error",
+                )
+            endpoint = found
+        self._client = Introspector(self._issuer, self._session, endpoint=endpoint, ssl=self._ssl)
+        return self._client

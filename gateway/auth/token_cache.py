@@ -77,6 +77,19 @@ class TokenCache:
     def evict(self, key: bytes) -> None:
         self._entries.pop(key, None)
 
+    def evict_subject(self, subject: str) -> int:
+        """Drop every identity of ``subject`` (an admin action: a scan, off the hot path)."""
+        doomed = [
+            key for key, (_, value) in self._entries.items()
+            if isinstance(value, Identity) and value.subject == subject
+        ]  # fmt: skip
+        for key in doomed:
+            del self._entries[key]
+        return len(doomed)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
     def __len__(self) -> int:
         return len(self._entries)
 

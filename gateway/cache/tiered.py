@@ -48,7 +48,11 @@ class TieredCache:
         redis: RedisCache | None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        *,
+        on_remote_eviction: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
+        # Other caches of this process (the verified-JWT cache) hear replicas' evictions too.
+        self._on_remote_eviction = on_remote_eviction
         self._l1 = MemoryCache(config.l1.max_entries, config.l1.max_bytes, clock)
         self._redis = redis
         self._clock = clock
@@ -238,6 +242,8 @@ class TieredCache:
             log.warning("ignoring an unknown eviction message")
             return
         self.stats["evictions_received"] += 1
+        if self._on_remote_eviction is not None:
+            self._on_remote_eviction(message)
 
 
 def _decode(data: bytes) -> tuple[Identity | None, float] | None:

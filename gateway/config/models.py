@@ -38,6 +38,9 @@ class Listen(Strict):
 class AdminListen(Strict):
     host: str = "127.0.0.1"
     port: int = Field(9901, ge=0, le=65535)
+    token: SecretStr | None = Field(
+        None, description="Bearer token required by admin actions (POST /cache/evict)."
+    )
 
 
 class Limits(Strict):
@@ -233,6 +236,15 @@ class Issuer(Strict):
             raise ValueError("hmac_secret is set but no HS* algorithm is listed in algorithms")
         if self.mode != "jwt" and self.introspection is None:
             raise ValueError(f"mode {self.mode} needs an introspection section")
+        discovered = self.keys.discovery
+        if (
+            self.introspection is not None
+            and self.introspection.endpoint is None
+            and not discovered
+        ):
+            raise ValueError("introspection.endpoint is needed unless keys use discovery")
+        if self.introspect_jwts and self.introspection is None:
+            raise ValueError("introspect_jwts needs an introspection section")
         if self.hmac_secret is not None and len(self.hmac_secret.get_secret_value()) < 32:
             raise ValueError("hmac_secret must be at least 32 bytes (RFC 7518 §3.2)")
         return self
