@@ -80,7 +80,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from gateway.server import run
 
-    return run(_config_path(args.config), args.workers)
+    return run(_config_path(args.config), args.workers, watch=args.watch)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -92,9 +92,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
-    parser.add_argument(
-        "--log-level", default=os.environ.get("GATEWAY_LOG_LEVEL", "INFO"), help="default INFO"
-    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="serve a config")
@@ -102,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--workers", type=int, default=int(os.environ.get("GATEWAY_WORKERS", "1")),
         help="processes sharing the port with SO_REUSEPORT (default 1)",
+    )  # fmt: skip
+    run.add_argument(
+        "--watch", action="store_true", default=os.environ.get("GATEWAY_WATCH") == "1",
+        help="also reload when the config file changes (default: SIGHUP only)",
     )  # fmt: skip
     run.set_defaults(func=_cmd_run)
 
@@ -122,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        level=os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     return int(args.func(args))
 

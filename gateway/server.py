@@ -13,9 +13,12 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from gateway.accesslog import configure_logging
 from gateway.app import start_gateway
+from gateway.config.environment import apply_environment
 from gateway.config.errors import ConfigError
 from gateway.config.loader import LoadedConfig, load_config
 
@@ -32,15 +35,42 @@ def install_uvloop() -> bool:
     return True
 
 
-async def serve(config_path: Path, loaded: LoadedConfig, *, reuse_port: bool) -> None:
-    """Run one worker until SIGTERM/SIGINT; SIGHUP reloads the config file."""
+def load_for_run(config_path: Path) -> LoadedConfig:
+    """The config file with the environment's overrides (listeners, log level and format)."""
+    return apply_environment(load_config(config_path), os.environ)
+
+
+async def _watch(path: Path, on_change: Callable[[], None], interval: float = 1.0) -> None:
+    """Poll the config file's mtime and size (works for ConfigMap symlink swaps too)."""
+
+    def stamp() -> tuple[float, int] | None:
+        try:
+            info = path.stat()
+        except OSError:
+            return None
+        return info.st_mtime, info.st_size
+
+    last = stamp()
+    while True:
+        await asyncio.sleep(interval)
+        current = stamp()
+        if current is not None and current != last:
+            last = current
+            on_change()
+
+
+async def serve(
+    config_path: Path, loaded: LoadedConfig, *, reuse_port: bool, watch: bool = False
+) -> None:
+    """Run one worker until SIGTERM/SIGINT; SIGHUP (or a changed file, with ``watch``)
+    reloads the config file."""
     gateway = await start_gateway(loaded, reuse_port=reuse_port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
     async def reload() -> None:
         try:
-            new = load_config(config_path)
+            new = load_for_run(config_path)
         except ConfigError as error:
             gateway.metrics.config_reloads.labels("rejected").inc()
             log.error("config reload rejected, keeping the running config:\n%s", error)
@@ -60,6 +90,7 @@ async def serve(config_path: Path, loaded: LoadedConfig, *, reuse_port: bool) ->
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    watcher = asyncio.ensure_future(_watch(config_path, on_hup)) if watch else None
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     log.info(
@@ -70,26 +101,30 @@ async def serve(config_path: Path, loaded: LoadedConfig, *, reuse_port: bool) ->
     try:
         await stop.wait()
         log.info("stopping: readiness off, draining in-flight requests")
+        if watcher is not None:
+            watcher.cancel()
         await gateway.shutdown(gateway.holder.current.loaded.config.shutdown.readiness_delay)
     finally:
         await gateway.close()
 
 
-def _run_worker(config_path: Path, loaded: LoadedConfig, reuse_port: bool) -> None:
+def _run_worker(config_path: Path, loaded: LoadedConfig, reuse_port: bool, watch: bool) -> None:
     install_uvloop()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(config_path, loaded, reuse_port=reuse_port))
+        asyncio.run(serve(config_path, loaded, reuse_port=reuse_port, watch=watch))
 
 
-def run(config_path: Path, workers: int) -> int:
+def run(config_path: Path, workers: int, *, watch: bool = False) -> int:
     """Validate the config, then serve it with ``workers`` processes; returns an exit code."""
     try:
-        loaded = load_config(config_path)
+        loaded = load_for_run(config_path)
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
+    logging_config = loaded.config.logging
+    configure_logging(logging_config.level, logging_config.format)
     if workers <= 1:
-        _run_worker(config_path, loaded, reuse_port=False)
+        _run_worker(config_path, loaded, reuse_port=False, watch=watch)
         return 0
     children: list[int] = []
     for _ in range(workers):
@@ -97,7 +132,7 @@ def run(config_path: Path, workers: int) -> int:
         if pid == 0:  # child
             code = 0
             try:
-                _run_worker(config_path, loaded, reuse_port=True)
+                _run_worker(config_path, loaded, reuse_port=True, watch=watch)
             except BaseException:
                 log.exception("worker failed")
                 code = 1
