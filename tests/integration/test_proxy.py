@@ -433,3 +433,13 @@ async def test_admin_endpoints_are_not_on_the_proxy_port(gateway, upstream):
 async def test_suite_runs_on_uvloop_like_production():
     uvloop = pytest.importorskip("uvloop")
     assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+
+
+async def test_traceparent_passes_through_untouched(gateway, upstream):
+    trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    async with aiohttp.ClientSession() as s:
+        headers = {"traceparent": trace, "tracestate": "vendor=a,other=b"}
+        async with s.get(url(gateway, "/t"), headers=headers) as r:
+            assert r.status == 200
+    assert upstream.last.header("traceparent") == trace
+    assert upstream.last.header("tracestate") == "vendor=a,other=b"
