@@ -31,7 +31,6 @@ from gateway.problems import (
 )
 from gateway.proxy.forward import (
     NO_BODY,
-    UPSTREAM_SECONDS,
     Body,
     forward,
     request_head,
@@ -149,7 +148,7 @@ class ProxyHandler:
         started = time.perf_counter()
         runtime = self._holder.current
         metrics = self._metrics
-        metrics.in_flight.inc()
+        metrics.in_flight += 1
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
         request_id = request_id_of(headers, runtime.forwarding.request_id_header, new_request_id)
         record = RequestRecord(
@@ -158,7 +157,7 @@ class ProxyHandler:
         try:
             response = await self._respond(request, runtime, headers, record)
         finally:
-            metrics.in_flight.dec()
+            metrics.in_flight -= 1
         seconds = time.perf_counter() - started
         record.status = response.status
         metrics.observe_request(record.route, record.method, record.status, seconds)
@@ -270,8 +269,8 @@ class ProxyHandler:
             request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         head = request_head(method, path, outbound, body)
         echo_id = ((runtime.forwarding.request_id_header, record.request_id),)
-        response = await forward(request, route.pool, head, body, echo_id)
+        response, upstream_seconds = await forward(request, route.pool, head, body, echo_id)
         record.upstream_status = response.status
-        record.upstream_seconds = response.get(UPSTREAM_SECONDS)
+        record.upstream_seconds = upstream_seconds
         record.bytes_out = response.content_length
-        return response
+        return response  # type: ignore[return-value]  # CompleteResponse is duck-typed

@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
+from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestPayloadError
@@ -38,8 +40,74 @@ class Body:
 
 
 NO_BODY = Body(reader=None, length=None)
-# Set on each relayed response: seconds from sending the request to the response head.
-UPSTREAM_SECONDS = web.ResponseKey("upstream_seconds", float)
+
+
+class CompleteResponse:
+    """A response that arrived whole with its head, written to the client in one call.
+
+    aiohttp's handler only needs ``prepare``, ``write_eof`` and ``keep_alive`` from what a
+    handler returns. Small responses are the common case, and going through
+    ``web.Response`` costs a header multidict, several writer calls and a default
+    Content-Type the upstream never sent; this writes the bytes the upstream meant.
+    """
+
+    __slots__ = ("_data", "content_length", "keep_alive", "status")
+
+    def __init__(self, status: int, data: bytes, content_length: int | None, keep_alive: bool):
+        self.status = status
+        self._data = data
+        self.content_length = content_length
+        self.keep_alive = keep_alive
+
+    @classmethod
+    def build(
+        cls,
+        request: web.BaseRequest,
+        upstream: ResponseHead,
+        headers: list[tuple[str, str]],
+        payload: bytes,
+    ) -> CompleteResponse:
+        status = upstream.status
+        keep_alive = request.keep_alive
+        length: int | None = None
+        if request.method == "HEAD" or status == 304:
+            payload = b""  # RFC 9110 §9.3.2, §15.4.5: the upstream's length headers stand
+        elif status == 204:
+            payload = b""
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        else:
+            # Chunked or close-delimited upstream bodies arrived whole: give them a length.
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            length = len(payload)
+            headers.append(("Content-Length", str(length)))
+        if not any(k.lower() == "date" for k, _ in headers):
+            headers.append(("Date", rfc822_formatted_time()))
+        if not keep_alive:
+            headers.append(("Connection", "close"))
+        elif request.version < HttpVersion11:
+            headers.append(("Connection", "keep-alive"))
+        reason = _reason(upstream) or _phrase(status)
+        lines = [f"HTTP/1.1 {status} {reason}\r\n"]
+        lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+        lines.append("\r\n")
+        data = "".join(lines).encode("utf-8", "surrogateescape") + payload
+        return cls(status, data, length, keep_alive)
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client went away")
+        transport.write(self._data)
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
 
 
 def request_head(method: str, target: str, headers: Sequence[tuple[str, str]], body: Body) -> bytes:
@@ -134,8 +202,11 @@ async def forward(
     head: bytes,
     body: Body,
     extra_response_headers: Sequence[tuple[str, str]] = (),
-) -> web.StreamResponse:
-    """Relay one exchange; the caller has already decided the request may pass."""
+) -> tuple[web.StreamResponse | CompleteResponse, float]:
+    """Relay one exchange; the caller has already decided the request may pass.
+
+    Returns the response and the seconds from sending the request to its response head.
+    """
     is_head = request.method == "HEAD"
     sent_at = pool.loop.time()
     conn, upstream, upload = await _exchange(pool, head, body, is_head)
@@ -150,17 +221,8 @@ async def forward(
             pool.release(conn)
             if upload is not None:
                 await upload
-            response = web.Response(status=upstream.status, reason=_reason(upstream))
-            response[UPSTREAM_SECONDS] = upstream_seconds
-            response.headers.extend(headers)
-            if payload and not is_head:
-                response.body = payload
-            elif not _has_length(headers):
-                # No body and no length: say so, rather than let the client wait for EOF.
-                response.headers["Content-Length"] = "0"
-            return response
+            return CompleteResponse.build(request, upstream, headers, payload), upstream_seconds
         response = web.StreamResponse(status=upstream.status, reason=_reason(upstream))
-        response[UPSTREAM_SECONDS] = upstream_seconds
         response.headers.extend(headers)
         await response.prepare(request)
         while chunk := await conn.read_body():
@@ -176,7 +238,7 @@ async def forward(
         released = True
         pool.release(conn)
         await response.write_eof()
-        return response
+        return response, upstream_seconds
     except GatewayError:
         if response_started(request):
             _abort(request)
@@ -187,10 +249,6 @@ async def forward(
                 upload.cancel()
             conn.close()
             pool.release(conn)
-
-
-def _has_length(headers: Sequence[tuple[str, str]]) -> bool:
-    return any(name.lower() == "content-length" for name, _ in headers)
 
 
 def response_started(request: web.BaseRequest) -> bool:

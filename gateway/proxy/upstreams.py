@@ -268,7 +268,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._complete = True
         if self._head is not None:
             self._head.complete = True
-        self._cancel_timer()
+        # The timer stays armed: the next exchange on this connection reuses it.
         self._wake_body()
 
     def _wake_body(self) -> None:
@@ -366,12 +366,21 @@ class UpstreamConnection(asyncio.Protocol):
     # --- timers --------------------------------------------------------------------------
 
     def _arm_timer(self, now: float) -> None:
-        target = self._pool.target
-        when = now + target.read_timeout
+        """Make sure a timer will look at this exchange in time.
+
+        A timer left from an earlier exchange is kept when it fires early enough: when it
+        fires it re-arms from the last activity. This saves a schedule and a cancel per
+        request on a busy keep-alive connection.
+        """
+        when = now + self._pool.target.read_timeout
         if self._deadline is not None:
             when = min(when, self._deadline)
-        if self._timer is None:
-            self._timer = self._loop.call_at(when, self._on_timer)
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= when:
+                return
+            timer.cancel()
+        self._timer = self._loop.call_at(when, self._on_timer)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -381,7 +390,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         if self._complete or self.closed:
-            return
+            return  # idle in the pool: the next exchange arms a timer again
         now = self._loop.time()
         if self._deadline is not None and now >= self._deadline:
             self._fail(GatewayTimeout("The upstream did not complete the response in time."))
