@@ -443,3 +443,25 @@ async def test_traceparent_passes_through_untouched(gateway, upstream):
             assert r.status == 200
     assert upstream.last.header("traceparent") == trace
     assert upstream.last.header("tracestate") == "vendor=a,other=b"
+
+
+async def test_unix_socket_upstream(tmp_path):
+    from aiohttp import web
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.json_response({"path": request.raw_path, "host": request.headers["Host"]})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    socket_path = tmp_path / "app.sock"
+    await web.UnixSite(runner, str(socket_path)).start()
+    try:
+        async with running_gateway(tmp_path, base_config(f"unix:{socket_path}")) as gw:
+            async with aiohttp.ClientSession() as s:
+                async with s.get(url(gw, "/over/unix?x=1")) as r:
+                    assert r.status == 200
+                    assert await r.json() == {"path": "/over/unix?x=1", "host": "localhost"}
+    finally:
+        await runner.cleanup()
