@@ -1,0 +1,870 @@
+"""Load benchmark of the gateway against nginx and HAProxy peers (RFC 6750 §2.1 bearer requests).
+
+    .venv/bin/python tests/bench/run.py [--duration 10] [--scenarios a,b] [--json out.json]
+
+Everything runs on loopback and is started here, in a temporary directory, and stopped here
+by process group, also on Ctrl-C or an error. Layout (issue 7): the server under test alone
+on core 0; wrk and the nginx upstream on core 1. See tests/bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+COLD_LUA = HERE / "cold.lua"
+
+ISSUER = "https://bench.example/"
+AUDIENCE = "api://bench"
+SCOPE = "orders:read"
+COLD_TOKENS = 500
+WARMUP_SECONDS = 2
+CONNECTIONS = 50
+SERVER_CORE = "0"
+CLIENT_CORE = "1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Quoted, not measured: the published Apache mod_auth_openidc figure for RS256 verification.
+MOD_AUTH_OPENIDC_RPS = 4600.0
+
+
+class Skip(Exception):
+    """A peer or scenario that cannot run here; reported, not fatal."""
+
+
+class CheckFailed(Exception):
+    """A server answered a pre-flight probe wrongly, so its numbers would mean nothing."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    server: str
+    path: str
+    auth: str  # none | hot | cold-rs256 | cold-es256
+    pinned: bool
+    what: str
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("upstream-direct", "upstream", "/anon/bench", "none", True,
+             "wrk -> the upstream itself (baseline)"),
+    Scenario("nginx-proxy", "nginx-proxy", "/anon/bench", "none", True,
+             "nginx proxy_pass, keepalive 64"),
+    Scenario("haproxy-jwt", "haproxy-1", "/auth/bench", "hot", True,
+             "HAProxy jwt_verify RS256 + iss/aud/exp/scope"),
+    Scenario("gateway-anon", "gateway", "/anon/bench", "none", True,
+             "gateway, anonymous route"),
+    Scenario("gateway-jwt-hot", "gateway", "/auth/bench", "hot", True,
+             "gateway, one RS256 token (cache hit)"),
+    Scenario("gateway-jwt-hot-logged", "gateway-logged", "/auth/bench", "hot", True,
+             "gateway, hot token, JSON access log on (its default)"),
+    Scenario("gateway-jwt-cold-rs256", "gateway-cold", "/auth/bench", "cold-rs256", True,
+             "gateway, cache off, 500 RS256 tokens"),
+    Scenario("gateway-jwt-cold-es256", "gateway-cold", "/auth/bench", "cold-es256", True,
+             "gateway, cache off, 500 ES256 tokens"),
+    Scenario("gateway-workers2", "gateway-w2", "/auth/bench", "hot", False,
+             "gateway --workers 2, unpinned, hot token"),
+    Scenario("haproxy-jwt-2threads", "haproxy-2", "/auth/bench", "hot", False,
+             "HAProxy nbthread 2, unpinned, hot token"),
+)  # fmt: skip
+BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
+
+
+@dataclass
+class Result:
+    name: str
+    status: str = "ok"
+    rps: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    cpu_us_per_req: float | None = None
+    rss_mb: float | None = None
+    requests: int | None = None
+    non_2xx: int | None = None
+    socket_errors: int | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.rps is not None
+
+
+@dataclass(frozen=True)
+class Material:
+    """Keys and tokens, written once to the temp dir."""
+
+    jwks_file: Path
+    public_pem: Path
+    hot_token: str
+    cold_files: dict[str, Path]
+    rejects: dict[str, tuple[str | None, int]]  # case -> (token, expected status)
+
+
+@dataclass
+class Running:
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+
+@dataclass
+class Bench:
+    tmp: Path
+    procs: Processes
+    material: Material
+    upstream: Running
+    notes: list[str] = field(default_factory=list)
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+class Processes:
+    """Every child in its own process group, so a stop reaches workers it forked too."""
+
+    def __init__(self) -> None:
+        self._live: list[subprocess.Popen[bytes]] = []
+        self.can_pin = shutil.which("taskset") is not None
+
+    def start(
+        self, argv: Sequence[str], log: Path, *, cpus: str | None, cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        if cpus is not None and self.can_pin:
+            argv = ["taskset", "-c", cpus, *argv]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, cwd=cwd, env=env,
+            )  # fmt: skip
+        self._live.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGTERM the group, then SIGKILL whatever is left of it after a grace period."""
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+        deadline = time.monotonic() + 3
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _signal_group(proc.pid, signal.SIGKILL)
+        if proc in self._live:
+            self._live.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self._live)):
+            self.stop(proc)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    """SIGTERM/SIGHUP unwind like Ctrl-C, so the finally blocks stop every child."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- /proc accounting ---------------------------------------------------------------------------
+
+
+def tree_pids(root: int) -> list[int]:
+    """The root and all its descendants: multi-process servers are charged as a whole."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
+        stack.extend(children.get(pid, ()))
+    return found
+
+
+def cpu_ticks(pids: Sequence[int]) -> int:
+    """utime + stime (fields 14 and 15 of /proc/PID/stat), all threads included."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def rss_mb(pids: Sequence[int]) -> float:
+    total_kb = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+    return total_kb / 1024
+
+
+# --- HTTP probing -------------------------------------------------------------------------------
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def probe(url: str, token: str | None = None, timeout: float = 3.0) -> int:
+    """The status of one GET; never through an environment proxy."""
+    request = urllib.request.Request(url)  # noqa: S310 - always an http://127.0.0.1 URL we built
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with _OPENER.open(request, timeout=timeout) as response:
+            response.read()
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        error.read()
+        return int(error.code)
+
+
+def wait_until(
+    proc: subprocess.Popen[bytes], url: str, log: Path, *, want: int | None, timeout: float = 30
+) -> None:
+    """Poll until ``url`` answers (``want``, or any status if None), or fail with the log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise Skip(f"exited with {proc.returncode}: {_tail(log)}")
+        with contextlib.suppress(OSError):
+            status = probe(url, timeout=1)
+            if want is None or status == want:
+                return
+        time.sleep(0.1)
+    raise Skip(f"not ready after {timeout:.0f}s at {url}: {_tail(log)}")
+
+
+def _tail(log: Path, lines: int = 8) -> str:
+    try:
+        return " | ".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# --- keys and tokens ------------------------------------------------------------------------------
+
+
+def make_material(tmp: Path) -> Material:
+    """An RSA-2048 and a P-256 key in one static JWKS file, and every token the runs need."""
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    rogue = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    keys = []
+    for kid, alg, public in (
+        ("bench-rs", "RS256", jwt.algorithms.RSAAlgorithm.to_jwk(rsa_key.public_key(), True)),
+        ("bench-es", "ES256", jwt.algorithms.ECAlgorithm.to_jwk(ec_key.public_key(), True)),
+    ):
+        keys.append({**public, "kid": kid, "alg": alg, "use": "sig"})
+    jwks_file = tmp / "jwks.json"
+    jwks_file.write_text(json.dumps({"keys": keys}))
+    public_pem = tmp / "rs256-public.pem"
+    public_pem.write_bytes(
+        rsa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+    def mint(key: Any, alg: str, kid: str, **changes: Any) -> str:
+        now = int(time.time())
+        claims = {
+            "iss": ISSUER, "sub": "bench-user", "client_id": "bench-client", "aud": AUDIENCE,
+            "scope": SCOPE, "iat": now, "exp": now + 3600, "jti": uuid.uuid4().hex,
+        }  # fmt: skip
+        claims.update(changes)
+        return jwt.encode(claims, key, algorithm=alg, headers={"kid": kid, "typ": "at+jwt"})
+
+    cold_files = {}
+    for auth, key, alg, kid in (
+        ("cold-rs256", rsa_key, "RS256", "bench-rs"),
+        ("cold-es256", ec_key, "ES256", "bench-es"),
+    ):
+        path = tmp / f"{auth}.tokens"
+        path.write_text("".join(mint(key, alg, kid) + "\n" for _ in range(COLD_TOKENS)))
+        cold_files[auth] = path
+    rejects = {
+        "no token": (None, 401),
+        "bad signature": (mint(rogue, "RS256", "bench-rs"), 401),
+        "expired": (mint(rsa_key, "RS256", "bench-rs", exp=int(time.time()) - 3600), 401),
+        "wrong audience": (mint(rsa_key, "RS256", "bench-rs", aud="api://other"), 401),
+        "missing scope": (mint(rsa_key, "RS256", "bench-rs", scope="orders:write"), 403),
+    }
+    return Material(jwks_file, public_pem, mint(rsa_key, "RS256", "bench-rs"), cold_files,
+                    rejects)  # fmt: skip
+
+
+def good_token(material: Material, auth: str) -> str | None:
+    if auth == "none":
+        return None
+    if auth == "hot":
+        return material.hot_token
+    return material.cold_files[auth].read_text().split("\n", 1)[0]
+
+
+# --- servers --------------------------------------------------------------------------------------
+
+
+def nginx_conf(tmp: Path, name: str, port: int, locations: str, upstream: str = "") -> Path:
+    """One nginx process (no master) with everything it writes inside the temp dir."""
+    prefix = tmp / name
+    prefix.mkdir(exist_ok=True)
+    temp = "\n".join(
+        f"  {kind}_temp_path {prefix}/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    conf = prefix / "nginx.conf"
+    conf.write_text(f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  default_type text/plain;
+  keepalive_timeout 75s;
+  keepalive_requests 1000000;
+{temp}
+{upstream}
+  server {{
+    listen 127.0.0.1:{port} backlog=1024;
+{locations}
+  }}
+}}
+""")
+    return conf
+
+
+def start_nginx(procs: Processes, name: str, conf: Path, port: int, cpus: str) -> Running:
+    prefix = conf.parent
+    log = prefix / "stdout.log"
+    proc = procs.start(
+        ["nginx", "-c", str(conf), "-p", str(prefix), "-e", str(prefix / "error.log")],
+        log, cpus=cpus,
+    )  # fmt: skip
+    running = Running(name, proc, port, prefix / "error.log")
+    wait_until(proc, f"http://127.0.0.1:{port}/anon/bench", running.log, want=200)
+    return running
+
+
+def start_upstream(tmp: Path, procs: Processes, notes: list[str]) -> Running:
+    port = free_port()
+    if shutil.which("nginx"):
+        conf = nginx_conf(tmp, "upstream", port, '    location / { return 200 "ok\\n"; }')
+        return start_nginx(procs, "upstream", conf, port, CLIENT_CORE)
+    notes.append("nginx not found: the upstream is a small aiohttp app (slower than nginx).")
+    log = tmp / "upstream.log"
+    proc = procs.start(
+        [sys.executable, str(Path(__file__).resolve()), "--serve-upstream", str(port)],
+        log, cpus=CLIENT_CORE,
+    )  # fmt: skip
+    wait_until(proc, f"http://127.0.0.1:{port}/anon/bench", log, want=200)
+    return Running("upstream", proc, port, log)
+
+
+def start_nginx_proxy(bench: Bench) -> Running:
+    if not shutil.which("nginx"):
+        raise Skip("nginx not found (apt-get install nginx-light)")
+    port = free_port()
+    upstream = f"  upstream up {{ server 127.0.0.1:{bench.upstream.port}; keepalive 64; }}"
+    locations = """    location / {
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }"""
+    conf = nginx_conf(bench.tmp, "nginx-proxy", port, locations, upstream)
+    return start_nginx(bench.procs, "nginx-proxy", conf, port, SERVER_CORE)
+
+
+def haproxy_conf(bench: Bench, name: str, port: int, threads: int) -> Path:
+    """The same checks as the gateway's authenticated route, in HAProxy 2.6 terms."""
+    verified = f'var(txn.bearer),jwt_verify(txn.alg,"{bench.material.public_pem}") -m int 1'
+    conf = bench.tmp / f"{name}.cfg"
+    conf.write_text(f"""
+global
+  nbthread {threads}
+  maxconn 4096
+
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 75s
+  timeout server 60s
+  http-reuse always
+
+frontend bench
+  bind 127.0.0.1:{port}
+  http-request set-var(txn.bearer) http_auth_bearer
+  http-request deny deny_status 401 unless {{ var(txn.bearer) -m found }}
+  http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('$.alg')
+  http-request deny deny_status 401 unless {{ var(txn.alg) -m str RS256 }}
+  http-request deny deny_status 401 unless {{ {verified} }}
+  http-request set-var(txn.iss) var(txn.bearer),jwt_payload_query('$.iss')
+  http-request deny deny_status 401 unless {{ var(txn.iss) -m str {ISSUER} }}
+  http-request set-var(txn.aud) var(txn.bearer),jwt_payload_query('$.aud')
+  http-request deny deny_status 401 unless {{ var(txn.aud) -m str {AUDIENCE} }}
+  http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('$.exp','int')
+  http-request set-var(txn.now) date
+  http-request deny deny_status 401 unless {{ var(txn.exp),sub(txn.now) -m int gt 0 }}
+  http-request set-var(txn.scope) var(txn.bearer),jwt_payload_query('$.scope')
+  http-request deny deny_status 403 unless {{ var(txn.scope) -m sub {SCOPE} }}
+  default_backend upstream
+
+backend upstream
+  server up 127.0.0.1:{bench.upstream.port} maxconn 1000
+""")
+    return conf
+
+
+def start_haproxy(bench: Bench, threads: int, pinned: bool) -> Running:
+    if not shutil.which("haproxy"):
+        raise Skip("haproxy not found (apt-get install haproxy)")
+    name = f"haproxy-{threads}"
+    port = free_port()
+    conf = haproxy_conf(bench, name, port, threads)
+    log = bench.tmp / f"{name}.log"
+    proc = bench.procs.start(
+        ["haproxy", "-db", "-f", str(conf)], log, cpus=SERVER_CORE if pinned else None
+    )
+    running = Running(name, proc, port, log)
+    wait_until(proc, f"http://127.0.0.1:{port}/auth/bench", log, want=None)
+    return running
+
+
+def gateway_conf(
+    bench: Bench, name: str, port: int, admin_port: int, cache: int, access_log: bool
+) -> Path:
+    import yaml
+
+    config = {
+        # The peers log nothing either; gateway-jwt-hot-logged shows what the log costs.
+        "logging": {"access_log": access_log},
+        "listen": {"host": "127.0.0.1", "port": port},
+        "admin": {"host": "127.0.0.1", "port": admin_port},
+        "upstreams": {"bench": {"url": f"http://127.0.0.1:{bench.upstream.port}"}},
+        "issuers": [{
+            "name": "bench", "issuer": ISSUER,
+            "keys": {"file": str(bench.material.jwks_file)},
+            "audiences": [AUDIENCE], "algorithms": ["RS256", "ES256"],
+        }],
+        "token_cache": {"max_entries": cache},
+        "routes": [
+            {"name": "anon", "match": {"path": "/anon/**"}, "upstream": "bench",
+             "auth": "anonymous"},
+            {"name": "auth", "match": {"path": "/auth/**"}, "upstream": "bench",
+             "require": {"scopes": {"all": [SCOPE]}}},
+        ],
+    }  # fmt: skip
+    path = bench.tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def start_gateway(
+    bench: Bench, name: str, *, cache: int, workers: int, pinned: bool, access_log: bool = False
+) -> Running:
+    port, admin_port = free_port(), free_port()
+    conf = gateway_conf(bench, name, port, admin_port, cache, access_log)
+    log = bench.tmp / f"{name}.log"
+    argv = [sys.executable, "-m", "gateway", "run", "-c", str(conf), "--workers", str(workers)]
+    proc = bench.procs.start(argv, log, cpus=SERVER_CORE if pinned else None, cwd=REPO)
+    running = Running(name, proc, port, log)
+    wait_until(proc, f"http://127.0.0.1:{admin_port}/readyz", log, want=200)
+    if workers > 1:  # every worker must be up before the load, not only the first to answer
+        deadline = time.monotonic() + 30
+        while len(tree_pids(proc.pid)) < workers + 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)
+    return running
+
+
+def start_server(bench: Bench, server: str) -> Running:
+    if server == "nginx-proxy":
+        return start_nginx_proxy(bench)
+    if server in ("haproxy-1", "haproxy-2"):
+        threads = int(server[-1])
+        return start_haproxy(bench, threads, pinned=threads == 1)
+    if server == "gateway":
+        return start_gateway(bench, server, cache=10000, workers=1, pinned=True)
+    if server == "gateway-logged":
+        return start_gateway(bench, server, cache=10000, workers=1, pinned=True, access_log=True)
+    if server == "gateway-cold":
+        return start_gateway(bench, server, cache=0, workers=1, pinned=True)
+    if server == "gateway-w2":
+        return start_gateway(bench, server, cache=10000, workers=2, pinned=False)
+    raise ValueError(server)
+
+
+# --- checks ---------------------------------------------------------------------------------------
+
+
+def preflight(bench: Bench, scenario: Scenario, base: str) -> None:
+    """The target answers 200, and an authenticated target refuses what it must refuse."""
+    token = good_token(bench.material, scenario.auth)
+    status = probe(base + scenario.path, token)
+    if status != 200:
+        raise CheckFailed(f"GET {scenario.path} answered {status}, not 200")
+    if scenario.server.startswith(("gateway", "haproxy")):
+        for case, (bad, expected) in bench.material.rejects.items():
+            status = probe(base + "/auth/bench", bad)
+            if status != expected:
+                raise CheckFailed(f"/auth/bench with {case} answered {status}, not {expected}")
+
+
+# --- wrk ------------------------------------------------------------------------------------------
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def parse_wrk(output: str) -> dict[str, float | int]:
+    def number(pattern: str) -> re.Match[str]:
+        match = re.search(pattern, output, re.MULTILINE)
+        if match is None:
+            raise RuntimeError(f"wrk output has no {pattern!r}:\n{output}")
+        return match
+
+    def latency(percent: str) -> float:
+        match = number(rf"^\s*{percent}%\s+([\d.]+)(us|ms|s|m|h)\s*$")
+        return float(match[1]) * _UNITS_MS[match[2]]
+
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    sockets = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    return {
+        "rps": float(number(r"^Requests/sec:\s+([\d.]+)")[1]),
+        "requests": int(number(r"^\s*(\d+) requests in ")[1]),
+        "p50_ms": latency("50"),
+        "p99_ms": latency("99"),
+        "non_2xx": int(non_2xx[1]) if non_2xx else 0,
+        "socket_errors": sum(int(n) for n in sockets.groups()) if sockets else 0,
+    }
+
+
+def run_wrk(bench: Bench, scenario: Scenario, url: str, seconds: int, label: str) -> str:
+    argv = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
+    if scenario.auth == "hot":
+        argv += ["-H", f"Authorization: Bearer {bench.material.hot_token}"]
+    cold = scenario.auth.startswith("cold")
+    if cold:
+        argv += ["-s", str(COLD_LUA)]
+    argv.append(url)
+    if cold:
+        argv += ["--", str(bench.material.cold_files[scenario.auth])]
+    log = bench.tmp / f"wrk-{scenario.name}-{label}.txt"
+    proc = bench.procs.start(argv, log, cpus=CLIENT_CORE if scenario.pinned else None)
+    try:
+        code = proc.wait(timeout=seconds + 30)
+    finally:
+        bench.procs.stop(proc)
+    output = log.read_text(errors="replace")
+    if code != 0:
+        raise RuntimeError(f"wrk exited with {code}: {output}")
+    return output
+
+
+def measure(bench: Bench, scenario: Scenario, server: Running, seconds: int) -> Result:
+    url = f"http://127.0.0.1:{server.port}{scenario.path}"
+    run_wrk(bench, scenario, url, WARMUP_SECONDS, "warmup")
+    pids = tree_pids(server.proc.pid)
+    before = cpu_ticks(pids)
+    output = run_wrk(bench, scenario, url, seconds, "run")
+    pids = tree_pids(server.proc.pid)
+    ticks = cpu_ticks(pids) - before
+    numbers = parse_wrk(output)
+    result = Result(scenario.name, **numbers)  # type: ignore[arg-type]
+    requests = max(int(numbers["requests"]), 1)
+    result.cpu_us_per_req = ticks * 1_000_000 / CLK_TCK / requests
+    result.rss_mb = rss_mb(pids)
+    errors = int(numbers["non_2xx"]) + int(numbers["socket_errors"])
+    if errors:
+        result.status = f"ERRORS: {numbers['non_2xx']} non-2xx, {numbers['socket_errors']} socket"
+    return result
+
+
+def run_scenario(bench: Bench, scenario: Scenario, seconds: int) -> Result:
+    print(f"--- {scenario.name}: {scenario.what}", file=sys.stderr, flush=True)
+    if scenario.server == "upstream":
+        return _checked_run(bench, scenario, bench.upstream, seconds)
+    try:
+        server = start_server(bench, scenario.server)
+    except Skip as reason:
+        print(f"    skipped: {reason}", file=sys.stderr)
+        return Result(scenario.name, status=f"skipped: {reason}")
+    try:
+        return _checked_run(bench, scenario, server, seconds)
+    finally:
+        bench.procs.stop(server.proc)
+
+
+def _checked_run(bench: Bench, scenario: Scenario, server: Running, seconds: int) -> Result:
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        preflight(bench, scenario, base)
+    except (CheckFailed, OSError) as error:
+        print(f"    ERROR, not measured: {error}", file=sys.stderr)
+        if scenario.server.startswith("gateway"):
+            return Result(scenario.name, status=f"FAILED CHECK: {error}")
+        return Result(scenario.name, status=f"skipped, peer failed its check: {error}")
+    try:
+        result = measure(bench, scenario, server, seconds)
+    except RuntimeError as error:  # wrk failed or printed nothing parseable
+        print(f"    ERROR: {error}", file=sys.stderr)
+        return Result(scenario.name, status=f"FAILED RUN: {str(error).splitlines()[0]}")
+    print(f"    {result.rps:.0f} req/s, {result.status}", file=sys.stderr, flush=True)
+    return result
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "tools": tool_versions(),
+    }
+
+
+def tool_versions() -> dict[str, str]:
+    found = {}
+    for tool, argv, pattern in (
+        ("wrk", ["wrk", "-v"], r"wrk (\S+)"),
+        ("nginx", ["nginx", "-v"], r"nginx/(\S+)"),
+        ("haproxy", ["haproxy", "-v"], r"version (\S+)"),
+    ):
+        if not shutil.which(tool):
+            continue
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        match = re.search(pattern, done.stdout + done.stderr)
+        found[tool] = match[1] if match else "?"
+    return found
+
+
+def ratios(results: dict[str, Result]) -> list[dict[str, Any]]:
+    def rps(name: str) -> float | None:
+        result = results.get(name)
+        return result.rps if result is not None and result.measured else None
+
+    rows: list[tuple[str, float | None, float | None, float | None]] = [
+        ("gateway-jwt-hot / haproxy-jwt", rps("gateway-jwt-hot"), rps("haproxy-jwt"), 1.0),
+        ("gateway-anon / haproxy-jwt", rps("gateway-anon"), rps("haproxy-jwt"), None),
+        ("gateway-jwt-cold-rs256 / haproxy-jwt", rps("gateway-jwt-cold-rs256"),
+         rps("haproxy-jwt"), None),
+        ("gateway-jwt-cold-es256 / haproxy-jwt", rps("gateway-jwt-cold-es256"),
+         rps("haproxy-jwt"), None),
+        (f"gateway-jwt-cold-rs256 / {MOD_AUTH_OPENIDC_RPS:.0f} (quoted mod_auth_openidc, "
+         "not measured)", rps("gateway-jwt-cold-rs256"), MOD_AUTH_OPENIDC_RPS, None),
+        ("gateway-anon / nginx-proxy", rps("gateway-anon"), rps("nginx-proxy"), 0.4),
+        ("gateway-workers2 / haproxy-jwt-2threads", rps("gateway-workers2"),
+         rps("haproxy-jwt-2threads"), None),
+    ]  # fmt: skip
+    out = []
+    for label, top, bottom, target in rows:
+        if top is None or not bottom:
+            continue
+        value = top / bottom
+        met = None if target is None else value >= target
+        out.append({"ratio": label, "value": round(value, 3), "target": target, "met": met})
+    return out
+
+
+def _cell(value: float | int | None, digits: int) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}" if isinstance(value, float) else f"{value:,}"
+
+
+def markdown(info: dict[str, Any], seconds: int, results: list[Result],
+             ratio_rows: list[dict[str, Any]]) -> str:  # fmt: skip
+    tools = ", ".join(f"{k} {v}" for k, v in info["tools"].items())
+    lines = [
+        f"Bench {info['date']}: {info['nproc']} CPUs ({info['cpu']}), Linux {info['kernel']}, "
+        f"Python {info['python']}, {tools}; wrk -t1 -c{CONNECTIONS}, {seconds}s per scenario "
+        f"after a {WARMUP_SECONDS}s warm-up",
+        "",
+        "| scenario | req/s | p50 ms | p99 ms | server CPU µs/req | server RSS MB | non-2xx "
+        "| status |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.name} | {_cell(r.rps, 0)} | {_cell(r.p50_ms, 2)} | {_cell(r.p99_ms, 2)} "
+            f"| {_cell(r.cpu_us_per_req, 0)} | {_cell(r.rss_mb, 1)} | {_cell(r.non_2xx, 0)} "
+            f"| {r.status} |"
+        )
+    if ratio_rows:
+        lines += ["", "| ratio (req/s) | value | target |", "|---|---:|---|"]
+        for row in ratio_rows:
+            target = "-" if row["target"] is None else f"≥ {row['target']:g}"
+            if row["met"] is not None:
+                target += " met" if row["met"] else " **MISSED**"
+            lines.append(f"| {row['ratio']} | {row['value']:.2f} | {target} |")
+    return "\n".join(lines)
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
+    parser.add_argument("--scenarios", help="comma-separated subset: " + ",".join(BY_NAME))
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.duration < 1 or args.duration > 120:
+        parser.error("--duration must be 1..120 seconds")
+    return args
+
+
+def selected(spec: str | None) -> list[Scenario]:
+    if not spec:
+        return list(SCENARIOS)
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in names if name not in BY_NAME]
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {unknown}; choose from {', '.join(BY_NAME)}")
+    return [scenario for scenario in SCENARIOS if scenario.name in names]
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    # SIGINT too: a shell starting us in the background leaves it ignored, not KeyboardInterrupt.
+    wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, _interrupt) for signum in wanted}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def bench_all(scenarios: list[Scenario], seconds: int) -> tuple[list[Result], list[str]]:
+    procs = Processes()
+    notes = [] if procs.can_pin else ["taskset not found: nothing is pinned."]
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        try:
+            material = make_material(tmp)
+            upstream = start_upstream(tmp, procs, notes)
+            bench = Bench(tmp, procs, material, upstream, notes)
+            return [run_scenario(bench, scenario, seconds) for scenario in scenarios], notes
+        finally:
+            # A second Ctrl-C (or SIGTERM) must not cut this short.
+            masked = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                procs.stop_all()
+            finally:
+                for signum, handler in masked.items():
+                    signal.signal(signum, handler)
+
+
+def serve_upstream(port: int) -> None:
+    """The fallback upstream when nginx is missing: the same fixed body."""
+    from aiohttp import web
+
+    async def ok(_request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", ok)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.serve_upstream:
+        serve_upstream(args.serve_upstream)
+        return 0
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: apt-get install wrk", file=sys.stderr)
+        return 2
+    scenarios = selected(args.scenarios)
+    info = machine()
+    with interruptible():
+        results, notes = bench_all(scenarios, args.duration)
+    by_name = {result.name: result for result in results}
+    ratio_rows = ratios(by_name)
+    print(markdown(info, args.duration, results, ratio_rows))
+    for note in notes:
+        print(f"\nNote: {note}")
+    if args.json:
+        document = {"machine": info, "duration": args.duration, "connections": CONNECTIONS,
+                    "results": [asdict(r) for r in results], "ratios": ratio_rows,
+                    "notes": notes}  # fmt: skip
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+    failed = [r.name for r in results if r.status.startswith(("ERRORS", "FAILED"))]
+    if failed:
+        print(f"\nScenarios with errors: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\ninterrupted; every process this bench started was stopped", file=sys.stderr)
+        sys.exit(130)
