@@ -48,6 +48,8 @@ log = logging.getLogger("gateway.handler")
 _FORM_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _MAX_FORM_BODY = 64 * 1024
 _NO_STORE = "no-store"
+# aiohttp would otherwise announce its own name and version on what the gateway answers.
+SERVER_NAME = "oauth-gateway"
 
 
 def new_request_id() -> str:
@@ -63,6 +65,7 @@ def problem_response(
         body=error.problem_bytes(request_id),
         content_type=PROBLEM_CONTENT_TYPE,
     )
+    response.headers["Server"] = SERVER_NAME
     challenge = error.challenge(realm)
     if challenge is not None:
         response.headers["WWW-Authenticate"] = challenge

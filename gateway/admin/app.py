@@ -81,6 +81,10 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = "oauth-gateway"  # not aiohttp's name and version
+
+
 ADMIN_TOKEN = web.AppKey("admin_token", str | None)
 
 
@@ -88,6 +92,7 @@ def build_admin_app(
     holder: RuntimeHolder, gateway_metrics: Metrics, admin_token: str | None = None
 ) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
+    app.on_response_prepare.append(_server_header)
     app[HOLDER] = holder
     app[METRICS] = gateway_metrics
     app[ADMIN_TOKEN] = admin_token

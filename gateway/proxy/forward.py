@@ -224,6 +224,9 @@ async def forward(
             return CompleteResponse.build(request, upstream, headers, payload), upstream_seconds
         response = web.StreamResponse(status=upstream.status, reason=_reason(upstream))
         response.headers.extend(headers)
+        if "Server" not in response.headers:
+            # Otherwise aiohttp names itself and its version here.
+            response.headers["Server"] = "oauth-gateway"
         await response.prepare(request)
         while chunk := await conn.read_body():
             await response.write(chunk)

@@ -340,6 +340,7 @@ async def test_route_precedence_first_match_wins(tmp_path):
             async with s.get(url(gw, "/other")) as r:
                 assert r.status == 404
                 assert r.headers["Content-Type"] == "application/problem+json"
+                assert r.headers["Server"] == "oauth-gateway"  # no stack or version leaked
                 problem = await r.json()
                 assert problem["status"] == 404
             async with s.delete(url(gw, "/api/x")) as r:
@@ -366,6 +367,7 @@ async def test_upstream_reset_gives_502(gateway):
     async with aiohttp.ClientSession() as s:
         async with s.get(url(gateway, "/x?mode=reset")) as r:
             assert r.status == 502
+            assert "aiohttp" not in r.headers["Server"]
 
 
 async def test_upstream_timeout_gives_504(tmp_path, upstream):
