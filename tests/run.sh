@@ -22,6 +22,12 @@ if [ -z "${REDIS_URL:-}" ] && ! command -v redis-server >/dev/null 2>&1; then
   fi
 fi
 
+# tests/e2e runs a real authorization server (oidc-provider) on Node; its conftest skips
+# the suite where Node is missing, except under CI, where it fails.
+if command -v npm >/dev/null 2>&1 && [ ! -d tests/e2e/node_modules/oidc-provider ]; then
+  (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 exec .venv/bin/pytest "$@"

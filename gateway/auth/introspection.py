@@ -61,6 +61,7 @@ class Introspector:
         config = issuer.introspection
         self._issuer = issuer.issuer
         self._audiences = frozenset(issuer.audiences)
+        self._allow_missing_audience = issuer.introspection.allow_missing_audience
         self._scope_claims = tuple(issuer.scope_claims)
         self._leeway = issuer.leeway
         self._session = session
@@ -121,22 +122,27 @@ class Introspector:
     def _identity(self, answer: dict[str, Any]) -> Identity:
         """Check an active answer against this issuer, then reshape it (RFC 7662 §2.2)."""
         now = self._clock()
+        # Parse first: a malformed answer is the server's fault (503), whatever else it says.
+        expires_at = _timestamp(answer, "exp")
+        not_before = _timestamp(answer, "nbf")
         issuer = answer.get("iss")
         if issuer is not None and issuer != self._issuer:
             raise InvalidToken("The access token was issued by another issuer.", reason="issuer")
         audiences = _audiences(answer.get("aud"))
-        # "aud" is OPTIONAL in RFC 7662 §2.2: an answer without it is accepted (the server
-        # vouched for the token to us, its authenticated client); one that names audiences
-        # must name one of ours.
-        if "aud" in answer and self._audiences.isdisjoint(audiences):
+        # "aud" is OPTIONAL in RFC 7662 §2.2, but an active answer without it says nothing
+        # about who the token is for: a refresh token, or an access token minted for no
+        # resource, introspects as active too. So the answer must name one of our audiences,
+        # as a JWT must (RFC 9068 §4), unless the deployment says its server never sends aud.
+        if not audiences and self._allow_missing_audience:
+            pass
+        elif self._audiences.isdisjoint(audiences):
             raise InvalidToken("The access token is not meant for us.", reason="audience")
-        expires_at = _timestamp(answer, "exp")
         if expires_at is not None and expires_at <= now - self._leeway:
             raise InvalidToken("The access token has expired.", reason="expired")
-        not_before = _timestamp(answer, "nbf")
         if not_before is not None and not_before > now + self._leeway:
             raise InvalidToken("The access token is not valid yet.", reason="not_yet_valid")
-        if answer.get("token_type") == "refresh_token":
+        token_type = answer.get("token_type")
+        if isinstance(token_type, str) and token_type.lower() == "refresh_token":
             raise InvalidToken("A refresh token is not an access token.", reason="token_type")
         claims = {name: value for name, value in answer.items() if name != "active"}
         return Identity(

@@ -56,6 +56,21 @@ class Decision:
 ANONYMOUS = Decision(identity=None, headers=[])
 
 
+def refuse_sender_constrained(identity: Identity) -> None:
+    """RFC 9449 §7.2 / RFC 8705 §3: a token bound to a key (``cnf``: DPoP ``jkt``, mTLS
+    ``x5t#S256``) proves nothing without its proof, which a Bearer request does not carry.
+    This gateway verifies no proofs, so such tokens are refused rather than accepted as
+    bearer tokens that anyone holding them could replay."""
+    claims = identity.claims
+    cnf = claims.get("cnf")
+    token_type = claims.get("token_type")
+    if cnf or (isinstance(token_type, str) and token_type.lower() == "dpop"):
+        raise InvalidToken(
+            "The access token is bound to a key and cannot be used as a bearer token.",
+            reason="sender_constrained",
+        )
+
+
 class AuthPipeline:
     """Validates tokens through a cache of verified tokens and checks route policies."""
 
@@ -125,6 +140,7 @@ class AuthPipeline:
         else:
             try:
                 identity = await self._validate(token, route)
+                refuse_sender_constrained(identity)
             except InvalidToken as error:
                 # Remember rejections briefly, so replaying a bad token costs a hash, not a
                 # signature check. Unavailability (503) is never cached.

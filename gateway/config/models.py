@@ -197,6 +197,11 @@ class Introspection(Strict):
     client: ClientAuth
     token_type_hint: str | None = "access_token"  # noqa: S105
     timeout: Duration = 2.0
+    allow_missing_audience: bool = Field(
+        False,
+        description="Accept active answers without aud (only for servers that never send "
+        "it; otherwise a refresh token introspects as active and would pass).",
+    )
 
 
 TokenMode = Literal["jwt", "introspection", "auto"]

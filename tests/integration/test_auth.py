@@ -242,6 +242,8 @@ def _bad_tokens(issuer: TestIssuer) -> list[tuple[str, str, str]]:
         ("bad-signature", issuer.mint()[:-6] + "AAAAAA", "signature"),
         ("jwe-five-parts", "a.b.c.d.e", ""),
         ("garbage", "not-a-jwt-at-all", ""),
+        ("dpop-bound-cnf-jkt", issuer.mint({"cnf": {"jkt": "0ZcOCORZNYy"}}), "bound to a key"),
+        ("mtls-bound-cnf-x5t", issuer.mint({"cnf": {"x5t#S256": "bwcK0"}}), "bound to a key"),
     ]  # fmt: skip
 
 

@@ -75,6 +75,7 @@ async def make_server() -> AsyncIterator[ServerFactory]:
         options.setdefault("client_id", CLIENT_ID)
         options.setdefault("client_secret", SECRET)
         server = TestIntrospectionServer(**options)
+        server.default_fields = {"aud": AUDIENCE}  # answers name us unless a test says not
         servers.append(server)
         await server.start(port)
         return server
@@ -216,7 +217,7 @@ async def test_scopes_come_from_the_first_configured_claim_present(
     identity = await checker.introspect(TOKEN)
     assert identity is not None
     assert identity.scopes == frozenset({"a", "b"})
-    assert (identity.subject, identity.audiences, identity.expires_at) == (None, (), None)
+    assert (identity.subject, identity.audiences, identity.expires_at) == (None, (AUDIENCE,), None)
 
 
 @pytest.mark.parametrize(
@@ -242,6 +243,7 @@ async def test_inactive_is_none(
         pytest.param({"aud": "api://elsewhere"}, "audience", id="aud-string-mismatch"),
         pytest.param({"aud": ["x", "y"]}, "audience", id="aud-list-mismatch"),
         pytest.param({"aud": []}, "audience", id="aud-empty-list"),
+        pytest.param({"aud": None}, "audience", id="aud-missing-refresh-token-shape"),
         pytest.param({"exp": -40.0}, "expired", id="expired-beyond-leeway"),
         pytest.param({"nbf": 40.0}, "not_yet_valid", id="nbf-beyond-leeway"),
         pytest.param({"token_type": "refresh_token"}, "token_type", id="refresh-token"),
@@ -266,7 +268,7 @@ async def test_active_answers_contradicting_the_issuer_are_invalid(
 @pytest.mark.parametrize(
     "fields",
     [
-        pytest.param({}, id="no-iss-no-aud"),
+        pytest.param({}, id="no-iss"),
         pytest.param({"iss": ISSUER, "aud": "api://other"}, id="second-audience"),
         pytest.param({"exp": -20.0, "nbf": 20.0}, id="within-leeway"),
         pytest.param({"token_type": "Bearer"}, id="bearer-token-type"),
@@ -281,6 +283,29 @@ async def test_active_answers_within_the_rules_are_accepted(
             fields[name] += now
     server.add_token(TOKEN, sub="alice", **fields)
     assert await introspector(server.url, session).introspect(TOKEN) is not None
+
+
+async def test_missing_audience_only_where_the_deployment_allows_it(
+    server: TestIntrospectionServer, session: aiohttp.ClientSession
+) -> None:
+    server.add_token(TOKEN, sub="alice", aud=None)
+    client = basic_client()
+    strict = introspector(server.url, session, client)
+    with pytest.raises(InvalidToken):
+        await strict.introspect(TOKEN)
+    lenient_config = issuer_config(client)
+    lenient = Introspector(
+        lenient_config.model_copy(
+            update={
+                "introspection": lenient_config.introspection.model_copy(
+                    update={"allow_missing_audience": True}
+                )
+            }
+        ),
+        session,
+        endpoint=server.url,
+    )
+    assert await lenient.introspect(TOKEN) is not None
 
 
 # --- failing closed ------------------------------------------------------------------------

@@ -46,6 +46,7 @@ class TestIntrospectionServer:
         self.public_key = public_key
         self.path = path
         self.mode: Mode = "ok"
+        self.default_fields: dict[str, Any] = {}
         self.delay = 0.0
         self.calls = 0
         self.auth_failures = 0
@@ -61,8 +62,9 @@ class TestIntrospectionServer:
         return f"http://127.0.0.1:{self.port}{self.path}"
 
     def add_token(self, token: str, **fields: Any) -> None:
-        answer = {"active": True, **fields}
-        self._tokens[token] = answer
+        """Register an answer: ``default_fields`` under ``fields``; a None value drops one."""
+        answer = {"active": True, **self.default_fields, **fields}
+        self._tokens[token] = {k: v for k, v in answer.items() if v is not None}
 
     def remove_token(self, token: str) -> None:
         self._tokens.pop(token, None)
