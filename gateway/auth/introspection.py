@@ -141,9 +141,12 @@ class Introspector:
             raise InvalidToken("The access token has expired.", reason="expired")
         if not_before is not None and not_before > now + self._leeway:
             raise InvalidToken("The access token is not valid yet.", reason="not_yet_valid")
-        token_type = answer.get("token_type")
-        if isinstance(token_type, str) and token_type.lower() == "refresh_token":
-            raise InvalidToken("A refresh token is not an access token.", reason="token_type")
+        # token_type (RFC 7662 §2.2) or Ory Hydra's token_use: refresh tokens are "never sent
+        # to resource servers" (RFC 6749 §1.5).
+        for field in ("token_type", "token_use"):
+            kind = answer.get(field)
+            if isinstance(kind, str) and kind.lower() == "refresh_token":
+                raise InvalidToken("A refresh token is not an access token.", reason="token_type")
         claims = {name: value for name, value in answer.items() if name != "active"}
         return Identity(
             issuer=self._issuer,

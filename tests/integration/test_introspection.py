@@ -247,6 +247,7 @@ async def test_inactive_is_none(
         pytest.param({"exp": -40.0}, "expired", id="expired-beyond-leeway"),
         pytest.param({"nbf": 40.0}, "not_yet_valid", id="nbf-beyond-leeway"),
         pytest.param({"token_type": "refresh_token"}, "token_type", id="refresh-token"),
+        pytest.param({"token_use": "refresh_token"}, "token_type", id="hydra-refresh-token"),
     ],
 )
 async def test_active_answers_contradicting_the_issuer_are_invalid(
