@@ -25,7 +25,6 @@ from gateway.auth.jwt import JwtVerifier
 from gateway.auth.pipeline import AuthPipeline, RouteAuth
 from gateway.auth.policy import compile_policy
 from gateway.auth.token_cache import TokenCache
-from gateway.cache.redis import RedisCache
 from gateway.cache.tiered import TieredCache
 from gateway.config.errors import ConfigError
 from gateway.config.loader import LoadedConfig
@@ -235,7 +234,11 @@ def _introspection(
             continue
         tag = hashlib.sha256(issuer.issuer.encode()).hexdigest()[:12]
         prefix = f"{cache_config.key_prefix}{tag}:"
-        redis = RedisCache(cache_config.redis, prefix) if cache_config.redis else None
+        redis = None
+        if cache_config.redis is not None:
+            from gateway.cache.redis import RedisCache
+
+            redis = RedisCache(cache_config.redis, prefix)
         cache = TieredCache(cache_config, redis, on_remote_eviction=remote_eviction)
         provider = providers[issuer.key]
         clients[issuer.key] = IssuerIntrospection(

@@ -19,14 +19,16 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from gateway.auth.identity import Identity
 from gateway.cache.codec import INACTIVE, decode_entry, encode_entry
 from gateway.cache.memory import MemoryCache
-from gateway.cache.redis import RedisCache
 from gateway.config.models import IntrospectionCache
 from gateway.problems import InvalidToken, ServiceUnavailable
+
+if TYPE_CHECKING:  # redis-py costs ~6 MB per process: imported only where configured
+    from gateway.cache.redis import RedisCache
 
 log = logging.getLogger(__name__)
 
