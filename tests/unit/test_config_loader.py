@@ -57,7 +57,7 @@ def test_full_config_loads() -> None:
     assert config.routes[0].match.methods == ["GET"]
     assert config.routes[2].match.path.kind == "regex"
     assert loaded.source.file == str(CONFIGS / "full.yaml")
-    assert loaded.source.line_of(("routes", 2, "match", "path", "regex")) == 50
+    assert loaded.source.line_of(("routes", 2, "match", "path", "regex")) == 51
     # Merged keys point at the text they came from: the anchored mapping.
     assert loaded.source.line_of(("upstreams", "billing svc", "pool")) == 15
 
