@@ -57,11 +57,21 @@ def _text(value: Any, separator: str) -> str:
 
 
 def _escape(text: str) -> str:
-    if text.isascii() and text.isprintable() and "%" not in text:
-        return text
-    # RFC 9110 §5.5: "a recipient of CR, LF, or NUL within a field value MUST either reject the
-    # message or replace each of those characters with SP" - so none may leave the gateway.
-    return quote(text, safe=_SAFE, encoding="utf-8", errors="replace")
+    if not (text.isascii() and text.isprintable() and "%" not in text):
+        # RFC 9110 §5.5: "a recipient of CR, LF, or NUL within a field value MUST either
+        # reject the message or replace each of those characters with SP" - so none may
+        # leave the gateway.
+        text = quote(text, safe=_SAFE, encoding="utf-8", errors="replace")
+    if text[:1] == " " or text[-1:] == " ":
+        # Parsers strip a field value's outer whitespace (RFC 9110 §5.5), so " admin" would
+        # arrive as "admin": encode it, keeping distinct claims distinct.
+        core = text.strip(" ")
+        if not core:
+            return "%20" * len(text)
+        lead = len(text) - len(text.lstrip(" "))
+        trail = len(text) - len(text.rstrip(" "))
+        text = "%20" * lead + core + "%20" * trail
+    return text
 
 
 def _field(read: Callable[[Identity], Any]) -> Source:

@@ -164,7 +164,13 @@ def _number(payload: dict[str, Any], name: str) -> float | None:
     if value is None:
         return None
     kind = type(value)
-    if kind is int or (kind is float and math.isfinite(value)):
+    if kind is int:
+        try:
+            value = float(value)  # JSON allows integers no float can hold
+        except OverflowError:
+            raise _invalid(f"The token's {name} claim is out of range.", "malformed") from None
+        return value
+    if kind is float and math.isfinite(value):
         return value
     raise _invalid(f"The token's {name} claim is not a number.", "malformed")
 
