@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ class AccessLog:
         self._format = fmt
         self._stream = stream or sys.stdout
         self._flush_scheduled = False
+        self._broken = False
 
     def write(self, record: RequestRecord, seconds: float) -> None:
         fields: dict[str, Any] = {
@@ -78,8 +80,16 @@ class AccessLog:
         if self._format == "json":
             line = json.dumps(fields, separators=(",", ":"), ensure_ascii=True)
         else:
-            line = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
-        self._stream.write(line + "\n")
+            line = " ".join(f"{k}={_text_value(v)}" for k, v in fields.items() if v is not None)
+        try:
+            self._stream.write(line + "\n")
+        except (OSError, ValueError) as error:
+            # The request was served already; a broken log stream must not turn it into an
+            # error, and must not be reported once per request.
+            if not self._broken:
+                self._broken = True
+                logging.getLogger("gateway.access").error("access log unwritable: %s", error)
+            return
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_later(_FLUSH_AFTER, self._flush)
@@ -88,6 +98,18 @@ class AccessLog:
         self._flush_scheduled = False
         with contextlib.suppress(OSError, ValueError):  # a closed or broken stdout
             self._stream.flush()
+
+
+def _text_value(value: object) -> str:
+    """A text-format field: quoted and escaped (JSON string rules, ASCII only) unless plain,
+    so a claim cannot forge a line (CWE-117) or break the stream's encoding."""
+    text = str(value)
+    if _PLAIN.fullmatch(text):
+        return text
+    return json.dumps(text, ensure_ascii=True)
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9._:/@+\-]{1,256}")
 
 
 class JsonFormatter(logging.Formatter):

@@ -26,8 +26,9 @@ def _config_path(value: str | None) -> Path:
 def describe_routes(loaded: LoadedConfig) -> list[str]:
     """The resolved route table, one line per route, in match order."""
     from gateway.proxy.upstreams import UpstreamPool, compile_upstream
-    from gateway.runtime import compile_routes
+    from gateway.runtime import check_runtime, compile_routes
 
+    check_runtime(loaded)
     config = loaded.config
     loop = asyncio.new_event_loop()
     try:

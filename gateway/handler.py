@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
-from aiohttp import web
+from aiohttp import HttpVersion10, HttpVersion11, web
 
 from gateway.accesslog import RequestRecord
 from gateway.auth.pipeline import AuthRequest, Decision
@@ -28,6 +28,7 @@ from gateway.problems import (
     GatewayError,
     InvalidPath,
     MethodNotAllowed,
+    VersionNotSupported,
 )
 from gateway.proxy.forward import (
     NO_BODY,
@@ -50,6 +51,14 @@ _MAX_FORM_BODY = 64 * 1024
 _NO_STORE = "no-store"
 # aiohttp would otherwise announce its own name and version on what the gateway answers.
 SERVER_NAME = "oauth-gateway"
+
+
+_VERSIONS = frozenset({HttpVersion10, HttpVersion11})
+
+
+def without_path_parameters(path: str) -> str:
+    """``/a;x=1/b;y`` → ``/a/b``: the path a servlet container routes on (RFC 3986 §3.3)."""
+    return "/".join(segment.split(";", 1)[0] for segment in path.split("/"))
 
 
 def new_request_id() -> str:
@@ -167,7 +176,7 @@ class ProxyHandler:
         if record.upstream_seconds is not None and record.upstream is not None:
             metrics.observe_upstream(record.upstream, record.upstream_seconds)
         if runtime.access_log is not None:
-            runtime.access_log.write(record, seconds)
+            runtime.access_log.write(record, seconds)  # never raises
         return response
 
     async def _respond(
@@ -206,18 +215,26 @@ class ProxyHandler:
         record: RequestRecord,
     ) -> web.StreamResponse:
         method = request.method
+        if request.version not in _VERSIONS:
+            # An HTTP/0.9-style or HTTP/2.0 request line would be relayed as HTTP/1.1, and a
+            # front proxy might have framed it differently: refuse rather than guess.
+            raise VersionNotSupported("Only HTTP/1.0 and HTTP/1.1 are served here.")
         if method in ("CONNECT", "TRACE"):
             # Not an open proxy (CONNECT), and no reflection of credentials (TRACE).
             raise MethodNotAllowed(())
         target = normalise_target(_origin_target(request))
-        if ";" in target.path and not runtime.path_parameters:
-            raise InvalidPath("Path parameters (';') are not accepted here.")
+        match_path = target.path
+        if ";" in match_path:
+            if not runtime.path_parameters:
+                raise InvalidPath("Path parameters (';') are not accepted here.")
+            # Servlet-style upstreams read /admin;x/y as /admin/y: choose the route by that.
+            match_path = without_path_parameters(match_path)
         record.path = target.path
         try:
             host = normalise_host(request.headers.get("Host"))
         except ValueError:
             raise BadRequest("The Host header is not a valid host.") from None
-        route = runtime.table.match(host, target.path, method)
+        route = runtime.table.match(host, match_path, method)
         record.route = route.name
 
         form_fields, form_body = await _form_fields(request, route)

@@ -11,6 +11,7 @@ these errors and the proxy edge renders them in exactly one place.
     │   ├── BadFraming (400)        framing the gateway will not relay (closes the connection)
     │   └── InvalidPath (400)       a path the normaliser refuses
     ├── HeadersTooLarge (431)
+    ├── VersionNotSupported (505)   a request line that is not HTTP/1.0 or HTTP/1.1
     ├── NotFound (404)              no route matched
     ├── MethodNotAllowed (405)      a route's path matched, its methods did not
     ├── BadGateway (502)            upstream refused, reset or answered garbage
@@ -94,6 +95,15 @@ class HeadersTooLarge(GatewayError):
     title = "Request Header Fields Too Large"
     slug = "headers-too-large"
     reason = "headers_too_large"
+
+
+class VersionNotSupported(GatewayError):
+    """RFC 9110 §15.6.6: this gateway speaks HTTP/1.0 and HTTP/1.1 on its listener."""
+
+    status = 505
+    title = "HTTP Version Not Supported"
+    slug = "version-not-supported"
+    reason = "bad_version"
 
 
 class NotFound(GatewayError):

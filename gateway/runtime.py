@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import ssl
 from collections.abc import Sequence
 from typing import Any
@@ -19,8 +20,8 @@ from prometheus_client.core import Metric
 
 from gateway.accesslog import AccessLog
 from gateway.auth.headers import IdentityHeaders
-from gateway.auth.introspection import IssuerIntrospection
-from gateway.auth.jwks import KeySetProvider
+from gateway.auth.introspection import IssuerIntrospection, check_client_auth
+from gateway.auth.jwks import KeySet, KeySetProvider
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.pipeline import AuthPipeline, RouteAuth
 from gateway.auth.policy import compile_policy
@@ -42,7 +43,7 @@ def _inherit(value: bool | None, default: bool) -> bool:
     return default if value is None else value
 
 
-def _route_auth(loaded: LoadedConfig, index: int, route: Route) -> tuple[RouteAuth, Removal]:
+def _route_auth(loaded: LoadedConfig, index: int, route: Route) -> tuple[RouteAuth, frozenset[str]]:
     config = loaded.config
     d = config.defaults
     loc_base: tuple[str | int, ...] = ("routes", index)
@@ -67,11 +68,7 @@ def _route_auth(loaded: LoadedConfig, index: int, route: Route) -> tuple[RouteAu
         token_mode=route.token_mode,
         realm=d.realm,
     )
-    removal = Removal(
-        names=identity_headers.names,
-        prefixes=(d.identity_prefix.lower(),) if d.identity_prefix else (),
-    )
-    return auth, removal
+    return auth, identity_headers.names
 
 
 def compile_routes(
@@ -79,8 +76,20 @@ def compile_routes(
 ) -> tuple[RouteTable[CompiledRoute], tuple[CompiledRoute, ...]]:
     compiled: list[CompiledRoute] = []
     entries: list[RouteEntry[CompiledRoute]] = []
+    auths = [_route_auth(loaded, index, route) for index, route in enumerate(loaded.config.routes)]
+    # Every route strips every name any route (or the defaults) sets: an upstream behind two
+    # routes must never receive a client's copy of a header another route vouches for.
+    prefix = loaded.config.defaults.identity_prefix
+    try:
+        default_names = IdentityHeaders.compile(loaded.config.defaults.identity_headers).names
+    except ValueError as exc:
+        raise loaded.source.error(("defaults", "identity_headers"), str(exc)) from None
+    removal = Removal(
+        names=default_names.union(*(names for _, names in auths)),
+        prefixes=(prefix.lower(),) if prefix else (),
+    )
     for index, route in enumerate(loaded.config.routes):
-        auth, removal = _route_auth(loaded, index, route)
+        auth = auths[index][0]
         pool = pools[route.upstream]
         item = CompiledRoute(
             index=index,
@@ -122,6 +131,59 @@ def _issuer_ssl(config: GatewayConfig) -> dict[str, ssl.SSLContext | None]:
     return contexts
 
 
+def _forwarding_policy(loaded: LoadedConfig) -> ForwardingPolicy:
+    fwd = loaded.config.forwarding
+    try:
+        return ForwardingPolicy(
+            trusted=TrustedProxies(fwd.trusted_proxies),
+            x_forwarded=fwd.x_forwarded,
+            forwarded=fwd.forwarded,
+            via=fwd.via,
+            request_id_header=fwd.request_id_header,
+        )
+    except ValueError as exc:
+        raise loaded.source.error(("forwarding",), str(exc)) from None
+
+
+def check_runtime(loaded: LoadedConfig) -> None:
+    """Everything start-up and reload would refuse, found without touching the network, so
+    that ``gateway check`` says no to exactly what ``gateway run`` says no to."""
+    config = loaded.config
+    source = loaded.source
+    _forwarding_policy(loaded)
+    for name, upstream in config.upstreams.items():
+        try:
+            compile_upstream(name, upstream)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise source.error(
+                ("upstreams", name, "tls", "ca_file"), f"cannot load: {exc}"
+            ) from None
+    for index, issuer in enumerate(config.issuers):
+        base: tuple[str | int, ...] = ("issuers", index)
+        if issuer.http.ca_file is not None:
+            try:
+                ssl.create_default_context(cafile=str(issuer.http.ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise source.error((*base, "http", "ca_file"), f"cannot load: {exc}") from None
+        document = issuer.keys.jwks
+        if issuer.keys.file is not None:
+            try:
+                document = json.loads(issuer.keys.file.read_bytes())
+            except (OSError, ValueError) as exc:
+                raise source.error((*base, "keys", "file"), f"cannot read a JWKS: {exc}") from None
+        if document is not None:
+            try:
+                KeySet.from_jwks(document)
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise source.error((*base, "keys"), f"not a usable JWK Set: {exc}") from None
+        if issuer.introspection is not None:
+            try:
+                check_client_auth(issuer.introspection.client)
+            except (OSError, ValueError, TypeError) as exc:
+                loc = (*base, "introspection", "client")
+                raise source.error(loc, str(exc)) from None
+
+
 async def build_runtime(
     loaded: LoadedConfig,
     session: aiohttp.ClientSession,
@@ -134,6 +196,7 @@ async def build_runtime(
     new config goes live with keys in hand; start-up does not, and readiness says so).
     """
     config = loaded.config
+    check_runtime(loaded)
     loop = asyncio.get_running_loop()
     pools = {
         name: UpstreamPool(compile_upstream(name, upstream), loop)
@@ -158,19 +221,12 @@ async def build_runtime(
         issuer_keys={issuer.issuer: issuer.key for issuer in config.issuers},
         introspect_jwts=frozenset(i.key for i in config.issuers if i.introspect_jwts),
     )
-    fwd = config.forwarding
     runtime = Runtime(
         loaded=loaded,
         table=table,
         routes=routes,
         pipeline=pipeline,
-        forwarding=ForwardingPolicy(
-            trusted=TrustedProxies(fwd.trusted_proxies),
-            x_forwarded=fwd.x_forwarded,
-            forwarded=fwd.forwarded,
-            via=fwd.via,
-            request_id_header=fwd.request_id_header,
-        ),
+        forwarding=_forwarding_policy(loaded),
         pools=pools,
         token_cache=token_cache,
         introspection=introspection,

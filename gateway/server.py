@@ -80,6 +80,10 @@ async def serve(
         except ConfigError as error:
             log.error("config reload rejected, keeping the running config:\n%s", error)
             return
+        except Exception:
+            gateway.metrics.config_reloads.labels("rejected").inc()
+            log.exception("config reload failed, keeping the running config")
+            return
         log.info("config reloaded from %s", config_path)
 
     reloads: set[asyncio.Task[None]] = set()

@@ -214,6 +214,12 @@ class _ClientAuthenticator:
         return jwt.encode(claims, self._key, algorithm=self._alg, headers=self._jwt_headers)
 
 
+def check_client_auth(client: ClientAuth) -> None:
+    """Fail at load, not at the first request: the key file must load and sign (ValueError,
+    OSError)."""
+    _ClientAuthenticator(client, "https://config-check.invalid/introspect", time.time)
+
+
 def _check_transport(endpoint: str, *, allow_http: bool) -> None:
     """RFC 7662 §2: "The introspection endpoint MUST be protected by a transport-layer
     security mechanism". Plain http is allowed to loopback (a sidecar), or when configured."""

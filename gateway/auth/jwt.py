@@ -72,7 +72,17 @@ class _Trust:
     provider: KeySetProvider | None
 
 
+# The last character of a segment whose length is 2 or 3 (mod 4) carries unused bits, which
+# must be zero (RFC 4648 §3.5): only these characters end a canonical encoding.
+_CANONICAL_LAST = {2: frozenset(b"AQgw"), 3: frozenset(b"AEIMQUYcgkosw048")}
+
+
 def _b64decode(segment: bytes) -> bytes:
+    """base64url without padding, canonical only: one token has one spelling, so everything
+    keyed on its hash (the negative cache, evictions) sees every copy of it."""
+    tail = _CANONICAL_LAST.get(len(segment) & 3)
+    if tail is not None and segment and segment[-1] not in tail:
+        raise ValueError("non-canonical base64url")
     return binascii.a2b_base64(segment.translate(_TO_STANDARD) + _PADDING[len(segment) & 3])
 
 

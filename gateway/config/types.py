@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_MAX_DURATION = 30 * 86400.0
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
@@ -15,14 +17,19 @@ def parse_duration(value: Any) -> float:
     """Seconds from ``250ms``, ``30s``, ``5m``, ``1h`` or a bare number of seconds."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 250ms, 30s or 5m")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-    else:
-        raise ValueError("expected a duration such as 250ms, 30s or 5m")
+    try:
+        if isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str) and (m := _DURATION.match(value)):
+            seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        else:
+            raise ValueError("expected a duration such as 250ms, 30s or 5m")
+    except OverflowError:
+        raise ValueError("the duration is out of range") from None
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
+    if not math.isfinite(seconds) or seconds > _MAX_DURATION:
+        raise ValueError("the duration is out of range (at most 30 days)")
     return seconds
 
 

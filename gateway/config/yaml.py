@@ -173,7 +173,11 @@ class _Builder:
         if isinstance(node, ScalarNode) and node.tag == _STR:
             return self._interpolate(node.value, loc, _line(node))
         if isinstance(node, ScalarNode) and node.tag in _SCALAR_TAGS:
-            return self._scalars.construct_object(node)
+            try:
+                return self._scalars.construct_object(node)
+            except (ValueError, OverflowError):  # e.g. an integer of thousands of digits
+                self._issue(loc, _line(node), "the number is out of range")
+                return None
         if isinstance(node, ScalarNode) and node.tag == _TIMESTAMP:
             return node.value
         self._issue(loc, _line(node), f"unsupported YAML tag {node.tag!r}")

@@ -11,12 +11,13 @@ Two directions, both pure functions over ``(name, value)`` lists:
 
 Besides ``X-Forwarded-For/Proto/Host`` and ``Forwarded``, a few headers are believed only
 from a trusted proxy (``_PROXY_ONLY``): client-address claims (``X-Real-IP``,
-``X-Client-IP``, ``True-Client-IP``), views of the original request (``X-Forwarded-Port``,
-``-Prefix``, ``-Server``, ``-Ssl``, ``-Scheme``), and the URL and method overrides that some
-frameworks route on (``X-Original-URL`` and ``X-Rewrite-URL`` in IIS and Symfony,
-``X-HTTP-Method-Override`` and its siblings). The gateway chose the route and its policy from
-the real path and method, so an upstream honouring those from an untrusted client would
-bypass it. Any other routing header an upstream honours must be added there.
+``X-Client-IP``, ``True-Client-IP``) and views of the original request
+(``X-Forwarded-Port``, ``-Prefix``, ``-Server``, ``-Ssl``, ``-Scheme``). The URL and method
+overrides that some frameworks route on (``X-Original-URL`` and ``X-Rewrite-URL`` in IIS and
+Symfony, ``X-HTTP-Method-Override`` and its siblings) are dropped from everyone
+(``_NEVER_FORWARDED``): the gateway chose the route and its policy from the real path and
+method, and front proxies rarely strip these, so a client behind a trusted proxy could still
+send them. Any other routing header an upstream honours must be added there.
 
 Everything that depends only on configuration is compiled when ``ForwardingPolicy`` and
 ``Removal`` are built. Per request the work is one pass over the header list with dict and
@@ -65,6 +66,10 @@ _PROXY_ONLY = frozenset(
         "x-forwarded-server",
         "x-forwarded-ssl",
         "x-forwarded-scheme",
+    }
+)
+_NEVER_FORWARDED = frozenset(
+    {
         "x-original-url",
         "x-rewrite-url",
         "x-http-method-override",
@@ -147,6 +152,7 @@ class ForwardingPolicy:
             # A trusted proxy's header we do not extend passes through untouched.
         if not trusted:
             actions.update(dict.fromkeys(_PROXY_ONLY, _DROP))
+        actions.update(dict.fromkeys(_NEVER_FORWARDED, _DROP))
         return actions
 
 

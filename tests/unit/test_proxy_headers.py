@@ -209,11 +209,14 @@ AUTHORIZATION_CASES = [
     ),
 ]
 
-PROXY_ONLY = [
+NEVER_FORWARDED = [
     ("X-Original-URL", "/admin"),
     ("X-Rewrite-URL", "/admin"),
     ("X-HTTP-Method-Override", "DELETE"),
+    ("X-HTTP-Method", "DELETE"),
     ("X-Method-Override", "DELETE"),
+]
+PROXY_ONLY = [
     ("X-Real-IP", "127.0.0.1"),
     ("True-Client-IP", "127.0.0.1"),
     ("X-Forwarded-Port", "443"),
@@ -224,6 +227,13 @@ PROXY_ONLY = [
 PROXY_ONLY_CASES = [
     *(case(f"untrusted-{n.lower()}-dropped", [(n, v)], n, []) for n, v in PROXY_ONLY),
     *(case(f"trusted-{n.lower()}-kept", [(n, v)], n, [v], peer=TRUSTED) for n, v in PROXY_ONLY[:2]),
+    # Routing overrides: the gateway chose route and policy from the real path and method,
+    # and front proxies rarely strip these, so nobody's copy is forwarded.
+    *(case(f"untrusted-{n.lower()}-dropped", [(n, v)], n, []) for n, v in NEVER_FORWARDED),
+    *(
+        case(f"trusted-{n.lower()}-dropped", [(n, v)], n, [], peer=TRUSTED)
+        for n, v in NEVER_FORWARDED
+    ),
 ]
 
 X_FORWARDED_CASES = [
