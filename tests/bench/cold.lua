@@ -1,6 +1,8 @@
--- wrk script for the cold-verification scenarios: every request carries the next of a few
--- hundred distinct pre-minted bearer tokens, so no request can be answered from a token cache.
--- Usage: wrk -s cold.lua URL -- TOKENS_FILE      (one compact JWT per line)
+-- wrk script for the scenarios that rotate tokens: every request carries the next of a few
+-- hundred distinct bearer tokens. With the caches off (gateway-jwt-cold-*, gateway-opaque-miss)
+-- no request can be answered from a cache; gateway-opaque-l2 uses it to spread reads over
+-- many Redis keys.
+-- Usage: wrk -s cold.lua URL -- TOKENS_FILE      (one token per line: a compact JWT or opaque)
 
 local tokens = {}
 local index = 0
