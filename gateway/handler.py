@@ -40,7 +40,6 @@ from gateway.proxy.forward import (
 from gateway.proxy.headers import request_id_of, upstream_request_headers
 from gateway.proxy.websocket import relay_websocket
 from gateway.routing.paths import normalise_target, rewrite_path
-from gateway.routing.patterns import normalise_host
 from gateway.state import CompiledRoute, Runtime, RuntimeHolder
 
 log = logging.getLogger("gateway.handler")
@@ -230,11 +229,8 @@ class ProxyHandler:
             # Servlet-style upstreams read /admin;x/y as /admin/y: choose the route by that.
             match_path = without_path_parameters(match_path)
         record.path = target.path
-        try:
-            host = normalise_host(request.headers.get("Host"))
-        except ValueError:
-            raise BadRequest("The Host header is not a valid host.") from None
-        route = runtime.table.match(host, match_path, method)
+        # The table normalises Host itself (and answers 400 for one that is no host).
+        route = runtime.table.match(request.headers.get("Host"), match_path, method)
         record.route = route.name
 
         form_fields, form_body = await _form_fields(request, route)

@@ -8,7 +8,7 @@ about HTTP servers, so the same code can later answer a forward-auth endpoint.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from gateway.auth.bearer import read_token
@@ -45,15 +45,18 @@ class RouteAuth:
     issuers: frozenset[str] | None  # issuer keys accepted here; None = any configured
     token_mode: TokenMode | None  # None = each issuer's own mode
     realm: str
+    # Decisions for hot tokens on this route, by token hash (see AuthPipeline.run).
+    decisions: dict[bytes, Decision] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     identity: Identity | None
-    headers: list[tuple[str, str]]
+    headers: tuple[tuple[str, str], ...]  # shared by every request a decision is reused for
 
 
-ANONYMOUS = Decision(identity=None, headers=[])
+ANONYMOUS = Decision(identity=None, headers=())
+_DECISIONS_PER_ROUTE = 10_000
 
 
 def refuse_sender_constrained(identity: Identity) -> None:
@@ -111,26 +114,41 @@ class AuthPipeline:
             if route.required:
                 raise MissingCredentials()
             return ANONYMOUS
+        digest = token_hash(token)
         try:
-            identity = await self.authenticate(token, route)
+            identity = await self.authenticate(token, route, digest)
         except AuthError:
             if route.required:
                 raise
             # An anonymous route never fails for a bad token; it just gets no identity.
             return ANONYMOUS
+        if not route.required and not route.identify_anonymous:
+            return ANONYMOUS
+        # A hot token's cache hit returns the very same Identity object, and the route's
+        # policy and templates are fixed: its decision is remembered per route. An entry is
+        # used only while the token cache still hands out that object, so expiry and
+        # eviction govern it as they govern the identity.
+        remembered = route.decisions.get(digest)
+        if remembered is not None and remembered.identity is identity:
+            return remembered
         if route.required:
             check(route.policy, identity)
-        elif not route.identify_anonymous:
-            return ANONYMOUS
-        return Decision(identity=identity, headers=route.identity_headers.render(identity))
+        headers = tuple(route.identity_headers.render(identity))
+        decision = Decision(identity=identity, headers=headers)
+        if len(route.decisions) >= _DECISIONS_PER_ROUTE:
+            route.decisions.clear()
+        route.decisions[digest] = decision
+        return decision
 
-    async def authenticate(self, token: str, route: RouteAuth) -> Identity:
+    async def authenticate(
+        self, token: str, route: RouteAuth, digest: bytes | None = None
+    ) -> Identity:
         """The identity behind ``token``, from the verified-token cache when possible.
 
         Only what is true of the token itself is cached (valid, or rejected for a reason of
         its own); whether this route accepts its issuer is checked afterwards, every time.
         """
-        key = token_hash(token)
+        key = token_hash(token) if digest is None else digest
         cached = self._cache.get(key)
         if isinstance(cached, Identity):
             identity = cached
