@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -83,6 +84,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Server"] = "oauth-gateway"  # not aiohttp's name and version
+    # With --workers N each worker answers on the shared admin port: say which one did.
+    response.headers["X-Worker-Pid"] = str(os.getpid())
 
 
 ADMIN_TOKEN = web.AppKey("admin_token", str | None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -118,5 +119,84 @@ def test_run_serves_and_stops_on_sigterm(tmp_path: Path):
         assert process.wait(timeout=15) == 0
     finally:
         if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_workers_share_the_port_and_stop_on_sigterm(tmp_path: Path):
+    port, admin = free_port(), free_port()
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"listen: {{host: 127.0.0.1, port: {port}}}\nadmin: {{host: 127.0.0.1, port: {admin}}}\n"
+        "shutdown: {readiness_delay: 0s, drain_timeout: 2s}\n"
+        "upstreams:\n  app: {url: 'http://127.0.0.1:1'}\n"
+        "defaults: {auth: anonymous}\nroutes: [{upstream: app}]\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", "-c", str(config), "--workers", "2"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        pids: set[str] = set()
+        while len(pids) < 2:
+            assert time.monotonic() < deadline, f"saw worker pids {pids}"
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=1) as r:
+                    pids.add(r.headers.get("X-Worker-Pid", ""))
+            except OSError:
+                time.sleep(0.1)
+        assert "" not in pids
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_demo_shows_an_allowed_a_forbidden_and_an_unauthenticated_call():
+    """The README's run command: what it prints must work when pasted."""
+    port, admin = free_port(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "demo", "--port", str(port), "--admin-port", str(admin)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        text = ""
+        deadline = time.monotonic() + 30
+        while "curl -s http://" not in text or "public/hello" not in text:
+            assert time.monotonic() < deadline and process.poll() is None, text
+            text += process.stdout.readline()
+        tokens = re.findall(r"Authorization: Bearer ([A-Za-z0-9._-]+)", text)
+        assert len(tokens) == 2
+
+        def call(token: str | None) -> tuple[int, dict]:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/orders/42")
+            if token:
+                request.add_header("Authorization", f"Bearer {token}")
+            try:
+                with urllib.request.urlopen(request, timeout=5) as r:
+                    return r.status, json.loads(r.read())
+            except urllib.error.HTTPError as error:
+                return error.code, dict(error.headers)
+
+        status, body = call(tokens[0])
+        assert status == 200
+        assert body["headers_received"]["X-Auth-Subject"] == "alice"
+        assert body["headers_received"]["X-Auth-Scopes"] == "orders:read"
+        status, headers = call(tokens[1])
+        assert status == 403
+        assert 'error="insufficient_scope"' in headers["WWW-Authenticate"]
+        status, headers = call(None)
+        assert status == 401
+        assert headers["WWW-Authenticate"] == 'Bearer realm="demo"'
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
             process.kill()
             process.wait()

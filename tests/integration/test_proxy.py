@@ -467,3 +467,21 @@ async def test_unix_socket_upstream(tmp_path):
                     assert await r.json() == {"path": "/over/unix?x=1", "host": "localhost"}
     finally:
         await runner.cleanup()
+
+
+async def test_upstream_host_header_by_default_and_client_host_when_preserved(tmp_path, upstream):
+    async with running_gateway(tmp_path, base_config(upstream.url)) as gw:
+        response = await raw_exchange(
+            gw.proxy_port, b"GET /h HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n"
+        )
+        assert status_of(response) == 200
+        assert upstream.last.header("Host") == f"127.0.0.1:{upstream.port}"
+    config = base_config(upstream.url)
+    config["upstreams"]["app"]["preserve_host"] = True
+    (tmp_path / "p").mkdir()
+    async with running_gateway(tmp_path / "p", config) as gw:
+        response = await raw_exchange(
+            gw.proxy_port, b"GET /h HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n"
+        )
+        assert status_of(response) == 200
+        assert upstream.last.header("Host") == "api.example.com"
