@@ -165,12 +165,17 @@ class ProxyHandler:
         record = RequestRecord(
             request_id=request_id, method=request.method, path="-", remote=request.remote
         )
+        tracing = runtime.tracing
+        span = tracing.start(record.method, headers) if tracing is not None else None
         try:
             response = await self._respond(request, runtime, headers, record)
+            record.status = response.status
         finally:
             metrics.in_flight -= 1
+            if span is not None:
+                status = record.status or 499  # 499: the client went away first
+                tracing.end(span, record.route, status, record.decision, record.reason)
         seconds = time.perf_counter() - started
-        record.status = response.status
         metrics.observe_request(record.route, record.method, record.status, seconds)
         if record.upstream_seconds is not None and record.upstream is not None:
             metrics.observe_upstream(record.upstream, record.upstream_seconds)

@@ -36,6 +36,7 @@ from gateway.proxy.trust import TrustedProxies
 from gateway.proxy.upstreams import UpstreamPool, compile_upstream
 from gateway.routing.table import RouteEntry, RouteTable
 from gateway.state import CompiledRoute, Runtime
+from gateway.tracing import make_tracing
 
 
 def _inherit(value: bool | None, default: bool) -> bool:
@@ -233,6 +234,7 @@ async def build_runtime(
         realm=config.defaults.realm,
         path_parameters=config.limits.path_parameters,
         access_log=AccessLog(config.logging.format) if config.logging.access_log else None,
+        tracing=make_tracing(config.tracing.enabled),
     )
     for key, provider in providers.items():
         runtime.readiness.append(lambda k=key, p=provider: (f"keys:{k}", p.ready))

@@ -23,6 +23,7 @@ from gateway.metrics import Metrics
 from gateway.proxy.headers import ForwardingPolicy, Removal
 from gateway.proxy.upstreams import UpstreamPool, UpstreamTarget
 from gateway.routing.table import RouteTable
+from gateway.tracing import Tracing
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ class Runtime:
     realm: str
     path_parameters: bool = False
     access_log: AccessLog | None = None
+    tracing: Tracing | None = None
     readiness: list[Callable[[], tuple[str, bool]]] = field(default_factory=list)
     # Informational states for /readyz that do not make the gateway unready (a degraded
     # shared cache still serves from memory and the authorization server).

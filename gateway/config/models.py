@@ -439,6 +439,12 @@ class LoggingConfig(Strict):
     access_log: bool = Field(True, description="One line per request on stdout.")
 
 
+class Tracing(Strict):
+    enabled: bool = Field(
+        False, description="OpenTelemetry server spans (needs opentelemetry-api installed)."
+    )
+
+
 class Shutdown(Strict):
     """SIGTERM: readiness false at once, stop accepting after a delay, then drain."""
 
@@ -451,6 +457,7 @@ class GatewayConfig(Strict):
     admin: AdminListen = AdminListen()
     limits: Limits = Limits()
     logging: LoggingConfig = LoggingConfig()
+    tracing: Tracing = Tracing()
     shutdown: Shutdown = Shutdown()
     forwarding: Forwarding = Forwarding()
     upstreams: dict[str, Upstream] = Field(min_length=1)
