@@ -23,7 +23,7 @@ from gateway.handler import ProxyHandler, new_request_id, problem_response
 from gateway.metrics import Metrics, runtime_metrics
 from gateway.problems import BadRequest, GatewayError, HeadersTooLarge
 from gateway.runtime import build_runtime
-from gateway.state import RuntimeHolder
+from gateway.state import Runtime, RuntimeHolder
 
 log = logging.getLogger("gateway.app")
 
@@ -110,13 +110,15 @@ class Gateway:
     async def reload(self, loaded: LoadedConfig, *, wait_for_keys: float = 10.0) -> None:
         """Swap in a new config; raises ConfigError and keeps the old one if it is bad."""
         try:
-            runtime = await build_runtime(loaded, self.session, wait_for_keys=wait_for_keys)
+            runtime = await build_runtime(
+                loaded, self.session, wait_for_keys=wait_for_keys, previous=self.holder.current
+            )
         except ConfigError:
             self.metrics.config_reloads.labels("rejected").inc()
             raise
         old, self.holder.current = self.holder.current, runtime
         self.metrics.config_reloads.labels("ok").inc()
-        task = asyncio.ensure_future(_close_later(old, 30.0))
+        task = asyncio.ensure_future(_retire(old))
         self._old_runtimes.add(task)
         task.add_done_callback(self._old_runtimes.discard)
 
@@ -137,10 +139,20 @@ class Gateway:
         await self.session.close()
 
 
-async def _close_later(runtime: object, delay: float) -> None:
-    """Old runtimes serve their in-flight requests, then release pools and tasks."""
-    await asyncio.sleep(delay)
-    await runtime.close()  # type: ignore[attr-defined]
+_RETIRE_LIMIT = 3600.0
+
+
+async def _retire(runtime: Runtime) -> None:
+    """A replaced runtime serves its in-flight requests (and WebSockets), up to an hour,
+    then releases its pools, key providers and caches."""
+    for pool in runtime.pools.values():
+        pool.retire()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _RETIRE_LIMIT
+    # Polled: an Event would cost every request a check for the rare reload.
+    while runtime.in_flight and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.5)
+    await runtime.close()
 
 
 def _listening_port(runner: web.BaseRunner) -> int:

@@ -160,6 +160,7 @@ class ProxyHandler:
         runtime = self._holder.current
         metrics = self._metrics
         metrics.in_flight += 1
+        runtime.in_flight += 1
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
         request_id = request_id_of(headers, runtime.forwarding.request_id_header, new_request_id)
         record = RequestRecord(
@@ -172,6 +173,7 @@ class ProxyHandler:
             record.status = response.status
         finally:
             metrics.in_flight -= 1
+            runtime.in_flight -= 1
             if span is not None:
                 status = record.status or 499  # 499: the client went away first
                 tracing.end(span, record.route, status, record.decision, record.reason)

@@ -190,6 +190,7 @@ async def build_runtime(
     session: aiohttp.ClientSession,
     *,
     wait_for_keys: float = 0.0,
+    previous: Runtime | None = None,
 ) -> Runtime:
     """Compile ``loaded`` and start its key providers; raises ConfigError on a bad config.
 
@@ -229,6 +230,7 @@ async def build_runtime(
         pipeline=pipeline,
         forwarding=_forwarding_policy(loaded),
         pools=pools,
+        providers=providers,
         token_cache=token_cache,
         introspection=introspection,
         realm=config.defaults.realm,
@@ -256,6 +258,10 @@ async def build_runtime(
         ]
     )  # fmt: skip
     await asyncio.gather(*(p.start() for p in providers.values()))
+    if previous is not None:
+        for key, provider in providers.items():
+            if (old := previous.providers.get(key)) is not None:
+                provider.inherit(old)
     await asyncio.gather(*(c.cache.start() for c in introspection.values()))
     if wait_for_keys > 0 and providers:
         await _wait_ready(list(providers.values()), wait_for_keys)

@@ -16,6 +16,7 @@ from prometheus_client.core import Metric
 
 from gateway.accesslog import AccessLog
 from gateway.auth.introspection import IssuerIntrospection
+from gateway.auth.jwks import KeySetProvider
 from gateway.auth.pipeline import AuthPipeline, RouteAuth
 from gateway.auth.token_cache import TokenCache
 from gateway.config.loader import LoadedConfig
@@ -52,9 +53,11 @@ class Runtime:
     pipeline: AuthPipeline
     forwarding: ForwardingPolicy
     pools: dict[str, UpstreamPool]
+    providers: dict[str, KeySetProvider]
     token_cache: TokenCache
     introspection: dict[str, IssuerIntrospection]
     realm: str
+    in_flight: int = 0  # requests started on this runtime and not finished yet
     path_parameters: bool = False
     access_log: AccessLog | None = None
     tracing: Tracing | None = None

@@ -187,6 +187,15 @@ class KeySetProvider:
         keys = self._keys
         return None if keys is None else keys.find(kid, alg)
 
+    def inherit(self, previous: KeySetProvider) -> None:
+        """On reload: start from the running config's keys for the same issuer if this
+        provider could not fetch its own, so a key server that is down at reload time does
+        not take verification down with it. Its own refresh keeps trying meanwhile."""
+        if self._keys is None and previous._keys is not None and previous._issuer == self._issuer:
+            self._keys = previous._keys
+            self._metadata = self._metadata or previous._metadata
+            self._jwks_uri = self._jwks_uri or previous._jwks_uri
+
     async def start(self) -> None:
         """Static keys must load (a bad file is a config error); fetched keys may come later."""
         if self._static:

@@ -142,7 +142,9 @@ class RedisCache:
         try:
             async with asyncio.timeout(self._timeout):
                 result = await command()
-        except _FAILURES as exc:
+        except Exception as exc:  # any failure of a cache is a miss, not a 500
+            # Beyond redis-py's own errors: a server killed mid-handshake surfaces as uvloop's
+            # RuntimeError from the transport, which redis-py re-raises as is.
             self._failed(exc)
             return None
         self._succeeded()

@@ -104,11 +104,13 @@ class TieredCache:
         self.stats["l1_misses"] += 1
         flight = self._flights.get(key)
         shared_stale: tuple[Identity, float] | None = None
+        # An answer looked up across an eviction may predate the revocation it reports:
+        # count evictions from before the L2 read, through the load.
+        evictions = self._evictions
         if flight is None and self._redis is not None:
             # L2 is read in the caller's own task: a GET needs no single flight, and sparing
             # a task and a shield per request halves the cost of an L2 hit. Only a miss
             # starts the shared load below.
-            evictions = self._evictions
             data = await self._redis.get(key)
             if data is not None and (entry := _decode(data)) is not None:
                 value, fresh_until = entry
@@ -121,9 +123,15 @@ class TieredCache:
                 if value is not None:
                     shared_stale = value, fresh_until
             self.stats["l2_misses"] += 1
-            flight = self._flights.get(key)  # another request may have started it meanwhile
+            # While this request read Redis, another may have loaded the answer (now in L1)
+            # or started loading it: join that rather than ask the server again.
+            hit = self._l1.get(key)
+            if hit is not None and (hit[0] is INACTIVE or not self._stale):
+                self.stats["coalesced"] += 1
+                return None if hit[0] is INACTIVE else hit[0]  # type: ignore[return-value]
+            flight = self._flights.get(key)
         if flight is None:
-            flight = asyncio.create_task(self._fill(key, load, shared_stale))
+            flight = asyncio.create_task(self._fill(key, load, shared_stale, evictions))
             self._flights[key] = flight
             flight.add_done_callback(partial(self._landed, key))
         else:
@@ -151,11 +159,15 @@ class TieredCache:
     # --- loading ---------------------------------------------------------------------------
 
     async def _fill(
-        self, key: bytes, load: Loader, shared_stale: tuple[Identity, float] | None
+        self,
+        key: bytes,
+        load: Loader,
+        shared_stale: tuple[Identity, float] | None,
+        evictions: int,
     ) -> Identity | None:
         """The shared load after L1 and L2 missed; ``shared_stale`` is an expired L2 entry
-        that serve-stale may still use if the authorization server is down."""
-        evictions = self._evictions
+        that serve-stale may still use if the authorization server is down; ``evictions``
+        is the eviction count when the lookup began."""
         self.stats["loads"] += 1
         try:
             identity = await load()

@@ -156,10 +156,15 @@ async def _send_body(conn: UpstreamConnection, body: Body) -> None:
         return
 
 
+# RFC 9110 §9.2.2: requests a client may repeat automatically.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
 async def _exchange(
-    pool: UpstreamPool, head: bytes, body: Body, is_head: bool
+    pool: UpstreamPool, head: bytes, body: Body, method: str
 ) -> tuple[UpstreamConnection, ResponseHead, asyncio.Task[None] | None]:
     """Send the request and wait for the response head; retry once on a stale keep-alive."""
+    is_head = method == "HEAD"
     for attempt in (1, 2):
         conn, reused = await pool.acquire()
         conn.begin(head, is_head_request=is_head)
@@ -173,9 +178,17 @@ async def _exchange(
                 upload.cancel()
             pool.release(conn)
             # A keep-alive connection the upstream closed while idle fails before any byte
-            # comes back; the request never reached the application, so one retry on a new
-            # connection is safe when there was no body to replay.
-            retryable = reused and not conn.received_any and body.reader is None
+            # comes back. The upstream may still have received the request, so only an
+            # idempotent request without a body is sent again (RFC 9110 §9.2.2), and never
+            # when the gateway itself closed the connection (a retired pool).
+            retryable = (
+                reused
+                and not conn.received_any
+                and body.reader is None
+                and not body.buffered
+                and method in _IDEMPOTENT
+                and not pool.retiring
+            )
             if attempt == 1 and retryable:
                 continue
             raise
@@ -207,9 +220,8 @@ async def forward(
 
     Returns the response and the seconds from sending the request to its response head.
     """
-    is_head = request.method == "HEAD"
     sent_at = pool.loop.time()
-    conn, upstream, upload = await _exchange(pool, head, body, is_head)
+    conn, upstream, upload = await _exchange(pool, head, body, request.method)
     upstream_seconds = pool.loop.time() - sent_at
     released = False
     try:

@@ -538,6 +538,19 @@ class UpstreamPool:
         if keep:
             self._schedule_sweep()
 
+    @property
+    def retiring(self) -> bool:
+        return self._closing
+
+    def retire(self) -> None:
+        """After a reload: close idle connections now and every active one once its
+        exchange ends; exchanges under way are not interrupted."""
+        self._closing = True
+        for conn in self._idle:
+            conn.close()
+            self._discard(conn)
+        self._idle.clear()
+
     async def close(self) -> None:
         self._closing = True
         if self._sweeper is not None:

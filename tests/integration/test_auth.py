@@ -385,3 +385,15 @@ async def test_hmac_only_with_configured_secret(tmp_path, issuer, upstream):
         assert (await call(gw, "/x", issuer.mint(alg="RS256")))[0] == 401
         wrong = issuer.mint(alg="HS256", key=b"x" * 48)
         assert (await call(gw, "/x", wrong))[0] == 401
+
+
+async def test_reload_while_jwks_is_down_keeps_the_running_keys(tmp_path, issuer, upstream):
+    from gateway.config.loader import load_config
+
+    async with running_gateway(tmp_path, gateway_config(issuer, upstream)) as gw:
+        await wait_ready(gw)
+        issuer.jwks_status = 500
+        await gw.reload(load_config(tmp_path / "gateway.yaml", env={}), wait_for_keys=0.2)
+        assert gw.holder.current.ready()[0]
+        status, _, _ = await call(gw, "/read/x", issuer.mint())
+        assert status == 200

@@ -485,3 +485,22 @@ async def test_upstream_host_header_by_default_and_client_host_when_preserved(tm
         )
         assert status_of(response) == 200
         assert upstream.last.header("Host") == "api.example.com"
+
+
+async def test_request_in_flight_across_a_reload_completes_once(tmp_path, upstream):
+    from gateway.config.loader import load_config
+
+    async with running_gateway(tmp_path, base_config(upstream.url)) as gw:
+        old_pool = gw.holder.current.pools["app"]
+        async with aiohttp.ClientSession() as s:
+            slow = asyncio.ensure_future(s.get(url(gw, "/slow?mode=slow&delay=1")))
+            await asyncio.sleep(0.3)
+            await gw.reload(load_config(tmp_path / "gateway.yaml", env={}))
+            async with s.get(url(gw, "/after")) as r:  # served by the new runtime
+                assert r.status == 200
+            response = await slow
+            assert response.status == 200
+            response.release()
+        await asyncio.sleep(0.6)
+        assert old_pool.open_connections == 0  # retired: closed once its exchange ended
+    assert [r.raw_path for r in upstream.received].count("/slow?mode=slow&delay=1") == 1
