@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.support.issuer import TestIssuer
 from tests.support.upstream import RecordingUpstream
 
 
@@ -22,6 +23,15 @@ def pytest_asyncio_loop_factories(config, item):
 @pytest.fixture
 async def upstream() -> AsyncIterator[RecordingUpstream]:
     server = RecordingUpstream(name="app")
+    await server.start()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def issuer() -> AsyncIterator[TestIssuer]:
+    """A real authorization server on loopback: discovery, JWKS, token minting."""
+    server = TestIssuer()
     await server.start()
     yield server
     await server.close()

@@ -45,12 +45,13 @@ def check_url_allowed(url: str, allow_http: bool) -> None:
         return
     if parts.scheme != "http":
         raise ValueError("only https (or http to loopback) URLs are fetched")
-    if allow_http or _is_loopback(host):
+    if allow_http or is_loopback(host):
         return
     raise ValueError("plain http is allowed only to loopback hosts unless insecure_http is set")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: where plain http cannot be intercepted off the host."""
     if host == "localhost":
         return True
     try:

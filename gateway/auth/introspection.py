@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import ipaddress
 import json
 import logging
 import math
@@ -29,6 +28,7 @@ import aiohttp
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from gateway.auth.discovery import is_loopback
 from gateway.auth.identity import Identity, scopes_from_claim
 from gateway.cache.tiered import TieredCache
 from gateway.config.models import ClientAuth, Issuer
@@ -226,17 +226,8 @@ def _check_transport(endpoint: str, *, allow_http: bool) -> None:
     parts = urlsplit(endpoint)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"introspection endpoint {endpoint} is not an http(s) URL")
-    if parts.scheme == "http" and not (allow_http or _is_loopback(parts.hostname)):
+    if parts.scheme == "http" and not (allow_http or is_loopback(parts.hostname)):
         raise ValueError(f"introspection endpoint {endpoint} must use https (or insecure_http)")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _basic_credentials(client_id: str, secret: str) -> str:

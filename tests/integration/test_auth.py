@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from yarl import URL
 
-from tests.support.gateway import running_gateway
+from tests.support.gateway import running_gateway, wait_ready
 from tests.support.issuer import TestIssuer
 from tests.support.upstream import RecordingUpstream
 
@@ -63,26 +63,10 @@ def gateway_config(issuer: TestIssuer, upstream: RecordingUpstream, **issuer_ext
 
 
 @pytest.fixture
-async def issuer():
-    server = TestIssuer()
-    await server.start()
-    yield server
-    await server.close()
-
-
-@pytest.fixture
 async def gateway(tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream):
     async with running_gateway(tmp_path, gateway_config(issuer, upstream)) as gw:
         await wait_ready(gw)
         yield gw
-
-
-async def wait_ready(gw, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if gw.holder.current.ready()[0]:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("gateway did not become ready")
 
 
 def url(gw, path: str) -> URL:

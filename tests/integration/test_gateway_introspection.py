@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 import redis
 
-from tests.support.gateway import running_gateway
+from tests.support.gateway import running_gateway, wait_ready
 from tests.support.introspection import TestIntrospectionServer
 from tests.support.issuer import TestIssuer
 from tests.support.redis import RedisServer, redis_url_or_start
@@ -29,14 +29,6 @@ from tests.support.upstream import RecordingUpstream
 def redis_url() -> Iterator[str]:
     with redis_url_or_start() as url:
         yield url
-
-
-@pytest.fixture
-async def issuer():
-    server = TestIssuer()
-    await server.start()
-    yield server
-    await server.close()
 
 
 @pytest.fixture
@@ -296,11 +288,3 @@ async def test_redis_killed_and_restarted_mid_traffic(
                     break
                 assert time.monotonic() < deadline, "the cache did not recover"
                 await asyncio.sleep(0.2)
-
-
-async def wait_ready(gw, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if gw.holder.current.ready()[0]:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("gateway did not become ready")

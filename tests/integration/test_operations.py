@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -33,14 +32,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture
-async def issuer():
-    server = TestIssuer()
-    await server.start()
-    yield server
-    await server.close()
 
 
 def gateway_config(issuer: TestIssuer, upstream: RecordingUpstream, **extra: Any) -> dict[str, Any]:

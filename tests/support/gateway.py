@@ -71,3 +71,12 @@ async def raw_exchange(port: int, data: bytes, *, timeout: float = 3.0) -> bytes
 def status_of(response: bytes) -> int:
     line = response.split(b"\r\n", 1)[0]
     return int(line.split(b" ")[1])
+
+
+async def wait_ready(gw: Gateway, timeout: float = 5.0) -> None:
+    """Until every issuer's keys are loaded (what /readyz reports)."""
+    for _ in range(int(timeout / 0.05)):
+        if gw.holder.current.ready()[0]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("gateway did not become ready")
