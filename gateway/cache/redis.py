@@ -186,13 +186,16 @@ class RedisCache:
                     _deliver(callback, dict(RESYNC))
                 ready.set()
                 await _pump(pubsub, callback)
-            except _FAILURES as exc:
+            except Exception as exc:  # whatever failed, resubscribe: revocation must keep flowing
                 self._failed(exc)
                 gap = True
             finally:
                 ready.set()
                 await _close_quietly(pubsub)
             await asyncio.sleep(self._probe_interval)
+
+
+_MAX_CONNECTIONS = 64
 
 
 def _client(config: RedisConfig) -> Any:
@@ -210,7 +213,9 @@ def _client(config: RedisConfig) -> Any:
     assert config.url is not None  # RedisConfig guarantees url xor sentinel
     if config.cluster:
         return RedisCluster.from_url(config.url, **options)
-    return Redis.from_url(config.url, **options)
+    # Bounded: past this many concurrent commands one fails fast and counts as a miss,
+    # rather than the pool growing with every burst and never shrinking.
+    return Redis.from_url(config.url, max_connections=_MAX_CONNECTIONS, **options)
 
 
 def _host_port(value: str) -> tuple[str, int]:
