@@ -171,19 +171,20 @@ class ProxyHandler:
         try:
             response = await self._respond(request, runtime, headers, record)
             record.status = response.status
+            return response
         finally:
+            # Also for a client that went away mid-request: 499 (nginx's "client closed").
+            status = record.status = record.status or 499
             metrics.in_flight -= 1
             runtime.in_flight -= 1
             if span is not None:
-                status = record.status or 499  # 499: the client went away first
                 tracing.end(span, record.route, status, record.decision, record.reason)
-        seconds = time.perf_counter() - started
-        metrics.observe_request(record.route, record.method, record.status, seconds)
-        if record.upstream_seconds is not None and record.upstream is not None:
-            metrics.observe_upstream(record.upstream, record.upstream_seconds)
-        if runtime.access_log is not None:
-            runtime.access_log.write(record, seconds)  # never raises
-        return response
+            seconds = time.perf_counter() - started
+            metrics.observe_request(record.route, record.method, status, seconds)
+            if record.upstream_seconds is not None and record.upstream is not None:
+                metrics.observe_upstream(record.upstream, record.upstream_seconds)
+            if runtime.access_log is not None:
+                runtime.access_log.write(record, seconds)  # never raises
 
     async def _respond(
         self,

@@ -398,6 +398,10 @@ async def test_client_disconnect_cancels_upstream_request(tmp_path, upstream):
         await asyncio.sleep(0.3)
         pool = gw.holder.current.pools["app"]
         assert pool.open_connections == 0, "the upstream connection outlived its client"
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{gw.admin_port}/metrics") as r:
+                metrics = await r.text()
+        assert 'gateway_requests_total{method="GET",route="routes[0]",status="499"} 1.0' in metrics
 
 
 async def test_websocket_is_relayed_on_websocket_routes(tmp_path, upstream):
