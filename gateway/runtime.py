@@ -222,6 +222,7 @@ async def build_runtime(
         issuer_modes={issuer.key: issuer.mode for issuer in config.issuers},
         issuer_keys={issuer.issuer: issuer.key for issuer in config.issuers},
         introspect_jwts=frozenset(i.key for i in config.issuers if i.introspect_jwts),
+        introspection_ttl=config.cache.l1.ttl,
     )
     runtime = Runtime(
         loaded=loaded,

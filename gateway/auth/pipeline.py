@@ -87,6 +87,7 @@ class AuthPipeline:
         issuer_modes: Mapping[str, TokenMode] | None = None,
         introspect_jwts: frozenset[str] = frozenset(),
         issuer_keys: Mapping[str, str] | None = None,
+        introspection_ttl: float = 30.0,
     ) -> None:
         self._verifier = verifier
         self._cache = token_cache
@@ -94,6 +95,7 @@ class AuthPipeline:
         self._introspectors = dict(introspectors or {})
         self._modes = dict(issuer_modes or {})
         self._introspect_jwts = introspect_jwts
+        self._introspection_ttl = introspection_ttl
         # Identities carry the issuer URL; routes name issuers by key (name or URL).
         self._key_of_issuer = dict(issuer_keys or {})
 
@@ -147,6 +149,8 @@ class AuthPipeline:
 
         Only what is true of the token itself is cached (valid, or rejected for a reason of
         its own); whether this route accepts its issuer is checked afterwards, every time.
+        Introspected identities are cached here too, for at most the introspection L1 TTL,
+        so a hot opaque token costs what a hot JWT costs; evictions reach this cache too.
         """
         key = token_hash(token) if digest is None else digest
         cached = self._cache.get(key)
@@ -156,6 +160,7 @@ class AuthPipeline:
             # The cached error is shared: drop the traceback a previous raise attached.
             raise cached.with_traceback(None)
         else:
+            epoch = self._cache.epoch
             try:
                 identity = await self._validate(token, route)
                 refuse_sender_constrained(identity)
@@ -164,12 +169,14 @@ class AuthPipeline:
                 # signature check. Unavailability (503) is never cached.
                 self._cache.put_rejection(key, error)
                 raise
-            self_contained = identity.token_kind == "jwt"  # noqa: S105 - a kind, not a secret
-            issuer_key = self._key_of_issuer.get(identity.issuer, identity.issuer)
-            if self_contained and issuer_key not in self._introspect_jwts:
-                # Introspected answers live in the introspection cache, where revocation and
-                # eviction reach them; only self-contained JWT results are kept here.
-                self._cache.put(key, identity)
+            if self._cache.epoch == epoch:  # not across an eviction: it may predate it
+                issuer_key = self._key_of_issuer.get(identity.issuer, identity.issuer)
+                opaque = identity.token_kind == "opaque"  # noqa: S105 - a kind, not a secret
+                introspected = opaque or issuer_key in self._introspect_jwts
+                # An introspected answer lives here no longer than in the introspection
+                # cache's L1, so revocation reaches a hot token just as soon.
+                ttl = self._introspection_ttl if introspected else None
+                self._cache.put(key, identity, max_ttl=ttl)
         self._check_issuer_allowed(identity, route)
         return identity
 

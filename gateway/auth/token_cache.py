@@ -31,7 +31,9 @@ class TokenCache:
     cannot stretch a lifetime; the wall clock is read only at ``put`` to convert ``exp``.
     """
 
-    __slots__ = ("_clock", "_entries", "_max_entries", "_max_ttl", "_negative_ttl", "_wall")
+    __slots__ = (
+        "_clock", "_entries", "_max_entries", "_max_ttl", "_negative_ttl", "_wall", "epoch",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -49,6 +51,9 @@ class TokenCache:
         self._negative_ttl = negative_ttl
         self._clock = clock
         self._wall = wall
+        # Counts evictions: a caller that validated a token across one must not cache the
+        # answer, which may predate the revocation (see AuthPipeline.authenticate).
+        self.epoch = 0
 
     def get(self, key: bytes) -> Identity | GatewayError | None:
         """A cached Identity, a cached rejection, or None.
@@ -64,8 +69,10 @@ class TokenCache:
             return None
         return entry[1]
 
-    def put(self, key: bytes, identity: Identity) -> None:
-        ttl = self._max_ttl
+    def put(self, key: bytes, identity: Identity, max_ttl: float | None = None) -> None:
+        """``max_ttl`` caps this entry below the cache's own cap (introspection answers live
+        no longer here than in the introspection cache's L1)."""
+        ttl = self._max_ttl if max_ttl is None else min(self._max_ttl, max_ttl)
         if identity.expires_at is not None:
             # RFC 7519 §4.1.4: the token "MUST NOT be accepted for processing" on or after exp.
             ttl = min(ttl, identity.expires_at - self._wall())
@@ -75,10 +82,12 @@ class TokenCache:
         self._store(key, self._negative_ttl, error)
 
     def evict(self, key: bytes) -> None:
+        self.epoch += 1
         self._entries.pop(key, None)
 
     def evict_subject(self, subject: str) -> int:
         """Drop every identity of ``subject`` (an admin action: a scan, off the hot path)."""
+        self.epoch += 1
         doomed = [
             key for key, (_, value) in self._entries.items()
             if isinstance(value, Identity) and value.subject == subject
@@ -88,6 +97,7 @@ class TokenCache:
         return len(doomed)
 
     def clear(self) -> None:
+        self.epoch += 1
         self._entries.clear()
 
     def __len__(self) -> int:

@@ -138,3 +138,24 @@ def test_key_is_a_sha256_digest_and_no_raw_token_is_held(clocks: Clocks) -> None
     for storage in held:
         assert all(isinstance(key, bytes) and len(key) == 32 for key in storage)
         assert token not in repr(storage)
+
+
+def test_max_ttl_caps_one_entry_below_the_cache_cap(clocks: Clocks) -> None:
+    store = cache(clocks, max_ttl=300.0)
+    store.put(b"k" * 32, make_identity(), max_ttl=30.0)
+    clocks.elapsed += 29.0
+    assert store.get(b"k" * 32) is not None
+    clocks.elapsed += 2.0
+    assert store.get(b"k" * 32) is None
+
+
+def test_every_eviction_moves_the_epoch(clocks: Clocks) -> None:
+    store = cache(clocks)
+    seen = [store.epoch]
+    store.evict(b"x" * 32)
+    seen.append(store.epoch)
+    store.evict_subject("alice")
+    seen.append(store.epoch)
+    store.clear()
+    seen.append(store.epoch)
+    assert seen == sorted(set(seen)), "an eviction left the epoch where it was"
