@@ -222,7 +222,9 @@ async def build_runtime(
         issuer_modes={issuer.key: issuer.mode for issuer in config.issuers},
         issuer_keys={issuer.issuer: issuer.key for issuer in config.issuers},
         introspect_jwts=frozenset(i.key for i in config.issuers if i.introspect_jwts),
-        introspection_ttl=config.cache.l1.ttl,
+        # The token cache fronts the introspection L1: disabled together with it (an operator
+        # who turns L1 off wants every request checked against Redis or the server).
+        introspection_ttl=config.cache.l1.ttl if config.cache.l1.max_entries > 0 else 0.0,
     )
     runtime = Runtime(
         loaded=loaded,

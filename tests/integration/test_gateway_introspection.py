@@ -288,3 +288,16 @@ async def test_redis_killed_and_restarted_mid_traffic(
                     break
                 assert time.monotonic() < deadline, "the cache did not recover"
                 await asyncio.sleep(0.2)
+
+
+async def test_without_l1_every_request_reaches_the_shared_tiers(
+    tmp_path: Path, issuer, introspection, upstream
+):
+    token = opaque(introspection)
+    cfg = config(issuer, introspection, upstream)
+    cfg["cache"]["l1"] = {"max_entries": 0}
+    cfg["cache"]["max_ttl"] = "0s"  # nothing cached anywhere: each request asks the server
+    async with running_gateway(tmp_path, cfg) as gw:
+        for _ in range(3):
+            assert (await get(gw, "/x", token))[0] == 200
+    assert introspection.calls == 3
