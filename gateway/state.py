@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-import aiohttp
 from aiohttp import web
 from prometheus_client.core import Metric
 
@@ -102,5 +101,4 @@ class RuntimeHolder:
 
 
 HOLDER = web.AppKey("holder", RuntimeHolder)
-CLIENT_SESSION = web.AppKey("client_session", aiohttp.ClientSession)
 METRICS = web.AppKey("metrics", Metrics)

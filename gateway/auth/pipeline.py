@@ -99,10 +99,6 @@ class AuthPipeline:
         # Identities carry the issuer URL; routes name issuers by key (name or URL).
         self._key_of_issuer = dict(issuer_keys or {})
 
-    @property
-    def token_cache(self) -> TokenCache:
-        return self._cache
-
     async def run(self, route: RouteAuth, request: AuthRequest) -> Decision:
         token = read_token(
             request.authorization,
