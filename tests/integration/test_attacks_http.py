@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests.support.gateway import running_gateway
+from tests.support.gateway import gateway_with_issuer, running_gateway
 from tests.support.issuer import TestIssuer
 from tests.support.upstream import RecordingUpstream
 
@@ -111,25 +111,9 @@ def gateway_config(upstream: RecordingUpstream, issuer: TestIssuer, **extra: Any
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
-    upstream, issuer = RecordingUpstream(name="app"), TestIssuer()
-    await upstream.start()
-    await issuer.start()
     tmp = tmp_path_factory.mktemp("http")
-    try:
-        async with running_gateway(tmp, gateway_config(upstream, issuer)) as gw:
-            await wait_ready(gw)
-            yield World(gw.proxy_port, upstream, issuer, tmp)
-    finally:
-        await upstream.close()
-        await issuer.close()
-
-
-async def wait_ready(gw: Any) -> None:
-    for _ in range(100):
-        if gw.holder.current.ready()[0]:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("gateway did not become ready")
+    async with gateway_with_issuer(tmp, gateway_config) as (gw, upstream, issuer):
+        yield World(gw.proxy_port, upstream, issuer, tmp)
 
 
 @pytest.fixture(autouse=True)

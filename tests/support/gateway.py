@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,8 @@ import yaml
 
 from gateway.app import Gateway, start_gateway
 from gateway.config.loader import load_config
+from tests.support.issuer import TestIssuer
+from tests.support.upstream import RecordingUpstream
 
 
 def write_config(directory: Path, config: dict[str, Any], name: str = "gateway.yaml") -> Path:
@@ -80,3 +82,21 @@ async def wait_ready(gw: Gateway, timeout: float = 5.0) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("gateway did not become ready")
+
+
+@asynccontextmanager
+async def gateway_with_issuer(
+    directory: Path,
+    make_config: Callable[[RecordingUpstream, TestIssuer], dict[str, Any]],
+) -> AsyncIterator[tuple[Gateway, RecordingUpstream, TestIssuer]]:
+    """A recording upstream, a test issuer and a ready gateway configured for both."""
+    upstream, issuer = RecordingUpstream(name="app"), TestIssuer()
+    await upstream.start()
+    await issuer.start()
+    try:
+        async with running_gateway(directory, make_config(upstream, issuer)) as gw:
+            await wait_ready(gw)
+            yield gw, upstream, issuer
+    finally:
+        await upstream.close()
+        await issuer.close()
