@@ -38,6 +38,11 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+if str(REPO) not in sys.path:  # run as a script: the repository's packages come first
+    sys.path.insert(0, str(REPO))
+
+from tests.support.processes import Children, free_port  # noqa: E402
+
 COLD_LUA = HERE / "cold.lua"
 
 ISSUER = "https://bench.example/"
@@ -172,7 +177,7 @@ class Backends:
 @dataclass
 class Bench:
     tmp: Path
-    procs: Processes
+    procs: Children
     material: Material
     upstream: Running
     notes: list[str] = field(default_factory=list)
@@ -181,69 +186,9 @@ class Bench:
 # --- processes --------------------------------------------------------------------------------
 
 
-class Processes:
-    """Every child in its own process group, so a stop reaches workers it forked too."""
-
-    def __init__(self) -> None:
-        self._live: list[subprocess.Popen[bytes]] = []
-        self.can_pin = shutil.which("taskset") is not None
-
-    def start(
-        self, argv: Sequence[str], log: Path, *, cpus: str | None, cwd: Path | None = None
-    ) -> subprocess.Popen[bytes]:
-        if cpus is not None and self.can_pin:
-            argv = ["taskset", "-c", cpus, *argv]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=cwd, env=env,
-            )  # fmt: skip
-        self._live.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        """SIGTERM the group, then SIGKILL whatever is left of it after a grace period."""
-        _signal_group(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            _signal_group(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        deadline = time.monotonic() + 3
-        while _group_alive(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        _signal_group(proc.pid, signal.SIGKILL)
-        if proc in self._live:
-            self._live.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in reversed(list(self._live)):
-            self.stop(proc)
-
-
-def _signal_group(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
 def _interrupt(signum: int, _frame: object) -> None:
     """SIGTERM/SIGHUP unwind like Ctrl-C, so the finally blocks stop every child."""
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- /proc accounting ---------------------------------------------------------------------------
@@ -484,19 +429,19 @@ http {{
     return conf
 
 
-def start_nginx(procs: Processes, name: str, conf: Path, port: int, cpus: str) -> Running:
+def start_nginx(procs: Children, name: str, conf: Path, port: int, cpus: str) -> Running:
     prefix = conf.parent
     log = prefix / "stdout.log"
     proc = procs.start(
         ["nginx", "-c", str(conf), "-p", str(prefix), "-e", str(prefix / "error.log")],
-        log, cpus=cpus,
+        stdout=log, stderr=log, cpus=cpus,
     )  # fmt: skip
     running = Running(name, proc, port, prefix / "error.log")
     wait_until(proc, f"http://127.0.0.1:{port}/anon/bench", running.log, want=200)
     return running
 
 
-def start_upstream(tmp: Path, procs: Processes, notes: list[str]) -> Running:
+def start_upstream(tmp: Path, procs: Children, notes: list[str]) -> Running:
     port = free_port()
     if shutil.which("nginx"):
         conf = nginx_conf(tmp, "upstream", port, '    location / { return 200 "ok\\n"; }')
@@ -505,7 +450,7 @@ def start_upstream(tmp: Path, procs: Processes, notes: list[str]) -> Running:
     log = tmp / "upstream.log"
     proc = procs.start(
         [sys.executable, str(Path(__file__).resolve()), "--serve-upstream", str(port)],
-        log, cpus=CLIENT_CORE,
+        stdout=log, stderr=log, cpus=CLIENT_CORE,
     )  # fmt: skip
     wait_until(proc, f"http://127.0.0.1:{port}/anon/bench", log, want=200)
     return Running("upstream", proc, port, log)
@@ -572,9 +517,8 @@ def start_haproxy(bench: Bench, threads: int, pinned: bool) -> Running:
     port = free_port()
     conf = haproxy_conf(bench, name, port, threads)
     log = bench.tmp / f"{name}.log"
-    proc = bench.procs.start(
-        ["haproxy", "-db", "-f", str(conf)], log, cpus=SERVER_CORE if pinned else None
-    )
+    cpus = SERVER_CORE if pinned else None
+    proc = bench.procs.start(["haproxy", "-db", "-f", str(conf)], stdout=log, stderr=log, cpus=cpus)
     running = Running(name, proc, port, log)
     wait_until(proc, f"http://127.0.0.1:{port}/auth/bench", log, want=None)
     return running
@@ -586,7 +530,7 @@ def start_introspection(bench: Bench) -> Running:
     log = bench.tmp / "introspection.log"
     argv = [sys.executable, str(Path(__file__).resolve()), "--serve-introspection", str(port),
             str(bench.material.opaque_known)]  # fmt: skip
-    proc = bench.procs.start(argv, log, cpus=CLIENT_CORE)
+    proc = bench.procs.start(argv, stdout=log, stderr=log, cpus=CLIENT_CORE)
     running = Running("introspection", proc, port, log)
     try:
         wait_until(proc, f"http://127.0.0.1:{port}/count", log, want=200)
@@ -604,7 +548,7 @@ def start_redis(bench: Bench) -> Running:
     log = bench.tmp / "redis.log"
     argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", str(bench.tmp)]  # fmt: skip
-    proc = bench.procs.start(argv, log, cpus=CLIENT_CORE)
+    proc = bench.procs.start(argv, stdout=log, stderr=log, cpus=CLIENT_CORE)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -684,7 +628,9 @@ def start_gateway(
     conf = gateway_conf(bench, name, port, admin_port, cache, access_log, backends, l1_entries)
     log = bench.tmp / f"{name}.log"
     argv = [sys.executable, "-m", "gateway", "run", "-c", str(conf), "--workers", str(workers)]
-    proc = bench.procs.start(argv, log, cpus=SERVER_CORE if pinned else None, cwd=REPO)
+    proc = bench.procs.start(
+        argv, stdout=log, stderr=log, cpus=SERVER_CORE if pinned else None, cwd=REPO
+    )
     running = Running(name, proc, port, log, backends)
     wait_until(proc, f"http://127.0.0.1:{admin_port}/readyz", log, want=200)
     if workers > 1:  # every worker must be up before the load, not only the first to answer
@@ -851,7 +797,9 @@ def run_wrk(bench: Bench, scenario: Scenario, url: str, seconds: int, label: str
             argv += ["-H", f"Authorization: Bearer {token}"]
         argv.append(url)
     log = bench.tmp / f"wrk-{scenario.name}-{label}.txt"
-    proc = bench.procs.start(argv, log, cpus=CLIENT_CORE if scenario.pinned else None)
+    proc = bench.procs.start(
+        argv, stdout=log, stderr=log, cpus=CLIENT_CORE if scenario.pinned else None
+    )
     try:
         code = proc.wait(timeout=seconds + 30)
     finally:
@@ -1135,7 +1083,7 @@ def interruptible() -> Iterator[None]:
 
 
 def bench_all(scenarios: list[Scenario], seconds: int) -> tuple[list[Result], list[str]]:
-    procs = Processes()
+    procs = Children()
     notes = [] if procs.can_pin else ["taskset not found: nothing is pinned."]
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp_name:
         tmp = Path(tmp_name)

@@ -30,7 +30,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.support.introspection import TestIntrospectionServer
 from tests.support.issuer import TestIssuer
+from tests.support.processes import Children, free_port, signal_group
 from tests.support.redis import RedisServer
 
 AUDIENCE = "api://faults"
@@ -103,69 +103,6 @@ ADDED_PATH = "/added/items"
 
 
 # --- processes ------------------------------------------------------------------------------
-
-
-class Children:
-    """Every child in its own process group, stopped by group (SIGTERM, then SIGKILL)."""
-
-    def __init__(self) -> None:
-        self._live: list[subprocess.Popen[bytes]] = []
-        self.can_pin = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
-
-    def start(
-        self,
-        argv: Sequence[str],
-        *,
-        stdout: Path | None = None,
-        stderr: Path | None = None,
-        cpus: str | None = None,
-    ) -> subprocess.Popen[bytes]:
-        if cpus is not None and self.can_pin:
-            argv = ["taskset", "-c", cpus, *argv]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-        with contextlib.ExitStack() as files:
-            out = files.enter_context(stdout.open("ab")) if stdout else subprocess.DEVNULL
-            err = files.enter_context(stderr.open("ab")) if stderr else subprocess.DEVNULL
-            proc = subprocess.Popen(
-                list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                start_new_session=True, cwd=REPO, env=env,
-            )  # fmt: skip
-        self._live.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes], grace: float = 5.0) -> int | None:
-        """SIGTERM the group, SIGKILL what is left after ``grace``; the exit code."""
-        _signal_group(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            _signal_group(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        _signal_group(proc.pid, signal.SIGKILL)  # stragglers the leader left behind
-        if proc in self._live:
-            self._live.remove(proc)
-        return proc.returncode
-
-    def forget(self, proc: subprocess.Popen[bytes]) -> None:
-        """A child that exited by itself (and was reaped) needs no stop."""
-        _signal_group(proc.pid, signal.SIGKILL)
-        if proc in self._live:
-            self._live.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in reversed(list(self._live)):
-            self.stop(proc)
-
-
-def _signal_group(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -1035,7 +972,7 @@ class FaultRun:
         if self.wrk is None:
             return
         proc = self.wrk.proc
-        _signal_group(proc.pid, signal.SIGINT)  # wrk prints its summary on SIGINT
+        signal_group(proc.pid, signal.SIGINT)  # wrk prints its summary on SIGINT
         with contextlib.suppress(subprocess.TimeoutExpired):
             await asyncio.to_thread(proc.wait, 10)
         await asyncio.to_thread(self.stack.children.stop, proc)
@@ -1535,7 +1472,7 @@ def write_section(path: Path, section: str, body: str) -> None:
 
 
 async def run_faults(seconds: float, cold: int, keep: bool) -> tuple[FaultRun, list[Check], bool]:
-    children = Children()
+    children = Children(cwd=REPO)
     tmp = Path(tempfile.mkdtemp(prefix="gateway-faults-"))
     stack = Stack(tmp, children, "faults", cold=cold)
     try:

@@ -352,7 +352,7 @@ class SoakResult:
 async def soak(minutes: float, rate: float, warmup: float, interval: float) -> SoakResult:
     seconds = minutes * 60
     share = SOAK_MIX["opaque-cold"] / sum(SOAK_MIX.values())
-    children = Children()
+    children = Children(cwd=REPO)
     tmp = Path(tempfile.mkdtemp(prefix="gateway-soak-"))
     keep = Path(tempfile.mkdtemp(prefix="gateway-soak-samples-"))  # the CSV outlives the run
     stack = Stack(tmp, children, "soak", cold=int(rate * share * seconds * 1.1) + 1000)
