@@ -267,3 +267,15 @@ async def test_environment_overrides_listen_address(tmp_path: Path, issuer, upst
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 15) == 0
+
+
+async def test_watch_reloads_when_the_config_file_changes(tmp_path: Path, issuer, upstream):
+    config = gateway_config(issuer, upstream)
+    async with gateway_process(tmp_path, config, "--watch") as (proc, port, _, path):
+        changed = yaml.safe_load(path.read_text())
+        changed["routes"].insert(0, {"name": "watched", "match": {"path": "/watched/**"},
+                                     "upstream": "app", "auth": "anonymous"})  # fmt: skip
+        path.write_text(yaml.safe_dump(changed, sort_keys=False))
+        await wait_status(port, "/watched/x", 200, timeout=10)  # no SIGHUP sent
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0

@@ -508,3 +508,15 @@ async def test_request_in_flight_across_a_reload_completes_once(tmp_path, upstre
         await asyncio.sleep(0.6)
         assert old_pool.open_connections == 0  # retired: closed once its exchange ended
     assert [r.raw_path for r in upstream.received].count("/slow?mode=slow&delay=1") == 1
+
+
+async def test_a_post_is_never_replayed_on_a_reset_keepalive_connection(gateway, upstream):
+    """Found under load: the stale keep-alive retry re-sent requests the upstream had
+    already received. Only idempotent requests may be repeated (RFC 9110 §9.2.2)."""
+    async with aiohttp.ClientSession() as s:
+        async with s.get(url(gateway, "/warm")) as r:  # leaves a keep-alive connection pooled
+            assert r.status == 200
+        async with s.post(url(gateway, "/orders/42/cancel?mode=reset")) as r:
+            assert r.status == 502
+    posts = [r for r in upstream.received if r.method == "POST"]
+    assert len(posts) == 1, "the upstream received the POST more than once"
