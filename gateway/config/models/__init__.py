@@ -1,0 +1,86 @@
+"""The config file's schema: frozen pydantic models that reject unknown keys.
+
+These models are validated once at load and then compiled into plain runtime values; nothing
+on the request path touches them. One module per part of the file; every name is
+re-exported here, so ``from gateway.config.models import Issuer`` reads the same everywhere.
+"""
+
+from gateway.config.models.base import Strict
+from gateway.config.models.caches import (
+    IntrospectionCache,
+    L1Cache,
+    RedisConfig,
+    RedisSentinel,
+    TokenCache,
+)
+from gateway.config.models.issuers import (
+    DEFAULT_ALGORITHMS,
+    HMAC_ALGORITHMS,
+    Algorithm,
+    ClientAuth,
+    Introspection,
+    Issuer,
+    IssuerHTTP,
+    KeyRefresh,
+    KeySource,
+    TokenMode,
+)
+from gateway.config.models.listeners import AdminListen, Forwarding, Limits, Listen
+from gateway.config.models.operations import LoggingConfig, Shutdown, Tracing
+from gateway.config.models.root import GatewayConfig
+from gateway.config.models.routes import (
+    AuthMode,
+    ClaimRule,
+    Match,
+    PathMatch,
+    Require,
+    Rewrite,
+    Route,
+    RouteDefaults,
+    Scalar,
+    ScopeRule,
+    TokenSources,
+)
+from gateway.config.models.upstreams import Upstream, UpstreamPool, UpstreamTimeouts, UpstreamTLS
+
+__all__ = [
+    "DEFAULT_ALGORITHMS",
+    "HMAC_ALGORITHMS",
+    "AdminListen",
+    "Algorithm",
+    "AuthMode",
+    "ClaimRule",
+    "ClientAuth",
+    "Forwarding",
+    "GatewayConfig",
+    "Introspection",
+    "IntrospectionCache",
+    "Issuer",
+    "IssuerHTTP",
+    "KeyRefresh",
+    "KeySource",
+    "L1Cache",
+    "Limits",
+    "Listen",
+    "LoggingConfig",
+    "Match",
+    "PathMatch",
+    "RedisConfig",
+    "RedisSentinel",
+    "Require",
+    "Rewrite",
+    "Route",
+    "RouteDefaults",
+    "Scalar",
+    "ScopeRule",
+    "Shutdown",
+    "Strict",
+    "TokenCache",
+    "TokenMode",
+    "TokenSources",
+    "Tracing",
+    "Upstream",
+    "UpstreamPool",
+    "UpstreamTLS",
+    "UpstreamTimeouts",
+]

@@ -1,0 +1,61 @@
+"""Listeners, HTTP limits and forwarding-header trust (RFC 7239)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pydantic import Field, SecretStr, field_validator
+
+from gateway.config.models.base import Strict
+from gateway.config.types import Duration, HeaderName
+
+
+class Listen(Strict):
+    host: str = "0.0.0.0"  # noqa: S104 - a gateway listens on every interface by default
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class AdminListen(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(9901, ge=0, le=65535)
+    token: SecretStr | None = Field(
+        None, description="Bearer token required by admin actions (POST /cache/evict)."
+    )
+
+
+class Limits(Strict):
+    """Bounds on what a client may send before the gateway refuses it."""
+
+    max_request_line: int = Field(8190, ge=256, le=65536, description="bytes (else 400/414)")
+    max_header_size: int = Field(8190, ge=256, le=65536, description="bytes per field (431)")
+    max_headers: int = Field(100, ge=8, le=1000, description="header fields (431)")
+    max_token_size: int = Field(8192, ge=256, le=65536, description="bytes of a bearer token")
+    keepalive_timeout: Duration = 75.0
+    path_parameters: bool = Field(
+        False,
+        description="Allow ';' in paths. Off: servlet-style upstreams read /admin;x/y as "
+        "/admin/y, which routes matching the raw path would not see.",
+    )
+
+
+class Forwarding(Strict):
+    """RFC 7239 / X-Forwarded-* handling, and which peers may set them before us."""
+
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Peers (IPs or CIDRs) whose X-Forwarded-*/Forwarded are kept.",
+    )
+    x_forwarded: bool = True
+    forwarded: bool = Field(False, description="Also send an RFC 7239 Forwarded header.")
+    via: str | None = Field("gateway", description="Pseudonym in the Via header; null: no Via.")
+    request_id_header: HeaderName = "X-Request-Id"
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        return value

@@ -1,0 +1,136 @@
+"""Routes and their defaults: what to match, where to send it, and the auth policy."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from gateway.config.models.base import Strict
+from gateway.config.models.issuers import TokenMode
+from gateway.config.types import HeaderName, HttpMethod
+
+Scalar = str | int | float | bool
+
+
+class ScopeRule(Strict):
+    all: list[str] = Field(default_factory=list)
+    any: list[str] = Field(default_factory=list)
+
+
+class ClaimRule(Strict):
+    """Exactly one test per claim: ``equals``, ``one_of``, or ``contains`` (for arrays)."""
+
+    equals: Scalar | None = None
+    one_of: list[Scalar] | None = None
+    contains: Scalar | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ClaimRule:
+        if sum(v is not None for v in (self.equals, self.one_of, self.contains)) != 1:
+            raise ValueError("give exactly one of equals, one_of or contains")
+        return self
+
+
+class Require(Strict):
+    scopes: ScopeRule = ScopeRule()
+    claims: dict[str, ClaimRule] = Field(default_factory=dict)
+
+
+class TokenSources(Strict):
+    """RFC 6750 §2: the header is always read; query and form tokens only where enabled."""
+
+    query: bool = False
+    form: bool = False
+
+
+AuthMode = Literal["required", "anonymous"]
+
+
+class RouteDefaults(Strict):
+    auth: AuthMode = "required"
+    realm: str = Field("gateway", pattern=r'^[^"\\\x00-\x1f]*$')
+    identify_anonymous: bool = Field(
+        False, description="On anonymous routes, validate a sent token and set identity headers."
+    )
+    tokens: TokenSources = TokenSources()
+    require: Require = Require()
+    issuers: list[str] | None = None
+    identity_headers: dict[HeaderName, str] = Field(
+        default_factory=lambda: {
+            "X-Auth-Subject": "{sub}",
+            "X-Auth-Client-Id": "{client_id|azp}",
+            "X-Auth-Scopes": "{scope}",
+        }
+    )
+    identity_prefix: str = Field("X-Auth-", description="Client headers with it are removed.")
+    forward_authorization: bool = True
+
+
+class PathMatch(Strict):
+    """Exactly one of: exact, prefix (segment-aware), glob (* one segment, ** many), regex."""
+
+    exact: str | None = None
+    prefix: str | None = None
+    glob: str | None = None
+    regex: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"glob": value} if "*" in value else {"exact": value}
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PathMatch:
+        given = [(k, v) for k, v in self.model_dump().items() if v is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of exact, prefix, glob or regex")
+        kind, pattern = given[0]
+        if kind != "regex" and not pattern.startswith("/"):
+            raise ValueError(f"a {kind} path must start with '/'")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k, v in self.model_dump().items() if v is not None)
+
+    @property
+    def pattern(self) -> str:
+        return next(v for v in self.model_dump().values() if v is not None)
+
+
+class Match(Strict):
+    host: list[str] | None = Field(None, description="Exact hosts or *.example.com wildcards.")
+    path: PathMatch = PathMatch(prefix="/")
+    methods: list[HttpMethod] | None = Field(None, description="null: every method.")
+
+    @field_validator("host", mode="before")
+    @classmethod
+    def _one_host(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class Rewrite(Strict):
+    """Applied to the normalised path: strip a prefix, then add one."""
+
+    strip_prefix: str | None = Field(None, pattern=r"^/")
+    add_prefix: str | None = Field(None, pattern=r"^/")
+
+
+class Route(Strict):
+    name: str | None = None
+    match: Match = Match()
+    upstream: str
+    rewrite: Rewrite | None = None
+    websocket: bool = False
+    # Everything below inherits from `defaults` when left out.
+    auth: AuthMode | None = None
+    identify_anonymous: bool | None = None
+    tokens: TokenSources | None = None
+    require: Require | None = None
+    issuers: list[str] | None = None
+    identity_headers: dict[HeaderName, str] | None = None
+    forward_authorization: bool | None = None
+    token_mode: TokenMode | None = Field(None, description="Overrides the issuers' mode here.")
