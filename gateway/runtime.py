@@ -19,8 +19,9 @@ import aiohttp
 from prometheus_client.core import Metric
 
 from gateway.accesslog import AccessLog
+from gateway.auth.client_auth import check_client_auth
 from gateway.auth.headers import IdentityHeaders
-from gateway.auth.introspection import IssuerIntrospection, check_client_auth
+from gateway.auth.introspection import IssuerIntrospection
 from gateway.auth.jwks import KeySet, KeySetProvider
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.pipeline import AuthPipeline, RouteAuth

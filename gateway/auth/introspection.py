@@ -10,34 +10,29 @@ configuration is ``InvalidToken``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import logging
 import math
 import random
-import secrets
 import ssl as ssl_module
 import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Final
-from urllib.parse import quote_plus, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
-import jwt
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from gateway.auth.client_auth import ClientAuthenticator
 from gateway.auth.discovery import is_loopback
 from gateway.auth.identity import Identity, scopes_from_claim
 from gateway.cache.tiered import TieredCache
-from gateway.config.models import ClientAuth, Issuer
+from gateway.config.models import Issuer
 from gateway.problems import InvalidToken, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
-JWT_BEARER_ASSERTION: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-ASSERTION_LIFETIME: Final = 60
 MAX_ANSWER_BYTES: Final = 256 * 1024
 RETRY_JITTER: Final = (0.05, 0.15)
 _UNAVAILABLE_DETAIL: Final = "The access token could not be checked with its issuer."
@@ -71,7 +66,7 @@ class Introspector:
         self._timeout = config.timeout
         self._client_timeout = aiohttp.ClientTimeout(total=config.timeout)
         self._hint = config.token_type_hint
-        self._auth = _ClientAuthenticator(config.client, endpoint, clock)
+        self._auth = ClientAuthenticator(config.client, endpoint, clock)
         self.calls = 0
 
     async def introspect(self, token: str) -> Identity | None:
@@ -160,66 +155,6 @@ class Introspector:
         )
 
 
-class _ClientAuthenticator:
-    """Client credentials for the introspection request, prepared once. RFC 7662 §2.1: "To
-    prevent token scanning attacks, the endpoint MUST also require some form of
-    authorization to access this endpoint"."""
-
-    def __init__(self, client: ClientAuth, endpoint: str, clock: Callable[[], float]) -> None:
-        self._client_id = client.client_id
-        self._endpoint = endpoint
-        self._clock = clock
-        self._headers: dict[str, str] = {"Accept": "application/json"}
-        self._form: dict[str, str] = {}
-        self._key: Any = None
-        self._alg = client.private_key_alg
-        self._jwt_headers = {"kid": client.key_id} if client.key_id else None
-        secret = client.client_secret.get_secret_value() if client.client_secret else ""
-        if client.method == "client_secret_basic":
-            self._headers["Authorization"] = _basic_credentials(client.client_id, secret)
-        elif client.method == "client_secret_post":
-            self._form = {"client_id": client.client_id, "client_secret": secret}
-        else:
-            assert client.private_key_file is not None  # ClientAuth guarantees it
-            self._key = load_pem_private_key(client.private_key_file.read_bytes(), password=None)
-            self._form = {
-                "client_id": client.client_id,
-                "client_assertion_type": JWT_BEARER_ASSERTION,
-            }
-            try:  # a key that cannot sign with the configured alg is a config error, now
-                self._assertion()
-            except (jwt.PyJWTError, TypeError, ValueError) as exc:
-                raise ValueError(f"private_key_file cannot sign {self._alg}: {exc}") from None
-
-    def apply(self, form: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-        """Headers and form for one request: a private_key_jwt assertion is fresh each time,
-        since the server may refuse a ``jti`` it has seen (RFC 7523 §3 item 7)."""
-        fields = {**form, **self._form}
-        if self._key is not None:
-            fields["client_assertion"] = self._assertion()
-        return self._headers, fields
-
-    def _assertion(self) -> str:
-        """RFC 7523 §3: iss and sub MUST be the client_id (for client authentication, §2.2),
-        aud MUST identify the authorization server (here: the endpoint), exp MUST be there."""
-        now = int(self._clock())
-        claims = {
-            "iss": self._client_id,
-            "sub": self._client_id,
-            "aud": self._endpoint,
-            "jti": secrets.token_urlsafe(16),
-            "iat": now,
-            "exp": now + ASSERTION_LIFETIME,
-        }
-        return jwt.encode(claims, self._key, algorithm=self._alg, headers=self._jwt_headers)
-
-
-def check_client_auth(client: ClientAuth) -> None:
-    """Fail at load, not at the first request: the key file must load and sign (ValueError,
-    OSError)."""
-    _ClientAuthenticator(client, "https://config-check.invalid/introspect", time.time)
-
-
 def _check_transport(endpoint: str, *, allow_http: bool) -> None:
     """RFC 7662 §2: "The introspection endpoint MUST be protected by a transport-layer
     security mechanism". Plain http is allowed to loopback (a sidecar), or when configured."""
@@ -228,15 +163,6 @@ def _check_transport(endpoint: str, *, allow_http: bool) -> None:
         raise ValueError(f"introspection endpoint {endpoint} is not an http(s) URL")
     if parts.scheme == "http" and not (allow_http or is_loopback(parts.hostname)):
         raise ValueError(f"introspection endpoint {endpoint} must use https (or insecure_http)")
-
-
-def _basic_credentials(client_id: str, secret: str) -> str:
-    """RFC 6749 §2.3.1: "The client identifier is encoded using the
-    application/x-www-form-urlencoded encoding algorithm per Appendix B, and the encoded
-    value is used as the username; the client password is encoded using the same algorithm
-    and used as the password." Skipping that breaks secrets holding ':' or '%'."""
-    pair = f"{quote_plus(client_id, safe='')}:{quote_plus(secret, safe='')}"
-    return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
 
 
 async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:

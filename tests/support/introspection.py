@@ -19,7 +19,7 @@ from urllib.parse import unquote_plus
 import jwt
 from aiohttp import web
 
-from gateway.auth.introspection import JWT_BEARER_ASSERTION
+from gateway.auth.client_auth import JWT_BEARER_ASSERTION
 
 Mode = Literal["ok", "error", "hang", "slow", "garbage", "no_active", "drop"]
 AuthMethod = Literal["client_secret_basic", "client_secret_post", "private_key_jwt"]
