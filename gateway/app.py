@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -17,22 +19,17 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.admin.app import build_admin_app
+from gateway.compiler import compile_config
 from gateway.config.errors import ConfigError
 from gateway.config.loader import LoadedConfig
-from gateway.handler import ProxyHandler, new_request_id, problem_response
-from gateway.metrics import Metrics, runtime_metrics
-from gateway.problems import BadRequest, GatewayError, HeadersTooLarge
-from gateway.runtime import build_runtime
-from gateway.state import Runtime, RuntimeHolder
+from gateway.handler import ProxyHandler, new_request_id
+from gateway.metrics import Metrics
+from gateway.problems import BadRequest, GatewayError, HeadersTooLarge, UriTooLong
+from gateway.proxy.problem_response import problem_response
+from gateway.runtime import Runtime, RuntimeHolder, start_runtime
 
 log = logging.getLogger("gateway.app")
-
-
-class _UriTooLong(GatewayError):
-    status = 414
-    title = "URI Too Long"
-    slug = "uri-too-long"
-    reason = "uri_too_long"
+Relay = Callable[[dict[str, Any]], None]
 
 
 def _parse_error(exc: BaseException | None, max_line: int) -> GatewayError:
@@ -41,7 +38,7 @@ def _parse_error(exc: BaseException | None, max_line: int) -> GatewayError:
         # The parser reports the limit it hit; the request line's limit is distinct
         # from the header field limit by construction (see ``_server_limits``).
         if f"{max_line} bytes" in str(exc) or f"limit {max_line}" in str(exc):
-            return _UriTooLong("The request target is too long.")
+            return UriTooLong("The request target is too long.")
         return HeadersTooLarge("A request header field is too large.")
     if isinstance(exc, BadHttpMessage):
         if "Too many headers" in str(exc):
@@ -96,23 +93,31 @@ def _server_limits(loaded: LoadedConfig) -> dict[str, int]:
 
 @dataclass
 class Gateway:
-    """A running gateway: its listeners, its live runtime and its shared client session."""
+    """A running gateway: its listeners, its live runtime and its HTTP clients (the control
+    plane's, for key sets and introspection; the data plane's, for WebSocket relays)."""
 
     holder: RuntimeHolder
     session: aiohttp.ClientSession
+    websockets: aiohttp.ClientSession
     metrics: Metrics
     proxy_runner: web.BaseRunner
     admin_runner: web.AppRunner
     proxy_port: int = 0
     admin_port: int = 0
+    relay: Relay | None = None
     _old_runtimes: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def reload(self, loaded: LoadedConfig, *, wait_for_keys: float = 10.0) -> None:
         """Swap in a new config; raises ConfigError and keeps the old one if it is bad."""
         try:
-            runtime = await build_runtime(
-                loaded, self.session, wait_for_keys=wait_for_keys, previous=self.holder.current
+            runtime = await start_runtime(
+                compile_config(loaded),
+                self.session,
+                wait_for_keys=wait_for_keys,
+                previous=self.holder.current,
             )
+            if self.relay is not None:
+                runtime.identity_cache.add_relay(self.relay)
         except ConfigError:
             self.metrics.config_reloads.labels("rejected").inc()
             raise
@@ -137,6 +142,11 @@ class Gateway:
             task.cancel()
         await self.holder.current.close()
         await self.session.close()
+        await self.websockets.close()
+
+    def receive_eviction(self, message: dict[str, Any]) -> None:
+        """An eviction another worker made, relayed by the supervisor."""
+        self.holder.current.identity_cache.receive(message)
 
 
 _RETIRE_LIMIT = 3600.0
@@ -145,8 +155,7 @@ _RETIRE_LIMIT = 3600.0
 async def _retire(runtime: Runtime) -> None:
     """A replaced runtime serves its in-flight requests (and WebSockets), up to an hour,
     then releases its pools, key providers and caches."""
-    for pool in runtime.pools.values():
-        pool.retire()
+    runtime.retire()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + _RETIRE_LIMIT
     # Polled: an Event would cost every request a check for the rare reload.
@@ -163,31 +172,44 @@ def _listening_port(runner: web.BaseRunner) -> int:
     return 0
 
 
+def _client_session(limit: int) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        trust_env=False,
+        connector=aiohttp.TCPConnector(limit=limit, enable_cleanup_closed=True),
+    )
+
+
 async def start_gateway(
     loaded: LoadedConfig,
     *,
     reuse_port: bool = False,
     proxy_port: int | None = None,
     admin_port: int | None = None,
+    relay: Relay | None = None,
 ) -> Gateway:
-    """Build the runtime and open both listeners (ports from config unless overridden)."""
+    """Compile and start the runtime and open both listeners (ports from config unless
+    overridden). ``relay`` carries this process's evictions to its sibling workers."""
     config = loaded.config
-    session = aiohttp.ClientSession(
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-        trust_env=False,
-        connector=aiohttp.TCPConnector(limit=100, enable_cleanup_closed=True),
-    )
+    compiled = compile_config(loaded)
+    # The control plane (key sets, discovery, introspection) has a client of its own, so
+    # no amount of proxied traffic (WebSockets included) can starve it.
+    session = _client_session(limit=100)
+    websockets = _client_session(limit=0)
     try:
-        runtime = await build_runtime(loaded, session)
+        runtime = await start_runtime(compiled, session)
     except BaseException:
         await session.close()
+        await websockets.close()
         raise
+    if relay is not None:
+        runtime.identity_cache.add_relay(relay)
     holder = RuntimeHolder(current=runtime)
     metrics = Metrics()
-    metrics.add_source(lambda: runtime_metrics(holder))
+    metrics.add_source(lambda: holder.current.metric_families(holder.draining))
     server = _GatewayServer(
-        ProxyHandler(holder, session, metrics),
+        ProxyHandler(holder, metrics, websockets),
         handler_cancellation=True,
         auto_decompress=False,
         access_log=None,
@@ -199,11 +221,10 @@ async def start_gateway(
         server, handle_signals=False, shutdown_timeout=config.shutdown.drain_timeout
     )
     await proxy_runner.setup()
-    admin_token = config.admin.token.get_secret_value() if config.admin.token else None
-    admin_app = build_admin_app(holder, metrics, admin_token)
+    admin_app = build_admin_app(holder, metrics)
     admin_runner = web.AppRunner(admin_app, handle_signals=False, access_log=None)
     await admin_runner.setup()
-    gateway = Gateway(holder, session, metrics, proxy_runner, admin_runner)
+    gateway = Gateway(holder, session, websockets, metrics, proxy_runner, admin_runner, relay=relay)
     try:
         listen = config.listen
         port = listen.port if proxy_port is None else proxy_port

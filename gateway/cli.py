@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -24,23 +23,15 @@ def _config_path(value: str | None) -> Path:
 
 
 def describe_routes(loaded: LoadedConfig) -> list[str]:
-    """The resolved route table, one line per route, in match order."""
-    from gateway.proxy.upstreams import UpstreamPool, compile_upstream
-    from gateway.runtime import check_runtime, compile_routes
+    """The resolved route table, one line per route, in match order. This is the compile
+    step and nothing more: no event loop, no sockets (``gateway check`` refuses exactly
+    what ``gateway run`` would)."""
+    from gateway.compiler import compile_config
 
-    check_runtime(loaded)
+    compiled = compile_config(loaded)
     config = loaded.config
-    loop = asyncio.new_event_loop()
-    try:
-        pools = {
-            name: UpstreamPool(compile_upstream(name, upstream), loop)
-            for name, upstream in config.upstreams.items()
-        }
-        _, routes = compile_routes(loaded, pools)
-    finally:
-        loop.close()
     lines = []
-    for spec, route in zip(config.routes, routes, strict=True):
+    for spec, route in zip(config.routes, compiled.routes, strict=True):
         match = spec.match
         hosts = ",".join(match.host) if match.host else "*"
         methods = ",".join(match.methods) if match.methods else "ANY"

@@ -1,8 +1,10 @@
-"""normalise → match → authenticate/authorize → set identity headers → forward.
+"""The request-time joint of the two cores: normalise → match → decide → forward.
 
-The only module that imports both the auth pipeline and the proxy. It fails closed: a
-request reaches ``forward`` only after a route matched and the route's policy said yes, and
-every error on the way becomes an RFC 9457 problem response, never a pass-through.
+The only module that calls both the auth core (``Decider.decide``) and the proxy core. It
+holds no rules of its own: path handling is ``gateway.routing``'s, request shapes and
+forwarding are ``gateway.proxy``'s, the decision is ``gateway.auth``'s. It fails closed: a
+request reaches ``forward`` only after a route matched and the decision said allow, and
+every error on the way becomes one RFC 9457 problem response, never a pass-through.
 """
 
 from __future__ import annotations
@@ -11,149 +13,76 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Sequence
-from urllib.parse import parse_qsl, urlsplit
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
 
 import aiohttp
-from aiohttp import HttpVersion10, HttpVersion11, web
+from aiohttp import web
 
 from gateway.accesslog import RequestRecord
-from gateway.auth.pipeline import AuthRequest, Decision
+from gateway.auth.bearer import ACCESS_TOKEN_PARAM
+from gateway.auth.decide import Allow, Deny, RequestFacts
+from gateway.compiler import CompiledRoute
 from gateway.metrics import Metrics
-from gateway.problems import (
-    PROBLEM_CONTENT_TYPE,
-    AuthError,
-    BadFraming,
-    BadRequest,
-    GatewayError,
-    InvalidPath,
-    MethodNotAllowed,
-    VersionNotSupported,
-)
-from gateway.proxy.forward import (
-    NO_BODY,
-    Body,
-    forward,
-    request_head,
-    response_started,
-)
+from gateway.problems import AuthError, BadFraming, GatewayError
+from gateway.proxy.forward import Body, forward, request_head, response_started
 from gateway.proxy.headers import request_id_of, upstream_request_headers
+from gateway.proxy.problem_response import problem_response
+from gateway.proxy.requests import (
+    body_of,
+    check_request_line,
+    expects_continue,
+    is_form,
+    read_whole_body,
+    upstream_target,
+    wants_websocket,
+    without_parameter,
+)
 from gateway.proxy.websocket import relay_websocket
 from gateway.routing.paths import normalise_target, rewrite_path
-from gateway.state import CompiledRoute, Runtime, RuntimeHolder
+from gateway.routing.request_target import match_path, origin_form
+from gateway.runtime import Runtime, RuntimeHolder
 
 log = logging.getLogger("gateway.handler")
 
 # RFC 6750 §2.2: form-encoded tokens only travel in bodies with defined semantics.
 _FORM_METHODS = frozenset({"POST", "PUT", "PATCH"})
-_MAX_FORM_BODY = 64 * 1024
-_NO_STORE = "no-store"
-# aiohttp would otherwise announce its own name and version on what the gateway answers.
-SERVER_NAME = "oauth-gateway"
-
-
-_VERSIONS = frozenset({HttpVersion10, HttpVersion11})
-
-
-def without_path_parameters(path: str) -> str:
-    """``/a;x=1/b;y`` → ``/a/b``: the path a servlet container routes on (RFC 3986 §3.3)."""
-    return "/".join(segment.split(";", 1)[0] for segment in path.split("/"))
+MAX_FORM_BODY = 64 * 1024
 
 
 def new_request_id() -> str:
     return os.urandom(12).hex()
 
 
-def problem_response(
-    error: GatewayError, realm: str, request_id: str | None, *, close: bool = False
-) -> web.Response:
-    """Render an error as ``application/problem+json`` with its challenge, if any."""
-    response = web.Response(
-        status=error.status,
-        body=error.problem_bytes(request_id),
-        content_type=PROBLEM_CONTENT_TYPE,
-    )
-    response.headers["Server"] = SERVER_NAME
-    challenge = error.challenge(realm)
-    if challenge is not None:
-        response.headers["WWW-Authenticate"] = challenge
-    if isinstance(error, AuthError):
-        # RFC 6750 §5.3 / RFC 9111: answers about credentials must not be cached.
-        response.headers["Cache-Control"] = _NO_STORE
-    for name, value in error.extra_headers().items():
-        response.headers[name] = value
-    if close:
-        response.force_close()
-    return response
+@dataclass(slots=True)
+class Exchange:
+    """Everything one request carries through the handler."""
 
+    request: web.BaseRequest
+    runtime: Runtime
+    headers: list[tuple[str, str]]
+    record: RequestRecord
+    route: CompiledRoute | None = None
+    form_body: bytes | None = field(default=None, repr=False)
+    continued: bool = False  # 100 Continue already sent
 
-def _origin_target(request: web.BaseRequest) -> str:
-    """The origin-form target; an absolute-form one is reduced to it (RFC 9112 §3.2.2).
-
-    The authority of an absolute-form target never chooses a route or an upstream: it must
-    agree with Host, or the request is refused, so the gateway is not an open proxy.
-    """
-    raw = request.raw_path
-    if raw.startswith("/"):
-        return raw
-    lowered = raw[:8].lower()
-    if not (lowered.startswith("http://") or lowered.startswith("https://")):
-        raise BadRequest("The request target must be a path.")
-    try:
-        parts = urlsplit(raw)
-        authority = (parts.netloc or "").lower()
-    except ValueError:
-        raise BadRequest("The request target is not a valid URI.") from None
-    host = (request.headers.get("Host") or "").lower()
-    if not authority or parts.username or parts.password or authority != host:
-        raise BadRequest("An absolute-form target must name the same authority as Host.")
-    path = parts.path or "/"
-    return f"{path}?{parts.query}" if "?" in raw[len(parts.scheme) + 3 :] else path
-
-
-def _body_of(request: web.BaseRequest) -> Body:
-    """The body's framing as the client sent it (the parser already refused bad framing)."""
-    codings = request.headers.getall("Transfer-Encoding", ())
-    if codings:
-        # RFC 9112 §6.1: chunked is the only coding the gateway relays; anything layered
-        # under it (gzip, chunked) would be lost when the body is re-chunked upstream.
-        if len(codings) != 1 or codings[0].strip().lower() != "chunked":
-            raise BadFraming("Only Transfer-Encoding: chunked is accepted.")
-        return Body(reader=request.content, length=None)
-    length = request.content_length
-    if length is None:
-        return NO_BODY
-    return Body(reader=request.content if length else None, length=length)
-
-
-async def _form_fields(
-    request: web.BaseRequest, route: CompiledRoute
-) -> tuple[Sequence[tuple[str, str]] | None, bytes | None]:
-    """Read a form-encoded body for an RFC 6750 §2.2 token, only where the route allows it."""
-    if not route.auth.allow_form or request.method not in _FORM_METHODS:
-        return None, None
-    content_type = request.headers.get("Content-Type", "")
-    if content_type.split(";", 1)[0].strip().lower() != "application/x-www-form-urlencoded":
-        return None, None
-    length = request.content_length
-    if length is not None and length > _MAX_FORM_BODY:
-        raise BadRequest("The form body is too large to read a token from.")
-    body = await request.content.read(_MAX_FORM_BODY + 1)
-    if len(body) > _MAX_FORM_BODY:
-        raise BadRequest("The form body is too large to read a token from.")
-    text = body.decode("latin-1")
-    return parse_qsl(text, keep_blank_values=True), body
+    def send_continue(self) -> None:
+        """RFC 9110 §10.1.1: tell a client that waits that it may send the body, once."""
+        transport = self.request.transport
+        if not self.continued and transport is not None and expects_continue(self.request):
+            self.continued = True
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
 
 class ProxyHandler:
     """The proxy listener's request handler."""
 
     def __init__(
-        self, holder: RuntimeHolder, session: aiohttp.ClientSession, metrics: Metrics
+        self, holder: RuntimeHolder, metrics: Metrics, websockets: aiohttp.ClientSession
     ) -> None:
         self._holder = holder
-        self._session = session
         self._metrics = metrics
+        self._websockets = websockets  # data plane: never the control plane's client
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -162,14 +91,16 @@ class ProxyHandler:
         metrics.in_flight += 1
         runtime.in_flight += 1
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
-        request_id = request_id_of(headers, runtime.forwarding.request_id_header, new_request_id)
+        forwarding = runtime.compiled.forwarding
+        request_id = request_id_of(headers, forwarding.request_id_header, new_request_id)
         record = RequestRecord(
             request_id=request_id, method=request.method, path="-", remote=request.remote
         )
+        exchange = Exchange(request, runtime, headers, record)
         tracing = runtime.tracing
         span = tracing.start(record.method, headers) if tracing is not None else None
         try:
-            response = await self._respond(request, runtime, headers, record)
+            response = await self._respond(exchange)
             record.status = response.status
             return response
         finally:
@@ -177,7 +108,7 @@ class ProxyHandler:
             status = record.status = record.status or 499
             metrics.in_flight -= 1
             runtime.in_flight -= 1
-            if span is not None:
+            if span is not None and tracing is not None:
                 tracing.end(span, record.route, status, record.decision, record.reason)
             seconds = time.perf_counter() - started
             metrics.observe_request(record.route, record.method, status, seconds)
@@ -186,24 +117,23 @@ class ProxyHandler:
             if runtime.access_log is not None:
                 runtime.access_log.write(record, seconds)  # never raises
 
-    async def _respond(
-        self,
-        request: web.BaseRequest,
-        runtime: Runtime,
-        headers: list[tuple[str, str]],
-        record: RequestRecord,
-    ) -> web.StreamResponse:
+    async def _respond(self, exchange: Exchange) -> web.StreamResponse:
+        """The error boundary: expected errors render themselves; the catch-all 500 is for
+        the gateway's own bugs only."""
+        record = exchange.record
+        request = exchange.request
         try:
-            return await self._handle(request, runtime, headers, record)
+            return await self._handle(exchange)
         except GatewayError as error:
             record.reason = error.reason
             record.decision = "deny" if isinstance(error, AuthError) else "error"
-            if isinstance(error, AuthError):
+            if isinstance(error, AuthError) or record.decision == "deny":
                 self._metrics.observe_decision("deny", error.reason)
             if response_started(request):
                 raise ConnectionResetError("response aborted after it started") from None
             close = isinstance(error, BadFraming)
-            return problem_response(error, runtime.realm, record.request_id, close=close)
+            realm = exchange.runtime.compiled.realm
+            return problem_response(error, realm, record.request_id, close=close)
         except (asyncio.CancelledError, ConnectionError):
             record.decision, record.reason = "error", "client_gone"
             raise
@@ -212,89 +142,103 @@ class ProxyHandler:
             record.decision, record.reason = "error", "internal_error"
             if response_started(request):
                 raise ConnectionResetError("response aborted after it started") from None
-            return problem_response(GatewayError(), runtime.realm, record.request_id)
+            realm = exchange.runtime.compiled.realm
+            return problem_response(GatewayError(), realm, record.request_id)
 
-    async def _handle(
-        self,
-        request: web.BaseRequest,
-        runtime: Runtime,
-        headers: list[tuple[str, str]],
-        record: RequestRecord,
-    ) -> web.StreamResponse:
-        method = request.method
-        if request.version not in _VERSIONS:
-            # An HTTP/0.9-style or HTTP/2.0 request line would be relayed as HTTP/1.1, and a
-            # front proxy might have framed it differently: refuse rather than guess.
-            raise VersionNotSupported("Only HTTP/1.0 and HTTP/1.1 are served here.")
-        if method in ("CONNECT", "TRACE"):
-            # Not an open proxy (CONNECT), and no reflection of credentials (TRACE).
-            raise MethodNotAllowed(())
-        target = normalise_target(_origin_target(request))
-        match_path = target.path
-        if ";" in match_path:
-            if not runtime.path_parameters:
-                raise InvalidPath("Path parameters (';') are not accepted here.")
-            # Servlet-style upstreams read /admin;x/y as /admin/y: choose the route by that.
-            match_path = without_path_parameters(match_path)
+    async def _handle(self, exchange: Exchange) -> web.StreamResponse:
+        request, runtime, record = exchange.request, exchange.runtime, exchange.record
+        compiled = runtime.compiled
+        check_request_line(request)
+        host = request.headers.get("Host")
+        target = normalise_target(origin_form(request.raw_path, host))
         record.path = target.path
+        path = match_path(target.path, path_parameters=compiled.path_parameters)
         # The table normalises Host itself (and answers 400 for one that is no host).
-        route = runtime.table.match(request.headers.get("Host"), match_path, method)
+        route = exchange.route = compiled.table.match(host, path, request.method)
         record.route = route.name
 
-        form_fields, form_body = await _form_fields(request, route)
-        decision: Decision = await runtime.pipeline.run(
-            route.auth,
-            AuthRequest(
-                authorization=request.headers.getall("Authorization", ()),
-                query=target.query,
-                form_fields=form_fields,
-            ),
+        form_fields = await self._form_fields(exchange)
+        facts = RequestFacts(
+            method=request.method,
+            host=host,
+            path=path,
+            query=target.query,
+            authorization=request.headers.getall("Authorization", ()),
+            form_fields=form_fields,
         )
+        decision = await runtime.decider.decide(route.auth, facts)
+        if isinstance(decision, Deny):
+            record.decision = "deny"
+            raise decision.error
+        self._record_allow(record, decision)
+
+        upstream = route.upstream
+        record.upstream = upstream.name
+        keep_token = route.forward_authorization
+        outbound = upstream_request_headers(
+            exchange.headers,
+            peer=request.remote,
+            scheme=request.scheme,
+            http_version=(request.version.major, request.version.minor),
+            request_id=record.request_id,
+            policy=compiled.forwarding,
+            removal=route.removal,
+            add=decision.headers,
+            host=upstream.host_header if host is None or not upstream.preserve_host else host,
+            keep_authorization=keep_token,
+        )
+        query, form_body = target.query, exchange.form_body
+        if not keep_token:
+            # The token leaves the request wherever it came from; the rest stays byte-exact.
+            source = decision.token_source
+            if source == "query" and query is not None:
+                query = without_parameter(query, ACCESS_TOKEN_PARAM)
+            elif source == "form" and form_body is not None:
+                form = without_parameter(form_body.decode("latin-1"), ACCESS_TOKEN_PARAM)
+                form_body = form.encode("latin-1")
+        rewritten = rewrite_path(target.path, route.strip_prefix, route.add_prefix)
+        upstream_path = upstream_target(upstream.base_path, rewritten, query)
+
+        if route.websocket and wants_websocket(request):
+            return await relay_websocket(
+                request, upstream, upstream_path, outbound, self._websockets
+            )
+
+        if form_body is not None:
+            body = Body(reader=None, length=None, buffered=form_body)
+        else:
+            body = body_of(request)
+        # Sent only now that the request passed authentication and authorisation.
+        exchange.send_continue()
+        head = request_head(request.method, upstream_path, outbound, body)
+        echo_id = ((compiled.forwarding.request_id_header, record.request_id),)
+        pool = runtime.pools[upstream.name]
+        response, upstream_seconds = await forward(request, pool, head, body, echo_id)
+        record.upstream_status = response.status
+        record.upstream_seconds = upstream_seconds
+        record.bytes_out = response.content_length
+        return response  # type: ignore[return-value]  # CompleteResponse is duck-typed
+
+    async def _form_fields(self, exchange: Exchange) -> list[tuple[str, str]] | None:
+        """Read a form-encoded body for an RFC 6750 §2.2 token, only where the route allows
+        it; the whole body is kept and forwarded as read."""
+        request, route = exchange.request, exchange.route
+        assert route is not None
+        if not route.auth.allow_form or request.method not in _FORM_METHODS:
+            return None
+        if not is_form(request):
+            return None
+        # The client holds the body back until told; the token may be in it, so the
+        # decision itself needs it: the one case where 100 Continue precedes the decision.
+        exchange.send_continue()
+        body = exchange.form_body = await read_whole_body(request, MAX_FORM_BODY)
+        return parse_qsl(body.decode("latin-1"), keep_blank_values=True)
+
+    def _record_allow(self, record: RequestRecord, decision: Allow) -> None:
         identity = decision.identity
         if identity is not None:
             record.decision, record.reason = "allow", "ok"
             record.client_id, record.subject = identity.client_id, identity.subject
         else:
-            record.decision = "allow" if route.auth.required else "anonymous"
-            record.reason = "ok"
+            record.decision, record.reason = "anonymous", "ok"
         self._metrics.observe_decision(record.decision, record.reason)
-
-        upstream = route.upstream
-        record.upstream = upstream.name
-        outbound = upstream_request_headers(
-            headers,
-            peer=request.remote,
-            scheme=request.scheme,
-            http_version=(request.version.major, request.version.minor),
-            request_id=record.request_id,
-            policy=runtime.forwarding,
-            removal=route.removal,
-            add=decision.headers,
-            host=request.headers.get("Host", upstream.host_header)
-            if upstream.preserve_host
-            else upstream.host_header,
-            keep_authorization=route.forward_authorization,
-        )
-        path = rewrite_path(target.path, route.strip_prefix, route.add_prefix)
-        path = upstream.base_path + path
-        if target.query is not None:
-            path = f"{path}?{target.query}"
-
-        if route.websocket and request.headers.get("Upgrade", "").lower() == "websocket":
-            return await relay_websocket(request, upstream, path, outbound, self._session)
-
-        if form_body is not None:
-            body = Body(reader=None, length=None, buffered=form_body)
-        else:
-            body = _body_of(request)
-        if request.headers.get("Expect", "").lower() == "100-continue" and request.transport:
-            # RFC 9110 §10.1.1: the client waits for this before sending the body; it is
-            # sent only now that the request passed authentication and authorisation.
-            request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        head = request_head(method, path, outbound, body)
-        echo_id = ((runtime.forwarding.request_id_header, record.request_id),)
-        response, upstream_seconds = await forward(request, route.pool, head, body, echo_id)
-        record.upstream_status = response.status
-        record.upstream_seconds = upstream_seconds
-        record.bytes_out = response.content_length
-        return response  # type: ignore[return-value]  # CompleteResponse is duck-typed

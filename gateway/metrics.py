@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import (
@@ -21,9 +20,6 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-
-if TYPE_CHECKING:
-    from gateway.state import RuntimeHolder
 
 _KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
@@ -157,22 +153,3 @@ def gauge_family(name: str, doc: str, labels: list[str], values: Samples) -> Met
     for label_values, value in values.items():
         family.add_metric(list(label_values), value)
     return family
-
-
-def runtime_metrics(holder: RuntimeHolder) -> Iterable[Metric]:
-    """Scrape-time metrics of the live runtime: key sets, token cache, upstream pools."""
-    runtime = holder.current
-    for source in runtime.metric_sources:
-        yield from source()
-    yield gauge_family(
-        "gateway_upstream_connections", "Open upstream connections, by upstream and state.",
-        ["upstream", "state"],
-        {(name, state): float(count) for name, pool in runtime.pools.items()
-         for state, count in (("open", pool.open_connections), ("idle", pool.idle_connections))},
-    )  # fmt: skip
-    ready, checks = runtime.ready()
-    yield gauge_family(
-        "gateway_ready", "1 when the component is ready.", ["component"],
-        {("all",): float(ready and not holder.draining)}
-        | {(name,): float(ok) for name, ok in checks.items()},
-    )  # fmt: skip

@@ -10,6 +10,9 @@ these errors and the proxy edge renders them in exactly one place.
     ├── BadRequest (400)            malformed request line, target, framing or headers
     │   ├── BadFraming (400)        framing the gateway will not relay (closes the connection)
     │   └── InvalidPath (400)       a path the normaliser refuses
+    ├── RequestTimeout (408)        the request head did not arrive in time
+    ├── PayloadTooLarge (413)       a body the gateway must read is over its bound
+    ├── UriTooLong (414)            the request target is over its bound
     ├── HeadersTooLarge (431)
     ├── VersionNotSupported (505)   a request line that is not HTTP/1.0 or HTTP/1.1
     ├── NotFound (404)              no route matched
@@ -28,8 +31,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+SERVER_NAME = "oauth-gateway"
+"""What the gateway calls itself in ``Server``: never a library's name and version."""
 _TYPE_PREFIX = "urn:oauth-gateway:problem:"
 
 
@@ -88,6 +94,33 @@ class BadFraming(BadRequest):
 class InvalidPath(BadRequest):
     slug = "invalid-path"
     reason = "invalid_path"
+
+
+class RequestTimeout(GatewayError):
+    """RFC 9110 §15.5.9: the server "did not receive a complete request message within the
+    time that it was prepared to wait"."""
+
+    status = 408
+    title = "Request Timeout"
+    slug = "request-timeout"
+    reason = "request_timeout"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    title = "Content Too Large"
+    slug = "content-too-large"
+    reason = "content_too_large"
+
+
+class UriTooLong(GatewayError):
+    """RFC 9112 §3: a server that receives a request-target longer than it wishes to parse
+    "MUST respond with a 414 (URI Too Long) status code"."""
+
+    status = 414
+    title = "URI Too Long"
+    slug = "uri-too-long"
+    reason = "uri_too_long"
 
 
 class HeadersTooLarge(GatewayError):
@@ -224,3 +257,28 @@ class Forbidden(AuthError):
     slug = "claims-rejected"
     reason = "claims_rejected"
     error_code = "insufficient_scope"
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedProblem:
+    """A problem response as status, header fields and body, for any listener to write."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+def render_problem(
+    error: GatewayError, realm: str = "gateway", request_id: str | None = None
+) -> RenderedProblem:
+    """The one renderer of problem responses, proxy and admin alike: the RFC 9457 body, the
+    RFC 6750 challenge where one applies, and no caching of answers about credentials."""
+    headers = [("Content-Type", PROBLEM_CONTENT_TYPE), ("Server", SERVER_NAME)]
+    challenge = error.challenge(realm)
+    if challenge is not None:
+        headers.append(("WWW-Authenticate", challenge))
+    if isinstance(error, AuthError):
+        # RFC 6750 §5.3 / RFC 9111 §5.2.2.5: answers about credentials must not be cached.
+        headers.append(("Cache-Control", "no-store"))
+    headers.extend(error.extra_headers().items())
+    return RenderedProblem(error.status, tuple(headers), error.problem_bytes(request_id))

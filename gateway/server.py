@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from gateway import boundedjson, supervisor
 from gateway.accesslog import configure_logging
-from gateway.app import start_gateway
+from gateway.app import Gateway, start_gateway
 from gateway.config.environment import apply_environment
 from gateway.config.errors import ConfigError
 from gateway.config.loader import LoadedConfig, load_config
@@ -59,12 +63,55 @@ async def _watch(path: Path, on_change: Callable[[], None], interval: float = 1.
             on_change()
 
 
+def _worker_channel(
+    channel: socket.socket | None,
+) -> tuple[Callable[[dict[str, Any]], None] | None, Callable[[Gateway], None]]:
+    """This worker's side of the supervisor's relay: a function that sends a message to the
+    sibling workers, and one that starts delivering theirs to the gateway."""
+    if channel is None:
+        return None, lambda _gateway: None
+    channel.setblocking(False)
+
+    def relay(message: dict[str, Any]) -> None:
+        payload = json.dumps(message, separators=(",", ":")).encode()
+        if not supervisor.send(channel, payload):
+            raise OSError("the supervisor channel did not take the message")
+
+    def listen(gateway: Gateway) -> None:
+        def readable() -> None:
+            try:
+                payload = channel.recv(supervisor.MAX_MESSAGE + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not payload:
+                asyncio.get_running_loop().remove_reader(channel.fileno())
+                return
+            try:
+                message = boundedjson.loads(payload, max_bytes=supervisor.MAX_MESSAGE, max_depth=2)
+            except ValueError:
+                log.warning("ignoring a malformed message from the supervisor")
+                return
+            if isinstance(message, dict):
+                gateway.receive_eviction(message)
+
+        asyncio.get_running_loop().add_reader(channel.fileno(), readable)
+
+    return relay, listen
+
+
 async def serve(
-    config_path: Path, loaded: LoadedConfig, *, reuse_port: bool, watch: bool = False
+    config_path: Path,
+    loaded: LoadedConfig,
+    *,
+    reuse_port: bool,
+    watch: bool = False,
+    channel: socket.socket | None = None,
 ) -> None:
     """Run one worker until SIGTERM/SIGINT; SIGHUP (or a changed file, with ``watch``)
-    reloads the config file."""
-    gateway = await start_gateway(loaded, reuse_port=reuse_port)
+    reloads the config file. ``channel`` connects it to its sibling workers."""
+    relay, listen = _worker_channel(channel)
+    gateway = await start_gateway(loaded, reuse_port=reuse_port, relay=relay)
+    listen(gateway)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -107,15 +154,21 @@ async def serve(
         log.info("stopping: readiness off, draining in-flight requests")
         if watcher is not None:
             watcher.cancel()
-        await gateway.shutdown(gateway.holder.current.loaded.config.shutdown.readiness_delay)
+        await gateway.shutdown(gateway.holder.current.compiled.config.shutdown.readiness_delay)
     finally:
         await gateway.close()
 
 
-def _run_worker(config_path: Path, loaded: LoadedConfig, reuse_port: bool, watch: bool) -> None:
+def _run_worker(
+    config_path: Path,
+    loaded: LoadedConfig,
+    reuse_port: bool,
+    watch: bool,
+    channel: socket.socket | None = None,
+) -> None:
     install_uvloop()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(config_path, loaded, reuse_port=reuse_port, watch=watch))
+        asyncio.run(serve(config_path, loaded, reuse_port=reuse_port, watch=watch, channel=channel))
 
 
 def run(config_path: Path, workers: int, *, watch: bool = False) -> int:
@@ -130,28 +183,7 @@ def run(config_path: Path, workers: int, *, watch: bool = False) -> int:
     if workers <= 1:
         _run_worker(config_path, loaded, reuse_port=False, watch=watch)
         return 0
-    children: list[int] = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:  # child
-            code = 0
-            try:
-                _run_worker(config_path, loaded, reuse_port=True, watch=watch)
-            except BaseException:
-                log.exception("worker failed")
-                code = 1
-            os._exit(code)
-        children.append(pid)
-
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, forward)
-    status = 0
-    for child in children:
-        _, code = os.waitpid(child, 0)
-        status = status or os.waitstatus_to_exitcode(code)
-    return 0 if status in (0, -signal.SIGTERM, -signal.SIGINT) else 1
+    return supervisor.fork_workers(
+        workers,
+        lambda channel: _run_worker(config_path, loaded, True, watch, channel),
+    )

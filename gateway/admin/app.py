@@ -1,7 +1,9 @@
 """The admin listener: liveness, readiness, metrics and admin actions.
 
 It runs on its own address (default 127.0.0.1:9901) and is never reachable through the
-proxy listener, whose handler has no route to any of this.
+proxy listener, whose handler has no route to any of this. Admin actions (evictions) need
+the configured ``admin.token``; the compile step refuses a config whose admin listener
+leaves loopback without one, and an empty token.
 """
 
 from __future__ import annotations
@@ -9,13 +11,68 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import __version__
+from gateway import __version__, boundedjson
+from gateway.auth.identity_cache import EvictionReport
 from gateway.metrics import Metrics
-from gateway.state import HOLDER, METRICS, RuntimeHolder
+from gateway.problems import (
+    SERVER_NAME,
+    BadRequest,
+    GatewayError,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    render_problem,
+)
+from gateway.runtime import RuntimeHolder
+
+HOLDER = web.AppKey("holder", RuntimeHolder)
+METRICS = web.AppKey("metrics", Metrics)
+_MAX_BODY = 64 * 1024
+_ONE_OF = 'Send exactly one of "token", "token_sha256" or "subject".'
+
+
+class AdminUnauthorized(GatewayError):
+    status = 401
+    title = "Unauthorized"
+    slug = "admin-unauthorized"
+    reason = "admin_unauthorized"
+
+    def challenge(self, realm: str) -> str:
+        return 'Bearer realm="gateway-admin"'
+
+
+class EvictionIncomplete(ServiceUnavailable):
+    """Part of an eviction could not be done (Redis down or too slow): say what was."""
+
+    slug = "eviction-incomplete"
+    reason = "eviction_incomplete"
+
+    def __init__(self, report: EvictionReport) -> None:
+        super().__init__("The eviction could not be completed everywhere; retry it.")
+        self.report = report
+
+    def problem(self, request_id: str | None = None) -> dict[str, object]:
+        body = super().problem(request_id)
+        body.update(_report(self.report))
+        return body
+
+
+def _report(report: EvictionReport) -> dict[str, Any]:
+    return {
+        "local": "done",
+        "shared": report.shared,
+        "broadcast": report.broadcast,
+        "errors": list(report.errors),
+    }
+
+
+def problem(error: GatewayError) -> web.Response:
+    rendered = render_problem(error)
+    return web.Response(status=rendered.status, body=rendered.body, headers=rendered.headers)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -30,50 +87,82 @@ async def readyz(request: web.Request) -> web.Response:
     if holder.draining:
         ready = False
         checks["draining"] = False
-    notes = dict(note() for note in holder.current.notes)
-    body = {"status": "ready" if ready else "not_ready", "checks": checks, "notes": notes}
+    body = {
+        "status": "ready" if ready else "not_ready",
+        "checks": checks,
+        "notes": holder.current.notes(),
+    }
     return web.json_response(body, status=200 if ready else 503)
 
 
-def _problem(status: int, detail: str) -> web.Response:
-    body = {"type": "about:blank", "status": status, "detail": detail}
-    return web.json_response(body, status=status, content_type="application/problem+json")
+def _authorised(request: web.Request, expected: str | None) -> bool:
+    if expected is None:  # only ever on a loopback listener (the compile step says so)
+        return True
+    given = request.headers.get("Authorization", "")
+    wanted = f"Bearer {expected}"
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), wanted.encode("utf-8", "surrogateescape")
+    )
+
+
+async def _json_body(request: web.Request) -> Any:
+    if (request.content_length or 0) > _MAX_BODY:
+        raise PayloadTooLarge(f"Admin requests are limited to {_MAX_BODY} bytes.")
+    data = await request.content.read(_MAX_BODY + 1)
+    if len(data) > _MAX_BODY:
+        raise PayloadTooLarge(f"Admin requests are limited to {_MAX_BODY} bytes.")
+    try:
+        return boundedjson.loads(data, max_bytes=_MAX_BODY, max_depth=4)
+    except ValueError:
+        raise BadRequest("Send a JSON object.") from None
 
 
 async def evict(request: web.Request) -> web.Response:
     """Revoke now: drop a token (raw or by SHA-256) or every token of a subject, here and in
-    every replica (through Redis pub/sub when a shared cache is configured)."""
-    expected = request.app[ADMIN_TOKEN]
-    if expected is not None:
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
-            return _problem(401, "The admin token is missing or wrong.")
+    every replica (through Redis pub/sub and the ``--workers`` supervisor)."""
+    expected = request.app[HOLDER].current.compiled.admin_token
     try:
-        body = await request.json()
-    except ValueError:
-        return _problem(400, "Send a JSON object.")
+        if not _authorised(request, expected):
+            raise AdminUnauthorized("The admin token is missing or wrong.")
+        body = await _json_body(request)
+        kind, value = _eviction(body)
+        runtime = request.app[HOLDER].current
+        if kind == "subject":
+            report = await runtime.evict_subject(value)
+        else:
+            digest = hashlib.sha256(value.encode()).digest() if kind == "token" else _hex(value)
+            report = await runtime.evict_token(digest)
+        if not report.complete:
+            raise EvictionIncomplete(report)
+    except GatewayError as error:
+        return problem(error)
+    answer: dict[str, Any] = {"evicted": "subject" if kind == "subject" else "token"}
+    answer.update(_report(report))
+    if expected is not None and kind == "subject":
+        # Only an authenticated caller may learn whether a subject had live entries here.
+        answer["local_entries"] = report.local_entries
+    return web.json_response(answer)
+
+
+def _eviction(body: Any) -> tuple[str, str]:
     if not isinstance(body, dict) or len(body) != 1:
-        return _problem(400, 'Send exactly one of "token", "token_sha256" or "subject".')
-    runtime = request.app[HOLDER].current
+        raise BadRequest(_ONE_OF)
     ((kind, value),) = body.items()
+    if kind not in ("token", "token_sha256", "subject"):
+        raise BadRequest(_ONE_OF)
     if not isinstance(value, str) or not value:
-        return _problem(400, f'"{kind}" must be a non-empty string.')
-    if kind == "token":
-        await runtime.evict_token(hashlib.sha256(value.encode()).digest())
-        return web.json_response({"evicted": "token"})
-    if kind == "token_sha256":
-        try:
-            digest = bytes.fromhex(value)
-        except ValueError:
-            digest = b""
-        if len(digest) != 32:
-            return _problem(400, '"token_sha256" must be 64 hex digits.')
-        await runtime.evict_token(digest)
-        return web.json_response({"evicted": "token"})
-    if kind == "subject":
-        dropped = await runtime.evict_subject(value)
-        return web.json_response({"evicted": "subject", "local_entries": dropped})
-    return _problem(400, 'Send exactly one of "token", "token_sha256" or "subject".')
+        raise BadRequest(f'"{kind}" must be a non-empty string.')
+    return kind, value
+
+
+def _hex(value: str) -> bytes:
+    try:
+        digest = bytes.fromhex(value)
+    except ValueError:
+        digest = b""
+    if len(digest) != 32:
+        raise BadRequest('"token_sha256" must be 64 hex digits.')
+    return digest
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -83,22 +172,16 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["Server"] = "oauth-gateway"  # not aiohttp's name and version
+    response.headers["Server"] = SERVER_NAME  # not aiohttp's name and version
     # With --workers N each worker answers on the shared admin port: say which one did.
     response.headers["X-Worker-Pid"] = str(os.getpid())
 
 
-ADMIN_TOKEN = web.AppKey("admin_token", str | None)
-
-
-def build_admin_app(
-    holder: RuntimeHolder, gateway_metrics: Metrics, admin_token: str | None = None
-) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+def build_admin_app(holder: RuntimeHolder, gateway_metrics: Metrics) -> web.Application:
+    app = web.Application(client_max_size=_MAX_BODY)
     app.on_response_prepare.append(_server_header)
     app[HOLDER] = holder
     app[METRICS] = gateway_metrics
-    app[ADMIN_TOKEN] = admin_token
     app.router.add_post("/cache/evict", evict)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

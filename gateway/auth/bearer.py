@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import parse_qsl
 
 from gateway.problems import InvalidRequest, InvalidToken
@@ -23,6 +25,48 @@ _VSCHARS = re.compile(r"[\x20-\x7e]+")
 _CREDENTIALS = re.compile(r"([^ \t]+)(?:[ \t]+(.*))?", re.DOTALL)
 
 
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """The token a request carries and where it was (so a gateway that must not forward
+    it can remove it from exactly there)."""
+
+    token: str
+    source: Literal["header", "query", "form"]
+
+
+def read_credential(
+    authorization: Sequence[str],
+    query: str | None,
+    form_fields: Sequence[tuple[str, str]] | None,
+    *,
+    allow_query: bool,
+    allow_form: bool,
+    max_size: int,
+) -> Credential | None:
+    """The one bearer token the request carries, or None when no enabled source holds one.
+
+    Sources a route has not enabled are ignored entirely: a disabled query token neither
+    authenticates nor counts towards "sent in more than one way".
+    """
+    if len(authorization) > 1:
+        # RFC 9110 §11.6.2: Authorization holds one set of credentials; two fields are ambiguous.
+        raise InvalidRequest("more than one Authorization header")
+    header = _header_token(authorization[0]) if authorization else None
+    found = Credential(header, "header") if header is not None else None
+    # A query can only name access_token literally or through percent-encoding.
+    if allow_query and query and (ACCESS_TOKEN_PARAM in query or "%" in query):
+        for name, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+            if name == ACCESS_TOKEN_PARAM:
+                found = _only(found, Credential(_param_token(value, "query"), "query"))
+    if allow_form and form_fields:
+        for name, value in form_fields:
+            if name == ACCESS_TOKEN_PARAM:
+                found = _only(found, Credential(_param_token(value, "form body"), "form"))
+    if found is not None and len(found.token) > max_size:
+        raise InvalidToken("the access token is too large", reason="oversized")
+    return found
+
+
 def read_token(
     authorization: Sequence[str],
     query: str | None,
@@ -32,27 +76,12 @@ def read_token(
     allow_form: bool,
     max_size: int,
 ) -> str | None:
-    """The one bearer token the request carries, or None when no enabled source holds one.
-
-    Sources a route has not enabled are ignored entirely: a disabled query token neither
-    authenticates nor counts towards "sent in more than one way".
-    """
-    if len(authorization) > 1:
-        # RFC 9110 §11.6.2: Authorization holds one set of credentials; two fields are ambiguous.
-        raise InvalidRequest("more than one Authorization header")
-    token = _header_token(authorization[0]) if authorization else None
-    # A query can only name access_token literally or through percent-encoding.
-    if allow_query and query and (ACCESS_TOKEN_PARAM in query or "%" in query):
-        for name, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
-            if name == ACCESS_TOKEN_PARAM:
-                token = _only(token, _param_token(value, "query"))
-    if allow_form and form_fields:
-        for name, value in form_fields:
-            if name == ACCESS_TOKEN_PARAM:
-                token = _only(token, _param_token(value, "form body"))
-    if token is not None and len(token) > max_size:
-        raise InvalidToken("the access token is too large", reason="oversized")
-    return token
+    """``read_credential``'s token alone."""
+    found = read_credential(
+        authorization, query, form_fields,
+        allow_query=allow_query, allow_form=allow_form, max_size=max_size,
+    )  # fmt: skip
+    return None if found is None else found.token
 
 
 def _header_token(value: str) -> str | None:
@@ -76,7 +105,7 @@ def _param_token(value: str, where: str) -> str:
     return value
 
 
-def _only(found: str | None, token: str) -> str:
+def _only(found: Credential | None, token: Credential) -> Credential:
     if found is not None:
         # RFC 6750 §2: "Clients MUST NOT use more than one method to transmit the token in
         # each request." A resource server that picked one would hide a confused client.

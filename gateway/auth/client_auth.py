@@ -18,7 +18,7 @@ from urllib.parse import quote_plus
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from gateway.config.models import ClientAuth
+from gateway.auth.settings import ClientCredentials
 
 JWT_BEARER_ASSERTION: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME: Final = 60
@@ -27,7 +27,9 @@ ASSERTION_LIFETIME: Final = 60
 class ClientAuthenticator:
     """Client credentials for one endpoint (introspection, token, revocation), prepared once."""
 
-    def __init__(self, client: ClientAuth, endpoint: str, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, client: ClientCredentials, endpoint: str, clock: Callable[[], float]
+    ) -> None:
         self._client_id = client.client_id
         self._endpoint = endpoint
         self._clock = clock
@@ -36,13 +38,14 @@ class ClientAuthenticator:
         self._key: Any = None
         self._alg = client.private_key_alg
         self._jwt_headers = {"kid": client.key_id} if client.key_id else None
-        secret = client.client_secret.get_secret_value() if client.client_secret else ""
+        secret = client.client_secret or ""
         if client.method == "client_secret_basic":
             self._headers["Authorization"] = basic_credentials(client.client_id, secret)
         elif client.method == "client_secret_post":
             self._form = {"client_id": client.client_id, "client_secret": secret}
         else:
-            assert client.private_key_file is not None  # ClientAuth guarantees it
+            if client.private_key_file is None:
+                raise ValueError("private_key_jwt needs private_key_file")
             self._key = load_pem_private_key(client.private_key_file.read_bytes(), password=None)
             self._form = {
                 "client_id": client.client_id,
@@ -76,7 +79,7 @@ class ClientAuthenticator:
         return jwt.encode(claims, self._key, algorithm=self._alg, headers=self._jwt_headers)
 
 
-def check_client_auth(client: ClientAuth) -> None:
+def check_client_auth(client: ClientCredentials) -> None:
     """Fail at load, not at the first request: the key file must load and sign (ValueError,
     OSError)."""
     ClientAuthenticator(client, "https://config-check.invalid/introspect", time.time)

@@ -1,17 +1,24 @@
 """RFC 7662 token introspection, authenticated per RFC 6749 §2.3 or RFC 7523 §2.2.
 
-An opaque token is only as good as the authorization server's answer about it, so every
-doubt fails closed: a transport failure, a non-200 status or an answer that is not a JSON
-object with a boolean ``active`` is ``ServiceUnavailable`` (503, the token is neither
-accepted nor declared invalid), and an active answer that contradicts this issuer's
-configuration is ``InvalidToken``.
+An opaque token is only as good as the authorization server's answer about it, and the
+answer is read by its meaning (RFC 7662 §2.2, §2.3; RFC 6749 §5.2):
+
+* 200 with ``active: true`` and fields that fit this issuer: an identity;
+* 200 with ``active: false``, or 400 with ``invalid_request``, ``invalid_token`` or
+  ``unsupported_token_type`` (the server's way of saying it does not know this token):
+  not active, a 401 for the client, cached briefly;
+* 401 or 403: the server refused *our* client credentials — an outage of ours, not the
+  client's fault: 503, an error log naming the issuer and a ``/readyz`` note;
+* anything else (5xx, a timeout, garbage, a redirect): 503, the token is neither
+  accepted nor declared invalid.
+
+An active answer that contradicts this issuer's configuration is ``InvalidToken``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import math
 import random
@@ -24,11 +31,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from gateway import boundedjson
 from gateway.auth.client_auth import ClientAuthenticator
 from gateway.auth.discovery import is_loopback
 from gateway.auth.identity import Identity, scopes_from_claim
-from gateway.cache.tiered import TieredCache
-from gateway.config.models import Issuer
+from gateway.auth.settings import IssuerSettings
 from gateway.problems import InvalidToken, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -36,6 +43,7 @@ log = logging.getLogger(__name__)
 MAX_ANSWER_BYTES: Final = 256 * 1024
 RETRY_JITTER: Final = (0.05, 0.15)
 _UNAVAILABLE_DETAIL: Final = "The access token could not be checked with its issuer."
+_NOT_ACTIVE: Final = frozenset({"invalid_request", "invalid_token", "unsupported_token_type"})
 
 
 class Introspector:
@@ -43,7 +51,7 @@ class Introspector:
 
     def __init__(
         self,
-        issuer: Issuer,
+        issuer: IssuerSettings,
         session: aiohttp.ClientSession,
         *,
         endpoint: str,
@@ -55,8 +63,9 @@ class Introspector:
         _check_transport(endpoint, allow_http=issuer.http.insecure_http)
         config = issuer.introspection
         self._issuer = issuer.issuer
+        self._issuer_key = issuer.key
         self._audiences = frozenset(issuer.audiences)
-        self._allow_missing_audience = issuer.introspection.allow_missing_audience
+        self._allow_missing_audience = config.allow_missing_audience
         self._scope_claims = tuple(issuer.scope_claims)
         self._leeway = issuer.leeway
         self._session = session
@@ -68,6 +77,7 @@ class Introspector:
         self._hint = config.token_type_hint
         self._auth = ClientAuthenticator(config.client, endpoint, clock)
         self.calls = 0
+        self.credentials_refused = False
 
     async def introspect(self, token: str) -> Identity | None:
         """The token's identity, or None when the server says it is not active."""
@@ -82,12 +92,43 @@ class Introspector:
                 "introspection failed for token %s: %s", _token_ref(token), type(exc).__name__
             )
             raise ServiceUnavailable(_UNAVAILABLE_DETAIL, reason="introspection_error") from None
-        answer = _parse_answer(status, body, token)
+        answer = self._parse_answer(status, body, token)
+        if answer is None:
+            return None
         # RFC 7662 §2.2: "active  REQUIRED. Boolean indicator of whether or not the
         # presented token is currently active."
         if not answer["active"]:
             return None
         return self._identity(answer)
+
+    def _parse_answer(self, status: int, body: bytes, token: str) -> dict[str, Any] | None:
+        """The answer by its meaning (see the module docstring); None: not active."""
+        answer: Any = None
+        try:
+            answer = boundedjson.loads(body, max_bytes=MAX_ANSWER_BYTES)
+        except ValueError:
+            answer = None
+        if status == 200 and isinstance(answer, dict) and isinstance(answer.get("active"), bool):
+            self.credentials_refused = False
+            return answer
+        if status == 400 and isinstance(answer, dict) and answer.get("error") in _NOT_ACTIVE:
+            # RFC 6749 §5.2 errors about the token itself: the server does not know it (an
+            # oidc-provider answers unsupported_token_type for another resource's JWT).
+            self.credentials_refused = False
+            return None
+        if status in (401, 403):
+            self.credentials_refused = True
+            log.error(
+                "introspection at issuer %s refused the gateway's client credentials "
+                "(status %d): check issuers[].introspection.client",
+                self._issuer_key,
+                status,
+            )
+            raise ServiceUnavailable(_UNAVAILABLE_DETAIL, reason="introspection_unauthorized")
+        log.warning(
+            "unusable introspection answer for token %s (status %d)", _token_ref(token), status
+        )
+        raise ServiceUnavailable(_UNAVAILABLE_DETAIL, reason="introspection_bad_answer")
 
     async def _post_with_retry(self, form: dict[str, str]) -> tuple[int, bytes]:
         """One retry after a connection failure (refused, reset, a pooled connection the
@@ -179,23 +220,6 @@ async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
     return b"".join(chunks)
 
 
-def _parse_answer(status: int, body: bytes, token: str) -> dict[str, Any]:
-    """RFC 7662 §2.2: a 200 with a JSON object holding a boolean "active"; anything else
-    means the server could not tell us, never that the token is fine."""
-    answer: Any = None
-    if status == 200:
-        try:
-            answer = json.loads(body)
-        except ValueError:
-            answer = None
-    if not isinstance(answer, dict) or not isinstance(answer.get("active"), bool):
-        log.warning(
-            "unusable introspection answer for token %s (status %d)", _token_ref(token), status
-        )
-        raise ServiceUnavailable(_UNAVAILABLE_DETAIL, reason="introspection_bad_answer")
-    return answer
-
-
 def _audiences(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
@@ -228,7 +252,8 @@ def _token_ref(token: str) -> str:
 
 
 class IssuerIntrospection:
-    """One issuer's introspection behind its two-tier cache, as the pipeline calls it.
+    """One issuer's introspection as the authenticator calls it (the identity cache sits in
+    front of it, not inside).
 
     The endpoint may come from discovery, which can finish after start-up; the client is
     therefore made on first use, and until the endpoint is known an uncached token gets a
@@ -237,9 +262,8 @@ class IssuerIntrospection:
 
     def __init__(
         self,
-        issuer: Issuer,
+        issuer: IssuerSettings,
         session: aiohttp.ClientSession,
-        cache: TieredCache,
         metadata: Callable[[], Mapping[str, Any] | None],
         *,
         ssl: ssl_module.SSLContext | None = None,
@@ -249,20 +273,18 @@ class IssuerIntrospection:
         self._metadata = metadata
         self._ssl = ssl
         self._client: Introspector | None = None
-        self.cache = cache
 
     @property
     def calls(self) -> int:
         return self._client.calls if self._client is not None else 0
 
-    async def __call__(self, token: str) -> Identity:
-        identity = await self.cache.get_or_load(token, lambda: self._load(token))
-        if identity is None:
-            # RFC 7662 §2.2: active false — revoked, expired, or never issued.
-            raise InvalidToken("The access token is not active.", reason="inactive")
-        return identity
+    @property
+    def credentials_refused(self) -> bool:
+        """For /readyz: the server's last word on our client credentials was 401/403."""
+        return self._client is not None and self._client.credentials_refused
 
-    async def _load(self, token: str) -> Identity | None:
+    async def introspect(self, token: str) -> Identity | None:
+        """The token's identity, or None when it is not active."""
         client = self._client or self._make_client()
         return await client.introspect(token)
 

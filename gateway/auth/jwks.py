@@ -30,7 +30,7 @@ from jwt.exceptions import PyJWTError
 
 from gateway.auth.discovery import DiscoveryError, FetchError, check_url_allowed, fetch_json
 from gateway.auth.discovery import fetch_metadata as discover
-from gateway.config.models import Issuer, KeyRefresh
+from gateway.auth.settings import IssuerSettings, KeyRefreshSettings
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class KeySet:
         return self._by_kid.get((kid, alg))
 
 
-def refresh_delay(cache_control: str | None, refresh: KeyRefresh) -> float:
+def refresh_delay(cache_control: str | None, refresh: KeyRefreshSettings) -> float:
     """Seconds until the next refresh: the server's max-age, held within the configured bounds
     so a server can neither make us poll hot nor keep a rotated-out key alive for days."""
     match = _MAX_AGE.search(cache_control) if cache_control else None
@@ -145,7 +145,7 @@ def refresh_delay(cache_control: str | None, refresh: KeyRefresh) -> float:
     return min(max(float(match.group(1)), refresh.min), refresh.max)
 
 
-def _ssl_for(issuer: Issuer, given: ssl_module.SSLContext | bool | None) -> Any:
+def _ssl_for(issuer: IssuerSettings, given: ssl_module.SSLContext | bool | None) -> Any:
     if given is not None or issuer.http.ca_file is None:
         return given
     return ssl_module.create_default_context(cafile=str(issuer.http.ca_file))
@@ -156,7 +156,7 @@ class KeySetProvider:
 
     def __init__(
         self,
-        issuer: Issuer,
+        issuer: IssuerSettings,
         session: aiohttp.ClientSession,
         *,
         ssl: ssl_module.SSLContext | bool | None = None,

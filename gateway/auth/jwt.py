@@ -27,7 +27,7 @@ from jwt.algorithms import Algorithm, get_default_algorithms
 
 from gateway.auth.identity import Identity, scopes_from_claim
 from gateway.auth.jwks import KeySetProvider
-from gateway.config.models import HMAC_ALGORITHMS, Issuer
+from gateway.auth.settings import HMAC_ALGORITHMS, IssuerSettings
 from gateway.problems import InvalidToken, ServiceUnavailable
 
 # RFC 7515 §7.1: three base64url segments without padding; the signature may be empty only so
@@ -115,7 +115,7 @@ def _invalid(detail: str, reason: str) -> InvalidToken:
     return InvalidToken(detail, reason=reason)
 
 
-def _compile(issuer: Issuer, provider: KeySetProvider | None) -> _Trust:
+def _compile(issuer: IssuerSettings, provider: KeySetProvider | None) -> _Trust:
     algorithms = frozenset(issuer.algorithms)
     secret = issuer.hmac_secret
     # RFC 8725 §3.1: HMAC only with a secret the operator gave for exactly this issuer; the
@@ -124,7 +124,7 @@ def _compile(issuer: Issuer, provider: KeySetProvider | None) -> _Trust:
         raise ValueError(f"issuer {issuer.key!r} lists HS* algorithms without an hmac_secret")
     hmac_key = None
     if secret is not None:
-        hmac_key = get_default_algorithms()["HS256"].prepare_key(secret.get_secret_value())
+        hmac_key = get_default_algorithms()["HS256"].prepare_key(secret)
     if provider is None and algorithms - HMAC_ALGORITHMS:
         raise ValueError(f"issuer {issuer.key!r} accepts public-key algorithms but has no keys")
     return _Trust(
@@ -225,7 +225,7 @@ class JwtVerifier:
 
     def __init__(
         self,
-        issuers: Sequence[Issuer],
+        issuers: Sequence[IssuerSettings],
         providers: Mapping[str, KeySetProvider],
         *,
         clock: Callable[[], float] = time.time,

@@ -7,15 +7,15 @@ A route's ``require`` section is compiled once into a ``Policy`` of frozensets a
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.auth.identity import Identity
-from gateway.config.models import ClaimRule, Require, Scalar
 from gateway.problems import Forbidden, InsufficientScope
 
 ClaimOp = Literal["equals", "one_of", "contains"]
+Scalar = str | int | float | bool
 
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
@@ -48,14 +48,11 @@ class ClaimTest:
     detail: str
 
     @classmethod
-    def compile(cls, name: str, rule: ClaimRule) -> ClaimTest:
-        op: ClaimOp
-        values: tuple[Scalar, ...]
-        if rule.one_of is not None:
-            op, values = "one_of", tuple(rule.one_of)
-        else:
-            op = "equals" if rule.equals is not None else "contains"
-            values = tuple(v for v in (rule.equals, rule.contains) if v is not None)
+    def compile(cls, name: str, op: ClaimOp, values: tuple[Scalar, ...]) -> ClaimTest:
+        if not values or (op != "one_of" and len(values) != 1):
+            raise ValueError(
+                f"claim {name!r}: {op} takes {'values' if op == 'one_of' else 'one value'}"
+            )
         shown = f"'{name}' claim" if _DESCRIBABLE.fullmatch(name) else "a claim"
         return cls(name, op, values, f"the token's {shown} does not satisfy this route")
 
@@ -89,15 +86,19 @@ class Policy:
 ALLOW_ALL = Policy(frozenset(), frozenset(), ())
 
 
-def compile_policy(require: Require) -> Policy:
+def compile_policy(
+    scopes_all: Sequence[str],
+    scopes_any: Sequence[str],
+    claims: Mapping[str, tuple[ClaimOp, tuple[Scalar, ...]]],
+) -> Policy:
     """Compile at load; a ValueError names a scope that no token could ever carry."""
-    for scope in (*require.scopes.all, *require.scopes.any):
+    for scope in (*scopes_all, *scopes_any):
         if _SCOPE_TOKEN.fullmatch(scope) is None:
             raise ValueError(f"{scope!r} is not an RFC 6749 §3.3 scope token")
-    tests = tuple(ClaimTest.compile(name, rule) for name, rule in require.claims.items())
-    if not (require.scopes.all or require.scopes.any or tests):
+    tests = tuple(ClaimTest.compile(name, op, values) for name, (op, values) in claims.items())
+    if not (scopes_all or scopes_any or tests):
         return ALLOW_ALL
-    return Policy(frozenset(require.scopes.all), frozenset(require.scopes.any), tests)
+    return Policy(frozenset(scopes_all), frozenset(scopes_any), tests)
 
 
 def check(policy: Policy, identity: Identity) -> None:

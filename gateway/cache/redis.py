@@ -1,20 +1,24 @@
-"""The shared (L2) cache of RFC 7662 answers in Redis, and eviction messages over pub/sub.
+"""The shared (L2) cache in Redis: bytes by key, group indexes, and messages over pub/sub.
 
-Redis is an accelerator, never a dependency of a decision: every failure or timeout becomes
-a miss, so an outage costs introspection calls, not requests. A breaker stops paying the
-timeout on every request while Redis is down; one probe per interval finds it again.
+Redis is an accelerator, never a dependency of a decision: every failure or timeout of a
+request-path command becomes a miss, so an outage costs the loads the cache would have
+spared, not requests. A breaker stops paying the timeout on every request while Redis is
+down; one probe per interval finds it again.
 
-Keys are ``key_prefix + hex(SHA-256(token))``: the raw token is never sent to Redis.
+This module knows nothing of what it stores. Callers choose the keys (never a raw secret:
+the gateway uses hashes) and seal the values. A group index (a sorted set of keys scored by
+their expiry) lets a caller drop every entry of a group at once — the gateway's subject
+eviction — and stays bounded: each write trims the members that have expired.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from redis.asyncio import Redis, RedisCluster, Sentinel
@@ -24,7 +28,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 
-from gateway.config.models import RedisConfig
+from gateway import boundedjson
+from gateway.cache.settings import RedisSettings
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +37,36 @@ T = TypeVar("T")
 _FAILURES: Final = (RedisError, RedisClusterException, OSError, TimeoutError)
 _KEEPALIVE: Final = 5.0
 """Seconds of pub/sub silence before a PING; no answer within three of them: resubscribe."""
+_MAX_CONNECTIONS: Final = 64
+_INDEX_CAP: Final = 10_000
+"""Most members one group index keeps (the ones expiring last win)."""
+_DELETE_BATCH: Final = 500
+_MAX_MESSAGE: Final = 4096
 
 RESYNC: Final = {"op": "resync"}
-"""Delivered to the eviction callback after a gap in the subscription: messages may be lost."""
+"""Delivered to the subscriber after a gap in the subscription: messages may be lost."""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDeletion:
+    """What deleting a group did: an admin must learn when it could not finish."""
+
+    deleted: int
+    complete: bool
+    error: str | None = None
 
 
 class RedisCache:
-    """Fault-tolerant L2 operations; ``key`` arguments are SHA-256 digests of tokens."""
+    """Fault-tolerant L2 operations over caller-chosen string keys."""
 
     def __init__(
-        self, config: RedisConfig, key_prefix: str, *, probe_interval: float = 1.0
+        self, settings: RedisSettings, channel: str, *, probe_interval: float = 1.0
     ) -> None:
-        self._prefix = key_prefix
-        self._channel = f"{key_prefix}evict"
-        self._timeout = config.timeout
+        self._channel = channel
+        self._timeout = settings.timeout
+        self._admin_timeout = settings.admin_timeout
         self._probe_interval = probe_interval
-        self._client = _client(config)
+        self._client = _client(settings)
         self._healthy = True
         self._probe_at = 0.0
         self._subscriber: asyncio.Task[None] | None = None
@@ -62,12 +81,6 @@ class RedisCache:
     def channel(self) -> str:
         return self._channel
 
-    def key(self, digest: bytes) -> str:
-        return self._prefix + digest.hex()
-
-    def subject_key(self, subject: str) -> str:
-        return f"{self._prefix}sub:{hashlib.sha256(subject.encode()).hexdigest()}"
-
     async def start(self) -> None:
         """Never raises: a gateway must start (degraded) while Redis is down."""
         await self._run(lambda: self._client.ping(), probe=True)
@@ -79,52 +92,80 @@ class RedisCache:
             self._subscriber = None
         await self._client.aclose()
 
-    async def get(self, key: bytes) -> bytes | None:
-        return await self._run(lambda: self._client.get(self.key(key)))
+    async def get(self, key: str) -> bytes | None:
+        value = await self._run(lambda: self._client.get(key))
+        return value if isinstance(value, bytes) else None
 
-    async def set(self, key: bytes, value: bytes, ttl: float) -> None:
-        await self._run(lambda: self._client.set(self.key(key), value, px=_ms(ttl)))
-
-    async def set_for_subject(
-        self, key: bytes, value: bytes, ttl: float, subject: str, subject_ttl: float
+    async def set(
+        self, key: str, value: bytes, ttl: float, *, group: str | None = None, group_ttl: float = 0
     ) -> None:
-        """SET plus membership in the subject's index, in one round trip (not a transaction:
-        a lost index entry only means a later subject eviction misses a key that expires)."""
+        """SET with a lifetime; with ``group``, also index the key there, in one round trip
+        (not a transaction: a lost index entry only means a later group deletion misses a
+        key that expires by itself)."""
+        if group is None:
+            await self._run(lambda: self._client.set(key, value, px=_ms(ttl)))
+            return
 
         async def write() -> None:
-            index = self.subject_key(subject)
+            now = time.time()
             async with self._client.pipeline(transaction=False) as pipe:
-                pipe.set(self.key(key), value, px=_ms(ttl))
-                pipe.sadd(index, key.hex())
-                pipe.pexpire(index, _ms(subject_ttl))
+                pipe.set(key, value, px=_ms(ttl))
+                pipe.zadd(group, {key: round((now + ttl) * 1000)})
+                pipe.zremrangebyscore(group, "-inf", round(now * 1000))
+                pipe.zremrangebyrank(group, 0, -_INDEX_CAP - 1)
+                pipe.pexpire(group, _ms(max(group_ttl, ttl)))
                 await pipe.execute()
 
         await self._run(write)
 
-    async def delete(self, key: bytes) -> None:
-        await self._run(lambda: self._client.delete(self.key(key)))
+    async def delete(self, *keys: str) -> bool:
+        """Delete keys (one command each: in a cluster they live in different slots);
+        whether Redis confirmed it."""
 
-    async def delete_subject(self, subject: str) -> int:
-        """Delete every entry indexed under ``subject``, and the index; returns the count."""
-
-        async def remove() -> int:
-            index = self.subject_key(subject)
-            members = await self._client.smembers(index)
-            # One DEL per key: in a cluster the keys live in different hash slots.
+        async def remove() -> bool:
             async with self._client.pipeline(transaction=False) as pipe:
-                for member in members:
-                    pipe.delete(self._prefix + member.decode("ascii"))
-                pipe.delete(index)
-                deleted = await pipe.execute()
-            return sum(deleted[:-1])
+                for key in keys:
+                    pipe.delete(key)
+                await pipe.execute()
+            return True
 
-        return await self._run(remove) or 0
+        return bool(await self._run(remove, limit=self._admin_timeout))
 
-    async def publish_eviction(self, message: dict[str, Any]) -> None:
+    async def delete_group(self, group: str, *, budget: float = 10.0) -> GroupDeletion:
+        """Delete every key indexed in ``group``, in batches, within ``budget`` seconds."""
+        deadline = time.monotonic() + budget
+        deleted = 0
+        while True:
+            if time.monotonic() > deadline:
+                return GroupDeletion(deleted, complete=False, error="time budget exceeded")
+            batch = await self._run(
+                lambda: self._client.zrange(group, 0, _DELETE_BATCH - 1),
+                limit=self._admin_timeout,
+            )
+            if batch is None:
+                return GroupDeletion(deleted, complete=False, error="redis unavailable")
+            if not batch:
+                break
+            members = [m.decode("utf-8", "replace") for m in batch]
+            removed = await self._run(
+                lambda members=members: _delete_members(self._client, group, members),
+                limit=self._admin_timeout,
+            )
+            if removed is None:
+                return GroupDeletion(deleted, complete=False, error="redis unavailable")
+            deleted += removed
+        await self._run(lambda: self._client.delete(group), limit=self._admin_timeout)
+        return GroupDeletion(deleted, complete=True)
+
+    async def publish(self, message: dict[str, Any]) -> bool:
+        """Send a message to every subscriber; whether Redis took it."""
         payload = json.dumps(message, separators=(",", ":"))
-        await self._run(lambda: self._client.publish(self._channel, payload))
+        sent = await self._run(
+            lambda: self._client.publish(self._channel, payload), limit=self._admin_timeout
+        )
+        return sent is not None
 
-    async def subscribe_evictions(self, callback: Callable[[dict[str, Any]], None]) -> None:
+    async def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> None:
         """Start the subscriber task; returns once the first subscription attempt ended, so
         a message published after ``start()`` is not lost to a race."""
         if self._subscriber is not None:
@@ -135,12 +176,18 @@ class RedisCache:
 
     # --- internals -------------------------------------------------------------------------
 
-    async def _run(self, command: Callable[[], Awaitable[T]], *, probe: bool = False) -> T | None:
+    async def _run(
+        self,
+        command: Callable[[], Awaitable[T]],
+        *,
+        probe: bool = False,
+        limit: float | None = None,
+    ) -> T | None:
         if not (probe or self._may_try()):
             return None
         self.commands += 1
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self._timeout if limit is None else limit):
                 result = await command()
         except Exception as exc:  # any failure of a cache is a miss, not a 500
             # Beyond redis-py's own errors: a server killed mid-handshake surfaces as uvloop's
@@ -179,7 +226,7 @@ class RedisCache:
         while True:
             pubsub = self._client.pubsub()
             try:
-                async with asyncio.timeout(self._timeout * 2):
+                async with asyncio.timeout(self._timeout * 2 + 1.0):
                     await _subscribe(pubsub, self._channel)
                 self._succeeded()
                 if gap:
@@ -195,32 +242,33 @@ class RedisCache:
             await asyncio.sleep(self._probe_interval)
 
 
-_MAX_CONNECTIONS = 64
+async def _delete_members(client: Any, group: str, members: list[str]) -> int:
+    async with client.pipeline(transaction=False) as pipe:
+        for member in members:
+            pipe.delete(member)
+        pipe.zrem(group, *members)
+        results = await pipe.execute()
+    return int(sum(results[:-1]))
 
 
-def _client(config: RedisConfig) -> Any:
+def _client(settings: RedisSettings) -> Any:
     """One client per target kind; retries off: a failed command is a miss, not a wait."""
     options: dict[str, Any] = {
-        "socket_timeout": config.timeout,
-        "socket_connect_timeout": config.timeout,
+        "socket_timeout": max(settings.timeout, settings.admin_timeout),
+        "socket_connect_timeout": settings.timeout,
         "retry": Retry(NoBackoff(), 0),
     }
-    if config.sentinel is not None:
-        if config.cluster:
+    if settings.sentinel_hosts:
+        if settings.cluster:
             raise ValueError("redis: cluster mode takes a url, not sentinel")
-        sentinel = Sentinel([_host_port(item) for item in config.sentinel.hosts], **options)
-        return sentinel.master_for(config.sentinel.service, **options)
-    assert config.url is not None  # RedisConfig guarantees url xor sentinel
-    if config.cluster:
-        return RedisCluster.from_url(config.url, **options)
+        sentinel = Sentinel(list(settings.sentinel_hosts), **options)
+        return sentinel.master_for(settings.sentinel_service, **options)
+    assert settings.url is not None  # the compiler guarantees url xor sentinel
+    if settings.cluster:
+        return RedisCluster.from_url(settings.url, **options)
     # Bounded: past this many concurrent commands one fails fast and counts as a miss,
     # rather than the pool growing with every burst and never shrinking.
-    return Redis.from_url(config.url, max_connections=_MAX_CONNECTIONS, **options)
-
-
-def _host_port(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host.strip("[]"), int(port)
+    return Redis.from_url(settings.url, max_connections=_MAX_CONNECTIONS, **options)
 
 
 async def _subscribe(pubsub: PubSub, channel: str) -> None:
@@ -251,11 +299,12 @@ async def _pump(pubsub: PubSub, callback: Callable[[dict[str, Any]], None]) -> N
                 _deliver(callback, decoded)
 
 
-def _decode_message(data: bytes) -> dict[str, Any] | None:
+def _decode_message(data: Any) -> dict[str, Any] | None:
+    """Messages come from anyone who can publish to Redis: bounded, and objects only."""
     try:
-        message = json.loads(data)
-    except ValueError:
-        log.warning("ignoring an eviction message that is not JSON")
+        message = boundedjson.loads(data, max_bytes=_MAX_MESSAGE, max_depth=2)
+    except (ValueError, TypeError):
+        log.warning("ignoring a cache message that is not bounded JSON")
         return None
     return message if isinstance(message, dict) else None
 
@@ -265,7 +314,7 @@ def _deliver(callback: Callable[[dict[str, Any]], None], message: dict[str, Any]
     try:
         callback(message)
     except Exception:
-        log.exception("eviction callback failed")
+        log.exception("cache message callback failed")
 
 
 async def _close_quietly(pubsub: PubSub) -> None:

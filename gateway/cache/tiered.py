@@ -1,293 +1,260 @@
-"""A two-tier cache of RFC 7662 §2.2 answers: in-process L1, shared Redis L2, one load per key.
+"""A two-tier cache over bytes keys: in-process L1, shared sealed L2, one load per key.
 
-RFC 7662 §4 lets a protected resource cache answers, and warns that a cached answer can
-hide a revocation and must not outlive the token, so every lifetime here is capped: by
-the token's ``exp``, by ``max_ttl``, and (for L1, which misses evictions while pub/sub is
-down) by ``l1.ttl``. Negative answers are cached too, briefly, so a flood of garbage
-tokens costs the authorization server one call per token.
+Generic: what a value means, how long it lives, which group it belongs to and whether it
+may be served stale are the caller's ``EntryPolicy``. What this module guarantees:
 
-Concurrent requests for one uncached token share a single load, run in a task the cache
-owns: a client that disconnects cancels its own wait, never the load the others wait for.
+* Concurrent lookups of one missing key share a single load, run in a task the cache owns:
+  a caller that goes away cancels its own wait, never the load the others wait on.
+* L2 values are sealed (``gateway.cache.sealing``) with their Redis key as associated data
+  and carry their own freshness, so a replica reading one later knows how much is left; a
+  value that does not open or decode is a miss, never an error.
+* A load that straddles an eviction is returned to its callers but not cached: it may
+  predate the revocation the eviction reports.
+* Positive and negative values live in separate L1 tiers, each bounded by entries and
+  bytes, so a flood of junk keys cannot push hot values out.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import secrets
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
 
-from gateway.auth.identity import Identity
-from gateway.cache.codec import INACTIVE, decode_entry, encode_entry
 from gateway.cache.memory import MemoryCache
-from gateway.config.models import IntrospectionCache
-from gateway.problems import InvalidToken, ServiceUnavailable
+from gateway.cache.sealing import Sealer
 
 if TYPE_CHECKING:  # redis-py costs ~6 MB per process: imported only where configured
     from gateway.cache.redis import RedisCache
 
 log = logging.getLogger(__name__)
 
-Loader = Callable[[], Awaitable[Identity | None]]
+V = TypeVar("V")
 _ENTRY_OVERHEAD: Final = 256
 """Bytes charged per L1 entry beyond its encoded size: a rough cost of the Python objects."""
-_STATS: Final = (
-    "l1_hits", "l1_misses", "l2_hits", "l2_misses", "loads", "load_errors", "coalesced",
-    "stale_served", "evictions_received",
+_STAMP: Final = struct.Struct(">Q")
+STATS: Final = (
+    "l1_hits", "l1_misses", "l2_hits", "l2_misses", "l2_rejected", "loads", "load_errors",
+    "coalesced", "stale_served",
 )  # fmt: skip
 
 
-class TieredCache:
+class EntryPolicy(Protocol[V]):
+    """What the cache needs to know about the values of one kind."""
+
+    def encode(self, value: V) -> bytes: ...
+
+    def decode(self, data: bytes) -> V | None:
+        """An L2 payload back to a value, re-checked; None when it is unusable."""
+        ...
+
+    def ttl(self, value: V) -> float:
+        """How long the value may be served (≤ 0: do not cache it)."""
+        ...
+
+    def l1_ttl(self, value: V) -> float: ...
+
+    def negative(self, value: V) -> bool: ...
+
+    def group(self, value: V) -> str | None:
+        """The L2 group index the key joins (for group eviction), if any."""
+        ...
+
+
+class TieredCache(Generic[V]):
     """Owns the lifecycle of the ``RedisCache`` it is given (``start``/``close``)."""
 
     def __init__(
         self,
-        config: IntrospectionCache,
+        l1: MemoryCache,
+        l1_negative: MemoryCache,
         redis: RedisCache | None,
+        sealer: Sealer | None,
+        *,
+        serve_stale: float = 0.0,
+        group_ttl: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
-        *,
-        on_remote_eviction: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        # Other caches of this process (the verified-JWT cache) hear replicas' evictions too.
-        self._on_remote_eviction = on_remote_eviction
-        self._l1 = MemoryCache(config.l1.max_entries, config.l1.max_bytes, clock)
+        if redis is not None and sealer is None:
+            raise ValueError("a shared tier needs a sealer")
+        self._l1 = l1
+        self._l1_negative = l1_negative
         self._redis = redis
+        self._sealer = sealer
+        self._stale = serve_stale
+        self._group_ttl = group_ttl
         self._clock = clock
         self._wall = wall
-        self._max_ttl = config.max_ttl
-        self._l1_ttl = config.l1.ttl
-        self._negative_ttl = config.negative_ttl
-        self._stale = config.serve_stale
-        self._flights: dict[bytes, asyncio.Task[Identity | None]] = {}
-        self._origin = secrets.token_hex(8)
-        self._evictions = 0  # loads that straddle an eviction must not cache their answer
-        self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
+        self._flights: dict[bytes, asyncio.Task[V]] = {}
+        self._evictions = 0
+        self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
+
+    @property
+    def redis(self) -> RedisCache | None:
+        return self._redis
 
     @property
     def degraded(self) -> bool:
         return self._redis is not None and not self._redis.healthy
 
-    async def start(self) -> None:
-        if self._redis is not None:
-            await self._redis.start()
-            await self._redis.subscribe_evictions(self._on_eviction)
+    def __len__(self) -> int:
+        return len(self._l1) + len(self._l1_negative)
 
     async def close(self) -> None:
         flights = list(self._flights.values())
         for flight in flights:
             flight.cancel()
         await asyncio.gather(*flights, return_exceptions=True)
-        if self._redis is not None:
-            await self._redis.close()
 
-    async def get_or_load(self, token: str, load: Loader) -> Identity | None:
-        """The identity for ``token``, or None when it is inactive; ``load`` runs on a miss.
+    def peek(self, key: bytes) -> V | None:
+        """An L1 value still fresh (the request path's first look, without awaiting)."""
+        hit = self._l1.get(key) or self._l1_negative.get(key)
+        if hit is None:
+            return None
+        value, expires_at = hit
+        if self._stale and self._clock() >= expires_at - self._stale:
+            return None  # kept only for stale serving
+        return value  # type: ignore[return-value]  # L1 holds what _remember put there
 
-        ``load`` raising ``InvalidToken`` is cached like an inactive answer (the same token
-        will fail the same way) and re-raised; ``ServiceUnavailable`` is never cached.
-        """
-        key = hashlib.sha256(token.encode()).digest()
-        hit = self._l1.get(key)
-        if hit is not None:
-            value, expires_at = hit
-            if value is INACTIVE:
-                self.stats["l1_hits"] += 1
-                return None
-            if not self._stale or self._clock() < expires_at - self._stale:
-                self.stats["l1_hits"] += 1
-                return value  # type: ignore[return-value]  # L1 holds Identity or INACTIVE
+    async def get_or_load(
+        self, key: bytes, shared_key: str, load: Callable[[], Awaitable[V]], policy: EntryPolicy[V]
+    ) -> V:
+        """The value for ``key``: L1, else L2 (read in the caller's task), else one shared
+        ``load``. An exception from ``load`` is never cached; it reaches every waiter."""
+        value = self.peek(key)
+        if value is not None:
+            self.stats["l1_hits"] += 1
+            return value
         self.stats["l1_misses"] += 1
         flight = self._flights.get(key)
-        shared_stale: tuple[Identity, float] | None = None
-        # An answer looked up across an eviction may predate the revocation it reports:
-        # count evictions from before the L2 read, through the load.
-        evictions = self._evictions
+        stale: V | None = None
+        evictions = self._evictions  # from before the L2 read, through the load
         if flight is None and self._redis is not None:
-            # L2 is read in the caller's own task: a GET needs no single flight, and sparing
-            # a task and a shield per request halves the cost of an L2 hit. Only a miss
-            # starts the shared load below.
-            data = await self._redis.get(key)
-            if data is not None and (entry := _decode(data)) is not None:
-                value, fresh_until = entry
-                remaining = fresh_until - self._wall()
+            found = await self._read_shared(shared_key, policy)
+            if found is not None:
+                value, remaining = found
                 if remaining > 0:
                     self.stats["l2_hits"] += 1
-                    if evictions == self._evictions:  # not copied to L1 across an eviction
-                        self._remember(key, value, remaining, len(data))
+                    if evictions == self._evictions:
+                        self._remember(key, value, remaining, policy)
                     return value
-                if value is not None:
-                    shared_stale = value, fresh_until
+                if not policy.negative(value) and -remaining < self._stale:
+                    stale = value
             self.stats["l2_misses"] += 1
-            # While this request read Redis, another may have loaded the answer (now in L1)
-            # or started loading it: join that rather than ask the server again.
-            hit = self._l1.get(key)
-            if hit is not None and (hit[0] is INACTIVE or not self._stale):
+            # While this request read Redis, another may have loaded the value (now in L1)
+            # or started loading it: join that rather than load again.
+            value = self.peek(key)
+            if value is not None:
                 self.stats["coalesced"] += 1
-                return None if hit[0] is INACTIVE else hit[0]  # type: ignore[return-value]
+                return value
             flight = self._flights.get(key)
         if flight is None:
-            flight = asyncio.create_task(self._fill(key, load, shared_stale, evictions))
+            flight = asyncio.create_task(
+                self._fill(key, shared_key, load, policy, stale, evictions)
+            )
             self._flights[key] = flight
             flight.add_done_callback(partial(self._landed, key))
         else:
             self.stats["coalesced"] += 1
         return await asyncio.shield(flight)
 
-    async def evict_token(self, token_hash_hex: str) -> None:
-        """Forget one token everywhere: L1 here, L2, and every replica's L1 via pub/sub."""
-        key = _digest_from_hex(token_hash_hex)
+    def forget_local(self, key: bytes) -> None:
+        """Drop ``key`` from L1 only (an eviction another replica already applied to L2)."""
         self._evictions += 1
         self._l1.delete(key)
-        if self._redis is not None:
-            await self._redis.delete(key)
-            await self._redis.publish_eviction(self._message("token", key=key.hex()))
+        self._l1_negative.delete(key)
 
-    async def evict_subject(self, subject: str) -> int:
-        """Forget every token of ``subject``; returns how many L1 entries were dropped here."""
+    def forget_local_where(self, predicate: Callable[[object], bool]) -> int:
         self._evictions += 1
-        dropped = self._l1.delete_where(partial(_has_subject, subject))
-        if self._redis is not None:
-            await self._redis.delete_subject(subject)
-            await self._redis.publish_eviction(self._message("subject", subject=subject))
-        return dropped
+        return self._l1.delete_where(predicate)
+
+    async def forget(self, key: bytes, shared_key: str) -> bool:
+        """Drop ``key`` from both tiers; whether L2 confirmed it (True without L2)."""
+        self.forget_local(key)
+        if self._redis is None:
+            return True
+        return await self._redis.delete(shared_key)
 
     # --- loading ---------------------------------------------------------------------------
+
+    async def _read_shared(self, shared_key: str, policy: EntryPolicy[V]) -> tuple[V, float] | None:
+        assert self._redis is not None and self._sealer is not None
+        data = await self._redis.get(shared_key)
+        if data is None:
+            return None
+        plain = self._sealer.open(data, shared_key.encode())
+        value = None
+        if plain is not None and len(plain) > _STAMP.size:
+            value = policy.decode(plain[_STAMP.size :])
+        if value is None:
+            self.stats["l2_rejected"] += 1
+            log.warning("ignoring an L2 value that does not open, decode or re-check")
+            return None
+        fresh_until = _STAMP.unpack_from(plain)[0] / 1000  # type: ignore[arg-type]
+        return value, fresh_until - self._wall()
 
     async def _fill(
         self,
         key: bytes,
-        load: Loader,
-        shared_stale: tuple[Identity, float] | None,
+        shared_key: str,
+        load: Callable[[], Awaitable[V]],
+        policy: EntryPolicy[V],
+        stale: V | None,
         evictions: int,
-    ) -> Identity | None:
-        """The shared load after L1 and L2 missed; ``shared_stale`` is an expired L2 entry
-        that serve-stale may still use if the authorization server is down; ``evictions``
-        is the eviction count when the lookup began."""
+    ) -> V:
         self.stats["loads"] += 1
         try:
-            identity = await load()
-        except InvalidToken:
-            await self._store(key, None)
-            raise
-        except ServiceUnavailable:
+            value = await load()
+        except Exception:
             self.stats["load_errors"] += 1
-            fallback = self._stale_identity(key, shared_stale)
+            fallback = self._stale_value(key, stale)
             if fallback is None:
                 raise
             self.stats["stale_served"] += 1
             return fallback
-        if identity is None or evictions == self._evictions:
-            # An answer obtained across an eviction may predate the revocation it reports.
-            await self._store(key, identity)
-        return identity
+        if evictions == self._evictions:
+            await self._store(key, shared_key, value, policy)
+        return value
 
-    def _landed(self, key: bytes, flight: asyncio.Task[Identity | None]) -> None:
+    def _landed(self, key: bytes, flight: asyncio.Task[V]) -> None:
         if self._flights.get(key) is flight:
             del self._flights[key]
         if not flight.cancelled():
             flight.exception()  # retrieved here: every waiter may have gone away
 
-    def _positive_ttl(self, identity: Identity) -> float:
-        """Never cache past the token's own expiry (RFC 7662 §4)."""
-        if identity.expires_at is None:
-            return self._max_ttl
-        return min(self._max_ttl, identity.expires_at - self._wall())
-
-    def _grace(self, identity: Identity | None) -> float:
-        """How long past freshness an entry is kept for stale serving (positives only)."""
-        return 0.0 if identity is None else self._stale
-
-    async def _store(self, key: bytes, identity: Identity | None) -> None:
-        ttl = self._negative_ttl if identity is None else self._positive_ttl(identity)
+    async def _store(self, key: bytes, shared_key: str, value: V, policy: EntryPolicy[V]) -> None:
+        ttl = policy.ttl(value)
         if ttl <= 0:
             self._l1.delete(key)
+            self._l1_negative.delete(key)
             return
-        payload = encode_entry(identity, self._wall() + ttl)
-        self._remember(key, identity, ttl, len(payload))
-        if self._redis is None:
+        self._remember(key, value, ttl, policy)
+        if self._redis is None or self._sealer is None:
             return
-        shared_ttl = ttl + self._grace(identity)
-        if identity is not None and identity.subject is not None:
-            index_ttl = self._max_ttl + self._stale
-            await self._redis.set_for_subject(key, payload, shared_ttl, identity.subject, index_ttl)
-        else:
-            await self._redis.set(key, payload, shared_ttl)
+        grace = 0.0 if policy.negative(value) else self._stale
+        stamp = _STAMP.pack(round((self._wall() + ttl) * 1000))
+        sealed = self._sealer.seal(stamp + policy.encode(value), shared_key.encode())
+        await self._redis.set(
+            shared_key, sealed, ttl + grace, group=policy.group(value), group_ttl=self._group_ttl
+        )
 
-    def _remember(self, key: bytes, identity: Identity | None, ttl: float, size: int) -> None:
-        """Into L1, for at most ``l1.ttl``: L1 misses evictions while pub/sub is down."""
-        value: object = INACTIVE if identity is None else identity
-        ttl = min(ttl, self._l1_ttl) + self._grace(identity)
-        self._l1.set(key, value, ttl, size + _ENTRY_OVERHEAD)
+    def _remember(self, key: bytes, value: V, ttl: float, policy: EntryPolicy[V]) -> None:
+        """Into L1, for at most the policy's L1 lifetime (L1 misses evictions while pub/sub is
+        down), plus the stale-serving grace for positives."""
+        negative = policy.negative(value)
+        ttl = min(ttl, policy.l1_ttl(value)) + (0.0 if negative else self._stale)
+        size = len(policy.encode(value)) + _ENTRY_OVERHEAD
+        (self._l1_negative if negative else self._l1).set(key, value, ttl, size)
 
-    def _stale_identity(
-        self, key: bytes, shared_stale: tuple[Identity, float] | None
-    ) -> Identity | None:
-        """An expired positive entry still within ``serve_stale``, never past the token's exp."""
+    def _stale_value(self, key: bytes, shared: V | None) -> V | None:
+        """A positive value past freshness but within ``serve_stale``, when the load failed."""
         if not self._stale:
             return None
-        now = self._wall()
-        candidate: Identity | None = None
-        hit = self._l1.get(key)  # L1 keeps positives for `serve_stale` past freshness
-        if hit is not None and isinstance(hit[0], Identity):
-            candidate = hit[0]
-        elif shared_stale is not None and now < shared_stale[1] + self._stale:
-            candidate = shared_stale[0]
-        if candidate is None or (candidate.expires_at is not None and candidate.expires_at <= now):
-            return None
-        return candidate
-
-    # --- evictions from other replicas -----------------------------------------------------
-
-    def _message(self, op: str, **fields: str) -> dict[str, Any]:
-        return {"op": op, "origin": self._origin, **fields}
-
-    def _on_eviction(self, message: dict[str, Any]) -> None:
-        if message.get("origin") == self._origin:
-            return
-        op = message.get("op")
-        self._evictions += 1
-        if op == "token" and isinstance(key := message.get("key"), str):
-            try:
-                self._l1.delete(_digest_from_hex(key))
-            except ValueError:
-                log.warning("ignoring an eviction message with a malformed key")
-                return
-        elif op == "subject" and isinstance(subject := message.get("subject"), str):
-            self._l1.delete_where(partial(_has_subject, subject))
-        elif op == "resync":
-            # Evictions may have been published while we were not subscribed.
-            self._l1.delete_where(_is_identity)
-        else:
-            log.warning("ignoring an unknown eviction message")
-            return
-        self.stats["evictions_received"] += 1
-        if self._on_remote_eviction is not None:
-            self._on_remote_eviction(message)
-
-
-def _decode(data: bytes) -> tuple[Identity | None, float] | None:
-    try:
-        return decode_entry(data)
-    except ValueError:
-        log.warning("ignoring an unreadable L2 entry (another release's format?)")
-        return None
-
-
-def _digest_from_hex(value: str) -> bytes:
-    digest = bytes.fromhex(value)
-    if len(digest) != hashlib.sha256().digest_size:
-        raise ValueError("expected the hex SHA-256 of a token")
-    return digest
-
-
-def _has_subject(subject: str, value: object) -> bool:
-    return isinstance(value, Identity) and value.subject == subject
-
-
-def _is_identity(value: object) -> bool:
-    return isinstance(value, Identity)
+        hit = self._l1.get(key)
+        if hit is not None:
+            return hit[0]  # type: ignore[return-value]
+        return shared

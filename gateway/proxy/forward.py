@@ -22,8 +22,9 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.problems import BadGateway, BadRequest, GatewayError
+from gateway.proxy.connection import ResponseHead, UpstreamConnection
 from gateway.proxy.headers import downstream_response_headers
-from gateway.proxy.upstreams import ResponseHead, UpstreamConnection, UpstreamPool
+from gateway.proxy.pool import UpstreamPool
 
 _CRLF = b"\r\n"
 _CHUNK_END = b"0\r\n\r\n"

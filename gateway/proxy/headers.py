@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
 
+from gateway.problems import BadRequest
 from gateway.proxy.trust import TrustedProxies
 
 Header = tuple[str, str]
@@ -203,7 +204,7 @@ def _refuse(name: str) -> NoReturn:
     # RFC 9110 §5.5: "a recipient of CR, LF, or NUL within a field value MUST either reject
     # the message or replace each of those characters with SP before further processing or
     # forwarding of that message." The parser should have rejected it already; we reject too.
-    raise ValueError(f"CR, LF or NUL in the value of header {name!r}")
+    raise BadRequest(f"CR, LF or NUL in the value of header {name!r}.")
 
 
 def _joined(values: list[str] | None) -> str:
@@ -261,8 +262,8 @@ def upstream_request_headers(
     """The header list for the upstream request, ``Host`` first, without body framing.
 
     Order: ``Host``, the surviving client headers in their order, ``add``, then the
-    forwarding headers and the request id. Raises ValueError for CR, LF or NUL in a client
-    or ``add`` value and for a repeated ``Host``.
+    forwarding headers and the request id. Raises ``BadRequest`` (400) for CR, LF or NUL in a
+    client or ``add`` value and for a repeated ``Host``.
     """
     trusted = policy.trusted.is_trusted(peer)
     actions = policy._trusted_actions if trusted else policy._untrusted_actions
@@ -296,7 +297,7 @@ def upstream_request_headers(
             if client_host is not None:
                 # RFC 9112 §3.2: a server MUST respond with 400 to a request with "more
                 # than one Host header field line".
-                raise ValueError("more than one Host header")
+                raise BadRequest("The request has more than one Host header.")
             client_host = value
         elif action == _AUTHORIZATION and keep_authorization and lname not in added:
             kept.append(item)

@@ -17,7 +17,7 @@ import aiohttp
 from aiohttp import WSMsgType, web
 
 from gateway.problems import BadGateway, GatewayTimeout
-from gateway.proxy.upstreams import UpstreamTarget
+from gateway.proxy.targets import UpstreamTarget
 
 log = logging.getLogger("gateway.websocket")
 

@@ -14,6 +14,7 @@ import aiohttp
 from gateway.app import Gateway
 from tests.e2e.oidc import GATEWAY_AUDIENCES, OidcProvider
 from tests.support.gateway import running_gateway
+from tests.support.redis import TEST_CACHE_KEY
 
 
 def gateway_config(
@@ -30,7 +31,11 @@ def gateway_config(
         "max_ttl": "2s", "negative_ttl": "2s", "l1": {"ttl": "2s"}, **(cache or {}),
     }  # fmt: skip
     if redis is not None:
-        cache_section["redis"] = {"url": redis["url"], "timeout": redis["timeout"]}
+        cache_section["redis"] = {
+            "url": redis["url"],
+            "timeout": redis["timeout"],
+            "key": TEST_CACHE_KEY,
+        }
         cache_section["key_prefix"] = redis["key_prefix"]
     issuer: dict[str, Any] = {
         "issuer": oidc.issuer,

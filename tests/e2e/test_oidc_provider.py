@@ -410,12 +410,16 @@ async def test_introspect_jwts_fails_closed_where_the_provider_cannot_introspect
     tmp_path: Path, oidc: OidcProvider, upstream: RecordingUpstream
 ) -> None:
     """oidc-provider answers 400 unsupported_token_type for JWT access tokens at its
-    introspection endpoint, so ``introspect_jwts`` cannot work with it: the gateway must
-    answer 503 (never let the token through unchecked) - deploy/INTEROP.md says so."""
+    introspection endpoint, so ``introspect_jwts`` cannot work with it. That answer is about
+    the token, not an outage (RFC 6749 §5.2): the client gets 401 invalid_token (never a 503
+    that tells it to retry and pages operators), the token never passes unchecked, and the
+    answer is cached like any inactive one - deploy/INTEROP.md says so."""
     token = await oidc.client_credentials(JWT_RESOURCE, "orders:read")
     config = gateway_config(oidc, upstream.url, introspect_jwts=True)
     async with gateways(tmp_path, config) as (gateway,):
-        status, _ = await call(gateway, token)
-    assert status == 503
+        status, headers = await call(gateway, token)
+        again, _ = await call(gateway, token)
+    assert status == again == 401
+    assert 'error="invalid_token"' in headers["WWW-Authenticate"]
     assert oidc.count(INTROSPECTION) == 1
     assert upstream.received == []

@@ -21,7 +21,7 @@ import redis
 from tests.support.gateway import running_gateway, wait_ready
 from tests.support.introspection import TestIntrospectionServer
 from tests.support.issuer import TestIssuer
-from tests.support.redis import RedisServer, redis_url_or_start
+from tests.support.redis import TEST_CACHE_KEY, RedisServer, redis_url_or_start
 from tests.support.upstream import RecordingUpstream
 
 
@@ -50,7 +50,7 @@ def config(
 ) -> dict[str, Any]:
     cache: dict[str, Any] = {"max_ttl": "60s", "negative_ttl": "60s", "l1": {"ttl": "60s"}}
     if redis_url:
-        cache["redis"] = {"url": redis_url, "timeout": "500ms"}
+        cache["redis"] = {"url": redis_url, "timeout": "500ms", "key": TEST_CACHE_KEY}
         cache["key_prefix"] = prefix or f"test:{uuid.uuid4().hex}:"
     return {
         "listen": {"host": "127.0.0.1", "port": 0},

@@ -4,6 +4,7 @@ RFC 7523), answer validation, failing closed, and the single retry on connection
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import time
@@ -20,9 +21,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.auth.identity import Identity
 from gateway.auth.introspection import Introspector
-from gateway.config.models import ClientAuth, Introspection, Issuer, IssuerHTTP
+from gateway.auth.settings import IssuerSettings
+from gateway.config.models import ClientAuth, Introspection, IssuerHTTP
 from gateway.problems import InvalidToken, ServiceUnavailable
 from tests.support.introspection import TestIntrospectionServer
+from tests.support.settings import Issuer
 
 ISSUER = "https://as.example/"
 AUDIENCE = "api://orders"
@@ -31,7 +34,7 @@ CLIENT_ID = "gate way:1%"  # characters RFC 6749 §2.3.1 form-encoding must prot
 SECRET = "s3cr:et+%/ é"
 
 
-def issuer_config(client: ClientAuth, **changes: Any) -> Issuer:
+def issuer_config(client: ClientAuth, **changes: Any) -> IssuerSettings:
     introspection = Introspection(client=client, timeout=changes.pop("timeout", 0.5))
     settings: dict[str, Any] = {
         "issuer": ISSUER,
@@ -296,12 +299,11 @@ async def test_missing_audience_only_where_the_deployment_allows_it(
         await strict.introspect(TOKEN)
     lenient_config = issuer_config(client)
     lenient = Introspector(
-        lenient_config.model_copy(
-            update={
-                "introspection": lenient_config.introspection.model_copy(
-                    update={"allow_missing_audience": True}
-                )
-            }
+        dataclasses.replace(
+            lenient_config,
+            introspection=dataclasses.replace(
+                lenient_config.introspection, allow_missing_audience=True
+            ),
         ),
         session,
         endpoint=server.url,

@@ -31,8 +31,9 @@ from gateway.auth.discovery import (
     metadata_urls,
 )
 from gateway.auth.jwks import KeySet, KeySetProvider, refresh_delay
-from gateway.config.models import Issuer, KeyRefresh
+from gateway.auth.settings import KeyRefreshSettings as KeyRefresh
 from tests.support.issuer import TestIssuer
+from tests.support.settings import Issuer
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 RSA_JWK = RSAAlgorithm.to_jwk(RSA_KEY.public_key(), as_dict=True)

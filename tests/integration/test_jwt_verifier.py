@@ -19,9 +19,9 @@ from jwt.algorithms import RSAAlgorithm
 
 from gateway.auth.jwks import KeySetProvider
 from gateway.auth.jwt import JwtVerifier
-from gateway.config.models import Issuer
 from gateway.problems import InvalidToken, ServiceUnavailable
 from tests.support.issuer import TestIssuer, b64url, encode_compact
+from tests.support.settings import Issuer
 
 ATTACKER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 

@@ -24,7 +24,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_algorithms
 
-from gateway.config.models import Issuer
+from gateway.auth.settings import IssuerSettings
+from tests.support.settings import Issuer
 
 _FAMILIES = {"RS": "rsa", "PS": "rsa", "ES": "ec", "Ed": "ed"}
 _CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
@@ -131,14 +132,14 @@ class TestIssuer:
     def jwks_url(self) -> str:
         return self.url + "/jwks"
 
-    def config(self, **overrides: Any) -> Issuer:
+    def config(self, **overrides: Any) -> IssuerSettings:
         """An ``Issuer`` config trusting this server through discovery; overrides win."""
         values: dict[str, Any] = {
             "issuer": self.url,
             "keys": {"discovery": True},
             "audiences": [self.audience],
         }
-        return Issuer.model_validate(values | overrides)
+        return Issuer(**(values | overrides))
 
     # --- keys ---------------------------------------------------------------------------
 

@@ -18,6 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from types import TracebackType
 
+TEST_CACHE_KEY = "dGVzdC1vbmx5LWNhY2hlLWtleS0zMi1ieXRlcy1vayE="
+"""The sealing key of every test gateway's Redis tier (32 bytes, base64): tests only."""
+
 INSTALL_HINT = (
     "redis-server is not installed: `apt-get install redis-server` "
     "(or point REDIS_URL at a Redis to use instead)"

@@ -10,6 +10,7 @@ import pytest
 from gateway.config.errors import ConfigError, ConfigIssue, format_key_path
 from gateway.config.loader import load_config, load_config_text
 from gateway.config.yaml import MAX_NODES, load_yaml_text
+from tests.support.redis import TEST_CACHE_KEY
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -40,7 +41,11 @@ def _error(text: str, env: dict[str, str] | None = None) -> str:
 
 
 def test_full_config_loads() -> None:
-    env = {"INTROSPECTION_SECRET": "s3cret: #not a comment", "GW_PORT": "8443"}
+    env = {
+        "INTROSPECTION_SECRET": "s3cret: #not a comment",
+        "GW_PORT": "8443",
+        "CACHE_KEY": TEST_CACHE_KEY,
+    }
     loaded = load_config(CONFIGS / "full.yaml", env)
     config = loaded.config
 

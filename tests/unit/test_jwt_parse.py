@@ -16,9 +16,10 @@ from jwt.algorithms import RSAAlgorithm
 
 from gateway.auth.jwks import KeySetProvider
 from gateway.auth.jwt import JwtVerifier, NotMine, ParsedJwt
-from gateway.config.models import Issuer
+from gateway.auth.settings import IssuerSettings
 from gateway.problems import InvalidToken
 from tests.support.issuer import TestIssuer, b64url, encode_compact
+from tests.support.settings import Issuer
 
 ISS = "https://issuer.example/tenant"
 AT_ISS = "https://at.example"
@@ -194,8 +195,8 @@ def test_unsigned_token_is_refused_with_an_empty_signature(verifier: JwtVerifier
         ),
         pytest.param(
             [
-                Issuer.model_construct(
-                    issuer=HMAC_ISS, audiences=["a"], algorithms=["HS256"], hmac_secret=None
+                IssuerSettings(
+                    key=HMAC_ISS, issuer=HMAC_ISS, audiences=("a",), algorithms=("HS256",)
                 )
             ],
             "without an hmac_secret",
@@ -203,7 +204,7 @@ def test_unsigned_token_is_refused_with_an_empty_signature(verifier: JwtVerifier
         ),
     ],
 )
-def test_construction_refuses_unsafe_issuers(issuers: list[Issuer], message: str) -> None:
+def test_construction_refuses_unsafe_issuers(issuers: list[IssuerSettings], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         JwtVerifier(issuers, {})
 

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from gateway.auth.identity import Identity
-from gateway.auth.policy import ALLOW_ALL, check, compile_policy
+from gateway.auth.policy import ALLOW_ALL, check
+from gateway.compiler.auth import policy_of
 from gateway.config.models import Require
 from gateway.problems import Forbidden, InsufficientScope
 
@@ -26,7 +27,7 @@ def identity(scopes: str = "", **claims: Any) -> Identity:
 
 
 def policy(**require: Any):
-    return compile_policy(Require.model_validate(require))
+    return policy_of(Require.model_validate(require))
 
 
 ALL_RW = {"scopes": {"all": ["read", "write"]}}

@@ -32,10 +32,10 @@ from gateway.auth.bearer import read_token
 from gateway.auth.headers import MAX_VALUE_BYTES, HeaderTemplate, IdentityHeaders
 from gateway.auth.identity import Identity
 from gateway.auth.jwt import JwtVerifier, NotMine
-from gateway.config.models import Issuer
 from gateway.problems import GatewayError, InvalidPath, InvalidToken, NotFound, ServiceUnavailable
 from gateway.routing.paths import normalise_target
 from gateway.routing.table import RouteEntry, RouteTable
+from tests.support.settings import Issuer
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.problems import BadRequest
 from gateway.proxy.headers import (
     HOP_BY_HOP,
     ForwardingPolicy,
@@ -532,7 +533,8 @@ def test_order_preserved_and_everything_in_its_place() -> None:
     ],
 )
 def test_upstream_rejects(headers: Headers, overrides: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
+    # A 400 from the layer that raises it, never a ValueError that becomes a 500.
+    with pytest.raises(BadRequest):
         upstream(headers, **overrides)
 
 

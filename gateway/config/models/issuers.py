@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from gateway.config.models.base import Strict
 from gateway.config.types import Duration
@@ -90,6 +90,19 @@ class Introspection(Strict):
         description="Accept active answers without aud (only for servers that never send "
         "it; otherwise a refresh token introspects as active and would pass).",
     )
+    token_prefixes: list[str] = Field(
+        default_factory=list,
+        description="Opaque tokens starting with one of these belong to this issuer; needed "
+        "when a route accepts several introspecting issuers.",
+    )
+
+    @field_validator("token_prefixes")
+    @classmethod
+    def _prefixes(cls, value: list[str]) -> list[str]:
+        for prefix in value:
+            if not prefix or not prefix.isprintable() or " " in prefix:
+                raise ValueError(f"{prefix!r} is not a usable token prefix")
+        return value
 
 
 TokenMode = Literal["jwt", "introspection", "auto"]

@@ -19,8 +19,18 @@ class AdminListen(Strict):
     host: str = "127.0.0.1"
     port: int = Field(9901, ge=0, le=65535)
     token: SecretStr | None = Field(
-        None, description="Bearer token required by admin actions (POST /cache/evict)."
+        None,
+        description="Bearer token required by admin actions (POST /cache/evict); required "
+        "unless the admin listener is bound to loopback.",
     )
+
+    @field_validator("token")
+    @classmethod
+    def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            # ${GATEWAY_ADMIN_TOKEN} set but empty: an open admin API by accident.
+            raise ValueError("the admin token is empty (is its environment variable set?)")
+        return value
 
 
 class Limits(Strict):

@@ -1,9 +1,11 @@
-"""The cached form of an RFC 7662 §2.2 answer: a compact, version-tagged ``Identity``.
+"""The cached form of what validation concluded: a compact, versioned ``Identity`` or
+``Rejection`` (RFC 7662 §2.2 answers and verified JWTs alike).
 
-Caches hold what the gateway derived from an answer, never the raw answer and never the
-token, so a Redis dump reveals no credential. Every stored value is tagged with a version:
-replicas running different releases share one Redis during a rolling upgrade, and a value
-this release cannot read must become a miss (``ValueError``), not a crash or a wrong grant.
+Caches hold what the gateway derived, never the raw answer and never the token, so a
+Redis dump reveals no credential. Every stored value is tagged with a version: replicas of
+different releases share one Redis during a rolling upgrade, and a value this release
+cannot read must become a miss (``ValueError``), never a crash or a wrong grant. Values
+from Redis are read as untrusted input: bounded in size and depth, every field type-checked.
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ import math
 from types import MappingProxyType
 from typing import Any, Final
 
+from gateway import boundedjson
 from gateway.auth.identity import Identity, TokenKind
+from gateway.auth.rejections import Rejection
 
-VERSION: Final = 1
-INACTIVE: Final = b"-"
-"""A cached negative answer: one byte no encoded identity can equal (those are JSON arrays)."""
-
+VERSION: Final = 2
+MAX_BYTES: Final = 256 * 1024
+MAX_DEPTH: Final = 32
 _TOKEN_KINDS: Final[frozenset[TokenKind]] = frozenset({"jwt", "opaque"})
-_ENTRY_SEPARATOR: Final = b" "
+_REJECTED: Final = "-"
 
 
 def encode_identity(identity: Identity) -> bytes:
@@ -39,13 +42,37 @@ def encode_identity(identity: Identity) -> bytes:
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def decode_identity(data: bytes) -> Identity:
-    """Rebuild an ``Identity``; anything but a well-formed value of this version is refused."""
+def encode(value: Identity | Rejection) -> bytes:
+    if isinstance(value, Rejection):
+        return json.dumps([VERSION, _REJECTED, value.reason, value.detail]).encode()
+    return encode_identity(value)
+
+
+def decode(data: bytes) -> Identity | Rejection:
+    """Rebuild a cached value; anything but a well-formed value of this version is refused."""
     try:
-        fields = json.loads(data)
-    except (ValueError, TypeError):
+        fields = boundedjson.loads(data, max_bytes=MAX_BYTES, max_depth=MAX_DEPTH)
+    except ValueError:
         raise ValueError("not a cached identity") from None
-    if not isinstance(fields, list) or len(fields) != 9 or fields[0] != VERSION:
+    if not isinstance(fields, list) or not fields or fields[0] != VERSION:
+        raise ValueError("not a cached value of this version")
+    if len(fields) == 4 and fields[1] == _REJECTED:
+        _, _, reason, detail = fields
+        if not (isinstance(reason, str) and isinstance(detail, str)):
+            raise ValueError("a cached rejection field has the wrong type")
+        return Rejection.of(reason, detail)
+    return _identity(fields)
+
+
+def decode_identity(data: bytes) -> Identity:
+    value = decode(data)
+    if not isinstance(value, Identity):
+        raise ValueError("not a cached identity")
+    return value
+
+
+def _identity(fields: list[Any]) -> Identity:
+    if len(fields) != 9:
         raise ValueError("not a cached identity of this version")
     _, issuer, subject, client_id, scopes, audiences, expires_at, kind, claims = fields
     if not (
@@ -69,27 +96,6 @@ def decode_identity(data: bytes) -> Identity:
         token_kind=kind,
         claims=MappingProxyType(claims),
     )
-
-
-def encode_entry(identity: Identity | None, fresh_until: float) -> bytes:
-    """A shared-cache value: when it stops being fresh (wall clock, ms), then the payload.
-
-    Redis is asked to keep an entry past that instant when stale serving is on, and a
-    replica that reads it later must still know how much of its freshness is left.
-    """
-    payload = INACTIVE if identity is None else encode_identity(identity)
-    return b"%d" % round(fresh_until * 1000) + _ENTRY_SEPARATOR + payload
-
-
-def decode_entry(data: bytes) -> tuple[Identity | None, float]:
-    """The inverse of ``encode_entry``; ``None`` stands for a cached inactive answer."""
-    stamp, separator, payload = data.partition(_ENTRY_SEPARATOR)
-    if not separator or not stamp.isdigit():
-        raise ValueError("not a cache entry")
-    fresh_until = int(stamp) / 1000
-    if payload == INACTIVE:
-        return None, fresh_until
-    return decode_identity(payload), fresh_until
 
 
 def _optional_str(value: Any) -> bool:

@@ -1,10 +1,9 @@
-"""Keep-alive HTTP/1.1 upstream connections on asyncio protocols (RFC 9112 §6, §9).
+"""One keep-alive HTTP/1.1 connection to an upstream, on an asyncio protocol (RFC 9112 §6, §9).
 
-The forwarding path is the gateway's hot path. aiohttp's ``ClientSession`` costs about three
-times more CPU per request than a bare protocol whose responses are parsed by httptools
-(llhttp), so the upstream side is built here: a pool of ``UpstreamConnection`` protocols per
-upstream, each carrying one exchange at a time, returned to the pool only after a complete
-response on a connection both sides agreed to keep alive.
+aiohttp's ``ClientSession`` costs about three times more CPU per request than a bare protocol
+whose responses are parsed by httptools (llhttp), so the upstream side is built here: each
+``UpstreamConnection`` carries one exchange at a time and is returned to its pool only after
+a complete response on a connection both sides agreed to keep alive.
 
 Timeouts are driven by timestamps checked from one timer per connection rather than by
 ``asyncio.wait_for`` around every read, which would allocate a task per chunk.
@@ -13,87 +12,22 @@ Timeouts are driven by timestamps checked from one timer per connection rather t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import ssl
 from collections import deque
 from dataclasses import dataclass
-from typing import cast
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from gateway.config.models import Upstream
-from gateway.problems import BadGateway, GatewayError, GatewayTimeout, ServiceUnavailable
+from gateway.problems import BadGateway, GatewayError, GatewayTimeout
+
+if TYPE_CHECKING:
+    from gateway.proxy.pool import UpstreamPool
 
 log = logging.getLogger("gateway.upstream")
 
 _HIGH_WATER = 256 * 1024  # pause reading from the upstream above this many buffered bytes
 _LOW_WATER = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamTarget:
-    """An upstream as compiled from config: where to connect and how long to wait."""
-
-    name: str
-    host: str | None
-    port: int | None
-    unix_path: str | None
-    base_path: str
-    host_header: str
-    ssl: ssl.SSLContext | None
-    server_hostname: str | None
-    connect_timeout: float
-    read_timeout: float
-    total_timeout: float | None
-    max_connections: int
-    idle_timeout: float
-    preserve_host: bool
-
-
-def compile_upstream(name: str, config: Upstream) -> UpstreamTarget:
-    """Resolve an upstream URL once at load; nothing is parsed per request."""
-    t = config.timeouts
-    common = {
-        "name": name,
-        "connect_timeout": t.connect,
-        "read_timeout": t.read,
-        "total_timeout": t.total,
-        "max_connections": config.pool.max_connections,
-        "idle_timeout": config.pool.idle_timeout,
-        "preserve_host": config.preserve_host,
-    }
-    if config.url.startswith("unix:"):
-        path = config.url.removeprefix("unix:").removeprefix("//")
-        return UpstreamTarget(
-            host=None, port=None, unix_path=path, base_path="", host_header="localhost",
-            ssl=None, server_hostname=None, **common,
-        )  # fmt: skip
-    parts = urlsplit(config.url)
-    tls = parts.scheme == "https"
-    port = parts.port or (443 if tls else 80)
-    host = parts.hostname or ""
-    default_port = port == (443 if tls else 80)
-    host_in_header = f"[{host}]" if ":" in host else host
-    context: ssl.SSLContext | None = None
-    if tls:
-        context = ssl.create_default_context(
-            cafile=str(config.tls.ca_file) if config.tls.ca_file else None
-        )
-        if not config.tls.verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-    return UpstreamTarget(
-        host=host,
-        port=port,
-        unix_path=None,
-        base_path=parts.path.rstrip("/"),
-        host_header=host_in_header if default_port else f"{host_in_header}:{port}",
-        ssl=context,
-        server_hostname=(config.tls.server_name or host) if tls else None,
-        **common,
-    )
 
 
 @dataclass(slots=True)
@@ -412,154 +346,3 @@ class UpstreamConnection(asyncio.Protocol):
         self._cancel_timer()
         if self.transport is not None and not self.closed:
             self.transport.close()
-
-
-class UpstreamPool:
-    """A bounded set of keep-alive connections to one upstream (LIFO, so warm ones are reused)."""
-
-    def __init__(self, target: UpstreamTarget, loop: asyncio.AbstractEventLoop) -> None:
-        self.target = target
-        self.loop = loop
-        self._idle: list[UpstreamConnection] = []
-        self._open: set[UpstreamConnection] = set()
-        self._waiters: deque[asyncio.Future[None]] = deque()
-        self._sweeper: asyncio.TimerHandle | None = None
-        self._closing = False
-
-    @property
-    def open_connections(self) -> int:
-        return len(self._open)
-
-    @property
-    def idle_connections(self) -> int:
-        return len(self._idle)
-
-    async def acquire(self) -> tuple[UpstreamConnection, bool]:
-        """A connection ready for an exchange, and whether it was reused from the pool."""
-        idle = self._idle
-        while idle:
-            conn = idle.pop()
-            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
-                return conn, True
-            self._open.discard(conn)
-        while len(self._open) >= self.target.max_connections:
-            waiter = self.loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                async with asyncio.timeout(self.target.connect_timeout):
-                    await waiter
-            except TimeoutError:
-                raise ServiceUnavailable(
-                    "The upstream connection pool is exhausted.", reason="upstream_pool_full"
-                ) from None
-            finally:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
-            while idle:
-                conn = idle.pop()
-                if not conn.closed:
-                    return conn, True
-                self._open.discard(conn)
-        return await self._connect(), False
-
-    async def _connect(self) -> UpstreamConnection:
-        target = self.target
-        conn = UpstreamConnection(self)
-        self._open.add(conn)
-        try:
-            async with asyncio.timeout(target.connect_timeout):
-                if target.unix_path is not None:
-                    await self.loop.create_unix_connection(lambda: conn, target.unix_path)
-                else:
-                    await self.loop.create_connection(
-                        lambda: conn,
-                        target.host,
-                        target.port,
-                        ssl=target.ssl,
-                        server_hostname=target.server_hostname,
-                    )
-        except TimeoutError:
-            self._discard(conn)
-            raise GatewayTimeout("Connecting to the upstream timed out.") from None
-        except (OSError, ssl.SSLError) as exc:
-            self._discard(conn)
-            log.debug("connect to upstream %s failed: %s", target.name, exc)
-            raise BadGateway("The upstream refused the connection.") from None
-        except BaseException:
-            self._discard(conn)
-            raise
-        return conn
-
-    def release(self, conn: UpstreamConnection) -> None:
-        """Return a connection after an exchange: kept only if the response was complete."""
-        if conn.reusable and not self._closing:
-            conn.idle_since = self.loop.time()
-            self._idle.append(conn)
-            self._schedule_sweep()
-        else:
-            conn.close()
-            self._discard(conn)
-        self._wake_waiter()
-
-    def forget(self, conn: UpstreamConnection) -> None:
-        """Called by a connection that closed: it no longer counts against the limit."""
-        if conn in self._open:
-            self._discard(conn)
-            with contextlib.suppress(ValueError):
-                self._idle.remove(conn)
-            self._wake_waiter()
-
-    def _discard(self, conn: UpstreamConnection) -> None:
-        self._open.discard(conn)
-
-    def _wake_waiter(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-
-    def _schedule_sweep(self) -> None:
-        if self._sweeper is None:
-            delay = max(self.target.idle_timeout / 2, 0.05)
-            self._sweeper = self.loop.call_later(delay, self._sweep)
-
-    def _sweep(self) -> None:
-        self._sweeper = None
-        cutoff = self.loop.time() - self.target.idle_timeout
-        keep = []
-        for conn in self._idle:
-            if conn.idle_since < cutoff or conn.closed:
-                conn.close()
-                self._discard(conn)
-            else:
-                keep.append(conn)
-        self._idle = keep
-        if keep:
-            self._schedule_sweep()
-
-    @property
-    def retiring(self) -> bool:
-        return self._closing
-
-    def retire(self) -> None:
-        """After a reload: close idle connections now and every active one once its
-        exchange ends; exchanges under way are not interrupted."""
-        self._closing = True
-        for conn in self._idle:
-            conn.close()
-            self._discard(conn)
-        self._idle.clear()
-
-    async def close(self) -> None:
-        self._closing = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-        for conn in list(self._open):
-            conn.close()
-        self._idle.clear()
-        self._open.clear()
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.cancel()

@@ -1,0 +1,157 @@
+"""Authenticate: which rules apply to a token on a route, and the identity they establish.
+
+RFC 6750 §3.1 leaves to the resource server how it validates a token; this module decides
+it per route, before any cache is consulted, so a cached result is only ever reused under
+the rules that produced it:
+
+* a JWT from a configured issuer is validated as the route says for that issuer: locally
+  (RFC 7519 §7.2, RFC 9068 §4), by introspection (RFC 7662), or both (``introspect_jwts``);
+  an issuer the route does not accept is refused here, every time, and never cached;
+* an opaque token goes to the one authorization server the route assigns it (by token
+  prefix when a route accepts several): it is never disclosed to another, and never sent
+  to every server in turn.
+
+What a token is worth under those rules comes from ``IdentityCache``, the one owner of
+cached results, or from the verifiers on a miss.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from gateway.auth.contexts import ValidationContext
+from gateway.auth.identity import Identity
+from gateway.auth.identity_cache import IdentityCache, Value
+from gateway.auth.introspection import IssuerIntrospection
+from gateway.auth.jwt import JwtVerifier, NotMine, ParsedJwt
+from gateway.auth.rejections import Rejection
+from gateway.problems import InvalidToken, ServiceUnavailable
+
+_NOT_OURS: Final = "The access token is not a JWT from a trusted issuer."
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerPlan:
+    """How one route validates one issuer's tokens."""
+
+    context: ValidationContext
+    verify_locally: bool
+    introspect: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OpaquePlan:
+    """Opaque tokens starting with one of ``prefixes`` (any, when empty) go to this issuer."""
+
+    prefixes: tuple[str, ...]
+    plan: IssuerPlan
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRules:
+    """A route's validation rules, compiled: JWT plans by issuer key, opaque plans in order
+    (prefixed ones first, at most one catch-all last; ``gateway check`` refuses the rest)."""
+
+    jwt: Mapping[str, IssuerPlan]
+    opaque: tuple[OpaquePlan, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    identity: Identity
+    key: bytes  # the identity cache key it lives under
+    introspected: bool
+
+
+class Authenticator:
+    """Turns (route rules, token) into an identity through the identity cache."""
+
+    def __init__(
+        self,
+        verifier: JwtVerifier | None,
+        introspectors: Mapping[str, IssuerIntrospection],
+        cache: IdentityCache,
+    ) -> None:
+        self._verifier = verifier
+        self._introspectors = introspectors
+        self._cache = cache
+
+    async def authenticate(self, rules: TokenRules, token: str, digest: bytes) -> Authenticated:
+        """The identity behind ``token`` under ``rules``; raises ``InvalidToken`` (401) or
+        ``ServiceUnavailable`` (503, never cached)."""
+        parsed: ParsedJwt | None = None
+        plan: IssuerPlan | None = None
+        if self._verifier is not None:
+            try:
+                parsed = self._verifier.parse(token)
+            except NotMine:
+                parsed = None
+        if parsed is not None:
+            plan = rules.jwt.get(parsed.issuer_key)
+            if plan is None:
+                # Route-level: the same token may be right for another route.
+                raise InvalidToken("The token's issuer is not accepted here.", reason="bad_issuer")
+        else:
+            plan = _opaque_plan(rules, token)
+            if plan is None:
+                raise InvalidToken(_NOT_OURS, reason="malformed")
+        key = plan.context.key(digest)
+        if plan.introspect:
+            value = await self._cache.introspected(
+                plan.context, digest, lambda: self._load(plan, token, parsed)
+            )
+            return Authenticated(_accepted(value), key, introspected=True)
+        assert parsed is not None  # a local-only plan exists only for JWT issuers
+        cached = self._cache.local(key)
+        if cached is None:
+            epoch = self._cache.epoch
+            cached = await self._verify(parsed)
+            self._cache.remember_local(key, cached, epoch=epoch, token_size=len(token))
+        return Authenticated(_accepted(cached), key, introspected=False)
+
+    async def _verify(self, parsed: ParsedJwt) -> Value:
+        assert self._verifier is not None
+        try:
+            return await self._verifier.verify_parsed(parsed)
+        except InvalidToken as error:
+            return Rejection.from_error(error)
+
+    async def _load(self, plan: IssuerPlan, token: str, parsed: ParsedJwt | None) -> Value:
+        """The uncached answer: a local check first where the plan asks for one (a forged
+        JWT never reaches the authorization server), then the authorization server."""
+        if plan.verify_locally and parsed is not None:
+            local = await self._verify(parsed)
+            if isinstance(local, Rejection):
+                return local
+        introspector = self._introspectors.get(plan.context.issuer.key)
+        if introspector is None:
+            raise ServiceUnavailable(
+                "Token introspection is not available.", reason="introspection_error"
+            )
+        try:
+            identity = await introspector.introspect(token)
+        except InvalidToken as error:
+            return Rejection.from_error(error)
+        if identity is None:
+            # RFC 7662 §2.2: active false — revoked, expired, or never issued.
+            return Rejection.of("inactive", "The access token is not active.")
+        return identity
+
+
+def _opaque_plan(rules: TokenRules, token: str) -> IssuerPlan | None:
+    for candidate in rules.opaque:
+        if not candidate.prefixes or token.startswith(candidate.prefixes):
+            return candidate.plan
+    return None
+
+
+def _accepted(value: Value) -> Identity:
+    if isinstance(value, Rejection):
+        raise value.error()
+    # RFC 7519 §4.1.4: never on or after exp, whatever a cache (or stale serving) kept.
+    if value.expires_at is not None and value.expires_at <= time.time():
+        raise InvalidToken("The token has expired.", reason="expired")
+    return value

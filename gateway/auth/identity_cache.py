@@ -1,0 +1,390 @@
+"""The one owner of cached identities and decisions (RFC 7662 §4, RFC 6750 §5.3).
+
+Every tier that remembers what validation concluded lives here, and nothing else stores or
+reads a validated identity:
+
+* verified JWTs (local signature checks), bounded by entries and bytes, never past ``exp``;
+* rejections of the local kind (a bad signature, an expired token), small and separate, so
+  a flood of junk cannot push valid tokens out;
+* introspection answers in two tiers (``gateway.cache.tiered``): memory, then a sealed
+  Redis L2 shared by every replica, one load per token;
+* per-route decisions for hot tokens, valid only while the tier that produced the identity
+  still hands out that very object.
+
+Every entry is keyed by a ``ValidationContext`` and the token's SHA-256, so a result is
+never served under rules other than those that produced it. Route-level outcomes (which
+issuers a route accepts, its policy) are decided by the caller after the cache, never stored
+as facts about a token. Evictions (a token, its hash, a subject) reach every tier here, the
+shared tier, and every other process: through Redis pub/sub and through the supervisor of
+``--workers N``, with or without Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from gateway.auth import identity_codec
+from gateway.auth.contexts import ValidationContext
+from gateway.auth.identity import Identity
+from gateway.auth.rejections import Rejection
+from gateway.auth.settings import CacheSettings
+from gateway.cache.memory import MemoryCache
+from gateway.cache.tiered import TieredCache
+
+log = logging.getLogger(__name__)
+
+Value = Identity | Rejection
+Relay = Callable[[dict[str, Any]], None]
+_REJECTION_BYTES: Final = 160
+_IDENTITY_OVERHEAD: Final = 768
+_MEMOS_PER_ROUTE: Final = 10_000
+
+
+def subject_hash(subject: str) -> str:
+    """How caches, indexes and messages name a subject: never the subject itself."""
+    return hashlib.sha256(subject.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Memo:
+    """A route's decision for a hot token, and the identity it was made for."""
+
+    key: bytes
+    identity: Identity
+    decision: object
+    introspected: bool
+
+
+@dataclass(slots=True)
+class EvictionReport:
+    """What an eviction did, so an admin is never told "done" when part of it failed."""
+
+    local_entries: int = 0
+    shared: str = "none"  # none | done | failed | incomplete
+    shared_deleted: int = 0
+    broadcast: str = "none"  # none | sent | failed
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.shared in ("none", "done") and self.broadcast in ("none", "sent")
+
+
+class _IntrospectedPolicy:
+    """How answers of one introspection context live in the tiers, and how an L2 value is
+    re-checked against the live configuration before it is believed."""
+
+    __slots__ = ("_context", "_settings", "_wall")
+
+    def __init__(self, context: ValidationContext, settings: CacheSettings, wall: Any) -> None:
+        self._context = context
+        self._settings = settings
+        self._wall = wall
+
+    def encode(self, value: Value) -> bytes:
+        return identity_codec.encode(value)
+
+    def decode(self, data: bytes) -> Value | None:
+        try:
+            value = identity_codec.decode(data)
+        except ValueError:
+            return None
+        if isinstance(value, Identity) and not still_valid(value, self._context, self._wall()):
+            return None
+        return value
+
+    def ttl(self, value: Value) -> float:
+        if isinstance(value, Rejection):
+            return self._settings.negative_ttl
+        return _until_exp(value, self._settings.max_ttl, self._wall())
+
+    def l1_ttl(self, value: Value) -> float:
+        return self._settings.l1_ttl
+
+    def negative(self, value: Value) -> bool:
+        return isinstance(value, Rejection)
+
+    def group(self, value: Value) -> str | None:
+        if isinstance(value, Identity) and value.subject is not None:
+            return self._context_group(value.subject)
+        return None
+
+    def _context_group(self, subject: str) -> str:
+        return f"{self._settings.key_prefix}sub:{subject_hash(subject)}"
+
+
+def still_valid(identity: Identity, context: ValidationContext, now: float) -> bool:
+    """Re-check a shared value against the context's issuer, audiences and lifetime: Redis
+    is outside the trust boundary, and another gateway's rules may differ from ours."""
+    issuer = context.issuer
+    if identity.issuer != issuer.issuer:
+        return False
+    allow_missing = issuer.introspection is not None and issuer.introspection.allow_missing_audience
+    if not (allow_missing and not identity.audiences) and set(issuer.audiences).isdisjoint(
+        identity.audiences
+    ):
+        return False
+    if identity.expires_at is not None and identity.expires_at <= now - issuer.leeway:
+        return False
+    nbf = identity.claims.get("nbf")
+    return not (isinstance(nbf, int | float) and nbf > now + issuer.leeway)
+
+
+def _until_exp(identity: Identity, cap: float, now: float) -> float:
+    """RFC 7519 §4.1.4 / RFC 7662 §4: nothing is served on or after the token's exp."""
+    if identity.expires_at is None:
+        return cap
+    return min(cap, identity.expires_at - now)
+
+
+class IdentityCache:
+    """Every validated identity and rejection of one runtime, in every tier."""
+
+    def __init__(
+        self,
+        settings: CacheSettings,
+        shared: TieredCache[Value],
+        contexts: tuple[ValidationContext, ...],
+        route_count: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._verified = MemoryCache(
+            settings.verified_max_entries, settings.verified_max_bytes, clock
+        )
+        self._rejected = MemoryCache(
+            settings.negative_max_entries, settings.negative_max_entries * _REJECTION_BYTES, clock
+        )
+        self._shared = shared
+        self._contexts = contexts
+        self._policies = {c.tag: _IntrospectedPolicy(c, settings, wall) for c in contexts}
+        self._memos: list[dict[bytes, Memo]] = [{} for _ in range(route_count)]
+        self._clock = clock
+        self._wall = wall
+        self._epoch = 0  # counts evictions: a fill that straddles one is not stored
+        self._origin = secrets.token_hex(8)
+        self._relays: list[Relay] = []
+        self._pending: set[asyncio.Future[str]] = set()
+        self.evictions_received = 0
+
+    # --- local verification ------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def local(self, key: bytes) -> Value | None:
+        """A verified identity or a local rejection, by context key."""
+        hit = self._verified.get(key)
+        if hit is None:
+            hit = self._rejected.get(key)
+        return None if hit is None else hit[0]  # type: ignore[return-value]
+
+    def remember_local(self, key: bytes, value: Value, *, epoch: int, token_size: int) -> None:
+        """Store a local result unless an eviction happened since ``epoch`` was read."""
+        if epoch != self._epoch:
+            return
+        settings = self._settings
+        if isinstance(value, Rejection):
+            self._rejected.set(key, value, settings.verified_negative_ttl, _REJECTION_BYTES)
+            return
+        ttl = _until_exp(value, settings.verified_max_ttl, self._wall())
+        # Claims grow with the token: charge for it, so the byte bound means something.
+        self._verified.set(key, value, ttl, _IDENTITY_OVERHEAD + 4 * token_size)
+
+    # --- introspection -------------------------------------------------------------------------
+
+    async def introspected(
+        self, context: ValidationContext, digest: bytes, load: Callable[[], Awaitable[Value]]
+    ) -> Value:
+        """The answer for a token under ``context``: L1, L2 (sealed, re-checked), else one
+        shared ``load``. Unavailability raised by ``load`` is never cached."""
+        key = context.key(digest)
+        return await self._shared.get_or_load(
+            key, self._shared_key(context, digest), load, self._policies[context.tag]
+        )
+
+    def _shared_key(self, context: ValidationContext, digest: bytes) -> str:
+        return f"{self._settings.key_prefix}{context.tag_hex}:{digest.hex()}"
+
+    # --- decisions for hot tokens --------------------------------------------------------------
+
+    def memo(self, route_id: int, digest: bytes) -> Memo | None:
+        """A route's remembered decision, if the identity behind it is still the live one."""
+        memo = self._memos[route_id].get(digest)
+        if memo is None:
+            return None
+        if memo.introspected:
+            live = self._shared.peek(memo.key)
+        else:
+            hit = self._verified.get(memo.key)
+            live = None if hit is None else hit[0]
+        if live is not memo.identity:
+            del self._memos[route_id][digest]
+            return None
+        return memo
+
+    def remember_decision(self, route_id: int, digest: bytes, memo: Memo) -> None:
+        memos = self._memos[route_id]
+        if len(memos) >= _MEMOS_PER_ROUTE:
+            memos.clear()
+        memos[digest] = memo
+
+    # --- evictions -----------------------------------------------------------------------------
+
+    def add_relay(self, relay: Relay) -> None:
+        """Another path to the other processes (the ``--workers`` supervisor)."""
+        self._relays.append(relay)
+
+    async def evict_token(self, digest: bytes) -> EvictionReport:
+        """Forget one token (by SHA-256) here, in the shared tier, and everywhere else."""
+        report = EvictionReport(local_entries=self._drop_token(digest))
+        report.shared = await self._drop_shared_token(digest)
+        await self._broadcast({"op": "token", "digest": digest.hex()}, report)
+        return report
+
+    async def evict_subject(self, subject: str) -> EvictionReport:
+        """Forget every token of ``subject`` here, in the shared tier, and everywhere else."""
+        hashed = subject_hash(subject)
+        report = EvictionReport(local_entries=self._drop_subject(hashed))
+        redis = self._shared.redis
+        if redis is not None:
+            group = f"{self._settings.key_prefix}sub:{hashed}"
+            deletion = await redis.delete_group(group)
+            report.shared_deleted = deletion.deleted
+            report.shared = "done" if deletion.complete else "incomplete"
+            if deletion.error:
+                report.errors.append(f"shared cache: {deletion.error}")
+        await self._broadcast({"op": "subject", "subject_sha256": hashed}, report)
+        return report
+
+    def receive(self, message: dict[str, Any]) -> None:
+        """An eviction another process made (pub/sub or the supervisor); never raises."""
+        if message.get("origin") == self._origin:
+            return
+        op = message.get("op")
+        if op == "token" and isinstance(hexed := message.get("digest"), str):
+            try:
+                digest = bytes.fromhex(hexed)
+            except ValueError:
+                digest = b""
+            if len(digest) != 32:
+                log.warning("ignoring an eviction message with a malformed digest")
+                return
+            self._drop_token(digest)
+        elif op == "subject" and isinstance(hashed := message.get("subject_sha256"), str):
+            self._drop_subject(hashed)
+        elif op == "resync":
+            # Evictions may have been published while we were not subscribed.
+            self._drop_all()
+        else:
+            log.warning("ignoring an unknown eviction message")
+            return
+        self.evictions_received += 1
+
+    def _drop_token(self, digest: bytes) -> int:
+        self._epoch += 1
+        dropped = 0
+        for context in self._contexts:
+            key = context.key(digest)
+            dropped += self._verified.get(key) is not None
+            self._verified.delete(key)
+            self._rejected.delete(key)
+            self._shared.forget_local(key)
+        for memos in self._memos:
+            memos.pop(digest, None)
+        return dropped
+
+    def _drop_subject(self, hashed: str) -> int:
+        self._epoch += 1
+
+        def of_subject(value: object) -> bool:
+            return (
+                isinstance(value, Identity)
+                and value.subject is not None
+                and subject_hash(value.subject) == hashed
+            )
+
+        return self._verified.delete_where(of_subject) + self._shared.forget_local_where(of_subject)
+
+    def _drop_all(self) -> None:
+        self._epoch += 1
+        self._verified.delete_where(lambda _: True)
+        self._shared.forget_local_where(lambda value: isinstance(value, Identity))
+        for memos in self._memos:
+            memos.clear()
+
+    async def _drop_shared_token(self, digest: bytes) -> str:
+        redis = self._shared.redis
+        if redis is None:
+            return "none"
+        keys = [self._shared_key(c, digest) for c in self._contexts if c.introspects]
+        if not keys:
+            return "none"
+        return "done" if await redis.delete(*keys) else "failed"
+
+    async def _broadcast(self, message: dict[str, Any], report: EvictionReport) -> None:
+        message = {**message, "origin": self._origin}
+        for relay in self._relays:
+            try:
+                relay(message)
+            except Exception as exc:  # a relay is best effort; Redis may still carry it
+                log.warning("eviction relay failed: %s", exc)
+                report.errors.append("worker relay failed")
+        redis = self._shared.redis
+        if redis is not None:
+            report.broadcast = "sent" if await redis.publish(message) else "failed"
+
+    # --- lifecycle and observability -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect the shared tier and listen for other replicas' evictions."""
+        redis = self._shared.redis
+        if redis is not None:
+            await redis.start()
+            await redis.subscribe(self._heard)
+
+    async def close(self) -> None:
+        for task in list(self._pending):
+            task.cancel()
+        await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._shared.close()
+        if self._shared.redis is not None:
+            await self._shared.redis.close()
+
+    def _heard(self, message: dict[str, Any]) -> None:
+        """A pub/sub message: apply it here and, for a token, delete this gateway's own L2
+        entries too (a gateway with other contexts cannot name our keys)."""
+        self.receive(message)
+        if message.get("op") == "token" and message.get("origin") != self._origin:
+            try:
+                digest = bytes.fromhex(str(message.get("digest")))
+            except ValueError:
+                return
+            if len(digest) == 32:
+                task = asyncio.ensure_future(self._drop_shared_token(digest))
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
+
+    def __len__(self) -> int:
+        return len(self._verified) + len(self._rejected) + len(self._shared)
+
+    @property
+    def shared(self) -> TieredCache[Value]:
+        return self._shared
+
+    def memory_entries(self) -> dict[str, int]:
+        return {
+            "verified": len(self._verified),
+            "rejected": len(self._rejected),
+            "introspected": len(self._shared),
+        }

@@ -1,0 +1,229 @@
+"""Compile a validated config into plain frozen values: the route table, each route's
+policy, templates and upstream target, the verifier settings (design principle 5).
+
+Compiling is pure: no event loop, no sockets, no file handles beyond reading the files a
+config refers to (CA bundles, key sets, client keys). ``gateway check`` is exactly this
+step; ``gateway.runtime`` then *starts* what it describes (pools, key-set providers,
+caches). Every error is a ``ConfigError`` with file, line and key path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.auth.contexts import ValidationContext
+from gateway.auth.decide import RouteAuth
+from gateway.auth.settings import CacheSettings, IssuerSettings
+from gateway.cache.settings import RedisSettings
+from gateway.compiler.auth import (
+    Contexts,
+    cache_settings,
+    check_issuer_files,
+    default_identity_headers,
+    issuer_settings,
+    redis_settings,
+    route_headers,
+    route_policy,
+    token_rules,
+)
+from gateway.config.loader import LoadedConfig
+from gateway.config.models import GatewayConfig, Upstream
+from gateway.proxy.headers import ForwardingPolicy, Removal
+from gateway.proxy.targets import UpstreamSpec, UpstreamTarget, make_target
+from gateway.proxy.trust import TrustedProxies
+from gateway.routing.table import RouteEntry, RouteTable
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    """Everything the request path needs about one route."""
+
+    index: int
+    name: str
+    upstream: UpstreamTarget
+    strip_prefix: str | None
+    add_prefix: str | None
+    websocket: bool
+    auth: RouteAuth
+    forward_authorization: bool
+    removal: Removal
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledConfig:
+    """A whole config, compiled; ``gateway.runtime.start_runtime`` starts it."""
+
+    loaded: LoadedConfig
+    table: RouteTable[CompiledRoute]
+    routes: tuple[CompiledRoute, ...]
+    upstreams: Mapping[str, UpstreamTarget]
+    forwarding: ForwardingPolicy
+    issuers: tuple[IssuerSettings, ...]
+    contexts: tuple[ValidationContext, ...]
+    cache: CacheSettings
+    redis: RedisSettings | None
+    sealing_keys: tuple[bytes, ...]
+    realm: str
+    path_parameters: bool
+    max_token_size: int
+    admin_token: str | None
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.loaded.config
+
+
+def compile_config(loaded: LoadedConfig) -> CompiledConfig:
+    """The pure compile step; raises ``ConfigError``."""
+    config = loaded.config
+    forwarding = _forwarding_policy(loaded)
+    upstreams = {name: _upstream(loaded, name, spec) for name, spec in config.upstreams.items()}
+    check_issuer_files(loaded)
+    issuers = {issuer.key: issuer_settings(issuer) for issuer in config.issuers}
+    contexts = Contexts(issuers)
+    table, routes = _routes(loaded, upstreams, issuers, contexts)
+    redis = config.cache.redis
+    try:
+        redis_compiled = redis_settings(redis)
+    except ValueError as exc:
+        raise loaded.source.error(("cache", "redis", "sentinel", "hosts"), str(exc)) from None
+    return CompiledConfig(
+        loaded=loaded,
+        table=table,
+        routes=routes,
+        upstreams=upstreams,
+        forwarding=forwarding,
+        issuers=tuple(issuers.values()),
+        contexts=contexts.all(),
+        cache=cache_settings(config),
+        redis=redis_compiled,
+        sealing_keys=tuple(redis.sealing_keys) if redis is not None else (),
+        realm=config.defaults.realm,
+        path_parameters=config.limits.path_parameters,
+        max_token_size=config.limits.max_token_size,
+        admin_token=_admin_token(loaded),
+    )
+
+
+def _admin_token(loaded: LoadedConfig) -> str | None:
+    """Admin actions revoke tokens: open only to a loopback listener, else a token is due."""
+    admin = loaded.config.admin
+    if admin.token is not None:
+        return admin.token.get_secret_value()
+    try:
+        loopback = ipaddress.ip_address(admin.host).is_loopback
+    except ValueError:
+        loopback = admin.host == "localhost"
+    if not loopback:
+        raise loaded.source.error(
+            ("admin", "token"),
+            f"the admin listener is bound to {admin.host}, beyond loopback: set a token "
+            "(token: ${GATEWAY_ADMIN_TOKEN}) or bind it to 127.0.0.1",
+        )
+    return None
+
+
+def _inherit(value: bool | None, default: bool) -> bool:
+    """A route setting left out takes the value from ``defaults``."""
+    return default if value is None else value
+
+
+def _routes(
+    loaded: LoadedConfig,
+    upstreams: Mapping[str, UpstreamTarget],
+    issuers: Mapping[str, IssuerSettings],
+    contexts: Contexts,
+) -> tuple[RouteTable[CompiledRoute], tuple[CompiledRoute, ...]]:
+    config = loaded.config
+    defaults = config.defaults
+    headers = [route_headers(loaded, i, route) for i, route in enumerate(config.routes)]
+    # Every route strips every name any route (or the defaults) sets: an upstream behind two
+    # routes must never receive a client's copy of a header another route vouches for.
+    default_names = default_identity_headers(loaded).names
+    prefix = defaults.identity_prefix
+    removal = Removal(
+        names=default_names.union(*(h.names for h in headers)),
+        prefixes=(prefix.lower(),) if prefix else (),
+    )
+    compiled: list[CompiledRoute] = []
+    entries: list[RouteEntry[CompiledRoute]] = []
+    for index, route in enumerate(config.routes):
+        tokens = route.tokens or defaults.tokens
+        auth = RouteAuth(
+            id=index,
+            required=(route.auth or defaults.auth) == "required",
+            identify_anonymous=_inherit(route.identify_anonymous, defaults.identify_anonymous),
+            allow_query=tokens.query,
+            allow_form=tokens.form,
+            policy=route_policy(loaded, index, route),
+            identity_headers=headers[index],
+            tokens=token_rules(loaded, index, route, issuers, contexts),
+        )
+        item = CompiledRoute(
+            index=index,
+            name=route.name or f"routes[{index}]",
+            upstream=upstreams[route.upstream],
+            strip_prefix=route.rewrite.strip_prefix if route.rewrite else None,
+            add_prefix=route.rewrite.add_prefix if route.rewrite else None,
+            websocket=route.websocket,
+            auth=auth,
+            forward_authorization=_inherit(
+                route.forward_authorization, defaults.forward_authorization
+            ),
+            removal=removal,
+        )
+        compiled.append(item)
+        match = route.match
+        entries.append(
+            RouteEntry(
+                hosts=tuple(match.host) if match.host else None,
+                path_kind=match.path.kind,
+                path_pattern=match.path.pattern,
+                methods=frozenset(match.methods) if match.methods else None,
+                target=item,
+            )
+        )
+    try:
+        table = RouteTable(entries)
+    except ValueError as exc:
+        raise loaded.source.error(("routes",), str(exc)) from None
+    return table, tuple(compiled)
+
+
+def _upstream(loaded: LoadedConfig, name: str, upstream: Upstream) -> UpstreamTarget:
+    t, pool, tls = upstream.timeouts, upstream.pool, upstream.tls
+    spec = UpstreamSpec(
+        url=upstream.url,
+        connect_timeout=t.connect,
+        read_timeout=t.read,
+        total_timeout=t.total,
+        max_connections=pool.max_connections,
+        idle_timeout=pool.idle_timeout,
+        ca_file=tls.ca_file,
+        verify=tls.verify,
+        server_name=tls.server_name,
+        preserve_host=upstream.preserve_host,
+    )
+    try:
+        return make_target(name, spec)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise loaded.source.error(
+            ("upstreams", name, "tls", "ca_file"), f"cannot load: {exc}"
+        ) from None
+
+
+def _forwarding_policy(loaded: LoadedConfig) -> ForwardingPolicy:
+    fwd = loaded.config.forwarding
+    try:
+        return ForwardingPolicy(
+            trusted=TrustedProxies(fwd.trusted_proxies),
+            x_forwarded=fwd.x_forwarded,
+            forwarded=fwd.forwarded,
+            via=fwd.via,
+            request_id_header=fwd.request_id_header,
+        )
+    except ValueError as exc:
+        raise loaded.source.error(("forwarding",), str(exc)) from None

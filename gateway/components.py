@@ -1,0 +1,151 @@
+"""The started parts of a runtime, each behind one small protocol.
+
+A ``Component`` says whether it is ready, what an operator should know (``/readyz`` notes
+that do not make the gateway unready), which metric families it exports (read at scrape
+time, so they cost nothing per request), and how it closes. ``Runtime`` holds a list of
+them and asks each in turn, instead of collecting callbacks from everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+from prometheus_client.core import Metric
+
+from gateway.auth.identity_cache import IdentityCache
+from gateway.auth.introspection import IssuerIntrospection
+from gateway.auth.jwks import KeySetProvider
+from gateway.metrics import counter_family, gauge_family
+from gateway.proxy.pool import UpstreamPool
+
+
+class Component(Protocol):
+    def readiness(self) -> Iterable[tuple[str, bool]]: ...
+
+    def notes(self) -> Iterable[tuple[str, str]]: ...
+
+    def metric_families(self) -> Iterable[Metric]: ...
+
+    async def close(self) -> None: ...
+
+
+class KeySets:
+    """Every issuer's key-set provider: the gateway is ready once each has keys."""
+
+    def __init__(self, providers: Mapping[str, KeySetProvider]) -> None:
+        self.providers = providers
+
+    def readiness(self) -> Iterable[tuple[str, bool]]:
+        return [(f"keys:{key}", provider.ready) for key, provider in self.providers.items()]
+
+    def notes(self) -> Iterable[tuple[str, str]]:
+        return ()
+
+    def metric_families(self) -> Iterable[Metric]:
+        yield counter_family(
+            "gateway_keyset_fetches", "Key-set (JWKS) fetches attempted, by issuer.",
+            ["issuer"], {(k,): float(p.fetch_count) for k, p in self.providers.items()},
+        )  # fmt: skip
+
+    async def close(self) -> None:
+        for provider in self.providers.values():
+            await provider.close()
+
+
+class Introspectors:
+    """The introspection clients; a server that refuses our credentials is noted."""
+
+    def __init__(self, clients: Mapping[str, IssuerIntrospection]) -> None:
+        self.clients = clients
+
+    def readiness(self) -> Iterable[tuple[str, bool]]:
+        return ()
+
+    def notes(self) -> Iterable[tuple[str, str]]:
+        return [
+            (f"introspection:{key}", "client credentials refused")
+            for key, client in self.clients.items()
+            if client.credentials_refused
+        ]
+
+    def metric_families(self) -> Iterable[Metric]:
+        yield counter_family(
+            "gateway_introspection_calls", "HTTP calls to introspection endpoints, by issuer.",
+            ["issuer"], {(k,): float(c.calls) for k, c in self.clients.items()},
+        )  # fmt: skip
+
+    async def close(self) -> None:
+        return None
+
+
+class IdentityCacheComponent:
+    """The identity cache: a degraded shared tier is a note, not unreadiness (the gateway
+    still serves from memory and the authorization server)."""
+
+    def __init__(self, cache: IdentityCache) -> None:
+        self.cache = cache
+
+    def readiness(self) -> Iterable[tuple[str, bool]]:
+        return ()
+
+    def notes(self) -> Iterable[tuple[str, str]]:
+        shared = self.cache.shared
+        if shared.redis is None:
+            return ()
+        return [("cache", "degraded" if shared.degraded else "ok")]
+
+    def metric_families(self) -> Iterable[Metric]:
+        shared = self.cache.shared
+        events = {(name,): float(value) for name, value in shared.stats.items()}
+        events[("evictions_received",)] = float(self.cache.evictions_received)
+        redis = shared.redis
+        if redis is not None:
+            events[("redis_errors",)] = float(redis.errors)
+        entries = self.cache.memory_entries()
+        yield counter_family(
+            "gateway_introspection_cache_events", "Introspection cache events (l1_hits, "
+            "l1_misses, l2_hits, l2_misses, l2_rejected, loads, coalesced, …).",
+            ["event"], events,
+        )  # fmt: skip
+        yield gauge_family(
+            "gateway_identity_cache_entries", "Entries held in memory, by tier.",
+            ["tier"], {(tier,): float(count) for tier, count in entries.items()},
+        )  # fmt: skip
+        yield gauge_family(
+            "gateway_token_cache_entries", "Verified tokens (and rejections) held in memory.",
+            [], {(): float(entries["verified"] + entries["rejected"])},
+        )  # fmt: skip
+
+    async def close(self) -> None:
+        await self.cache.close()
+
+
+class Pools:
+    """The upstream connection pools of one runtime."""
+
+    def __init__(self, pools: Mapping[str, UpstreamPool]) -> None:
+        self.pools = pools
+
+    def readiness(self) -> Iterable[tuple[str, bool]]:
+        return ()
+
+    def notes(self) -> Iterable[tuple[str, str]]:
+        return ()
+
+    def metric_families(self) -> Iterable[Metric]:
+        yield gauge_family(
+            "gateway_upstream_connections", "Open upstream connections, by upstream and state.",
+            ["upstream", "state"],
+            {(name, state): float(count) for name, pool in self.pools.items()
+             for state, count in (("open", pool.open_connections),
+                                  ("idle", pool.idle_connections))},
+        )  # fmt: skip
+
+    def retire(self) -> None:
+        for pool in self.pools.values():
+            pool.retire()
+
+    async def close(self) -> None:
+        for pool in self.pools.values():
+            await pool.close()
