@@ -21,7 +21,9 @@ from aiohttp import web
 
 from gateway.auth.client_auth import JWT_BEARER_ASSERTION
 
-Mode = Literal["ok", "error", "hang", "slow", "garbage", "no_active", "drop"]
+Mode = Literal[
+    "ok", "error", "hang", "slow", "garbage", "no_active", "drop", "unsupported", "forbidden"
+]
 AuthMethod = Literal["client_secret_basic", "client_secret_post", "private_key_jwt"]
 
 
@@ -102,6 +104,10 @@ class TestIntrospectionServer:
             return web.Response(body=b"<html>not json</html>", content_type="text/html")
         if self.mode == "no_active":
             return web.json_response({"sub": "alice"})
+        if self.mode == "unsupported":  # oidc-provider, for another resource's JWT
+            return web.json_response({"error": "unsupported_token_type"}, status=400)
+        if self.mode == "forbidden":  # the gateway's own client is not allowed to introspect
+            return web.json_response({"error": "access_denied"}, status=403)
         if not self._client_authenticated(request, form):
             self.auth_failures += 1
             return web.json_response({"error": "invalid_client"}, status=401)
