@@ -31,7 +31,8 @@ def test_the_typed_claims_are_exactly_these() -> None:
 
 def test_well_typed_claims_are_read() -> None:
     claims = {"iss": "https://i", "sub": "alice", "jti": "j", "client_id": "app", "azp": "web",
-              "aud": ["a", "b"], "exp": 2000, "nbf": 1000.5, "iat": 999, "scope": "read  write"}  # fmt: skip
+              "aud": ["a", "b"], "exp": 2000, "nbf": 1000.5, "iat": 999,
+              "scope": "read  write"}  # fmt: skip
     assert read(claims) == RegisteredClaims(
         subject="alice",
         client_id="app",
