@@ -163,7 +163,9 @@ async def test_bodiless_streamed_responses_get_no_body_framing(
     gateway: Gateway, raw_upstream: RawUpstream, status: int, method: bytes
 ) -> None:
     # The upstream answers while the client has not sent its body yet: the streaming path.
-    raw_upstream.parts = [b"HTTP/1.1 %d X\r\nX-Obs: \xff\r\n\r\n" % status]
+    # An upstream's Content-Length on a 204 must not reach the client (RFC 9110 §8.6).
+    length = b"Content-Length: 0\r\n" if status == 204 else b""
+    raw_upstream.parts = [b"HTTP/1.1 %d X\r\nX-Obs: \xff\r\n%b\r\n" % (status, length)]
     raw_upstream.read_body = False
     request = method + b" /r HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n"
     reader, writer = await asyncio.open_connection("127.0.0.1", gateway.proxy_port)

@@ -161,6 +161,7 @@ BOUNDARIES = [
     pytest.param(dates(exp=T), T + 29.5, 30.0, None, id="exp-within-leeway"),
     pytest.param(dates(exp=T), T + 30.0, 30.0, "expired", id="exp-exactly-at-leeway"),
     pytest.param(dates(exp=T), T - 29.5, 30.0, None, id="exp-leeway-not-subtracted-early"),
+    pytest.param(dates(exp=0.0), T, 0.0, "expired", id="exp-zero-is-a-date-not-absent"),
     # RFC 7519 §4.1.5: accepted from nbf (- leeway) on, refused before it.
     pytest.param(dates(nbf=T), T, 0.0, None, id="nbf-exactly-at"),
     pytest.param(dates(nbf=T), T - 0.5, 0.0, "not_yet_valid", id="nbf-just-before"),
