@@ -59,8 +59,25 @@ def _text(value: Any, separator: str) -> str:
     if value is None:
         return ""
     if isinstance(value, list | tuple):
-        return separator.join(_escape(_scalar(item), separator) for item in value)
+        return _joined([_scalar(item) for item in value], separator)
     return _escape(_scalar(value))
+
+
+def _joined(members: list[str], separator: str) -> str:
+    """The members joined with ``separator``, each encoded so that none contains it."""
+    joined = separator.join(members)
+    if (
+        joined.isascii()
+        and joined.isprintable()
+        and "%" not in joined
+        and joined.count(separator) == len(members) - 1  # no member holds the separator
+        and (
+            separator == " "  # then no member holds a space at all
+            or not (joined[:1] == " " or joined[-1:] == " " or ", " in joined or " ," in joined)
+        )
+    ):
+        return joined  # the common case: no member needs encoding
+    return separator.join(_escape(member, separator) for member in members)
 
 
 def _escape(text: str, separator: str | None = None) -> str:

@@ -17,6 +17,8 @@ from gateway.auth.headers import (
     MAX_VALUE_BYTES,
     HeaderTemplate,
     IdentityHeaders,
+    _escape,
+    _joined,
 )
 from gateway.auth.identity import Identity
 
@@ -284,3 +286,10 @@ def test_space_list_members_round_trip(members: list[str]) -> None:
     assert value is not None
     decoded = [unquote(piece) for piece in value.split(" ")]
     assert decoded == [m.encode("utf-8", "replace").decode() for m in members]
+
+
+@given(st.lists(MEMBER_TEXT, max_size=5), st.sampled_from([",", " "]))
+def test_the_fast_path_for_plain_members_encodes_like_the_slow_one(
+    members: list[str], separator: str
+) -> None:
+    assert _joined(members, separator) == separator.join(_escape(m, separator) for m in members)
