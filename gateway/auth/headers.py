@@ -4,6 +4,11 @@ A template such as ``"{client_id|azp}"`` is parsed once at load into literal tex
 source functions; rendering is then a lookup and a join per header. Every value taken from a
 token is percent-encoded where it could end a header line or carry bytes a parser might
 misread, so no claim can inject a header into the upstream request.
+
+An array claim renders as its members joined with ``,`` (with a space for ``scope`` and
+``scp``). Inside a member the separator is percent-encoded too, so ``["users,admins"]`` is
+``users%2Cadmins`` and never reads as two groups: an upstream splits on the separator, then
+percent-decodes each piece, and gets the members back.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ _CLAIM_NAME = re.compile(r"[A-Za-z0-9_:.\-]+")
 _PRINTABLE = re.compile(r"[\x20-\x7e]*")
 # Everything printable in ASCII except '%' passes; the rest becomes %XX of its UTF-8 bytes.
 _SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25)
+# An array member also has its separator encoded, so that no member can read as two.
+_MEMBER_SAFE = {separator: _SAFE.replace(separator, "") for separator in (",", " ")}
 _SPACE_JOINED = frozenset({"scope", "scp"})
 _CLAIM_PREFIX = "claims."
 _ALL_CLAIMS = "@claims"
@@ -48,23 +55,44 @@ def _scalar(value: Any) -> str:
 
 
 def _text(value: Any, separator: str) -> str:
-    """A claim as header text; "" means nothing to render (absent, null or empty)."""
+    """A claim as encoded header text; "" means nothing to render (absent, null or empty)."""
     if value is None:
         return ""
     if isinstance(value, list | tuple):
-        return separator.join(_scalar(item) for item in value)
-    return _scalar(value)
+        return _joined([_scalar(item) for item in value], separator)
+    return _escape(_scalar(value))
 
 
-def _escape(text: str) -> str:
-    if not (text.isascii() and text.isprintable() and "%" not in text):
+def _joined(members: list[str], separator: str) -> str:
+    """The members joined with ``separator``, each encoded so that none contains it."""
+    joined = separator.join(members)
+    if (
+        joined.isascii()
+        and joined.isprintable()
+        and "%" not in joined
+        and joined.count(separator) == len(members) - 1  # no member holds the separator
+        and (
+            separator == " "  # then no member holds a space at all
+            or not (joined[:1] == " " or joined[-1:] == " " or ", " in joined or " ," in joined)
+        )
+    ):
+        return joined  # the common case: no member needs encoding
+    return separator.join(_escape(member, separator) for member in members)
+
+
+def _escape(text: str, separator: str | None = None) -> str:
+    """``text`` as printable ASCII; with a ``separator``, one array member not containing it."""
+    if not (text.isascii() and text.isprintable() and "%" not in text) or (
+        separator is not None and separator in text
+    ):
         # RFC 9110 §5.5: "a recipient of CR, LF, or NUL within a field value MUST either
         # reject the message or replace each of those characters with SP" - so none may
         # leave the gateway.
-        text = quote(text, safe=_SAFE, encoding="utf-8", errors="replace")
+        safe = _SAFE if separator is None else _MEMBER_SAFE[separator]
+        text = quote(text, safe=safe, encoding="utf-8", errors="replace")
     if text[:1] == " " or text[-1:] == " ":
-        # Parsers strip a field value's outer whitespace (RFC 9110 §5.5), so " admin" would
-        # arrive as "admin": encode it, keeping distinct claims distinct.
+        # Parsers strip a field value's outer whitespace (RFC 9110 §5.5), and list members'
+        # (§5.6.1), so " admin" would arrive as "admin": encode it, keeping claims distinct.
         core = text.strip(" ")
         if not core:
             return "%20" * len(text)
@@ -92,7 +120,7 @@ _FIELD_SOURCES: dict[str, Source] = {
     "sub": _field(lambda i: i.subject),
     "client_id": _field(lambda i: i.client_id),
     "iss": _field(lambda i: i.issuer),
-    "scope": _field(lambda i: i.scope),
+    "scope": lambda identity: _text(sorted(identity.scopes), " "),
     "token_kind": _field(lambda i: i.token_kind),
 }
 _CLAIM_SOURCES = ("azp", "scp", "aud", "exp", "iat", "nbf", "jti", "email", "name",
@@ -187,9 +215,9 @@ class HeaderTemplate:
                 pieces.append(part)
                 continue
             for source in part:
-                text = source(identity)
+                text = source(identity)  # already encoded
                 if text:
-                    pieces.append(_escape(text))
+                    pieces.append(text)
                     break
             else:
                 return None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import binascii
 import json
-import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +24,8 @@ from typing import Any
 
 from jwt.algorithms import Algorithm, get_default_algorithms
 
-from gateway.auth.identity import Identity, scopes_from_claim
+from gateway.auth.claims import check_required, check_times, read_registered
+from gateway.auth.identity import Identity
 from gateway.auth.jwks import KeySetProvider
 from gateway.auth.settings import HMAC_ALGORITHMS, IssuerSettings
 from gateway.problems import InvalidToken, ServiceUnavailable
@@ -168,58 +168,6 @@ def _check_header(header: dict[str, Any], trust: _Trust) -> None:
             raise _invalid('The token is not typed as an access token ("at+jwt").', "bad_type")
 
 
-def _number(payload: dict[str, Any], name: str) -> float | None:
-    """RFC 7519 §2 NumericDate: a JSON number; a string or boolean is no date."""
-    value = payload.get(name)
-    if value is None:
-        return None
-    kind = type(value)
-    if kind is int:
-        try:
-            value = float(value)  # JSON allows integers no float can hold
-        except OverflowError:
-            raise _invalid(f"The token's {name} claim is out of range.", "malformed") from None
-        return value
-    if kind is float and math.isfinite(value):
-        return value
-    raise _invalid(f"The token's {name} claim is not a number.", "malformed")
-
-
-def _string(payload: dict[str, Any], name: str) -> str | None:
-    value = payload.get(name)
-    if value is None or type(value) is str:
-        return value
-    raise _invalid(f"The token's {name} claim is not a string.", "malformed")
-
-
-def _audiences(value: Any) -> tuple[str, ...]:
-    # RFC 7519 §4.1.3: "aud" is one StringOrURI or an array of them.
-    if type(value) is str:
-        return (value,)
-    if type(value) is list and all(type(item) is str for item in value):
-        return tuple(value)
-    if value is None:
-        return ()
-    raise _invalid("The token's aud claim is neither a string nor an array of strings.",
-                   "malformed")  # fmt: skip
-
-
-def _check_times(payload: dict[str, Any], now: float, leeway: float) -> float | None:
-    exp = _number(payload, "exp")
-    nbf = _number(payload, "nbf")
-    iat = _number(payload, "iat")
-    # RFC 7519 §4.1.4: "The processing of the "exp" claim requires that the current date/time
-    # MUST be before the expiration date/time listed in the "exp" claim."
-    if exp is not None and now - leeway >= exp:
-        raise _invalid("The token has expired.", "expired")
-    # RFC 7519 §4.1.5: the JWT "MUST NOT be accepted for processing" before "nbf".
-    if nbf is not None and now + leeway < nbf:
-        raise _invalid("The token is not valid yet.", "not_yet_valid")
-    if iat is not None and now + leeway < iat:
-        raise _invalid("The token claims to be issued in the future.", "not_yet_valid")
-    return exp
-
-
 class JwtVerifier:
     """Validates JWT access tokens of the configured issuers against their key sets."""
 
@@ -303,28 +251,21 @@ class JwtVerifier:
                        "unknown_key")  # fmt: skip
 
     def _identity(self, trust: _Trust, payload: dict[str, Any]) -> Identity:
-        for name in trust.required_claims:
-            if name not in payload:
-                raise _invalid(f"The token lacks the required {name} claim.", "missing_claim")
-        exp = _check_times(payload, self._clock(), trust.leeway)
-        audiences = _audiences(payload.get("aud"))
+        registered = read_registered(payload, trust.scope_claims)
+        check_required(payload, trust.required_claims)
+        check_times(registered, self._clock(), trust.leeway)
         # RFC 7519 §4.1.3: "If the principal processing the claim does not identify itself with
         # a value in the "aud" claim when this claim is present, then the JWT MUST be
         # rejected"; RFC 9068 §4 makes the audience check mandatory for access tokens.
-        if trust.audiences.isdisjoint(audiences):
+        if trust.audiences.isdisjoint(registered.audiences):
             raise _invalid("The token is not meant for this audience.", "bad_audience")
-        scopes: frozenset[str] = frozenset()
-        for name in trust.scope_claims:
-            if name in payload:
-                scopes = scopes_from_claim(payload[name])
-                break
         return Identity(
             issuer=trust.issuer,
-            subject=_string(payload, "sub"),
-            client_id=_string(payload, "client_id") or _string(payload, "azp"),
-            scopes=scopes,
-            audiences=audiences,
-            expires_at=None if exp is None else float(exp),
+            subject=registered.subject,
+            client_id=registered.client_id,
+            scopes=registered.scopes,
+            audiences=registered.audiences,
+            expires_at=registered.expires_at,
             token_kind="jwt",  # noqa: S106 - a kind, not a password
             claims=MappingProxyType(payload),
         )

@@ -224,6 +224,7 @@ def _forwarding_policy(loaded: LoadedConfig) -> ForwardingPolicy:
             forwarded=fwd.forwarded,
             via=fwd.via,
             request_id_header=fwd.request_id_header,
+            proxy_only_headers=frozenset(fwd.proxy_only_headers),
         )
     except ValueError as exc:
         raise loaded.source.error(("forwarding",), str(exc)) from None

@@ -40,14 +40,6 @@ class ResponseHead:
     complete: bool
 
 
-def _header_text(raw: bytes) -> str:
-    """Header bytes as text that aiohttp re-encodes (as UTF-8) to the same bytes when it can."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
-
-
 class UpstreamConnection(asyncio.Protocol):
     """One connection to an upstream, carrying one request/response exchange at a time."""
 
@@ -137,7 +129,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason += status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("latin-1"), _header_text(value)))
+        # One character per byte, so forward.py relays the field value exactly (RFC 9110 §5.5).
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None

@@ -5,6 +5,10 @@ when it sent one, chunked when it sent chunked, none when it sent no body. The r
 relayed as it arrives, with backpressure both ways; a small response that arrived whole with
 its head is sent in one write. Upstream failures become 502/504 only while nothing has been
 sent to the client; after that the client connection is aborted, never given a made-up end.
+
+Header field values pass byte for byte both ways (RFC 9110 §5.5): header text holds one
+character per byte received (decoded as latin-1) or ASCII the gateway made, and is encoded
+back as latin-1. Only the request target is UTF-8 with surrogate escapes, as aiohttp read it.
 """
 
 from __future__ import annotations
@@ -75,23 +79,13 @@ class CompleteResponse:
             payload = b""  # RFC 9110 §9.3.2, §15.4.5: the upstream's length headers stand
         elif status == 204:
             payload = b""
-            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            headers = _without_length(headers)
         else:
             # Chunked or close-delimited upstream bodies arrived whole: give them a length.
-            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            headers = _without_length(headers)
             length = len(payload)
             headers.append(("Content-Length", str(length)))
-        if not any(k.lower() == "date" for k, _ in headers):
-            headers.append(("Date", rfc822_formatted_time()))
-        if not keep_alive:
-            headers.append(("Connection", "close"))
-        elif request.version < HttpVersion11:
-            headers.append(("Connection", "keep-alive"))
-        reason = _reason(upstream) or _phrase(status)
-        lines = [f"HTTP/1.1 {status} {reason}\r\n"]
-        lines.extend(f"{name}: {value}\r\n" for name, value in headers)
-        lines.append("\r\n")
-        data = "".join(lines).encode("utf-8", "surrogateescape") + payload
+        data = _response_head(request, upstream, headers, keep_alive) + payload
         return cls(status, data, length, keep_alive)
 
     async def prepare(self, request: web.BaseRequest) -> None:
@@ -104,6 +98,53 @@ class CompleteResponse:
         return None
 
 
+class StreamedResponse:
+    """A response ``forward`` already relayed as it arrived, head and body.
+
+    Like ``CompleteResponse`` it writes its own head, because aiohttp's ``StreamResponse``
+    re-encodes header values as UTF-8 (``\\xff`` would leave as ``\\xc3\\xbf``); the body goes
+    through the request's stream writer, which keeps its flow control.
+    """
+
+    __slots__ = ("content_length", "keep_alive", "status")
+
+    def __init__(self, status: int, content_length: int, keep_alive: bool) -> None:
+        self.status = status
+        self.content_length = content_length  # body bytes relayed
+        self.keep_alive = keep_alive
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
+
+
+def _without_length(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in headers if k.lower() != "content-length"]
+
+
+def _response_head(
+    request: web.BaseRequest,
+    upstream: ResponseHead,
+    headers: list[tuple[str, str]],
+    keep_alive: bool,
+) -> bytes:
+    """The status line and header block for the client, field values as received."""
+    if not any(k.lower() == "date" for k, _ in headers):
+        headers.append(("Date", rfc822_formatted_time()))
+    if not keep_alive:
+        headers.append(("Connection", "close"))
+    elif request.version < HttpVersion11:
+        headers.append(("Connection", "keep-alive"))
+    reason = _reason(upstream) or _phrase(upstream.status)
+    lines = [f"HTTP/1.1 {upstream.status} {reason}\r\n"]
+    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+    lines.append("\r\n")
+    # RFC 9110 §5.5: one character per byte received (latin-1), so the bytes go back as sent.
+    return "".join(lines).encode("latin-1")
+
+
 def _phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -113,8 +154,7 @@ def _phrase(status: int) -> str:
 
 def request_head(method: str, target: str, headers: Sequence[tuple[str, str]], body: Body) -> bytes:
     """Serialise the request line and header block sent upstream."""
-    parts = [f"{method} {target} HTTP/1.1\r\n"]
-    parts.extend(f"{name}: {value}\r\n" for name, value in headers)
+    parts = [f"{name}: {value}\r\n" for name, value in headers]
     if body.buffered is not None:
         parts.append(f"Content-Length: {len(body.buffered)}\r\n")
     elif body.length is not None:
@@ -122,9 +162,11 @@ def request_head(method: str, target: str, headers: Sequence[tuple[str, str]], b
     elif body.reader is not None:
         parts.append("Transfer-Encoding: chunked\r\n")
     parts.append("\r\n")
-    # Header text came from the wire as latin-1 (or is gateway-made ASCII): encode it back
-    # byte for byte. The target keeps the client's query bytes (surrogateescape).
-    return "".join(parts).encode("utf-8", "surrogateescape")
+    # The target keeps the client's bytes as aiohttp decoded them (UTF-8, surrogateescape);
+    # header text came from the wire as latin-1 (or is gateway-made ASCII): encode it back
+    # byte for byte (RFC 9110 §5.5).
+    line = f"{method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape")
+    return line + "".join(parts).encode("latin-1")
 
 
 async def _send_body(conn: UpstreamConnection, body: Body) -> None:
@@ -210,13 +252,46 @@ def _reason(head: ResponseHead) -> str | None:
     return None
 
 
+async def _relay_body(
+    request: web.BaseRequest,
+    conn: UpstreamConnection,
+    upstream: ResponseHead,
+    headers: list[tuple[str, str]],
+) -> StreamedResponse:
+    """Write the head, then the body as it arrives, framed for this client."""
+    status = upstream.status
+    keep_alive = request.keep_alive
+    bodiless = request.method == "HEAD" or status in (204, 304)
+    if status == 204:
+        # RFC 9110 §8.6: "A server MUST NOT send a Content-Length header field in any
+        # response with a status code of [...] 204 (No Content)".
+        headers = _without_length(headers)
+    chunked = False
+    if not bodiless and not any(k.lower() == "content-length" for k, _ in headers):
+        if request.version >= HttpVersion11:
+            chunked = True
+            headers.append(("Transfer-Encoding", "chunked"))
+        else:
+            # RFC 9112 §6.3: an HTTP/1.0 client reads such a body until the connection closes.
+            keep_alive = False
+    writer = request.writer
+    await writer.write(_response_head(request, upstream, headers, keep_alive))
+    relayed = 0
+    while chunk := await conn.read_body():
+        relayed += len(chunk)
+        await writer.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+    if chunked:
+        await writer.write(_CHUNK_END)
+    return StreamedResponse(status, relayed, keep_alive)
+
+
 async def forward(
     request: web.BaseRequest,
     pool: UpstreamPool,
     head: bytes,
     body: Body,
     extra_response_headers: Sequence[tuple[str, str]] = (),
-) -> tuple[web.StreamResponse | CompleteResponse, float]:
+) -> tuple[StreamedResponse | CompleteResponse, float]:
     """Relay one exchange; the caller has already decided the request may pass.
 
     Returns the response and the seconds from sending the request to its response head.
@@ -235,14 +310,7 @@ async def forward(
             if upload is not None:
                 await upload
             return CompleteResponse.build(request, upstream, headers, payload), upstream_seconds
-        response = web.StreamResponse(status=upstream.status, reason=_reason(upstream))
-        response.headers.extend(headers)
-        if "Server" not in response.headers:
-            # Otherwise aiohttp names itself and its version here.
-            response.headers["Server"] = "oauth-gateway"
-        await response.prepare(request)
-        while chunk := await conn.read_body():
-            await response.write(chunk)
+        response = await _relay_body(request, conn, upstream, headers)
         if upload is not None:
             if upload.done():
                 await upload
@@ -253,7 +321,7 @@ async def forward(
                 conn.close()
         released = True
         pool.release(conn)
-        await response.write_eof()
+        await request.writer.write_eof()
         return response, upstream_seconds
     except GatewayError:
         if response_started(request):

@@ -9,15 +9,16 @@ Two directions, both pure functions over ``(name, value)`` lists:
 * ``downstream_response_headers`` strips the upstream connection's own headers from a
   response and keeps everything else, duplicates and order included.
 
-Besides ``X-Forwarded-For/Proto/Host`` and ``Forwarded``, a few headers are believed only
-from a trusted proxy (``_PROXY_ONLY``): client-address claims (``X-Real-IP``,
-``X-Client-IP``, ``True-Client-IP``) and views of the original request
-(``X-Forwarded-Port``, ``-Prefix``, ``-Server``, ``-Ssl``, ``-Scheme``). The URL and method
-overrides that some frameworks route on (``X-Original-URL`` and ``X-Rewrite-URL`` in IIS and
-Symfony, ``X-HTTP-Method-Override`` and its siblings) are dropped from everyone
-(``_NEVER_FORWARDED``): the gateway chose the route and its policy from the real path and
-method, and front proxies rarely strip these, so a client behind a trusted proxy could still
-send them. Any other routing header an upstream honours must be added there.
+Besides ``X-Forwarded-For/Proto/Host`` and ``Forwarded``, the other headers by which a front
+proxy tells an upstream about the original request are believed only from a trusted proxy
+(``PROXY_ONLY``, plus the operator's ``proxy_only_headers``): from anyone else they are
+removed, since upstream frameworks use them for IP allow-lists, redirects and routing; from a
+trusted proxy they pass as they are (it sets or strips them). The URL and method overrides
+that some frameworks route on (``X-Original-URL`` and ``X-Rewrite-URL`` in IIS and Symfony,
+``X-HTTP-Method-Override`` and its siblings) are dropped from everyone (``NEVER_FORWARDED``):
+the gateway chose the route and its policy from the real path and method, and front proxies
+rarely strip these, so a client behind a trusted proxy could still send them. Any other
+routing header an upstream honours must be added there.
 
 Everything that depends only on configuration is compiled when ``ForwardingPolicy`` and
 ``Removal`` are built. Per request the work is one pass over the header list with dict and
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from gateway.problems import BadRequest
+from gateway.proxy.forwarding_headers import NEVER_FORWARDED, PROXY_ONLY
 from gateway.proxy.trust import TrustedProxies
 
 Header = tuple[str, str]
@@ -56,28 +58,6 @@ _FRAMING = frozenset({"content-length", "transfer-encoding", "expect"})
 _XFF = "x-forwarded-for"
 _XFP = "x-forwarded-proto"
 _XFH = "x-forwarded-host"
-
-_PROXY_ONLY = frozenset(
-    {
-        "x-real-ip",
-        "x-client-ip",
-        "true-client-ip",
-        "x-forwarded-port",
-        "x-forwarded-prefix",
-        "x-forwarded-server",
-        "x-forwarded-ssl",
-        "x-forwarded-scheme",
-    }
-)
-_NEVER_FORWARDED = frozenset(
-    {
-        "x-original-url",
-        "x-rewrite-url",
-        "x-http-method-override",
-        "x-http-method",
-        "x-method-override",
-    }
-)
 
 # Names this module always decides itself; a request id header among them would be lost.
 _RESERVED = HOP_BY_HOP | _FRAMING | {"host", "authorization", "via", "forwarded", _XFF, _XFP, _XFH}
@@ -118,6 +98,8 @@ class ForwardingPolicy:
     forwarded: bool = False
     via: str | None = "gateway"
     request_id_header: str = "X-Request-Id"
+    # Site-specific names believed only from trusted proxies, like PROXY_ONLY.
+    proxy_only_headers: frozenset[str] = frozenset()
     _trusted_actions: dict[str, int] = field(init=False, repr=False, compare=False)
     _untrusted_actions: dict[str, int] = field(init=False, repr=False, compare=False)
 
@@ -131,6 +113,13 @@ class ForwardingPolicy:
             raise ValueError(f"invalid request id header name {self.request_id_header!r}")
         if self.request_id_header.lower() in _RESERVED:
             raise ValueError(f"{self.request_id_header!r} is managed by the proxy itself")
+        names = frozenset(name.lower() for name in self.proxy_only_headers)
+        for name in sorted(names):
+            if not _is_token(name):
+                raise ValueError(f"proxy-only header {name!r} is not a header name")
+            if name in _RESERVED or name == self.request_id_header.lower():
+                raise ValueError(f"proxy-only header {name!r} is managed by the proxy itself")
+        object.__setattr__(self, "proxy_only_headers", names)
         object.__setattr__(self, "_trusted_actions", self._actions(trusted=True))
         object.__setattr__(self, "_untrusted_actions", self._actions(trusted=False))
 
@@ -152,8 +141,8 @@ class ForwardingPolicy:
                 actions[name] = _COLLECT
             # A trusted proxy's header we do not extend passes through untouched.
         if not trusted:
-            actions.update(dict.fromkeys(_PROXY_ONLY, _DROP))
-        actions.update(dict.fromkeys(_NEVER_FORWARDED, _DROP))
+            actions.update(dict.fromkeys(PROXY_ONLY | self.proxy_only_headers, _DROP))
+        actions.update(dict.fromkeys(NEVER_FORWARDED, _DROP))
         return actions
 
 

@@ -45,8 +45,8 @@ with _instrumentation:
 
     from gateway.auth.jwks import KeySetProvider
     from gateway.auth.jwt import JwtVerifier
-    from gateway.config.models import Issuer
     from gateway.problems import InvalidToken, ServiceUnavailable
+    from tests.support.settings import Issuer
 
 HMAC_ISS = "https://hmac.example"
 KEYS_ISS = "https://keys.example"

@@ -293,6 +293,39 @@ async def test_claim_values_cannot_inject_headers(
     assert_header_safe(received)
 
 
+# An array's members are joined with ','; a ',' (or '%') inside a member is percent-encoded,
+# so the upstream that splits on ',' and decodes each piece gets the members back.
+ARRAYS = [
+    pytest.param({"groups": ["users,admins"]}, "X-Groups", "users%2Cadmins", id="comma-in-group"),
+    pytest.param({"groups": ["users,admins", "ops"]}, "X-Groups", "users%2Cadmins,ops",
+                 id="comma-in-group-and-another"),
+    pytest.param({"groups": ["a%2Cb", " c"]}, "X-Groups", "a%252Cb,%20c",
+                 id="pre-encoded-comma-and-outer-space"),
+    pytest.param({"groups": ["a, b"]}, "X-Groups", "a%2C b", id="comma-space-in-group"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("claims", "header", "expected"), ARRAYS)
+async def test_array_members_cannot_read_as_two(
+    world: World, claims: dict[str, Any], header: str, expected: str
+) -> None:
+    token = world.issuer.mint(claims)
+    assert await send(world.port, "/custom/x", [], token) == 200
+    received = world.upstream.last
+    assert received.headers_named(header) == [expected]
+    assert_header_safe(received)
+
+
+async def test_token_without_scope_or_scp_is_served_without_a_scopes_header(
+    world: World,
+) -> None:
+    token = world.issuer.mint({"scope": None})
+    assert await send(world.port, "/whoami", [("X-Auth-Scopes", "admin")], token) == 200
+    received = world.upstream.last
+    assert received.header("X-Auth-Subject") == "user-1"
+    assert received.header("X-Auth-Scopes") is None
+
+
 async def test_lone_surrogate_claim_is_replaced_not_crashing(world: World) -> None:
     token = world.signed_with_raw_member("sub", b'"\\ud800x"')
     assert await send(world.port, "/custom/x", [], token) == 200

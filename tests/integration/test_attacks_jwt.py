@@ -703,6 +703,28 @@ async def test_non_finite_exp_is_refused(world: World, build: Build) -> None:
     await assert_refused(world, build(world))
 
 
+def _null_claim(name: str) -> Build:
+    """The main claims with ``name`` written as JSON null (``w.claims`` drops a None)."""
+
+    def payload(w: World) -> bytes:
+        return json.dumps(w.claims() | {name: None}).encode()
+
+    return _raw(b'{"alg":"RS256","kid":"KID"}', payload)
+
+
+# RFC 7519 §4.1 gives no registered claim a null value: null is a wrong type, not an absence.
+# "exp": null used to satisfy required_claims [exp] and never expire.
+NULL_CLAIMS = [
+    pytest.param(_null_claim(name), id=f"{name}-null")
+    for name in ("exp", "nbf", "iat", "sub", "jti", "client_id", "azp", "aud", "scope", "scp")
+]
+
+
+@pytest.mark.parametrize("build", NULL_CLAIMS)
+async def test_null_registered_claims_are_refused(world: World, build: Build) -> None:
+    await assert_refused(world, build(world))
+
+
 async def test_exp_1e308_is_accepted_documented(world: World) -> None:
     """Documented risk: a finite but absurd exp (year ~1e300) is a token that never expires.
     RFC 7519 sets no maximum lifetime, and the cache still bounds reuse by max_ttl; an operator

@@ -60,6 +60,18 @@ def read(
             id="query-value-decoded",
         ),
         pytest.param({"query": f"access_token={TOKEN}"}, None, id="query-token-disabled-ignored"),
+        # A bare flag (no '=') next to the token is an ordinary empty parameter, not an error.
+        pytest.param(
+            {"query": f"debug&access_token={TOKEN}", "allow_query": True},
+            TOKEN,
+            id="bare-flag-before-query-token",
+        ),
+        pytest.param(
+            {"query": f"access_token={TOKEN}&debug", "allow_query": True},
+            TOKEN,
+            id="bare-flag-after-query-token",
+        ),
+        pytest.param({"query": "debug&x=%41", "allow_query": True}, None, id="bare-flag-no-token"),
         pytest.param(
             {"form": [("access_token", TOKEN)], "allow_form": True}, TOKEN, id="form-token"
         ),
@@ -172,6 +184,12 @@ def test_reads_the_token(kwargs: dict, expected: str | None) -> None:
             InvalidRequest,
             "malformed",
             id="query-token-empty",
+        ),
+        pytest.param(
+            {"query": "access_token&debug", "allow_query": True},
+            InvalidRequest,
+            "malformed",
+            id="query-token-as-bare-flag",
         ),
         pytest.param(
             {"query": "access_token=a%0Ab", "allow_query": True},

@@ -214,6 +214,18 @@ SCHEMA_ERRORS = [
         id="quoted-key-path",
     ),
     pytest.param(
+        "forwarding:\n  proxy_only_headers: [X-Ok, X Bad]\n" + VALID,
+        "gw.yaml:2: forwarding.proxy_only_headers[1]: String should match pattern "
+        "'^[!#$%&'*+\\-.^_`|~0-9A-Za-z]+$'",
+        id="proxy-only-header-not-a-name",
+    ),
+    pytest.param(
+        'upstreams:\n  orders: {url: "http://bücher.example"}\n' + ISSUER + ROUTE,
+        "gw.yaml:2: upstreams.orders.url: "
+        "the host must be ASCII (an international name in its xn-- form)",
+        id="non-ascii-upstream-host",
+    ),
+    pytest.param(
         VALID + "    require: {claims: {groups: {equals: [ops]}}}\n",
         "gw.yaml:9: routes[0].require.claims.groups.equals: Input should be a valid string, "
         "a valid integer, a valid number or a valid boolean",

@@ -8,8 +8,18 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from gateway.auth.headers import MAX_VALUE_BYTES, HeaderTemplate, IdentityHeaders
+from gateway.auth.headers import (
+    _MEMBER_SAFE,
+    _SAFE,
+    MAX_VALUE_BYTES,
+    HeaderTemplate,
+    IdentityHeaders,
+    _escape,
+    _joined,
+)
 from gateway.auth.identity import Identity
 
 
@@ -192,3 +202,94 @@ def test_identity_headers_compile_errors(mapping: dict[str, str], message: str) 
     with pytest.raises(ValueError) as caught:
         IdentityHeaders.compile(mapping)
     assert message in str(caught.value)
+
+
+def scoped(*scopes: str) -> Identity:
+    return Identity(
+        issuer="https://issuer.example/",
+        subject="alice",
+        client_id=None,
+        scopes=frozenset(scopes),
+        audiences=(),
+        expires_at=None,
+        token_kind="opaque",
+    )
+
+
+@pytest.mark.parametrize(
+    ("template", "who", "expected"),
+    [
+        # The defect: ["users,admins"] arrived as "users,admins", two groups to the upstream.
+        pytest.param("{groups}", identity(groups=["users,admins"]), "users%2Cadmins",
+                     id="comma-in-member-encoded"),
+        pytest.param("{groups}", identity(groups=["users,admins", "ops"]), "users%2Cadmins,ops",
+                     id="comma-in-member-next-to-another"),
+        pytest.param("{roles}", identity(roles=["a%2Cb"]), "a%252Cb", id="percent-in-member"),
+        pytest.param("{groups}", identity(groups=[" a", "b ", "c"]), "%20a,b%20,c",
+                     id="outer-spaces-of-members"),
+        pytest.param("{groups}", identity(groups=["a b"]), "a b", id="inner-space-in-comma-list"),
+        pytest.param("{scp}", identity(scp=["a b", "c"]), "a%20b c", id="space-in-scp-member"),
+        pytest.param("{scp}", identity(scp=["a,b"]), "a,b", id="comma-kept-in-space-list"),
+        pytest.param("{scope}", scoped("a b", "c"), "a%20b c", id="scope-member-with-space"),
+        pytest.param("{scope}", scoped(), None, id="no-scopes-omits-header"),
+        pytest.param("{aud}", identity(aud=["api://a,b", "api://c"]), "api://a%2Cb,api://c",
+                     id="audience-array"),
+        pytest.param("{groups}", identity(groups=[{"a": 1, "b": 2}]), '{"a":1%2C"b":2}',
+                     id="object-member-commas-encoded"),
+        pytest.param("{groups}", identity(groups=["a", ""]), "a,", id="empty-member-kept"),
+        pytest.param("{groups}", identity(groups=[1, True]), "1,true", id="scalar-members"),
+        # A scalar is not a list: its commas stay, so an existing header reads as before.
+        pytest.param("{sub}", identity(subject="a,b"), "a,b", id="scalar-comma-unchanged"),
+        pytest.param("{groups}", identity(groups="users,admins"), "users,admins",
+                     id="string-claim-unchanged"),
+        # Two placeholders with a literal between them; either missing omits the header.
+        pytest.param("{sub}:{iss}", identity(), "alice:https://issuer.example/",
+                     id="two-placeholders"),
+        pytest.param("{sub}:{iss}", identity(subject=None), None, id="two-placeholders-missing"),
+        pytest.param("{sub}:{groups}", identity(groups=["x,y"]), "alice:x%2Cy",
+                     id="two-placeholders-array"),
+    ],
+)  # fmt: skip
+def test_render_arrays(template: str, who: Identity, expected: str | None) -> None:
+    assert render(template, who) == expected
+
+
+def test_member_safe_sets_leave_out_exactly_the_separator() -> None:
+    assert set(_MEMBER_SAFE) == {",", " "}
+    assert "%" not in _SAFE and len(_SAFE) == 0x7F - 0x20 - 1
+    for separator, safe in _MEMBER_SAFE.items():
+        assert set(_SAFE) - set(safe) == {separator}
+
+
+# Separators, '%' and spaces often, anything else too.
+MEMBER_TEXT = st.text(st.one_of(st.sampled_from(", %a"), st.characters()), max_size=8)
+
+
+@given(st.lists(MEMBER_TEXT, min_size=1, max_size=5))
+def test_comma_list_members_round_trip(members: list[str]) -> None:
+    value = render("{groups}", identity(groups=members))
+    if members == [""]:
+        assert value is None  # nothing to render, as for an empty list
+        return
+    assert value is not None and all(0x20 <= ord(c) < 0x7F for c in value)
+    decoded = [unquote(piece, errors="strict") for piece in value.split(",")]
+    # Lone surrogates cannot be encoded and become "?", as for any claim.
+    assert decoded == [m.encode("utf-8", "replace").decode() for m in members]
+
+
+@given(st.lists(MEMBER_TEXT.filter(lambda s: s and s.split() == [s]), max_size=5))
+def test_space_list_members_round_trip(members: list[str]) -> None:
+    value = render("{scp}", identity(scp=members))
+    if not members:
+        assert value is None
+        return
+    assert value is not None
+    decoded = [unquote(piece) for piece in value.split(" ")]
+    assert decoded == [m.encode("utf-8", "replace").decode() for m in members]
+
+
+@given(st.lists(MEMBER_TEXT, max_size=5), st.sampled_from([",", " "]))
+def test_the_fast_path_for_plain_members_encodes_like_the_slow_one(
+    members: list[str], separator: str
+) -> None:
+    assert _joined(members, separator) == separator.join(_escape(m, separator) for m in members)

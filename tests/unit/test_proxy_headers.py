@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.problems import BadRequest
+from gateway.proxy.forwarding_headers import NEVER_FORWARDED, PROXY_ONLY
 from gateway.proxy.headers import (
     HOP_BY_HOP,
     ForwardingPolicy,
@@ -19,6 +20,7 @@ from gateway.proxy.headers import (
     upstream_request_headers,
 )
 from gateway.proxy.trust import TrustedProxies
+from tests.support.forwarding import NEVER_FORWARDED_TABLE, PROXY_ONLY_TABLE
 
 Headers = list[tuple[str, str]]
 
@@ -210,32 +212,65 @@ AUTHORIZATION_CASES = [
     ),
 ]
 
-NEVER_FORWARDED = [
-    ("X-Original-URL", "/admin"),
-    ("X-Rewrite-URL", "/admin"),
-    ("X-HTTP-Method-Override", "DELETE"),
-    ("X-HTTP-Method", "DELETE"),
-    ("X-Method-Override", "DELETE"),
-]
-PROXY_ONLY = [
-    ("X-Real-IP", "127.0.0.1"),
-    ("True-Client-IP", "127.0.0.1"),
-    ("X-Forwarded-Port", "443"),
-    ("X-Forwarded-Prefix", "/internal"),
-    ("X-Forwarded-Server", "trusted.example"),
-    ("X-Forwarded-Ssl", "on"),
-]
+
+def test_the_tables_name_every_member() -> None:
+    assert {name.lower() for name, _ in PROXY_ONLY_TABLE} == PROXY_ONLY
+    assert len(PROXY_ONLY_TABLE) == len(PROXY_ONLY)
+    assert {name.lower() for name, _ in NEVER_FORWARDED_TABLE} == NEVER_FORWARDED
+    assert PROXY_ONLY.isdisjoint(NEVER_FORWARDED)
+
+
+def spellings(name: str) -> list[str]:
+    return [name, name.lower(), name.upper()]
+
+
 PROXY_ONLY_CASES = [
-    *(case(f"untrusted-{n.lower()}-dropped", [(n, v)], n, []) for n, v in PROXY_ONLY),
-    *(case(f"trusted-{n.lower()}-kept", [(n, v)], n, [v], peer=TRUSTED) for n, v in PROXY_ONLY[:2]),
+    *(
+        case(f"untrusted-{spelled}-dropped", [(spelled, v), SENTINEL], n, [])
+        for n, v in PROXY_ONLY_TABLE
+        for spelled in spellings(n)
+    ),
+    # From a trusted proxy they pass as they are: it set or stripped them.
+    *(
+        case(f"trusted-{n.lower()}-kept-as-is", [(n, v), (n, v + "2")], n, [v, v + "2"],
+             peer=TRUSTED)
+        for n, v in PROXY_ONLY_TABLE
+    ),
     # Routing overrides: the gateway chose route and policy from the real path and method,
     # and front proxies rarely strip these, so nobody's copy is forwarded.
-    *(case(f"untrusted-{n.lower()}-dropped", [(n, v)], n, []) for n, v in NEVER_FORWARDED),
     *(
-        case(f"trusted-{n.lower()}-dropped", [(n, v)], n, [], peer=TRUSTED)
-        for n, v in NEVER_FORWARDED
+        case(f"{who}-{spelled}-dropped", [(spelled, v)], n, [], peer=peer)
+        for n, v in NEVER_FORWARDED_TABLE
+        for spelled in spellings(n)
+        for who, peer in (("untrusted", UNTRUSTED), ("trusted", TRUSTED))
     ),
-]
+    case("unix-socket-peer-is-untrusted", [("X-Real-IP", "1.2.3.4")], "x-real-ip", [], peer=None),
+]  # fmt: skip
+
+
+def test_untrusted_request_keeps_everything_else() -> None:
+    client = [*PROXY_ONLY_TABLE, *NEVER_FORWARDED_TABLE, SENTINEL, ("X-Real-Ip-Note", "x")]
+    out = upstream(client)
+    kept = [(n, v) for n, v in out if n.lower() not in {"host", "x-request-id", "via"}
+            and not n.lower().startswith("x-forwarded-") and (n, v) not in ADD]  # fmt: skip
+    assert kept == [SENTINEL, ("X-Real-Ip-Note", "x")]
+
+
+SITE_NAMES = frozenset({"X-Corp-Client-IP", "x-akamai-edgescape"})
+
+SITE_CASES = [
+    case("site-name-untrusted-dropped", [("X-Corp-Client-IP", "1.2.3.4")], "x-corp-client-ip",
+         [], policy=policy(proxy_only_headers=SITE_NAMES)),
+    case("site-name-any-case-dropped", [("X-AKAMAI-EDGESCAPE", "x")], "x-akamai-edgescape", [],
+         policy=policy(proxy_only_headers=SITE_NAMES)),
+    case("site-name-trusted-kept", [("x-corp-client-ip", "1.2.3.4")], "x-corp-client-ip",
+         ["1.2.3.4"], peer=TRUSTED, policy=policy(proxy_only_headers=SITE_NAMES)),
+    case("site-name-not-configured-kept", [("X-Corp-Client-IP", "1.2.3.4")],
+         "x-corp-client-ip", ["1.2.3.4"]),
+    case("builtin-names-still-dropped-with-site-names", [("X-Real-IP", "1")], "x-real-ip", [],
+         policy=policy(proxy_only_headers=SITE_NAMES)),
+]  # fmt: skip
+
 
 X_FORWARDED_CASES = [
     case(
@@ -473,6 +508,7 @@ REQUEST_ID_CASES = [
         *SPOOF_CASES,
         *AUTHORIZATION_CASES,
         *PROXY_ONLY_CASES,
+        *SITE_CASES,
         *X_FORWARDED_CASES,
         *FORWARDED_CASES,
         *VIA_CASES,
@@ -529,6 +565,14 @@ def test_order_preserved_and_everything_in_its_place() -> None:
         pytest.param([("X-A", "a\0b")], {}, id="nul-in-value"),
         pytest.param([("X_A", "a\nb")], {}, id="control-char-in-dropped-header-still-refused"),
         pytest.param([], {"add": [("X-User-Id", "alice\r\nX-Admin: 1")]}, id="crlf-in-added"),
+        pytest.param([], {"add": [("X-User-Id", "alice\rX-Admin: 1")]}, id="cr-in-added"),
+        pytest.param([], {"add": [("X-User-Id", "alice\nX-Admin: 1")]}, id="lf-in-added"),
+        pytest.param([], {"add": [("X-User-Id", "alice\0")]}, id="nul-in-added"),
+        pytest.param(
+            [],
+            {"add": [("X-Client-Id", "ok"), ("X-User-Id", "a\n")]},
+            id="second-added-value-checked-too",
+        ),
         pytest.param([("Host", "a.example"), ("Host", "b.example")], {}, id="two-host-headers"),
     ],
 )
@@ -598,6 +642,22 @@ def test_request_id_of(headers: Headers, expected: str) -> None:
             [("Content-Length", "10"), ("X-A", "1")],
             id="content-length-kept-alone",
         ),
+        pytest.param(
+            [
+                ("Content-Length", "10"),
+                ("Transfer-Encoding", "chunked"),
+                ("Connection", "x-debug"),
+                ("X-Debug", "1"),
+                ("X-A", "1"),
+            ],
+            [("X-A", "1")],
+            id="transfer-encoding-and-connection-named-header-both-dropped",
+        ),
+        pytest.param(
+            [("Connection", "x-debug"), ("Transfer-Encoding", "chunked"), ("X-Debug", "1")],
+            [],
+            id="connection-before-transfer-encoding",
+        ),
         pytest.param([], [], id="empty"),
     ],
 )
@@ -630,6 +690,34 @@ def test_connection_tokens(values_in: list[str], expected: set[str]) -> None:
         pytest.param(lambda: policy(request_id_header="Host"), id="request-id-reserved-host"),
         pytest.param(lambda: policy(request_id_header="X-Forwarded-For"), id="request-id-xff"),
         pytest.param(lambda: Removal(frozenset(), ("",)), id="removal-empty-prefix"),
+        *(
+            pytest.param(
+                lambda name=name: policy(proxy_only_headers=frozenset({name})),
+                id=f"proxy-only-reserved-{name.lower()}",
+            )
+            for name in (
+                "Host",
+                "Connection",
+                "Authorization",
+                "X-Forwarded-For",
+                "X-Forwarded-Proto",
+                "X-Forwarded-Host",
+                "Forwarded",
+                "Via",
+                "Transfer-Encoding",
+                "Content-Length",
+                "Expect",
+                "TE",
+                "X-Request-Id",
+            )
+        ),
+        pytest.param(
+            lambda: policy(request_id_header="X-Corr", proxy_only_headers=frozenset({"x-corr"})),
+            id="proxy-only-custom-request-id-header",
+        ),
+        pytest.param(
+            lambda: policy(proxy_only_headers=frozenset({"X Bad"})), id="proxy-only-not-a-token"
+        ),
     ],
 )
 def test_configuration_rejected(build: Any) -> None:

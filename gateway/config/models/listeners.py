@@ -59,6 +59,11 @@ class Forwarding(Strict):
     forwarded: bool = Field(False, description="Also send an RFC 7239 Forwarded header.")
     via: str | None = Field("gateway", description="Pseudonym in the Via header; null: no Via.")
     request_id_header: HeaderName = "X-Request-Id"
+    proxy_only_headers: list[HeaderName] = Field(
+        default_factory=list,
+        description="Site-specific headers believed only from trusted_proxies (like X-Real-IP): "
+        "removed from everyone else's requests, passed as they are from a trusted proxy.",
+    )
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -46,6 +46,9 @@ class Upstream(Strict):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("expected an http://, https:// or unix: URL with a host")
+        if not parts.hostname.isascii():
+            # Host goes upstream as bytes (RFC 9110 §7.2 uri-host is ASCII): no IDN guessing.
+            raise ValueError("the host must be ASCII (an international name in its xn-- form)")
         if parts.query or parts.fragment or parts.username or parts.password:
             raise ValueError("an upstream URL may not carry a query, fragment or credentials")
         try:
