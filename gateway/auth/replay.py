@@ -53,6 +53,8 @@ class MemoryReplayStore:
         self._heap: list[tuple[float, bytes]] = []
 
     def __len__(self) -> int:
+        """The number of live entries."""
+        self._purge(self._clock())
         return len(self._expiry)
 
     def record_now(self, key: bytes, ttl: float) -> bool:
