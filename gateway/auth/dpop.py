@@ -133,7 +133,8 @@ def _public_key(check: _Check, header: dict[str, Any], alg: str) -> tuple[Any, s
     if not PRIVATE_MEMBERS.isdisjoint(jwk):
         raise check.fail("The DPoP proof's jwk contains private key material.", "dpop_key")
     kty, curves = KEY_TYPES[alg]
-    if jwk.get("kty") != kty or (curves is not None and jwk.get("crv") not in curves):
+    crv = jwk.get("crv")
+    if jwk.get("kty") != kty or (curves is not None and not (type(crv) is str and crv in curves)):
         raise check.fail(f"The DPoP proof's jwk is not a key for {alg}.", "dpop_key")
     # RFC 7517 §4.2, §4.4: a key that names another use or algorithm is not for this one.
     if jwk.get("use", "sig") != "sig" or jwk.get("alg", alg) != alg:
@@ -174,8 +175,11 @@ def _check_header(check: _Check, header: dict[str, Any]) -> str:
 def _check_iat(check: _Check, claims: dict[str, Any], now: float) -> float:
     iat = claims.get("iat")
     # RFC 7519 §4.1.6: a NumericDate, i.e. a JSON number (never a string or a boolean).
-    if type(iat) not in (int, float) or not math.isfinite(iat):
+    if isinstance(iat, bool) or not isinstance(iat, int | float):
         raise check.fail("The DPoP proof lacks a numeric iat claim.", "dpop_claims")
+    # "1e400" parses as infinity; a huge integer stays exact (and is compared exactly).
+    if isinstance(iat, float) and not math.isfinite(iat):
+        raise check.fail("The DPoP proof's iat is out of range.", "dpop_iat")
     # RFC 9449 §11.1: servers "MUST only accept DPoP proofs for a limited time after their
     # creation"; a slightly future iat MAY be accepted for clock offsets.
     if iat > now + check.policy.leeway:

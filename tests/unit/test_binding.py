@@ -53,10 +53,20 @@ def test_binding_is_read(claims: dict[str, Any], binding: Binding) -> None:
         ({"token_type": "DPoP"}, "bad_confirmation"),
         ({"token_type": "dpop", "cnf": {"x5t#S256": X5T}}, "bad_confirmation"),
     ],
-    ids=["cnf-string", "jkt-number", "jkt-short", "jkt-noncanonical", "x5t-padded",
-         "cnf-jwk", "cnf-kid", "cnf-sha1-x5t", "cnf-empty", "dpop-type-no-cnf",
-         "dpop-type-x5t-only"],
-)  # fmt: skip
+    ids=[
+        "cnf-string",
+        "jkt-number",
+        "jkt-short",
+        "jkt-noncanonical",
+        "x5t-padded",
+        "cnf-jwk",
+        "cnf-kid",
+        "cnf-sha1-x5t",
+        "cnf-empty",
+        "dpop-type-no-cnf",
+        "dpop-type-x5t-only",
+    ],
+)
 def test_malformed_or_unverifiable_bindings_are_refused(
     claims: dict[str, Any], reason: str
 ) -> None:
@@ -72,30 +82,72 @@ BOTH = Binding(JKT, X5T)
 Row = tuple[Scheme, Binding, Mode, Mode, "ProofsNeeded | type[Exception]", str | None]
 TABLE: dict[str, Row] = {
     "bearer-unbound-off": ("bearer", UNBOUND, "off", "off", ProofsNeeded(False, False), None),
-    "bearer-unbound-optional": ("bearer", UNBOUND, "optional", "optional",
-                                ProofsNeeded(False, False), None),
-    "bearer-unbound-dpop-required": ("bearer", UNBOUND, "required", "off", InvalidDpopToken,
-                                     "dpop_required"),
-    "bearer-unbound-mtls-required": ("bearer", UNBOUND, "off", "required", InvalidToken,
-                                     "mtls_required"),
+    "bearer-unbound-optional": (
+        "bearer",
+        UNBOUND,
+        "optional",
+        "optional",
+        ProofsNeeded(False, False),
+        None,
+    ),
+    "bearer-unbound-dpop-required": (
+        "bearer",
+        UNBOUND,
+        "required",
+        "off",
+        InvalidDpopToken,
+        "dpop_required",
+    ),
+    "bearer-unbound-mtls-required": (
+        "bearer",
+        UNBOUND,
+        "off",
+        "required",
+        InvalidToken,
+        "mtls_required",
+    ),
     "bearer-dpop-bound-off": ("bearer", DPOP, "off", "off", InvalidToken, "sender_constrained"),
-    "bearer-dpop-bound-optional": ("bearer", DPOP, "optional", "off", DpopBoundAsBearer,
-                                   "dpop_bound_as_bearer"),
-    "bearer-dpop-bound-required": ("bearer", DPOP, "required", "off", DpopBoundAsBearer,
-                                   "dpop_bound_as_bearer"),
+    "bearer-dpop-bound-optional": (
+        "bearer",
+        DPOP,
+        "optional",
+        "off",
+        DpopBoundAsBearer,
+        "dpop_bound_as_bearer",
+    ),
+    "bearer-dpop-bound-required": (
+        "bearer",
+        DPOP,
+        "required",
+        "off",
+        DpopBoundAsBearer,
+        "dpop_bound_as_bearer",
+    ),
     "dpop-scheme-off": ("dpop", DPOP, "off", "off", MissingCredentials, "missing"),
     "dpop-unbound": ("dpop", UNBOUND, "optional", "off", InvalidDpopToken, "dpop_unbound"),
-    "dpop-mtls-bound-only": ("dpop", MTLS, "required", "optional", InvalidDpopToken,
-                             "dpop_unbound"),
+    "dpop-mtls-bound-only": (
+        "dpop",
+        MTLS,
+        "required",
+        "optional",
+        InvalidDpopToken,
+        "dpop_unbound",
+    ),
     "dpop-bound-optional": ("dpop", DPOP, "optional", "off", ProofsNeeded(True, False), None),
     "dpop-bound-required": ("dpop", DPOP, "required", "off", ProofsNeeded(True, False), None),
     "mtls-bound-off": ("bearer", MTLS, "off", "off", InvalidToken, "sender_constrained"),
     "mtls-bound-optional": ("bearer", MTLS, "off", "optional", ProofsNeeded(False, True), None),
     "mtls-bound-required": ("bearer", MTLS, "off", "required", ProofsNeeded(False, True), None),
-    "both-bound-both-checked": ("dpop", BOTH, "optional", "optional", ProofsNeeded(True, True),
-                                None),
+    "both-bound-both-checked": (
+        "dpop",
+        BOTH,
+        "optional",
+        "optional",
+        ProofsNeeded(True, True),
+        None,
+    ),
     "both-bound-mtls-off": ("dpop", BOTH, "required", "off", InvalidToken, "sender_constrained"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("row", TABLE.values(), ids=TABLE.keys())

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.auth.dpop import (
     DpopPolicy,
@@ -143,8 +145,13 @@ def _raw(key: ClientKey, header: str, claims: str) -> str:
 
 
 def _claims(**extra: Any) -> str:
-    body = {"jti": "j", "htm": "GET", "htu": URI, "iat": int(time.time()),
-            "ath": access_token_hash(TOKEN)}  # fmt: skip
+    body = {
+        "jti": "j",
+        "htm": "GET",
+        "htu": URI,
+        "iat": int(time.time()),
+        "ath": access_token_hash(TOKEN),
+    }
     body.update(extra)
     return json.dumps(body)
 
@@ -162,43 +169,77 @@ ATTACKS: dict[str, tuple[Case, str]] = {
     "bad-base64": (lambda k: (["e30.e30.!!"], {}), "dpop_malformed"),
     "padded-base64": (lambda k: ([proof(k).replace(".", "=.", 1)], {}), "dpop_malformed"),
     "non-canonical-base64": (
-        lambda k: ([proof(k).split(".")[0] + ".eyJhIjoxfR." + "AB"], {}), "dpop_malformed"),
+        lambda k: ([proof(k).split(".")[0] + ".eyJhIjoxfR." + "AB"], {}),
+        "dpop_malformed",
+    ),
     "header-not-json": (lambda k: ([b64url(b"{nope") + ".e30.AA"], {}), "dpop_malformed"),
     "header-not-object": (lambda k: ([b64url(b"[1]") + ".e30.AA"], {}), "dpop_malformed"),
     "duplicate-header-member": (
-        lambda k: ([_raw(k, _header(k)[:-1] + ',"typ":"jwt"}', _claims())], {}), "dpop_malformed"),
+        lambda k: ([_raw(k, _header(k)[:-1] + ',"typ":"jwt"}', _claims())], {}),
+        "dpop_malformed",
+    ),
     "duplicate-claim": (
         lambda k: ([_raw(k, _header(k), _claims()[:-1] + ', "htm": "POST"}')], {}),
-        "dpop_malformed"),
+        "dpop_malformed",
+    ),
     "deeply-nested": (
-        lambda k: ([_raw(k, _header(k), _claims(x=[[[[[]]]]]))], {}), "dpop_malformed"),
+        lambda k: ([_raw(k, _header(k), _claims(x=[[[[[]]]]]))], {}),
+        "dpop_malformed",
+    ),
     "typ-jwt": (lambda k: ([proof(k, header={"typ": "JWT"})], {}), "dpop_type"),
     "typ-at+jwt": (lambda k: ([proof(k, header={"typ": "at+jwt"})], {}), "dpop_type"),
     "typ-missing": (lambda k: ([proof(k, header={"typ": DROP})], {}), "dpop_type"),
     "alg-none": (lambda k: ([_unsigned(k)], {}), "dpop_algorithm"),
     "alg-hs256": (lambda k: ([_hs256(k)], {}), "dpop_algorithm"),
     "alg-not-allowed": (
-        lambda k: ([proof(k)], {"policy": DpopPolicy(algorithms=("RS256",))}), "dpop_algorithm"),
+        lambda k: ([proof(k)], {"policy": DpopPolicy(algorithms=("RS256",))}),
+        "dpop_algorithm",
+    ),
     "alg-not-string": (lambda k: ([proof(k, header={"alg": 1})], {}), "dpop_algorithm"),
     "crit": (lambda k: ([proof(k, header={"crit": ["exp"]})], {}), "dpop_malformed"),
     "no-jwk": (lambda k: ([proof(k, header={"jwk": DROP})], {}), "dpop_key"),
     "jwk-not-object": (lambda k: ([proof(k, header={"jwk": "key"})], {}), "dpop_key"),
-    "private-key-in-jwk": (lambda k: ([proof(k, header={"jwk": {**k.jwk, "d": "AAAA"}})], {}),
-                           "dpop_key"),
-    "symmetric-key-in-jwk": (lambda k: ([proof(k, header={"jwk": {"kty": "oct", "k": "AAAA"}})],
-                                        {}), "dpop_key"),
+    "private-key-in-jwk": (
+        lambda k: ([proof(k, header={"jwk": {**k.jwk, "d": "AAAA"}})], {}),
+        "dpop_key",
+    ),
+    "symmetric-key-in-jwk": (
+        lambda k: ([proof(k, header={"jwk": {"kty": "oct", "k": "AAAA"}})], {}),
+        "dpop_key",
+    ),
+    "jwk-crv-list": (
+        lambda k: ([proof(k, header={"jwk": {**k.jwk, "crv": ["P-256"]}})], {}),
+        "dpop_key",
+    ),
+    "jwk-kty-list": (
+        lambda k: ([proof(k, header={"jwk": {**k.jwk, "kty": ["EC"]}})], {}),
+        "dpop_key",
+    ),
+    "jwk-x-number": (lambda k: ([proof(k, header={"jwk": {**k.jwk, "x": 5}})], {}), "dpop_key"),
     "jwk-wrong-curve": (
-        lambda k: ([proof(k, header={"jwk": client_key("ES384").jwk})], {}), "dpop_key"),
+        lambda k: ([proof(k, header={"jwk": client_key("ES384").jwk})], {}),
+        "dpop_key",
+    ),
     "jwk-wrong-type": (
-        lambda k: ([proof(k, header={"jwk": client_key("EdDSA").jwk})], {}), "dpop_key"),
-    "jwk-for-encryption": (lambda k: ([proof(k, header={"jwk": {**k.jwk, "use": "enc"}})], {}),
-                           "dpop_key"),
-    "jwk-other-alg": (lambda k: ([proof(k, header={"jwk": {**k.jwk, "alg": "ES384"}})], {}),
-                      "dpop_key"),
+        lambda k: ([proof(k, header={"jwk": client_key("EdDSA").jwk})], {}),
+        "dpop_key",
+    ),
+    "jwk-for-encryption": (
+        lambda k: ([proof(k, header={"jwk": {**k.jwk, "use": "enc"}})], {}),
+        "dpop_key",
+    ),
+    "jwk-other-alg": (
+        lambda k: ([proof(k, header={"jwk": {**k.jwk, "alg": "ES384"}})], {}),
+        "dpop_key",
+    ),
     "jwk-point-off-curve": (
-        lambda k: ([proof(k, header={"jwk": {**k.jwk, "y": k.jwk["x"]}})], {}), "dpop_key"),
+        lambda k: ([proof(k, header={"jwk": {**k.jwk, "y": k.jwk["x"]}})], {}),
+        "dpop_key",
+    ),
     "foreign-key-signature": (
-        lambda k: ([proof(k, header={"jwk": client_key("ES256").jwk})], {}), "dpop_signature"),
+        lambda k: ([proof(k, header={"jwk": client_key("ES256").jwk})], {}),
+        "dpop_signature",
+    ),
     "tampered-claims": (lambda k: ([_tampered(k)], {}), "dpop_signature"),
     "no-jti": (lambda k: ([proof(k, claims={"jti": DROP})], {}), "dpop_claims"),
     "jti-not-string": (lambda k: ([proof(k, claims={"jti": 7})], {}), "dpop_claims"),
@@ -209,30 +250,49 @@ ATTACKS: dict[str, tuple[Case, str]] = {
     "htm-lowercase": (lambda k: ([proof(k, htm="get")], {}), "dpop_htm"),
     "no-htu": (lambda k: ([proof(k, claims={"htu": DROP})], {}), "dpop_claims"),
     "htu-list": (lambda k: ([proof(k, claims={"htu": [URI]})], {}), "dpop_claims"),
-    "wrong-htu-path": (lambda k: ([proof(k, htu="https://api.example.com/orders/43")], {}),
-                       "dpop_htu"),
-    "wrong-htu-host": (lambda k: ([proof(k, htu="https://evil.example.com/orders/42")], {}),
-                       "dpop_htu"),
-    "wrong-htu-scheme": (lambda k: ([proof(k, htu="http://api.example.com/orders/42")], {}),
-                         "dpop_htu"),
-    "wrong-htu-port": (lambda k: ([proof(k, htu="https://api.example.com:8443/orders/42")], {}),
-                       "dpop_htu"),
+    "wrong-htu-path": (
+        lambda k: ([proof(k, htu="https://api.example.com/orders/43")], {}),
+        "dpop_htu",
+    ),
+    "wrong-htu-host": (
+        lambda k: ([proof(k, htu="https://evil.example.com/orders/42")], {}),
+        "dpop_htu",
+    ),
+    "wrong-htu-scheme": (
+        lambda k: ([proof(k, htu="http://api.example.com/orders/42")], {}),
+        "dpop_htu",
+    ),
+    "wrong-htu-port": (
+        lambda k: ([proof(k, htu="https://api.example.com:8443/orders/42")], {}),
+        "dpop_htu",
+    ),
     "htu-relative": (lambda k: ([proof(k, htu="/orders/42")], {}), "dpop_htu"),
     "no-iat": (lambda k: ([proof(k, claims={"iat": DROP})], {}), "dpop_claims"),
-    "iat-string": (lambda k: ([proof(k, claims={"iat": str(int(time.time()))})], {}),
-                   "dpop_claims"),
+    "iat-string": (
+        lambda k: ([proof(k, claims={"iat": str(int(time.time()))})], {}),
+        "dpop_claims",
+    ),
     "iat-boolean": (lambda k: ([proof(k, claims={"iat": True})], {}), "dpop_claims"),
+    "iat-huge-integer": (lambda k: ([_raw(k, _header(k), _claims(iat=10**400))], {}), "dpop_iat"),
+    "iat-infinite": (
+        lambda k: ([_raw(k, _header(k), _claims(iat=0).replace('"iat": 0', '"iat": 1e400'))], {}),
+        "dpop_iat",
+    ),
     "expired-iat": (lambda k: ([proof(k, iat=time.time() - 61)], {}), "dpop_iat"),
     "future-iat": (lambda k: ([proof(k, iat=time.time() + 6)], {}), "dpop_iat"),
     "no-ath": (lambda k: ([proof(k, token=None)], {}), "dpop_claims"),
     "wrong-ath": (lambda k: ([proof(k, token="another-token")], {}), "dpop_ath"),
     "ath-not-string": (lambda k: ([proof(k, claims={"ath": 1})], {}), "dpop_claims"),
-    "foreign-key-binding": (lambda k: ([proof(k)], {"bound_jkt": client_key().jkt}),
-                            "dpop_binding"),
+    "foreign-key-binding": (
+        lambda k: ([proof(k)], {"bound_jkt": client_key().jkt}),
+        "dpop_binding",
+    ),
     "nonce-missing": (lambda k: ([proof(k)], {"nonces": ("n-1",)}), "dpop_nonce"),
-    "nonce-stale": (lambda k: ([proof(k, claims={"nonce": "n-0"})], {"nonces": ("n-1",)}),
-                    "dpop_nonce"),
-}  # fmt: skip
+    "nonce-stale": (
+        lambda k: ([proof(k, claims={"nonce": "n-0"})], {"nonces": ("n-1",)}),
+        "dpop_nonce",
+    ),
+}
 
 
 def _unsigned(key: ClientKey) -> str:
@@ -301,3 +361,55 @@ def test_iat_window_edges(key: ClientKey) -> None:
     check([proof(key, iat=now + 5)], key, now=now)
     result = check([proof(key, iat=now + 5.0)], key, now=now)
     assert result.replay_ttl == pytest.approx(65.0)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200)
+@given(st.text(max_size=300))
+def test_any_header_text_is_refused_as_a_proof_never_a_crash(text: str) -> None:
+    with pytest.raises(InvalidToken):
+        validate_proof(
+            [text],
+            method="GET",
+            uri=URI,
+            access_token=TOKEN,
+            bound_jkt=None,
+            policy=POLICY,
+            now=time.time(),
+        )
+
+
+@settings(max_examples=200)
+@given(
+    st.dictionaries(st.sampled_from(["typ", "alg", "jwk", "crit", "kid"]), json_values),
+    st.dictionaries(st.sampled_from(["jti", "htm", "htu", "iat", "ath", "nonce"]), json_values),
+)
+def test_any_signed_json_is_accepted_or_refused_never_a_crash(
+    header: dict[str, Any], claims: dict[str, Any]
+) -> None:
+    signer = _FUZZ_KEY
+    try:
+        validate_proof(
+            [sign(json.dumps(header), json.dumps(claims), signer)],
+            method="GET",
+            uri=URI,
+            access_token=TOKEN,
+            bound_jkt=None,
+            policy=POLICY,
+            now=time.time(),
+            nonces=("n",),
+        )
+    except InvalidToken:
+        return
+    raise AssertionError("a proof without a valid typ/alg/jwk was accepted")
+
+
+_FUZZ_KEY = client_key("ES256")

@@ -36,8 +36,9 @@ def test_binding_mismatch_challenge_is_rfc_figure_16() -> None:
 
 
 def test_use_dpop_nonce_sends_the_nonce_uncacheable() -> None:
-    error = UseDpopNonce("Resource server requires nonce in DPoP proof", nonce="eyJ7S_zG.eyJH0-Z",
-                         algs=ALGS)  # fmt: skip
+    error = UseDpopNonce(
+        "Resource server requires nonce in DPoP proof", nonce="eyJ7S_zG.eyJH0-Z", algs=ALGS
+    )
     assert error.status == 401 and error.reason == "dpop_nonce"
     assert error.challenge("gw").startswith('DPoP realm="gw", error="use_dpop_nonce", ')
     assert error.extra_headers() == {"DPoP-Nonce": "eyJ7S_zG.eyJH0-Z", "Cache-Control": "no-store"}

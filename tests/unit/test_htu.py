@@ -102,8 +102,9 @@ segments = st.lists(
     ),
     max_size=6,
 )
-hosts = st.from_regex(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,10}[a-zA-Z0-9])?(\.[a-zA-Z]{2,5}){0,2}",
-                      fullmatch=True)  # fmt: skip
+hosts = st.from_regex(
+    r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,10}[a-zA-Z0-9])?(\.[a-zA-Z]{2,5}){0,2}", fullmatch=True
+)
 uris = st.builds(
     lambda scheme, host, port, parts: f"{scheme}://{host}{port}/{'/'.join(parts)}",
     st.sampled_from(["http", "https", "HTTP", "Https"]),
