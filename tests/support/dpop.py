@@ -32,6 +32,11 @@ class ClientKey:
     def jkt(self) -> str:
         return jwk_thumbprint(self.jwk)
 
+    @property
+    def private_jwk(self) -> dict[str, Any]:
+        """The whole key pair as a JWK: what a careless client might put in ``jwk``."""
+        return json.loads(ALGORITHMS[self.alg].to_jwk(self.private))
+
 
 def client_key(alg: str = "ES256") -> ClientKey:
     if alg.startswith("ES"):

@@ -203,6 +203,11 @@ ATTACKS: dict[str, tuple[Case, str]] = {
         lambda k: ([proof(k, header={"jwk": {**k.jwk, "d": "AAAA"}})], {}),
         "dpop_key",
     ),
+    "whole-key-pair-in-jwk": (
+        lambda k: ([proof(k, header={"jwk": k.private_jwk})], {}),
+        "dpop_key",
+    ),
+    "rsa-key-pair-in-jwk": (lambda k: ([_rsa_pair()], {}), "dpop_key"),
     "symmetric-key-in-jwk": (
         lambda k: ([proof(k, header={"jwk": {"kty": "oct", "k": "AAAA"}})], {}),
         "dpop_key",
@@ -299,6 +304,11 @@ def _unsigned(key: ClientKey) -> str:
     """``alg: none`` with an empty signature (RFC 7515 §A.5's unsecured form)."""
     header = b64url(_header(key, alg="none").encode())
     return f"{header}.{b64url(_claims().encode())}."
+
+
+def _rsa_pair() -> str:
+    signer = client_key("RS256")
+    return proof(signer, header={"jwk": signer.private_jwk})
 
 
 def _hs256(key: ClientKey) -> str:
