@@ -26,6 +26,7 @@ from gateway import boundedjson
 from gateway.auth.dpop_errors import InvalidDpopProof, InvalidDpopToken, UseDpopNonce
 from gateway.auth.htu import normalise_htu
 from gateway.auth.thumbprints import b64url, b64url_decode, jwk_thumbprint
+from gateway.problems import InvalidRequest, InvalidToken
 
 # RFC 9449 §4.2: alg is "an identifier for a JWS asymmetric digital signature algorithm";
 # the key type (and curve) each one is used with (RFC 7518 §3, RFC 8037 §3.1).
@@ -87,6 +88,28 @@ def replay_key(jkt: str, jti: str) -> bytes:
     """RFC 9449 §11.1: a server tracking jti values should "store only a hash thereof"; keyed
     with the proof key's thumbprint too, so two clients' identifiers never collide."""
     return hashlib.sha256(f"{jkt}\n{jti}".encode()).digest()
+
+
+# RFC 9449 §7.1 Figure 12: credentials = "DPoP" 1*SP token68 (tabs tolerated, as for Bearer).
+_DPOP_CREDENTIALS: Final = re.compile(r"[ \t]*DPoP[ \t]+([A-Za-z0-9\-._~+/]+=*)[ \t]*", re.I)
+_DPOP_SCHEME: Final = re.compile(r"[ \t]*DPoP(?:[ \t]|$)", re.I)
+
+
+def read_dpop_token(authorization: Sequence[str], *, max_size: int) -> str | None:
+    """The access token of ``Authorization: DPoP <token>``, or None for another scheme.
+
+    The scheme name is case-insensitive (RFC 9110 §11.1). Two Authorization fields are
+    ambiguous (RFC 9110 §11.6.2) and ``bearer.read_token`` already refuses them.
+    """
+    if len(authorization) != 1 or _DPOP_SCHEME.match(authorization[0]) is None:
+        return None
+    match = _DPOP_CREDENTIALS.fullmatch(authorization[0])
+    if match is None:
+        raise InvalidRequest("malformed DPoP Authorization header")
+    token = match.group(1)
+    if len(token) > max_size:
+        raise InvalidToken("the access token is too large", reason="oversized")
+    return token
 
 
 def _equal(a: str, b: str) -> bool:

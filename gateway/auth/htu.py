@@ -98,3 +98,9 @@ def normalise_htu(uri: str) -> str:
     # §6.2.2: escapes are normalised before dot-segments are removed.
     path = remove_dot_segments(_PCT.sub(_percent, path or "/"))
     return f"{scheme}://{host}{port}{path}"
+
+
+def external_uri(external_url: str, path: str) -> str:
+    """The URI the client used: the configured external URL (origin and any path prefix a
+    front proxy strips) followed by the request's normalised path, before any rewrite."""
+    return external_url.rstrip("/") + path

@@ -17,12 +17,14 @@ from gateway.auth.dpop import (
     DpopPolicy,
     VerifiedProof,
     access_token_hash,
+    read_dpop_token,
     replay_key,
     validate_proof,
 )
 from gateway.auth.dpop_errors import InvalidDpopProof, InvalidDpopToken, UseDpopNonce
+from gateway.auth.replay import MemoryReplayStore
 from gateway.auth.thumbprints import b64url
-from gateway.problems import InvalidToken
+from gateway.problems import InvalidRequest, InvalidToken
 from tests.support.dpop import DROP, ClientKey, client_key, proof, sign
 
 # RFC 9449 Figure 2 (token request) and Figure 13 (resource request), "\" wrapping removed.
@@ -423,3 +425,45 @@ def test_any_signed_json_is_accepted_or_refused_never_a_crash(
 
 
 _FUZZ_KEY = client_key("ES256")
+
+
+@pytest.mark.parametrize(
+    ("values", "token"),
+    [
+        (["DPoP Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU"], RFC_ACCESS_TOKEN),
+        (["dpop  abc=="], "abc=="),
+        (["\tDPOP\tabc "], "abc"),
+        (["Bearer abc"], None),
+        (["DPoPish abc"], None),
+        ([], None),
+        (["DPoP a", "DPoP b"], None),  # ambiguous: bearer.read_token refuses two fields
+    ],
+    ids=["rfc-figure-13", "case-and-spaces", "tabs", "bearer", "other-scheme", "none", "two"],
+)
+def test_read_dpop_token(values: list[str], token: str | None) -> None:
+    assert read_dpop_token(values, max_size=100) == token
+
+
+@pytest.mark.parametrize("value", ["DPoP", "DPoP ", "DPoP a b", "DPoP a,b", "DPoP é"])
+def test_malformed_dpop_credentials_are_invalid_requests(value: str) -> None:
+    with pytest.raises(InvalidRequest):
+        read_dpop_token([value], max_size=100)
+
+
+def test_oversized_dpop_token() -> None:
+    with pytest.raises(InvalidToken, match="too large"):
+        read_dpop_token(["DPoP " + "a" * 101], max_size=100)
+
+
+async def test_a_replayed_proof_is_caught_by_recording_what_validation_returns(
+    key: ClientKey,
+) -> None:
+    store = MemoryReplayStore(100)
+    signed = proof(key)
+    first = check([signed], key)
+    assert await store.record(first.replay_key, first.replay_ttl) is True
+    again = check([signed], key)  # the proof itself is still valid: only the store knows
+    assert again.replay_key == first.replay_key
+    assert await store.record(again.replay_key, again.replay_ttl) is False
+    other = check([proof(key)], key)  # a fresh jti from the same key is no replay
+    assert await store.record(other.replay_key, other.replay_ttl) is True

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.auth.htu import normalise_htu, remove_dot_segments
+from gateway.auth.htu import external_uri, normalise_htu, remove_dot_segments
 
 EQUIVALENT = {
     "scheme-case": ("HTTPS://api.example.com/a", "https://api.example.com/a"),
@@ -162,3 +162,18 @@ def test_the_origin_is_case_insensitive(uri: str) -> None:
 def test_arbitrary_text_is_a_value_error_or_a_uri(text: str) -> None:
     with contextlib.suppress(ValueError):
         normalise_htu(text)
+
+
+@pytest.mark.parametrize(
+    ("external_url", "path", "uri"),
+    [
+        ("https://api.example.com", "/orders/42", "https://api.example.com/orders/42"),
+        ("https://api.example.com/", "/orders", "https://api.example.com/orders"),
+        ("https://example.com/api", "/orders", "https://example.com/api/orders"),
+        ("https://example.com/api/", "/", "https://example.com/api/"),
+    ],
+)
+def test_external_uri_is_the_configured_url_and_the_path(
+    external_url: str, path: str, uri: str
+) -> None:
+    assert external_uri(external_url, path) == uri
