@@ -116,7 +116,21 @@ def _all_claims(identity: Identity) -> str:
     return encoded.rstrip(b"=").decode("ascii")
 
 
+def _confirmation(member: str) -> Source:
+    """RFC 7800 §3.1 ``cnf`` members: the key a token is bound to (RFC 9449 §6.1 ``jkt``,
+    RFC 8705 §3.1 ``x5t#S256``), so an upstream can tell a sender-constrained call."""
+
+    def read(identity: Identity) -> str:
+        cnf = identity.claims.get("cnf")
+        value = cnf.get(member) if isinstance(cnf, Mapping) else None
+        return value if isinstance(value, str) else ""
+
+    return read
+
+
 _FIELD_SOURCES: dict[str, Source] = {
+    "cnf_jkt": _confirmation("jkt"),
+    "cnf_x5t": _confirmation("x5t#S256"),
     "sub": _field(lambda i: i.subject),
     "client_id": _field(lambda i: i.client_id),
     "iss": _field(lambda i: i.issuer),
@@ -128,6 +142,7 @@ _CLAIM_SOURCES = ("azp", "scp", "aud", "exp", "iat", "nbf", "jti", "email", "nam
 _KNOWN = ", ".join(
     ("sub", "client_id", "azp", "scope", "scp", "iss", "aud", "exp", "iat", "nbf", "jti",
      "email", "name", "preferred_username", "groups", "roles", "token_kind",
+     "cnf_jkt", "cnf_x5t",
      "claims.NAME", _ALL_CLAIMS)
 )  # fmt: skip
 

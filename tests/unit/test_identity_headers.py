@@ -293,3 +293,25 @@ def test_the_fast_path_for_plain_members_encodes_like_the_slow_one(
     members: list[str], separator: str
 ) -> None:
     assert _joined(members, separator) == separator.join(_escape(m, separator) for m in members)
+
+
+JKT = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
+X5T = "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg0"
+
+
+@pytest.mark.parametrize(
+    ("template", "cnf", "expected"),
+    [
+        ("{cnf_jkt}", {"jkt": JKT}, JKT),
+        ("{cnf_x5t}", {"x5t#S256": X5T}, X5T),
+        ("{cnf_jkt}", {"x5t#S256": X5T}, None),
+        ("{cnf_jkt|cnf_x5t}", {"x5t#S256": X5T}, X5T),
+        ("{cnf_jkt}", "not-an-object", None),
+        ("{cnf_jkt}", {"jkt": 5}, None),
+        ("{cnf_x5t}", None, None),
+    ],
+    ids=["jkt", "x5t", "absent", "fallback", "cnf-string", "jkt-number", "no-cnf"],
+)
+def test_binding_placeholders(template: str, cnf: Any, expected: str | None) -> None:
+    claims = {} if cnf is None else {"cnf": cnf}
+    assert render(template, identity(**claims)) == expected

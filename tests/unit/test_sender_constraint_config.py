@@ -1,0 +1,67 @@
+"""The proposed config shape for DPoP, client certificates and protected resources."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.config.models.sender_constraint import (
+    ClientCertificates,
+    Dpop,
+    DpopNonce,
+    ProtectedResource,
+)
+
+
+def test_defaults_are_off_and_strict() -> None:
+    dpop = Dpop()
+    assert dpop.mode == "off" and dpop.algorithms == ["ES256", "PS256", "RS256", "EdDSA"]
+    assert dpop.max_age == 60.0 and dpop.replay.on_redis_error == "fail_closed"
+    assert ClientCertificates().source == "tls"
+
+
+def test_durations_and_nested_sections_parse() -> None:
+    dpop = Dpop.model_validate({
+        "mode": "required", "external_url": "https://api.example.com/prefix",
+        "max_age": "2m", "leeway": "2s", "nonce": {"secret": "x" * 32, "lifetime": "5m"},
+        "replay": {"redis": True, "on_redis_error": "fail_open"},
+    })  # fmt: skip
+    assert dpop.max_age == 120.0 and dpop.nonce is not None and dpop.nonce.lifetime == 300.0
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "message"),
+    [
+        (Dpop, {"mode": "required"}, "external_url"),
+        (Dpop, {"algorithms": ["HS256"]}, "algorithms"),
+        (Dpop, {"algorithms": ["none"]}, "algorithms"),
+        (Dpop, {"algorithms": []}, "algorithms"),
+        (Dpop, {"max_age": "1h"}, "max_age"),
+        (Dpop, {"external_url": "https://h.example/?q"}, "query"),
+        (Dpop, {"external_url": "/relative"}, "absolute"),
+        (Dpop, {"mode": "sometimes"}, "mode"),
+        (Dpop, {"unknown": 1}, "unknown"),
+        (DpopNonce, {"secret": "short"}, "32 bytes"),
+        (ClientCertificates, {"trusted_proxies": ["10.0.0.1/8"]}, "CIDR"),
+        (ClientCertificates, {"header_format": "pem"}, "header_format"),
+        (ProtectedResource, {"resource": "http://api.example.com"}, "https"),
+        (ProtectedResource, {"resource": "https://api.example.com/#x"}, "fragment"),
+        (ProtectedResource, {"resource": "https://a.example",
+                             "resource_signing_alg_values_supported": ["none"]}, "none"),
+        (ProtectedResource, {"resource": "https://a.example",
+                             "bearer_methods_supported": ["cookie"]}, "bearer_methods"),
+    ],
+    ids=["dpop-without-origin", "hs256", "none", "no-algs", "max-age-too-long",
+         "origin-with-query", "origin-relative", "bad-mode", "unknown-key", "short-secret",
+         "cidr-host-bits", "bad-header-format", "resource-http", "resource-fragment",
+         "signing-none", "bearer-cookie"],
+)  # fmt: skip
+def test_invalid_config_is_refused(model: Any, data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        model.model_validate(data)
+
+
+def test_loopback_resource_may_use_http() -> None:
+    assert ProtectedResource(resource="http://127.0.0.1:8080/mcp").resource.endswith("/mcp")
