@@ -66,6 +66,7 @@ def _report(report: EvictionReport) -> dict[str, Any]:
         "local": "done",
         "shared": report.shared,
         "broadcast": report.broadcast,
+        "workers": report.workers,
         "errors": list(report.errors),
     }
 

@@ -22,7 +22,6 @@ shared tier, and every other process: through Redis pub/sub and through the supe
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import secrets
 import time
@@ -30,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from gateway.auth import identity_codec
+from gateway.auth.answer_policy import IntrospectedPolicy, Value, subject_hash, until_exp
 from gateway.auth.contexts import ValidationContext
 from gateway.auth.identity import Identity
 from gateway.auth.rejections import Rejection
@@ -40,16 +39,10 @@ from gateway.cache.tiered import TieredCache
 
 log = logging.getLogger(__name__)
 
-Value = Identity | Rejection
 Relay = Callable[[dict[str, Any]], None]
 _REJECTION_BYTES: Final = 160
 _IDENTITY_OVERHEAD: Final = 768
 _MEMOS_PER_ROUTE: Final = 10_000
-
-
-def subject_hash(subject: str) -> str:
-    """How caches, indexes and messages name a subject: never the subject itself."""
-    return hashlib.sha256(subject.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,79 +62,17 @@ class EvictionReport:
     local_entries: int = 0
     shared: str = "none"  # none | done | failed | incomplete
     shared_deleted: int = 0
-    broadcast: str = "none"  # none | sent | failed
+    broadcast: str = "none"  # none | sent | failed  (Redis pub/sub)
+    workers: str = "none"  # none | sent | failed  (the --workers supervisor)
     errors: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
-        return self.shared in ("none", "done") and self.broadcast in ("none", "sent")
-
-
-class _IntrospectedPolicy:
-    """How answers of one introspection context live in the tiers, and how an L2 value is
-    re-checked against the live configuration before it is believed."""
-
-    __slots__ = ("_context", "_settings", "_wall")
-
-    def __init__(self, context: ValidationContext, settings: CacheSettings, wall: Any) -> None:
-        self._context = context
-        self._settings = settings
-        self._wall = wall
-
-    def encode(self, value: Value) -> bytes:
-        return identity_codec.encode(value)
-
-    def decode(self, data: bytes) -> Value | None:
-        try:
-            value = identity_codec.decode(data)
-        except ValueError:
-            return None
-        if isinstance(value, Identity) and not still_valid(value, self._context, self._wall()):
-            return None
-        return value
-
-    def ttl(self, value: Value) -> float:
-        if isinstance(value, Rejection):
-            return self._settings.negative_ttl
-        return _until_exp(value, self._settings.max_ttl, self._wall())
-
-    def l1_ttl(self, value: Value) -> float:
-        return self._settings.l1_ttl
-
-    def negative(self, value: Value) -> bool:
-        return isinstance(value, Rejection)
-
-    def group(self, value: Value) -> str | None:
-        if isinstance(value, Identity) and value.subject is not None:
-            return self._context_group(value.subject)
-        return None
-
-    def _context_group(self, subject: str) -> str:
-        return f"{self._settings.key_prefix}sub:{subject_hash(subject)}"
-
-
-def still_valid(identity: Identity, context: ValidationContext, now: float) -> bool:
-    """Re-check a shared value against the context's issuer, audiences and lifetime: Redis
-    is outside the trust boundary, and another gateway's rules may differ from ours."""
-    issuer = context.issuer
-    if identity.issuer != issuer.issuer:
-        return False
-    allow_missing = issuer.introspection is not None and issuer.introspection.allow_missing_audience
-    if not (allow_missing and not identity.audiences) and set(issuer.audiences).isdisjoint(
-        identity.audiences
-    ):
-        return False
-    if identity.expires_at is not None and identity.expires_at <= now - issuer.leeway:
-        return False
-    nbf = identity.claims.get("nbf")
-    return not (isinstance(nbf, int | float) and nbf > now + issuer.leeway)
-
-
-def _until_exp(identity: Identity, cap: float, now: float) -> float:
-    """RFC 7519 §4.1.4 / RFC 7662 §4: nothing is served on or after the token's exp."""
-    if identity.expires_at is None:
-        return cap
-    return min(cap, identity.expires_at - now)
+        return (
+            self.shared in ("none", "done")
+            and self.broadcast in ("none", "sent")
+            and self.workers in ("none", "sent")
+        )
 
 
 class IdentityCache:
@@ -166,7 +97,7 @@ class IdentityCache:
         )
         self._shared = shared
         self._contexts = contexts
-        self._policies = {c.tag: _IntrospectedPolicy(c, settings, wall) for c in contexts}
+        self._policies = {c.tag: IntrospectedPolicy(c, settings, wall) for c in contexts}
         self._memos: list[dict[bytes, Memo]] = [{} for _ in range(route_count)]
         self._clock = clock
         self._wall = wall
@@ -197,7 +128,7 @@ class IdentityCache:
         if isinstance(value, Rejection):
             self._rejected.set(key, value, settings.verified_negative_ttl, _REJECTION_BYTES)
             return
-        ttl = _until_exp(value, settings.verified_max_ttl, self._wall())
+        ttl = until_exp(value, settings.verified_max_ttl, self._wall())
         # Claims grow with the token: charge for it, so the byte bound means something.
         self._verified.set(key, value, ttl, _IDENTITY_OVERHEAD + 4 * token_size)
 
@@ -297,6 +228,7 @@ class IdentityCache:
         for context in self._contexts:
             key = context.key(digest)
             dropped += self._verified.get(key) is not None
+            dropped += isinstance(self._shared.peek(key), Identity)
             self._verified.delete(key)
             self._rejected.delete(key)
             self._shared.forget_local(key)
@@ -337,9 +269,12 @@ class IdentityCache:
         for relay in self._relays:
             try:
                 relay(message)
-            except Exception as exc:  # a relay is best effort; Redis may still carry it
+            except Exception as exc:  # Redis may still carry it; the report says it failed
                 log.warning("eviction relay failed: %s", exc)
+                report.workers = "failed"
                 report.errors.append("worker relay failed")
+        if self._relays and report.workers == "none":
+            report.workers = "sent"
         redis = self._shared.redis
         if redis is not None:
             report.broadcast = "sent" if await redis.publish(message) else "failed"

@@ -21,7 +21,8 @@ from gateway.auth.rejections import Rejection
 
 VERSION: Final = 2
 MAX_BYTES: Final = 256 * 1024
-MAX_DEPTH: Final = 32
+# An answer parsed at the bound sits one level deeper here (inside the cached array).
+MAX_DEPTH: Final = boundedjson.DEFAULT_MAX_DEPTH + 1
 _TOKEN_KINDS: Final[frozenset[TokenKind]] = frozenset({"jwt", "opaque"})
 _REJECTED: Final = "-"
 

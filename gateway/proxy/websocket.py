@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from gateway.problems import BadGateway, GatewayTimeout
+from gateway.problems import BadGateway, BadRequest, GatewayTimeout
 from gateway.proxy.targets import UpstreamTarget
 
 log = logging.getLogger("gateway.websocket")
@@ -58,6 +58,9 @@ async def relay_websocket(
 ) -> web.StreamResponse:
     if upstream.unix_path is not None:
         raise BadGateway("WebSocket relay to a unix-socket upstream is not supported.")
+    # RFC 6455 §4.2.1: check the client's handshake before the upstream is asked anything.
+    if not web.WebSocketResponse().can_prepare(request).ok:
+        raise BadRequest("The request is not a valid WebSocket handshake (RFC 6455 §4.1).")
     protocols = [
         p.strip()
         for value in request.headers.getall("Sec-WebSocket-Protocol", ())
