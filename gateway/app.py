@@ -165,10 +165,10 @@ async def _retire(runtime: Runtime) -> None:
 
 
 def _listening_port(runner: web.BaseRunner) -> int:
-    for server in runner.sites:
-        sock_server = server._server
-        if sock_server is not None and sock_server.sockets:
-            return int(sock_server.sockets[0].getsockname()[1])
+    for site in runner.sites:
+        server = site._server
+        if isinstance(server, asyncio.Server) and server.sockets:
+            return int(server.sockets[0].getsockname()[1])
     return 0
 
 

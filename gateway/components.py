@@ -97,7 +97,9 @@ class IdentityCacheComponent:
 
     def metric_families(self) -> Iterable[Metric]:
         shared = self.cache.shared
-        events = {(name,): float(value) for name, value in shared.stats.items()}
+        events: dict[tuple[str, ...], float] = {
+            (name,): float(value) for name, value in shared.stats.items()
+        }
         events[("evictions_received",)] = float(self.cache.evictions_received)
         redis = shared.redis
         if redis is not None:

@@ -63,8 +63,12 @@ class DevIssuer:
 async def _echo(request: web.Request) -> web.Response:
     """The sample upstream: shows what the gateway forwarded, identity headers included."""
     shown = {k: v for k, v in request.headers.items() if k.lower().startswith(("x-auth-", "x-"))}
-    body = {"upstream": "sample", "method": request.method, "path": request.path_qs}
-    body["headers_received"] = shown
+    body: dict[str, object] = {
+        "upstream": "sample",
+        "method": request.method,
+        "path": request.path_qs,
+        "headers_received": shown,
+    }
     return web.json_response(body)
 
 

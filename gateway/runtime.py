@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from prometheus_client.core import Metric
 
 from gateway.accesslog import AccessLog
+from gateway.auth.answer_policy import Value
 from gateway.auth.authenticate import Authenticator
 from gateway.auth.decide import Decider
-from gateway.auth.identity_cache import EvictionReport, IdentityCache, Value
+from gateway.auth.identity_cache import EvictionReport, IdentityCache
 from gateway.auth.introspection import IssuerIntrospection
 from gateway.auth.jwks import KeySetProvider
 from gateway.auth.jwt import JwtVerifier
@@ -68,11 +70,11 @@ class Runtime:
         for component in self.components:
             yield from component.metric_families()
         ready, checks = self.ready()
+        samples: dict[tuple[str, ...], float] = {("all",): float(ready and not draining)}
+        samples.update(((name,), float(ok)) for name, ok in checks.items())
         yield gauge_family(
-            "gateway_ready", "1 when the component is ready.", ["component"],
-            {("all",): float(ready and not draining)}
-            | {(name,): float(ok) for name, ok in checks.items()},
-        )  # fmt: skip
+            "gateway_ready", "1 when the component is ready.", ["component"], samples
+        )
 
     async def evict_token(self, digest: bytes) -> EvictionReport:
         return await self.identity_cache.evict_token(digest)
@@ -143,7 +145,7 @@ async def start_runtime(
     verifier = JwtVerifier(compiled.issuers, providers) if compiled.issuers else None
     introspectors = {
         issuer.key: IssuerIntrospection(
-            issuer, control, lambda p=providers[issuer.key]: p.metadata, ssl=_issuer_ssl(issuer)
+            issuer, control, _metadata_of(providers[issuer.key]), ssl=_issuer_ssl(issuer)
         )
         for issuer in compiled.issuers
         if issuer.introspection is not None
@@ -179,6 +181,11 @@ async def start_runtime(
         await runtime.close()
         raise
     return runtime
+
+
+def _metadata_of(provider: KeySetProvider) -> Callable[[], Mapping[str, Any] | None]:
+    """The issuer's discovery metadata as it is now (it may load after start-up)."""
+    return lambda: provider.metadata
 
 
 async def _wait_ready(providers: Sequence[KeySetProvider], limit: float) -> None:

@@ -78,13 +78,13 @@ def supervise(children: Sequence[int], channels: Sequence[socket.socket]) -> int
             if not remaining:
                 break
             for key, _ in selector.select(timeout=1.0):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                if sock is wake_read:
+                ready = key.fileobj
+                if ready is wake_read:
                     with contextlib.suppress(OSError):
                         wake_read.recv(64)
                     continue
-                _relay(sock, live, selector)
+                assert isinstance(ready, socket.socket)
+                _relay(ready, live, selector)
     finally:
         selector.close()
         for sock in (wake_read, wake_write, *channels):

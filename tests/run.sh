@@ -2,7 +2,8 @@
 # The project's one test command (README "Run the tests"; .ci/run calls it too).
 # On a fresh machine it makes .venv, installs the gateway with its test extras, makes sure
 # redis-server exists (the tests start their own on a free loopback port unless REDIS_URL
-# is set), then runs the linters and the test suite. Extra arguments go to pytest.
+# is set), then runs the linters, the type checker and the test suite. Extra arguments go to
+# pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,4 +31,6 @@ fi
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+# The type checker: strict on gateway/ (pyproject.toml [tool.mypy]); an error fails the run.
+.venv/bin/mypy
 exec .venv/bin/pytest "$@"

@@ -22,9 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from gateway.auth.answer_policy import Value
 from gateway.auth.contexts import ValidationContext
 from gateway.auth.identity import Identity
-from gateway.auth.identity_cache import IdentityCache, Value
+from gateway.auth.identity_cache import IdentityCache
 from gateway.auth.introspection import IssuerIntrospection
 from gateway.auth.jwt import JwtVerifier, NotMine, ParsedJwt
 from gateway.auth.rejections import Rejection

@@ -154,6 +154,7 @@ class IdentityCache:
         memo = self._memos[route_id].get(digest)
         if memo is None:
             return None
+        live: object
         if memo.introspected:
             live = self._shared.peek(memo.key)
         else:

@@ -64,8 +64,10 @@ def _usable(jwk: Any) -> VerificationKey | str:
     if not isinstance(jwk, dict):
         return "not a JSON object"
     kty, crv, kid, alg = jwk.get("kty"), jwk.get("crv"), jwk.get("kid"), jwk.get("alg")
-    if any(v is not None and not isinstance(v, str) for v in (kty, crv, kid, alg)):
-        return "kty, crv, kid or alg is not a string"
+    if not isinstance(kty, str) or any(
+        v is not None and not isinstance(v, str) for v in (crv, kid, alg)
+    ):
+        return "kty is missing, or kty, crv, kid or alg is not a string"
     # RFC 7517 §4.2/§4.3: "use" and "key_ops" restrict what a key is for.
     if jwk.get("use", "sig") != "sig":
         return "use is not sig"
@@ -74,7 +76,7 @@ def _usable(jwk: Any) -> VerificationKey | str:
         return "key_ops lacks verify"
     if kty == "RSA":
         algorithms = RSA_ALGORITHMS
-    elif (curve_alg := _CURVE_ALGORITHMS.get((kty, crv))) is not None:
+    elif isinstance(crv, str) and (curve_alg := _CURVE_ALGORITHMS.get((kty, crv))) is not None:
         algorithms = frozenset({curve_alg})
     else:
         return f"unsupported key type {kty!r}"
@@ -285,4 +287,7 @@ class KeySetProvider:
             return self._issuer.keys.jwks
         path = self._issuer.keys.file
         assert path is not None
-        return json.loads(await asyncio.to_thread(path.read_bytes))
+        document = json.loads(await asyncio.to_thread(path.read_bytes))
+        if not isinstance(document, dict):
+            raise ValueError(f"{path}: a JWK Set is a JSON object")
+        return document

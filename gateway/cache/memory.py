@@ -37,7 +37,8 @@ class MemoryCache:
         return len(self._entries)
 
     @property
-    def bytes(self) -> int:
+    def size(self) -> int:
+        """Bytes charged for the entries held now."""
         return self._bytes
 
     def get(self, key: bytes) -> tuple[object, float] | None:

@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final, TypeVar
 
 from redis.asyncio import Redis, RedisCluster, Sentinel
@@ -146,9 +147,8 @@ class RedisCache:
                 return GroupDeletion(deleted, complete=False, error="redis unavailable")
             if not batch:
                 break
-            members = [m.decode("utf-8", "replace") for m in batch]
             removed = await self._run(
-                lambda members=members: _delete_members(self._client, group, members),
+                partial(_delete_members, self._client, group, [m.decode() for m in batch]),
                 limit=self._admin_timeout,
             )
             if removed is None:
@@ -261,7 +261,8 @@ def _client(settings: RedisSettings) -> Any:
     if settings.sentinel_hosts:
         if settings.cluster:
             raise ValueError("redis: cluster mode takes a url, not sentinel")
-        sentinel = Sentinel(list(settings.sentinel_hosts), **options)
+        assert settings.sentinel_service is not None  # the compiler guarantees it
+        sentinel = Sentinel(list(settings.sentinel_hosts), **options)  # type: ignore[no-untyped-call]
         return sentinel.master_for(settings.sentinel_service, **options)
     assert settings.url is not None  # the compiler guarantees url xor sentinel
     if settings.cluster:
@@ -319,7 +320,7 @@ def _deliver(callback: Callable[[dict[str, Any]], None], message: dict[str, Any]
 
 async def _close_quietly(pubsub: PubSub) -> None:
     try:
-        await pubsub.aclose()
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
     except _FAILURES:
         log.debug("closing a failed pub/sub connection", exc_info=True)
 

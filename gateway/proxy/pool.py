@@ -76,6 +76,7 @@ class UpstreamPool:
                 if target.unix_path is not None:
                     await self.loop.create_unix_connection(lambda: conn, target.unix_path)
                 else:
+                    assert target.host is not None and target.port is not None
                     await self.loop.create_connection(
                         lambda: conn,
                         target.host,

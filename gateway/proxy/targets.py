@@ -11,6 +11,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 
@@ -53,7 +54,7 @@ class UpstreamSpec:
 def make_target(name: str, spec: UpstreamSpec) -> UpstreamTarget:
     """Resolve an upstream URL once at load; nothing is parsed per request. Raises
     ``OSError``/``ssl.SSLError`` for a CA file that does not load."""
-    common = {
+    common: dict[str, Any] = {
         "name": name,
         "connect_timeout": spec.connect_timeout,
         "read_timeout": spec.read_timeout,

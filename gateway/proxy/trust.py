@@ -39,8 +39,12 @@ def _network(text: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 
 
 def _masks(networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> _Masks:
-    collapsed = ipaddress.collapse_addresses(networks)
-    return tuple((int(n.network_address), int(n.netmask)) for n in collapsed)
+    both = list(networks)
+    v4 = [n for n in both if isinstance(n, ipaddress.IPv4Network)]
+    v6 = [n for n in both if isinstance(n, ipaddress.IPv6Network)]
+    masks = [(int(n.network_address), int(n.netmask)) for n in ipaddress.collapse_addresses(v4)]
+    masks += [(int(n.network_address), int(n.netmask)) for n in ipaddress.collapse_addresses(v6)]
+    return tuple(masks)
 
 
 class TrustedProxies:

@@ -38,7 +38,7 @@ def test_entry_expires_exactly_at_its_ttl_and_frees_its_bytes(clock: Clock) -> N
     assert cache.get(b"k") is not None
     clock.now = 105.0
     assert cache.get(b"k") is None
-    assert (len(cache), cache.bytes) == (0, 0)
+    assert (len(cache), cache.size) == (0, 0)
 
 
 @pytest.mark.parametrize(
@@ -60,7 +60,7 @@ def test_bounds_evict_oldest_first(
         cache.set(key, key, ttl=60.0, size=size)
     assert [key for key in keys if cache.get(key) is not None] == kept
     assert len(cache) <= max_entries
-    assert cache.bytes <= max_bytes
+    assert cache.size <= max_bytes
 
 
 def test_rewriting_a_key_replaces_its_size_and_makes_it_newest(clock: Clock) -> None:
@@ -68,7 +68,7 @@ def test_rewriting_a_key_replaces_its_size_and_makes_it_newest(clock: Clock) -> 
     cache.set(b"a", 1, ttl=60.0, size=50)
     cache.set(b"b", 2, ttl=60.0, size=10)
     cache.set(b"a", 3, ttl=60.0, size=20)
-    assert cache.bytes == 30
+    assert cache.size == 30
     cache.set(b"c", 4, ttl=60.0, size=1)  # evicts b, now the oldest write
     assert cache.get(b"b") is None
     assert cache.get(b"a") == (3, 160.0)
@@ -80,7 +80,7 @@ def test_non_positive_ttl_stores_nothing_and_drops_the_old_value(clock: Clock, t
     cache.set(b"k", "old", ttl=60.0, size=1)
     cache.set(b"k", "new", ttl=ttl, size=1)
     assert cache.get(b"k") is None
-    assert cache.bytes == 0
+    assert cache.size == 0
 
 
 def test_delete_and_delete_where(clock: Clock) -> None:
@@ -92,4 +92,4 @@ def test_delete_and_delete_where(clock: Clock) -> None:
     assert cache.delete_where(lambda value: value % 2 == 1) == 3  # type: ignore[operator]
     survivors = {i: cache.get(bytes([i])) for i in range(6)}
     assert survivors == {0: None, 1: None, 2: (2, 160.0), 3: None, 4: (4, 160.0), 5: None}
-    assert (len(cache), cache.bytes) == (2, 10)
+    assert (len(cache), cache.size) == (2, 10)

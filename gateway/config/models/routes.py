@@ -98,7 +98,7 @@ class PathMatch(Strict):
 
     @property
     def pattern(self) -> str:
-        return next(v for v in self.model_dump().values() if v is not None)
+        return str(next(v for v in self.model_dump().values() if v is not None))
 
 
 class Match(Strict):
