@@ -166,9 +166,10 @@ async def _retire(runtime: Runtime) -> None:
 
 def _listening_port(runner: web.BaseRunner) -> int:
     for site in runner.sites:
-        server = site._server
-        if isinstance(server, asyncio.Server) and server.sockets:
-            return int(server.sockets[0].getsockname()[1])
+        # asyncio's and uvloop's servers both have .sockets; AbstractServer does not say so.
+        sockets = getattr(site._server, "sockets", None)
+        if sockets:
+            return int(sockets[0].getsockname()[1])
     return 0
 
 

@@ -8,7 +8,6 @@ leaves loopback without one, and an empty token.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 from typing import Any
@@ -17,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import __version__, boundedjson
+from gateway.auth.decide import token_digest
 from gateway.auth.identity_cache import EvictionReport
 from gateway.metrics import Metrics
 from gateway.problems import (
@@ -131,7 +131,7 @@ async def evict(request: web.Request) -> web.Response:
         if kind == "subject":
             report = await runtime.evict_subject(value)
         else:
-            digest = hashlib.sha256(value.encode()).digest() if kind == "token" else _hex(value)
+            digest = token_digest(value) if kind == "token" else _hex(value)
             report = await runtime.evict_token(digest)
         if not report.complete:
             raise EvictionIncomplete(report)

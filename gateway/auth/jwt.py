@@ -197,21 +197,17 @@ class JwtVerifier:
         _check_header(header, trust)
         return ParsedJwt(header, payload, raw[:last], signature, trust.key)
 
-    async def verify(self, token: str, allowed_issuers: frozenset[str] | None = None) -> Identity:
+    async def verify(self, token: str) -> Identity:
         try:
             parsed = self.parse(token)
         except NotMine as exc:
             raise _invalid(exc.detail, exc.reason) from None
-        return await self.verify_parsed(parsed, allowed_issuers)
+        return await self.verify_parsed(parsed)
 
-    async def verify_parsed(
-        self, parsed: ParsedJwt, allowed_issuers: frozenset[str] | None = None
-    ) -> Identity:
+    async def verify_parsed(self, parsed: ParsedJwt) -> Identity:
         """The rest of ``verify``, for callers (``auto`` mode) that already hold ``parse``'s
         result and must not parse the token twice."""
         trust = self._by_key[parsed.issuer_key]
-        if allowed_issuers is not None and trust.key not in allowed_issuers:
-            raise _invalid("The token's issuer is not accepted for this resource.", "bad_issuer")
         alg: str = parsed.header["alg"]
         if alg in HMAC_ALGORITHMS:
             key: Any = trust.hmac_key

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-TokenMode = Literal["jwt", "introspection", "auto"]
+from gateway.config.types import TokenMode
+
 ClientAuthMethod = Literal["client_secret_basic", "client_secret_post", "private_key_jwt"]
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 

@@ -27,7 +27,6 @@ from gateway.auth.settings import (
     IssuerSettings,
     KeyRefreshSettings,
     KeySourceSettings,
-    TokenMode,
 )
 from gateway.cache.settings import RedisSettings
 from gateway.config.loader import LoadedConfig
@@ -39,6 +38,7 @@ from gateway.config.models import (
     Require,
     Route,
 )
+from gateway.config.types import TokenMode
 from gateway.config.yaml import Loc
 
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema
+
+TokenMode = Literal["jwt", "introspection", "auto"]
+"""How an issuer's (or a route's) tokens are validated: locally, by introspection, or both
+(a JWT locally, anything else introspected). The config and the auth core share it."""
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _MAX_DURATION = 30 * 86400.0

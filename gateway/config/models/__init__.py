@@ -23,7 +23,6 @@ from gateway.config.models.issuers import (
     IssuerHTTP,
     KeyRefresh,
     KeySource,
-    TokenMode,
 )
 from gateway.config.models.listeners import AdminListen, Forwarding, Limits, Listen
 from gateway.config.models.operations import LoggingConfig, Shutdown, Tracing
@@ -42,6 +41,7 @@ from gateway.config.models.routes import (
     TokenSources,
 )
 from gateway.config.models.upstreams import Upstream, UpstreamPool, UpstreamTimeouts, UpstreamTLS
+from gateway.config.types import TokenMode
 
 __all__ = [
     "DEFAULT_ALGORITHMS",

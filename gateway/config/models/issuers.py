@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from gateway.config.models.base import Strict
-from gateway.config.types import Duration
+from gateway.config.types import Duration, TokenMode
 
 Algorithm = Literal[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
@@ -103,9 +103,6 @@ class Introspection(Strict):
             if not prefix or not prefix.isprintable() or " " in prefix:
                 raise ValueError(f"{prefix!r} is not a usable token prefix")
         return value
-
-
-TokenMode = Literal["jwt", "introspection", "auto"]
 
 
 class Issuer(Strict):

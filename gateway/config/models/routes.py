@@ -7,8 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from gateway.config.models.base import Strict
-from gateway.config.models.issuers import TokenMode
-from gateway.config.types import HeaderName, HttpMethod
+from gateway.config.types import HeaderName, HttpMethod, TokenMode
 
 Scalar = str | int | float | bool
 
