@@ -40,7 +40,9 @@ def encode_identity(identity: Identity) -> bytes:
         identity.token_kind,
         dict(identity.claims),
     ]
-    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+    # ASCII escapes: a claim may hold a lone surrogate ("\ud800" is valid JSON), which has no
+    # UTF-8 encoding; escaped, it round-trips like any other string.
+    return json.dumps(fields, separators=(",", ":")).encode()
 
 
 def encode(value: Identity | Rejection) -> bytes:

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final, TypeVar
 
-from redis.asyncio import Redis, RedisCluster, Sentinel
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster, Sentinel
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import MaxConnectionsError, RedisClusterException, RedisError
 
 from gateway import boundedjson
 from gateway.cache.settings import RedisSettings
@@ -189,6 +189,9 @@ class RedisCache:
         try:
             async with asyncio.timeout(self._timeout if limit is None else limit):
                 result = await command()
+        except MaxConnectionsError:  # busy, not down: a miss, and the breaker stays closed
+            self.errors += 1
+            return None
         except Exception as exc:  # any failure of a cache is a miss, not a 500
             # Beyond redis-py's own errors: a server killed mid-handshake surfaces as uvloop's
             # RuntimeError from the transport, which redis-py re-raises as is.
@@ -267,9 +270,13 @@ def _client(settings: RedisSettings) -> Any:
     assert settings.url is not None  # the compiler guarantees url xor sentinel
     if settings.cluster:
         return RedisCluster.from_url(settings.url, **options)
-    # Bounded: past this many concurrent commands one fails fast and counts as a miss,
-    # rather than the pool growing with every burst and never shrinking.
-    return Redis.from_url(settings.url, max_connections=_MAX_CONNECTIONS, **options)
+    # Bounded, and blocking: past this many concurrent commands one waits for a connection
+    # (within its own timeout) rather than the pool growing with every burst and never
+    # shrinking, or a burst of cold requests reading as an outage and opening the breaker.
+    pool = BlockingConnectionPool.from_url(
+        settings.url, max_connections=_MAX_CONNECTIONS, timeout=settings.timeout, **options
+    )
+    return Redis.from_pool(pool)
 
 
 async def _subscribe(pubsub: PubSub, channel: str) -> None:

@@ -112,13 +112,16 @@ class TieredCache(Generic[V]):
 
     def peek(self, key: bytes) -> V | None:
         """An L1 value still fresh (the request path's first look, without awaiting)."""
-        hit = self._l1.get(key) or self._l1_negative.get(key)
+        negative = self._l1_negative.get(key)
+        if negative is not None:
+            return negative[0]  # type: ignore[return-value]  # L1 holds what _remember put
+        hit = self._l1.get(key)
         if hit is None:
             return None
         value, expires_at = hit
         if self._stale and self._clock() >= expires_at - self._stale:
-            return None  # kept only for stale serving
-        return value  # type: ignore[return-value]  # L1 holds what _remember put there
+            return None  # a positive kept past freshness only for stale serving
+        return value  # type: ignore[return-value]
 
     async def get_or_load(
         self, key: bytes, shared_key: str, load: Callable[[], Awaitable[V]], policy: EntryPolicy[V]

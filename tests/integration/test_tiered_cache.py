@@ -423,6 +423,21 @@ async def test_200_concurrent_callers_for_one_key_share_one_load(make_tier: Tier
     load = Loader(value, delay=0.05)
     results = await asyncio.gather(*(tier.get("hot", load) for _ in range(200)))
     assert load.calls == 1
+    assert all(result == value for result in results)
+    # The others joined the load, or (a Redis read slower than the load) found its copy.
+    joined = tier.stats["coalesced"]
+    assert joined + tier.stats["l2_hits"] == 199
+    assert sum(result is value for result in results) == 1 + joined
+
+
+async def test_200_concurrent_callers_without_redis_all_get_the_one_loaded_object(
+    make_tier: TierFactory,
+) -> None:
+    tier = await make_tier(url=None)
+    value = Answer("v")
+    load = Loader(value, delay=0.05)
+    results = await asyncio.gather(*(tier.get("hot", load) for _ in range(200)))
+    assert load.calls == 1
     assert all(result is value for result in results)
     assert tier.stats["coalesced"] == 199
 
@@ -436,13 +451,7 @@ async def test_200_distinct_keys_concurrently_load_200_times(make_tier: TierFact
     assert tier.stats["coalesced"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: RedisCache's pool holds 64 connections and a 65th concurrent command gets "
-    "MaxConnectionsError, which _run treats as an outage: the breaker opens and the burst's "
-    "other reads and writes are skipped (200 cold keys at once: ~65 reach Redis)",
-)
-async def test_a_burst_of_concurrent_misses_does_not_mark_redis_down(
+async def test_a_burst_of_concurrent_misses_is_not_treated_as_an_outage(
     make_tier: TierFactory, raw_redis: Redis
 ) -> None:
     tier = await make_tier(probe_interval=5.0)
@@ -565,12 +574,6 @@ async def test_a_negative_value_is_never_served_stale(make_tier: TierFactory) ->
         await tier.get("k", unavailable())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: TieredCache.peek treats every L1 entry within serve_stale of its expiry as "
-    "stale, negatives included, but negatives get no stale grace: with serve_stale >= the "
-    "negative lifetime a negative value is never an L1 hit and every repeat is loaded again",
-)
 @pytest.mark.parametrize("with_redis", [False, True], ids=["l1-only", "with-redis"])
 async def test_negative_values_are_still_cached_when_serve_stale_is_on(
     make_tier: TierFactory, redis_url: str, with_redis: bool
@@ -691,9 +694,9 @@ async def test_the_group_index_trims_expired_members_on_write(
 ) -> None:
     group = prefix + "sub:alice"
     for n in range(50):
-        await redis_cache.set(f"{prefix}short-{n}", b"v", 0.05, group=group, group_ttl=60)
+        await redis_cache.set(f"{prefix}short-{n}", b"v", 0.5, group=group, group_ttl=60)
     assert await raw_redis.zcard(group) == 50
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.55)
     await redis_cache.set(prefix + "long", b"v", 60, group=group, group_ttl=60)
     assert await raw_redis.zrange(group, 0, -1) == [(prefix + "long").encode()]
     assert 59_000 < await raw_redis.pttl(group) <= 60_000

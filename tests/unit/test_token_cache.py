@@ -22,6 +22,7 @@ from gateway.auth.rejections import Rejection
 from gateway.auth.settings import CacheSettings
 from gateway.cache.memory import MemoryCache
 from gateway.cache.tiered import TieredCache
+from gateway.problems import InvalidToken
 from tests.support.settings import Issuer
 
 WALL_START = 1_700_000_000.0
@@ -259,6 +260,26 @@ def test_key_is_a_context_tag_and_sha256_digest_and_no_raw_token_is_held(clocks:
     for item in reachable(tokens):
         if isinstance(item, str | bytes):
             assert "raw-secret-token" not in repr(item)
+
+
+def test_a_cached_rejection_keeps_no_exception_traceback_or_frame(clocks: Clocks) -> None:
+    """Issue 11 defect 2: the old tier stored the exception, whose traceback held the
+    request that raised it."""
+    tokens = cache(clocks)
+
+    def verify(headers: str) -> Rejection:
+        try:
+            raise InvalidToken("The token's signature does not verify.", reason="signature")
+        except InvalidToken as error:
+            return Rejection.from_error(error)
+
+    remember(tokens, key("bad"), verify("x" * 100_000))
+    assert tokens.local(key("bad")) is Rejection.of(
+        "signature", "The token's signature does not verify."
+    )
+    kinds = (BaseException, types.TracebackType, types.FrameType)
+    assert not [item for item in reachable(tokens) if isinstance(item, kinds)]
+    assert not [item for item in reachable(tokens) if isinstance(item, str) and len(item) > 1000]
 
 
 async def test_a_local_result_never_answers_an_introspection_lookup(clocks: Clocks) -> None:
