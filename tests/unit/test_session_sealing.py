@@ -127,6 +127,8 @@ def test_a_forged_key_id_does_not_help() -> None:
         pytest.param("é" * 40, id="non-ascii"),
         pytest.param("A" * (MAX + 1), id="oversized"),
         pytest.param(text(b"\x02" + b"\x00" * 60), id="unknown-version"),
+        pytest.param(text(b"\x01" + b"\xfb" * 60).replace("-", "+"), id="standard-alphabet"),
+        pytest.param("AAAA==" + "A" * 80, id="padding-inside"),
     ],
 )
 def test_malformed_values_are_refused_without_a_crash(value: str) -> None:

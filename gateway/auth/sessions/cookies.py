@@ -31,7 +31,9 @@ _EXPIRED: Final = "Thu, 01 Jan 1970 00:00:00 GMT"
 # RFC 6265 §4.1.1: cookie-name = token (RFC 2616 §2.2); cookie-octet excludes CTLs, whitespace,
 # DQUOTE, comma, semicolon and backslash.
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_COOKIE_VALUE: Final = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
+_COOKIE_OCTETS: Final = bytes(
+    [0x21, *range(0x23, 0x2C), *range(0x2D, 0x3B), *range(0x3C, 0x5C), *range(0x5D, 0x7F)]
+)
 _CHUNK_INDEX: Final = re.compile(r"0|[1-9][0-9]{0,2}")
 _SET_ID_CHARS: Final = 6
 _CHUNK_HEADER: Final = re.compile(r"([1-9][0-9]?)\.([A-Za-z0-9_-]{6})\.")
@@ -121,12 +123,18 @@ def parse_cookie_header(fields: Sequence[str], policy: CookiePolicy) -> dict[str
             continue
         if len(value) >= 2 and value[0] == value[-1] == '"':
             value = value[1:-1]  # RFC 6265 §4.1.1: cookie-value may be a quoted string
-        if _COOKIE_VALUE.fullmatch(value) is None:
+        if not is_cookie_value(value):
             continue  # not a value we could have written: as good as absent
         if name in found:
             raise AmbiguousCookie()
         found[name] = value
     return found
+
+
+def is_cookie_value(value: str) -> bool:
+    """Only cookie-octets (checked by deleting every allowed byte in C: a value of a few KB
+    costs a microsecond, where a regular expression costs ten)."""
+    return value.isascii() and not value.encode("ascii").translate(None, _COOKIE_OCTETS)
 
 
 def split_chunks(policy: CookiePolicy, value: str) -> list[tuple[str, str]]:
@@ -190,7 +198,7 @@ def set_cookie(policy: CookiePolicy, name: str, value: str, max_age: int | None)
     """One ``Set-Cookie`` value (RFC 6265 §4.1.1). ``HttpOnly``: scripts never see it;
     ``SameSite=Lax``: it rides along on top-level navigations (the authorization server's
     redirect back to the callback is one) but not on cross-site subrequests or POSTs."""
-    if _COOKIE_VALUE.fullmatch(value) is None:
+    if not is_cookie_value(value):
         raise ValueError("a cookie value must be cookie-octets")
     parts = [f"{name}={value}", "Path=/"]
     if max_age is not None:

@@ -28,7 +28,6 @@ import binascii
 import hashlib
 import hmac
 import os
-import re
 import struct
 from collections.abc import Sequence
 from typing import Final
@@ -48,7 +47,7 @@ _EXPIRY: Final = struct.Struct(">Q")
 _OVERHEAD: Final = _HEADER + TAG_BYTES + _EXPIRY.size
 _HKDF_INFO: Final = b"oauth-gateway seal v1 aes-256-gcm"
 _AAD_PREFIX: Final = b"oauth-gateway/seal/v1\x00"
-_BASE64URL: Final = re.compile(rb"[A-Za-z0-9_-]*")
+_TO_STANDARD: Final = bytes.maketrans(b"-_", b"+/")
 _PADDING: Final = (b"", b"===", b"==", b"=")
 
 
@@ -139,12 +138,17 @@ def _aad(key_id: bytes, purpose: str) -> bytes:
 
 
 def _decode(value: str, max_bytes: int) -> bytes:
+    """base64url (RFC 4648 §5) without padding. Translated to the standard alphabet and
+    decoded in strict mode, which refuses any other character; "+" and "/" are refused
+    first, since they are standard base64 but not base64url."""
     if len(value) > max_bytes or not value.isascii():
         raise SealError("malformed")
     data = value.encode("ascii")
-    if _BASE64URL.fullmatch(data) is None or len(data) % 4 == 1:
+    if len(data) % 4 == 1 or b"+" in data or b"/" in data:
         raise SealError("malformed")
     try:
-        return base64.urlsafe_b64decode(data + _PADDING[len(data) % 4])
+        return binascii.a2b_base64(
+            data.translate(_TO_STANDARD) + _PADDING[len(data) % 4], strict_mode=True
+        )
     except binascii.Error:
         raise SealError("malformed") from None
