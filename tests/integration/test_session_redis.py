@@ -291,3 +291,19 @@ async def test_a_logout_token_replayed_at_another_replica_is_refused(
         await check_replay(request, guards[1])
     for client in clients:
         await client.aclose()
+
+
+async def test_a_value_sealed_with_a_retired_key_opens_and_is_marked_for_resealing(
+    redis_url: str, prefix: str
+) -> None:
+    client = redis_client(redis_url, 1.0)
+    old, new = Sealer([b"o" * 32]), Sealer([SECRET, b"o" * 32])
+    before = RedisSessionStore(client, POLICY, old, LIFETIMES, key_prefix=prefix, timeout=1.0)
+    after = RedisSessionStore(client, POLICY, new, LIFETIMES, key_prefix=prefix, timeout=1.0)
+    now, browser = time.time(), Browser()
+    browser.receive(await before.create(make_session(now=now), None, now))
+    loaded = await after.load(browser.cookie_header(), now)
+    assert loaded.session is not None and loaded.reseal
+    await after.update(loaded.session, loaded, now)
+    assert not (await after.load(browser.cookie_header(), now)).reseal
+    await client.aclose()

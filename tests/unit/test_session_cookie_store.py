@@ -167,3 +167,17 @@ async def test_the_cookie_lives_as_long_as_the_absolute_timeout() -> None:
         POLICY, Sealer([SECRET]), LIFETIMES, MemoryRevocations(), persistent=False
     )
     assert "Max-Age" not in (await session_only.create(make_session(now=now), None, now))[0]
+
+
+async def test_a_session_sealed_with_a_retired_key_is_marked_for_resealing() -> None:
+    now, browser = time.time(), Browser()
+    browser.receive(
+        await store(sealer=Sealer([b"o" * 32])).create(make_session(now=now), None, now)
+    )
+    rotated = store(sealer=Sealer([SECRET, b"o" * 32]))
+    loaded = await rotated.load(browser.cookie_header(), now)
+    assert loaded.session is not None and loaded.reseal
+    browser.receive(await rotated.update(loaded.session, loaded, now))
+    again = await rotated.load(browser.cookie_header(), now)
+    assert again.session is not None and not again.reseal
+    assert (await store(sealer=Sealer([SECRET])).load(browser.cookie_header(), now)).session

@@ -6,13 +6,16 @@ import re
 
 import pytest
 
+from gateway.auth.sessions.cookies import CookiePolicy
 from gateway.auth.sessions.login_state import (
     MAX_PENDING,
+    LoginCookie,
     PendingLogin,
     PendingLogins,
     code_challenge,
     random_token,
 )
+from gateway.auth.sessions.sealing import Sealer
 
 NOW = 1_700_000_000.0
 LIFETIME = 600.0
@@ -129,3 +132,72 @@ def test_pending_logins_round_trip_through_their_encoding() -> None:
 def test_anything_encode_did_not_write_is_refused(data: bytes) -> None:
     with pytest.raises(ValueError):
         PendingLogins.decode(data)
+
+
+POLICY = CookiePolicy("gw_login", secure=True, max_chunks=1)
+
+
+def login_cookie(secret: bytes = b"s" * 32) -> LoginCookie:
+    return LoginCookie(POLICY, Sealer([secret]), LIFETIME)
+
+
+def test_the_pre_login_cookie_round_trips_sealed_and_short_lived() -> None:
+    cookie, pending = login_cookie(), logins(2)
+    headers = cookie.write(pending, NOW + 1)
+    assert len(headers) == 1 and "Max-Age=600;" in headers[0]
+    assert headers[0].startswith("__Host-gw_login=") and "HttpOnly" in headers[0]
+    value = headers[0].split(";")[0]
+    assert pending.logins[0].verifier not in value and pending.logins[0].state not in value
+    assert cookie.read([value], NOW + 1) == pending
+
+
+@pytest.mark.parametrize(
+    ("reader", "at"),
+    [
+        pytest.param(login_cookie(), NOW + 1 + LIFETIME, id="expired"),
+        pytest.param(login_cookie(b"x" * 32), NOW, id="foreign-key"),
+        pytest.param(
+            LoginCookie(
+                CookiePolicy("gw_session", secure=True, max_chunks=1), Sealer([b"s" * 32]), LIFETIME
+            ),
+            NOW,
+            id="other-cookie-name",
+        ),
+    ],
+)
+def test_a_pre_login_cookie_that_does_not_open_is_no_pending_login(
+    reader: LoginCookie, at: float
+) -> None:
+    value = login_cookie().write(logins(1), NOW)[0].split(";")[0]
+    if reader.policy.base_name != "gw_login":
+        value = value.replace("__Host-gw_login=", "__Host-gw_session=")
+    assert reader.read([value], at) is None
+
+
+def test_a_tampered_pre_login_cookie_is_no_pending_login() -> None:
+    value = login_cookie().write(logins(1), NOW)[0].split(";")[0]
+    assert login_cookie().read([value[:-3] + "AAA"], NOW) is None
+    assert login_cookie().read([], NOW) is None
+
+
+def test_the_oldest_pending_logins_give_way_to_fit_one_cookie() -> None:
+    pending = PendingLogins()
+    for index in range(3):
+        pending = pending.add(PendingLogin.start("/" + "p" * 1000 + str(index), NOW), NOW, LIFETIME)
+    small = LoginCookie(
+        CookiePolicy("gw_login", secure=True, chunk_bytes=2000, max_chunks=1),
+        Sealer([b"s" * 32]),
+        LIFETIME,
+    )
+    value = small.write(pending, NOW)[0].split(";")[0]
+    kept = small.read([value], NOW)
+    assert kept is not None and kept.logins == pending.logins[:1]
+
+
+def test_writing_no_pending_login_deletes_the_cookie() -> None:
+    assert "Max-Age=0" in login_cookie().write(PendingLogins(), NOW)[0]
+
+
+def test_the_pre_login_cookie_is_never_chunked() -> None:
+    with pytest.raises(ValueError):
+        LoginCookie(CookiePolicy("gw_login", secure=True), Sealer([b"s" * 32]), LIFETIME)

@@ -22,13 +22,19 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from gateway import boundedjson
+from gateway.auth.sessions.cookies import (
+    CookiePolicy,
+    parse_cookie_header,
+    render_deletion,
+    render_value,
+)
+from gateway.auth.sessions.sealing import Sealer, SealError
 
 # RFC 7636 §4.1: "code-verifier = 43*128unreserved"; unreserved = ALPHA / DIGIT / "-" / "." /
 # "_" / "~".
 _VERIFIER: Final = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
 RANDOM_BYTES: Final = 32  # 256 bits: RFC 7636 §7.1 asks for at least 256 bits in a verifier
 MAX_PENDING: Final = 3
-MAX_RETURN_TO: Final = 1024
 _FORMAT: Final = "l1"
 _MAX_STATE_BYTES: Final = 8 * 1024
 
@@ -121,3 +127,47 @@ def _pending(row: Any) -> PendingLogin:
     if type(started_at) not in (int, float) or _VERIFIER.fullmatch(verifier) is None:
         raise ValueError("not a pending login")
     return PendingLogin(state, nonce, verifier, return_to, float(started_at))
+
+
+class LoginCookie:
+    """The sealed pre-login cookie: one cookie (never chunked), as short-lived as a login.
+
+    Anything that does not open (tampered, expired, sealed for another cookie, unreadable)
+    is no pending login at all, which the callback reports as an expired sign-in."""
+
+    def __init__(self, policy: CookiePolicy, sealer: Sealer, lifetime: float) -> None:
+        if policy.max_chunks != 1:
+            raise ValueError("the pre-login cookie is a single cookie")
+        self.policy = policy
+        self._sealer = sealer
+        self._lifetime = lifetime
+
+    def read(self, cookie_fields: Sequence[str], now: float) -> PendingLogins | None:
+        """Raises only ``AmbiguousCookie``/``CookieTooLarge`` (a request to refuse)."""
+        value = parse_cookie_header(cookie_fields, self.policy).get(self.policy.name)
+        if value is None:
+            return None
+        try:
+            payload = self._sealer.open(self.policy.name, value, now, max_bytes=_MAX_STATE_BYTES)
+            return PendingLogins.decode(payload)
+        except (SealError, ValueError):
+            return None
+
+    def write(self, pending: PendingLogins, now: float) -> list[str]:
+        """``Set-Cookie`` for ``pending`` (or its deletion when none is left); the oldest
+        pending logins give way when they would not fit one cookie."""
+        logins = pending.logins
+        while logins:
+            kept = PendingLogins(logins)
+            sealed = self._sealer.seal(
+                self.policy.name, kept.encode(), kept.expires_at(self._lifetime)
+            )
+            max_age = max(1, round(kept.expires_at(self._lifetime) - now))
+            try:
+                return render_value(self.policy, sealed, max_age, ())
+            except ValueError:
+                logins = logins[:-1]
+        return self.clear()
+
+    def clear(self) -> list[str]:
+        return render_deletion(self.policy, {self.policy.name})

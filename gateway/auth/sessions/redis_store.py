@@ -147,7 +147,8 @@ class RedisSessionStore:
         problem = ended(session, now, idle=self._lifetimes.idle, absolute=self._lifetimes.absolute)
         if problem is not None:
             return Loaded(None, present, problem=problem, session_id=session_id)
-        return Loaded(session, present, session_id=session_id)
+        reseal = not self._sealer.is_current(sealed.decode("ascii"))
+        return Loaded(session, present, session_id=session_id, reseal=reseal)
 
     async def create(self, session: Session, previous: Loaded | None, now: float) -> list[str]:
         """A new id for every login (session fixation: an id known before the login never

@@ -46,6 +46,7 @@ class Loaded:
     present: frozenset[str]
     problem: str | None = None
     session_id: str | None = field(default=None, repr=False)  # Redis store; never logged
+    reseal: bool = False  # sealed with a key that no longer seals: write it back (rotation)
 
 
 class SessionTooLarge(GatewayError):
@@ -170,7 +171,7 @@ class CookieSessionStore:
             problem = "revoked"
         if problem is not None:
             return Loaded(None, present, problem=problem)
-        return Loaded(session, present)
+        return Loaded(session, present, reseal=not self._sealer.is_current(sealed))
 
     async def create(self, session: Session, previous: Loaded | None, now: float) -> list[str]:
         # The old session's cookies are overwritten or deleted by render_value; nothing else
