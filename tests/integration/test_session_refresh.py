@@ -277,3 +277,25 @@ async def test_the_winner_persists_the_refreshed_session_for_every_replica(
     assert not [k async for k in raw.scan_iter(match=prefix + "*") if b"rl:" in k]  # released
     await raw.aclose()
     await client.aclose()
+
+
+async def test_redis_failing_after_the_call_never_causes_a_second_call(
+    provider: Provider,
+) -> None:
+    """The refresh token is spent once the server answered: losing Redis before the result
+    is published must not make this replica fall back to refreshing again."""
+    with RedisServer() as server:
+        client = redis_client(server.url, 0.2)
+        share = RedisRefreshShare(
+            client, Sealer([SECRET]), key_prefix="t:", timeout=0.2, clock=time.time
+        )
+        provider.server.refresh_delay = 0.5
+        refresher = SessionRefresher(provider.refresh, share=share)
+        session = provider.session()
+        pending = asyncio.ensure_future(refresher.refresh(session))
+        await asyncio.sleep(0.2)
+        server.stop()
+        refreshed = await pending
+        assert provider.server.refresh_calls == 1
+        assert refreshed.refresh_token != session.refresh_token
+        await client.aclose()

@@ -181,7 +181,11 @@ class SessionRefresher:
                     if found is not None:
                         return found
                     outcome = await self._call(session, persist)
-                    await share.publish(key, outcome, self._grace)
+                    try:
+                        await share.publish(key, outcome, self._grace)
+                    except ShareUnavailable:
+                        # The refresh token is spent: never fall back to spending it again.
+                        log.warning("refresh of session %s not shared", session.ref)
                     return outcome
                 finally:
                     await share.release(key, owner)
