@@ -191,10 +191,15 @@ def _login_issues(source: SourceDoc, config: GatewayConfig) -> Iterator[ConfigIs
         auth = route.auth or config.defaults.auth
         inherited = config.defaults.session if auth == "session" else None
         routes.append((("routes", index), auth, route.session or inherited))
-    issuer_keys = {issuer.key for issuer in config.issuers}
-    shared_redis = config.cache.redis is not None
-    for loc, message in login_reference_problems(config.logins, issuer_keys, routes,
-                                                 shared_redis=shared_redis):  # fmt: skip
+    issuers = {issuer.key: issuer.keys.discovery for issuer in config.issuers}
+    problems = login_reference_problems(
+        config.logins,
+        issuers,
+        routes,
+        shared_redis=config.cache.redis is not None,
+        max_header_size=config.limits.max_header_size,
+    )
+    for loc, message in problems:
         yield _issue(source, loc, message)
     # Fail closed until the runtime compiles session routes (issue 18 phase 2): today it
     # would treat every auth mode other than "required" as anonymous.

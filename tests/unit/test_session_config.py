@@ -76,6 +76,7 @@ def test_a_post_logout_path_is_made_absolute() -> None:
         ({"client": {"client_id": "x", "method": "client_secret_post"}}, "needs client_secret"),
         ({"post_logout_redirect": "javascript:alert(1)"}, "absolute URL or a path"),
         ({"unknown": 1}, "Extra inputs"),
+        ({"endpoints": {"token": "https://as.example/t#x"}}, "without fragment"),
     ],
 )
 def test_bad_logins_are_refused(changes: dict[str, Any], message: str) -> None:
@@ -95,7 +96,9 @@ def test_reference_problems_are_all_reported() -> None:
         (("routes", 2), "required", RouteSession()),
         (("routes", 3), "session", RouteSession(login="b")),
     ]
-    problems = login_reference_problems(logins, {"main"}, routes, shared_redis=False)
+    problems = login_reference_problems(
+        logins, {"main": True}, routes, shared_redis=False, max_header_size=8190
+    )
     assert problems == [
         (("logins", 1, "name"), "login 'a' is already used by logins[0]"),
         (("logins", 1, "logout_path"), "/oauth2/logout is already a path of logins[0]"),
@@ -114,7 +117,55 @@ def test_reference_problems_are_all_reported() -> None:
 
 def test_a_single_login_is_the_default_of_every_session_route() -> None:
     routes = [(("routes", 0), "session", None)]
-    assert login_reference_problems([login()], {"main"}, routes, shared_redis=False) == []
+    assert (
+        login_reference_problems(
+            [login()], {"main": True}, routes, shared_redis=False, max_header_size=8190
+        )
+        == []
+    )
+
+
+def test_without_discovery_the_endpoints_must_be_given() -> None:
+    endpoints = {"authorization": "https://as.example/a", "token": "https://as.example/t"}
+    without = login_reference_problems(
+        [login()], {"main": False}, [], shared_redis=False, max_header_size=8190
+    )
+    assert without == [
+        (
+            ("logins", 0, "endpoints"),
+            "endpoints.authorization and endpoints.token are needed: the issuer's keys do "
+            "not use discovery",
+        )
+    ]
+    given = login(endpoints=endpoints)
+    assert given.endpoints.token == "https://as.example/t"
+    assert (
+        login_reference_problems(
+            [given], {"main": False}, [], shared_redis=False, max_header_size=8190
+        )
+        == []
+    )
+
+
+def test_the_session_cookies_must_fit_the_listeners_header_limit() -> None:
+    big = login(cookie={"max_chunks": 3})
+    assert (
+        login_reference_problems(
+            [big], {"main": True}, [], shared_redis=False, max_header_size=16384
+        )
+        == []
+    )
+    ((loc, message),) = login_reference_problems(
+        [big], {"main": True}, [], shared_redis=False, max_header_size=8190
+    )
+    assert loc == ("logins", 0, "cookie") and "3 cookies of 3800 bytes" in message
+    redis = login(cookie={"max_chunks": 3}, store={"type": "redis"})
+    assert (
+        login_reference_problems(
+            [redis], {"main": True}, [], shared_redis=True, max_header_size=8190
+        )
+        == []
+    )
 
 
 CONFIG = """\

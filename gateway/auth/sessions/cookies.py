@@ -80,7 +80,7 @@ class CookiePolicy:
     base_name: str
     secure: bool
     chunk_bytes: int = 3800
-    max_chunks: int = 4
+    max_chunks: int = 2
 
     def __post_init__(self) -> None:
         if _TOKEN.fullmatch(self.base_name) is None or "." in self.base_name:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -43,7 +44,13 @@ class SessionCookie(Strict):
         description="Prefixed with __Host- when external_url is https.",
     )
     chunk_bytes: int = Field(3800, ge=1024, le=4000, description="Value bytes per cookie.")
-    max_chunks: int = Field(3, ge=1, le=8, description="Cookies one session may span.")
+    max_chunks: int = Field(
+        2,
+        ge=1,
+        le=8,
+        description="Cookies one session may span (all must fit one Cookie "
+        "header within limits.max_header_size).",
+    )
     persistent: bool = Field(
         True, description="Max-Age = the absolute timeout; false: a browser-session cookie."
     )
@@ -63,6 +70,24 @@ class SessionStoreConfig(Strict):
     redis: RedisConfig | None = Field(None, description="Default: cache.redis.")
     key_prefix: str = "gw:session:"
     timeout: Duration = Field(0.5, gt=0, description="Bound on each Redis command.")
+
+
+class LoginEndpoints(Strict):
+    """The authorization server's endpoints; each defaults to the issuer's discovery metadata
+    (authorization_endpoint, token_endpoint, end_session_endpoint)."""
+
+    authorization: str | None = None
+    token: str | None = None
+    end_session: str | None = None
+
+    @field_validator("authorization", "token", "end_session")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("https", "http") or not parts.hostname or parts.fragment:
+                raise ValueError("expected an http(s) URL without fragment")
+        return value
 
 
 class Login(Strict):
@@ -95,6 +120,7 @@ class Login(Strict):
         description="Other ID token audiences to accept (OIDC Core "
         "§3.1.3.7 item 3); by default only the client itself.",
     )
+    endpoints: LoginEndpoints = LoginEndpoints()
     cookie: SessionCookie = SessionCookie()
     timeouts: SessionTimeouts = SessionTimeouts()
     refresh_margin: Duration = Field(60.0, description="Refresh this long before expiry.")
@@ -215,17 +241,23 @@ class RouteSession(Strict):
 Loc = tuple[str | int, ...]
 
 
+COOKIE_HEADER_RESERVE = 512  # bytes of a Cookie header left for other cookies and names
+
+
 def login_reference_problems(
     logins: list[Login],
-    issuer_keys: set[str],
+    issuers: Mapping[str, bool],
     routes: list[tuple[Loc, str | None, RouteSession | None]],
     *,
     shared_redis: bool,
+    max_header_size: int,
 ) -> list[tuple[Loc, str]]:
     """The cross-references a schema cannot express, as ``(key path, message)``: login names
-    unique and naming a configured issuer, a Redis for the Redis store, gateway paths not
-    shared by two logins, and every ``auth: session`` route naming (or defaulting to) a
-    login. ``routes`` holds each route's key path, effective ``auth`` and ``session``."""
+    unique and naming a configured issuer (``issuers``: key -> whether it uses discovery,
+    without which the endpoints must be given), a Redis for the Redis store, a session's
+    cookies fitting one Cookie header the listener accepts, gateway paths not shared by two
+    logins, and every ``auth: session`` route naming (or defaulting to) a login. ``routes``
+    holds each route's key path, effective ``auth`` and ``session``."""
     problems: list[tuple[Loc, str]] = []
     seen: dict[str, int] = {}
     paths: dict[str, int] = {}
@@ -239,9 +271,30 @@ def login_reference_problems(
                 )
             )
         seen.setdefault(login.key, index)
-        if login.issuer not in issuer_keys:
-            known = ", ".join(sorted(issuer_keys)) or "none are configured"
+        if login.issuer not in issuers:
+            known = ", ".join(sorted(issuers)) or "none are configured"
             problems.append(((*loc, "issuer"), f"unknown issuer {login.issuer!r} ({known})"))
+        elif not issuers[login.issuer] and None in (
+            login.endpoints.authorization,
+            login.endpoints.token,
+        ):
+            problems.append(
+                (
+                    (*loc, "endpoints"),
+                    "endpoints.authorization and endpoints.token are needed: the issuer's "
+                    "keys do not use discovery",
+                )
+            )
+        cookie_bytes = login.cookie.chunk_bytes * login.cookie.max_chunks
+        if login.store.type == "cookie" and cookie_bytes + COOKIE_HEADER_RESERVE > max_header_size:
+            problems.append(
+                (
+                    (*loc, "cookie"),
+                    f"{login.cookie.max_chunks} cookies of {login.cookie.chunk_bytes} bytes do "
+                    f"not fit limits.max_header_size ({max_header_size}): lower "
+                    "cookie.max_chunks, raise the limit or use the redis store",
+                )
+            )
         if login.store.type == "redis" and login.store.redis is None and not shared_redis:
             problems.append(((*loc, "store"), "the redis store needs store.redis or cache.redis"))
         for field in ("redirect_path", "logout_path", "backchannel_logout_path"):
