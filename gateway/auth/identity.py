@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-TokenKind = Literal["jwt", "opaque"]
+TokenKind = Literal["jwt", "opaque", "session"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from gateway.cache.settings import RedisSettings
 from gateway.config.loader import LoadedConfig
 from gateway.config.models import (
     ClaimRule,
+    ClientAuth,
     GatewayConfig,
     Issuer,
     RedisConfig,
@@ -42,22 +43,25 @@ from gateway.config.types import TokenMode
 from gateway.config.yaml import Loc
 
 
+def client_credentials(client: ClientAuth) -> ClientCredentials:
+    """The gateway's credentials at an authorization server, as the auth core takes them."""
+    secret = client.client_secret
+    return ClientCredentials(
+        client_id=client.client_id,
+        method=client.method,
+        client_secret=secret.get_secret_value() if secret is not None else None,
+        private_key_file=client.private_key_file,
+        private_key_alg=client.private_key_alg,
+        key_id=client.key_id,
+    )
+
+
 def issuer_settings(issuer: Issuer) -> IssuerSettings:
     introspection = None
     if issuer.introspection is not None:
         spec = issuer.introspection
-        client = spec.client
         introspection = IntrospectionSettings(
-            client=ClientCredentials(
-                client_id=client.client_id,
-                method=client.method,
-                client_secret=client.client_secret.get_secret_value()
-                if client.client_secret
-                else None,
-                private_key_file=client.private_key_file,
-                private_key_alg=client.private_key_alg,
-                key_id=client.key_id,
-            ),
+            client=client_credentials(spec.client),
             endpoint=spec.endpoint,
             token_type_hint=spec.token_type_hint,
             timeout=spec.timeout,

@@ -21,6 +21,7 @@ from pydantic_core import ErrorDetails
 
 from gateway.config.errors import ConfigError, ConfigIssue, format_key_path
 from gateway.config.models import GatewayConfig, Route
+from gateway.config.models.sessions import RouteSession, login_reference_problems
 from gateway.config.yaml import Loc, SourceDoc, load_yaml, load_yaml_text
 
 _BRANCH_MESSAGE = "Input should be "
@@ -180,7 +181,31 @@ def _reference_issues(config: GatewayConfig, source: SourceDoc) -> list[ConfigIs
         issues.extend(_unknown_issuers(source, (*loc, "issuers"), route.issuers, issuer_keys))
         issues.extend(_auth_issues(source, config, loc, route))
         issues.extend(_path_issues(source, loc, route))
+    issues.extend(_login_issues(source, config))
     return issues
+
+
+def _login_issues(source: SourceDoc, config: GatewayConfig) -> Iterator[ConfigIssue]:
+    routes: list[tuple[Loc, str | None, RouteSession | None]] = []
+    for index, route in enumerate(config.routes):
+        auth = route.auth or config.defaults.auth
+        inherited = config.defaults.session if auth == "session" else None
+        routes.append((("routes", index), auth, route.session or inherited))
+    issuers = {issuer.key: issuer.keys.discovery for issuer in config.issuers}
+    problems = login_reference_problems(
+        config.logins,
+        issuers,
+        routes,
+        shared_redis=config.cache.redis is not None,
+        max_header_size=config.limits.max_header_size,
+    )
+    for loc, message in problems:
+        yield _issue(source, loc, message)
+    # Fail closed until the runtime compiles session routes (issue 18 phase 2): today it
+    # would treat every auth mode other than "required" as anonymous.
+    for loc, mode, _ in routes:
+        if mode == "session":
+            yield _issue(source, (*loc, "auth"), "auth: session is not served by this build yet")
 
 
 def _expected(names: Sequence[str]) -> str:

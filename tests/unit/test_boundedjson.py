@@ -79,3 +79,11 @@ def test_depth_agrees_with_the_structure(value: object) -> None:
     if depth:
         with pytest.raises(ValueError):
             boundedjson.loads(text, max_bytes=10**6, max_depth=depth - 1)
+
+
+def test_few_openers_skip_the_scan_and_many_are_still_checked() -> None:
+    """The fast path (no more openers than max_depth) cannot hide a deep document."""
+    boundedjson.check_depth(b"[[[1]]]", 3)
+    boundedjson.check_depth(b'["[[[[[[[[", [1]]', 2)  # many openers, all but two in a string
+    with pytest.raises(ValueError):
+        boundedjson.check_depth(b"[[[[1]]]]", 3)

@@ -10,6 +10,7 @@ from gateway.config.models.issuers import Issuer
 from gateway.config.models.listeners import AdminListen, Forwarding, Limits, Listen
 from gateway.config.models.operations import LoggingConfig, Shutdown, Tracing
 from gateway.config.models.routes import Route, RouteDefaults
+from gateway.config.models.sessions import Login
 from gateway.config.models.upstreams import Upstream
 
 
@@ -23,6 +24,7 @@ class GatewayConfig(Strict):
     forwarding: Forwarding = Forwarding()
     upstreams: dict[str, Upstream] = Field(min_length=1)
     issuers: list[Issuer] = Field(default_factory=list)
+    logins: list[Login] = Field(default_factory=list)
     token_cache: TokenCache = TokenCache()
     cache: IntrospectionCache = IntrospectionCache()
     defaults: RouteDefaults = RouteDefaults()

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from gateway.config.models.base import Strict
+from gateway.config.models.sessions import RouteSession
 from gateway.config.types import HeaderName, HttpMethod, TokenMode
 
 Scalar = str | int | float | bool
@@ -43,11 +44,12 @@ class TokenSources(Strict):
     form: bool = False
 
 
-AuthMode = Literal["required", "anonymous"]
+AuthMode = Literal["required", "anonymous", "session"]
 
 
 class RouteDefaults(Strict):
     auth: AuthMode = "required"
+    session: RouteSession | None = Field(None, description="With auth: session (browser login).")
     realm: str = Field("gateway", pattern=r'^[^"\\\x00-\x1f]*$')
     identify_anonymous: bool = Field(
         False, description="On anonymous routes, validate a sent token and set identity headers."
@@ -126,6 +128,7 @@ class Route(Strict):
     websocket: bool = False
     # Everything below inherits from `defaults` when left out.
     auth: AuthMode | None = None
+    session: RouteSession | None = None
     identify_anonymous: bool | None = None
     tokens: TokenSources | None = None
     require: Require | None = None

@@ -1,0 +1,134 @@
+"""The browser-login failures, as ``GatewayError``s that render themselves (RFC 9457).
+
+A failed login ends on a page that says what happened, never in a redirect: sending the
+browser back to the authorization server after it refused (``access_denied``) or after a
+callback we could not use would loop forever (the oauth2-proxy and mod_auth_openidc
+complaint). The ``detail`` is written for the person at the browser and never echoes what a
+callback URL carried, since anyone can craft one.
+
+    GatewayError
+    ├── LoginFailed (400)                the callback cannot complete a login
+    │   ├── LoginExpired (400)           no pending login for this browser (expired, cookies off)
+    │   ├── StateMismatch (400)          RFC 6749 §10.12: the callback's state is not ours
+    │   └── AuthorizationRefused (403 for access_denied, else 400)   RFC 6749 §4.1.2.1
+    ├── IdTokenInvalid (502)             OIDC Core §3.1.3.7 says no
+    ├── TokenEndpointRefused (502; invalid_grant: 400)   RFC 6749 §5.2
+    ├── TokenEndpointUnavailable (503)   no usable answer from the token endpoint
+    └── LogoutTokenInvalid (400)         Back-Channel Logout 1.0 §2.6/§2.8
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from gateway.problems import GatewayError
+
+# RFC 6749 §4.1.2.1: error = 1*( %x20-21 / %x23-5B / %x5D-7E ).
+_ERROR_CODE: Final = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]{1,64}")
+
+
+def error_code(value: str | None) -> str:
+    """An authorization server's ``error`` value if it is one RFC 6749 allows, else
+    ``invalid_response``: it ends up in logs and a page, so it is never arbitrary text."""
+    if value is not None and _ERROR_CODE.fullmatch(value) is not None:
+        return value
+    return "invalid_response"
+
+
+class LoginFailed(GatewayError):
+    status = 400
+    title = "Sign-in failed"
+    slug = "login-failed"
+    reason = "login_failed"
+
+
+class LoginExpired(LoginFailed):
+    slug = "login-expired"
+    reason = "login_expired"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This sign-in is no longer pending in this browser (it took too long, or cookies "
+            "are blocked). Open the page you wanted again to sign in."
+        )
+
+
+class StateMismatch(LoginFailed):
+    slug = "login-state-mismatch"
+    reason = "state_mismatch"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The sign-in response does not belong to a sign-in started in this browser."
+        )
+
+
+class AuthorizationRefused(LoginFailed):
+    """RFC 6749 §4.1.2.1: the authorization server answered the redirect with an error."""
+
+    slug = "authorization-refused"
+
+    def __init__(self, code: str | None) -> None:
+        self.error = error_code(code)
+        self.reason = f"as_{self.error}" if self.error.isidentifier() else "as_error"
+        if self.error == "access_denied":
+            self.status = 403
+            detail = "Sign-in was refused or cancelled at the identity provider."
+        else:
+            detail = f"The identity provider could not sign you in ({self.error})."
+        super().__init__(detail)
+
+    def problem(self, request_id: str | None = None) -> dict[str, object]:
+        body = super().problem(request_id)
+        body["error"] = self.error
+        return body
+
+
+class IdTokenInvalid(GatewayError):
+    status = 502
+    title = "Sign-in failed"
+    slug = "id-token-invalid"
+    reason = "id_token_invalid"
+
+
+class TokenEndpointRefused(GatewayError):
+    """RFC 6749 §5.2: an error answer; ``invalid_grant`` (a used or expired code or refresh
+    token) is the client's problem, anything else the configuration's or the server's."""
+
+    status = 502
+    title = "Sign-in failed"
+    slug = "token-endpoint-refused"
+
+    def __init__(self, code: str | None) -> None:
+        self.error = error_code(code)
+        self.reason = f"token_{self.error}" if self.error.isidentifier() else "token_error"
+        if self.error == "invalid_grant":
+            self.status = 400
+            detail = "The sign-in could not be completed; open the page again to sign in."
+        else:
+            detail = f"The identity provider refused to issue tokens ({self.error})."
+        super().__init__(detail)
+
+
+class TokenEndpointUnavailable(GatewayError):
+    status = 503
+    title = "Service Unavailable"
+    slug = "token-endpoint-unavailable"
+    reason = "token_endpoint_unavailable"
+
+
+class LogoutTokenInvalid(GatewayError):
+    """Back-Channel Logout 1.0 §2.8: "If the logout request was invalid ... the RP MUST
+    respond with HTTP 400 Bad Request"; the body may carry an OAuth ``error``."""
+
+    status = 400
+    title = "Bad Request"
+    slug = "logout-token-invalid"
+    reason = "logout_token_invalid"
+
+    def problem(self, request_id: str | None = None) -> dict[str, object]:
+        body = super().problem(request_id)
+        body["error"] = "invalid_request"
+        body["error_description"] = self.detail
+        return body

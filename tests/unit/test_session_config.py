@@ -1,0 +1,199 @@
+"""The ``logins`` section and ``auth: session`` routes: schema rules and references."""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.config.errors import ConfigError
+from gateway.config.loader import load_config_text
+from gateway.config.models.sessions import Login, RouteSession, login_reference_problems
+
+SECRET = "s" * 32
+
+
+def login(**changes: Any) -> Login:
+    values: dict[str, Any] = {
+        "issuer": "main",
+        "client": {"client_id": "web-app", "client_secret": "x"},
+        "external_url": "https://app.example.com",
+        "secrets": [SECRET],
+    }
+    return Login.model_validate(values | changes)
+
+
+def test_defaults_make_a_complete_login() -> None:
+    config = login()
+    assert config.key == "main" and config.secure
+    assert config.scopes == ["openid", "profile", "email"]
+    assert config.redirect_uri == "https://app.example.com/oauth2/callback"
+    assert config.post_logout_redirect_uri == "https://app.example.com/"
+    assert (config.timeouts.idle, config.timeouts.absolute, config.timeouts.login) == (
+        3600,
+        43200,
+        600,
+    )
+    assert config.store.type == "cookie" and config.cookie.name == "gw_session"
+
+
+def test_openid_is_always_among_the_scopes() -> None:
+    assert login(scopes=["email"]).scopes == ["openid", "email"]
+
+
+def test_the_origin_is_normalised_and_http_is_not_secure() -> None:
+    config = login(external_url="http://localhost:8080/")
+    assert config.external_url == "http://localhost:8080" and not config.secure
+
+
+def test_a_post_logout_path_is_made_absolute() -> None:
+    assert login(post_logout_redirect="/bye").post_logout_redirect_uri == (
+        "https://app.example.com/bye"
+    )
+    assert login(post_logout_redirect="https://www.example.com/").post_logout_redirect_uri == (
+        "https://www.example.com/"
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"external_url": "https://app.example.com/app"}, "no path"),
+        ({"external_url": "ftp://app.example.com"}, r"http\(s\) origin"),
+        ({"secrets": ["short"]}, "at least 32"),
+        ({"secrets": [SECRET, SECRET]}, "must differ"),
+        ({"secrets": []}, "at least 1"),
+        ({"scopes": ["a b"]}, "scope token"),
+        ({"authorization_parameters": {"state": "x"}}, "set by the gateway"),
+        ({"id_token_algorithms": ["HS256"]}, "public keys"),
+        ({"logout_path": "/oauth2/callback"}, "must differ"),
+        ({"redirect_path": "oauth2/callback"}, "String should match"),
+        ({"timeouts": {"idle": "13h"}}, "idle cannot be longer"),
+        ({"refresh_lease": "2s"}, "refresh_lease must outlast"),
+        ({"cookie": {"name": "gw.session"}}, "String should match"),
+        ({"client": {"client_id": "x", "method": "client_secret_post"}}, "needs client_secret"),
+        ({"post_logout_redirect": "javascript:alert(1)"}, "absolute URL or a path"),
+        ({"unknown": 1}, "Extra inputs"),
+        ({"endpoints": {"token": "https://as.example/t#x"}}, "without fragment"),
+    ],
+)
+def test_bad_logins_are_refused(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        login(**changes)
+
+
+def test_reference_problems_are_all_reported() -> None:
+    logins = [
+        login(name="a"),
+        login(name="a", redirect_path="/cb"),
+        login(name="b", issuer="nowhere", store={"type": "redis"}),
+    ]
+    routes = [
+        (("routes", 0), "session", None),
+        (("routes", 1), "session", RouteSession(login="zzz")),
+        (("routes", 2), "required", RouteSession()),
+        (("routes", 3), "session", RouteSession(login="b")),
+    ]
+    problems = login_reference_problems(
+        logins, {"main": True}, routes, shared_redis=False, max_header_size=8190
+    )
+    assert problems == [
+        (("logins", 1, "name"), "login 'a' is already used by logins[0]"),
+        (("logins", 1, "logout_path"), "/oauth2/logout is already a path of logins[0]"),
+        (("logins", 2, "issuer"), "unknown issuer 'nowhere' (main)"),
+        (("logins", 2, "store"), "the redis store needs store.redis or cache.redis"),
+        (("logins", 2, "redirect_path"), "/oauth2/callback is already a path of logins[0]"),
+        (("logins", 2, "logout_path"), "/oauth2/logout is already a path of logins[0]"),
+        (
+            ("routes", 0, "auth"),
+            "auth: session needs session.login when there is not exactly one login (3 configured)",
+        ),
+        (("routes", 1, "session", "login"), "unknown login 'zzz'"),
+        (("routes", 2, "session"), "session applies only with auth: session"),
+    ]
+
+
+def test_a_single_login_is_the_default_of_every_session_route() -> None:
+    routes = [(("routes", 0), "session", None)]
+    assert (
+        login_reference_problems(
+            [login()], {"main": True}, routes, shared_redis=False, max_header_size=8190
+        )
+        == []
+    )
+
+
+def test_without_discovery_the_endpoints_must_be_given() -> None:
+    endpoints = {"authorization": "https://as.example/a", "token": "https://as.example/t"}
+    without = login_reference_problems(
+        [login()], {"main": False}, [], shared_redis=False, max_header_size=8190
+    )
+    assert without == [
+        (
+            ("logins", 0, "endpoints"),
+            "endpoints.authorization and endpoints.token are needed: the issuer's keys do "
+            "not use discovery",
+        )
+    ]
+    given = login(endpoints=endpoints)
+    assert given.endpoints.token == "https://as.example/t"
+    assert (
+        login_reference_problems(
+            [given], {"main": False}, [], shared_redis=False, max_header_size=8190
+        )
+        == []
+    )
+
+
+def test_the_session_cookies_must_fit_the_listeners_header_limit() -> None:
+    big = login(cookie={"max_chunks": 3})
+    assert (
+        login_reference_problems(
+            [big], {"main": True}, [], shared_redis=False, max_header_size=16384
+        )
+        == []
+    )
+    ((loc, message),) = login_reference_problems(
+        [big], {"main": True}, [], shared_redis=False, max_header_size=8190
+    )
+    assert loc == ("logins", 0, "cookie") and "3 cookies of 3800 bytes" in message
+    redis = login(cookie={"max_chunks": 3}, store={"type": "redis"})
+    assert (
+        login_reference_problems(
+            [redis], {"main": True}, [], shared_redis=True, max_header_size=8190
+        )
+        == []
+    )
+
+
+CONFIG = """\
+upstreams:
+  app: {url: "http://127.0.0.1:9000"}
+issuers:
+  - {name: main, issuer: "https://as.example/", audiences: [api]}
+logins:
+  - issuer: main
+    client: {client_id: web-app, client_secret: x}
+    external_url: https://app.example.com
+    secrets: ["%s"]
+routes:
+  - match: {path: /app/**}
+    upstream: app
+    auth: %s
+""" % (SECRET, "%s")  # noqa: UP031 - the config text is the readable part
+
+
+def test_a_login_section_loads_with_line_marked_reference_errors() -> None:
+    loaded = load_config_text(CONFIG % "required", "gw.yaml", {})
+    assert loaded.config.logins[0].key == "main"
+    with pytest.raises(ConfigError) as caught:
+        load_config_text(CONFIG.replace("issuer: main", "issuer: nope") % "required", "gw.yaml", {})
+    assert "gw.yaml:6: logins[0].issuer: unknown issuer 'nope' (main)" in str(caught.value)
+
+
+def test_session_routes_fail_closed_until_the_runtime_serves_them() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config_text(textwrap.dedent(CONFIG % "session"), "gw.yaml", {})
+    assert "routes[0].auth: auth: session is not served by this build yet" in str(caught.value)

@@ -1,0 +1,180 @@
+"""The session value: its encoding, idle and absolute timeouts, the refresh rule, the
+identity it becomes, and that no token or id ever shows in a repr."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+
+from gateway.auth.sessions.id_token import IdToken
+from gateway.auth.sessions.session import (
+    Session,
+    access_expired,
+    decode_session,
+    encode_session,
+    ended,
+    ends_at,
+    new_session_id,
+    refresh_due,
+    session_id_hash,
+    session_identity,
+    touch_due,
+)
+from gateway.auth.sessions.token_response import TokenResponse
+
+NOW = 1_700_000_000.0
+IDLE, ABSOLUTE = 3600.0, 43200.0
+ID_TOKEN = IdToken(
+    subject="alice",
+    sid="op-1",
+    expires_at=NOW + 300,
+    issued_at=NOW,
+    claims=MappingProxyType(
+        {
+            "sub": "alice",
+            "email": "a@example.com",
+            "nonce": "n",
+            "at_hash": "h",
+            "iat": 1,
+            "exp": 2,
+            "azp": "web-app",
+            "groups": ["ops"],
+        }
+    ),
+)
+TOKENS = TokenResponse("at-secret", "Bearer", 300, "rt-secret", "id.token.raw", "openid email")
+
+
+def login(**overrides: Any) -> Session:
+    session = Session.from_login(
+        login="web",
+        issuer="https://as.example",
+        id_token=ID_TOKEN,
+        tokens=TOKENS,
+        now=NOW,
+        keep_id_token=True,
+        raw_id_token="id.token.raw",
+    )
+    return replace(session, **overrides)
+
+
+def test_a_login_makes_a_session_from_the_tokens_and_the_users_claims() -> None:
+    session = login()
+    assert (session.subject, session.sid, session.access_expires_at) == ("alice", "op-1", NOW + 300)
+    assert (session.created_at, session.last_seen) == (NOW, NOW)
+    assert dict(session.claims) == {
+        "sub": "alice",
+        "email": "a@example.com",
+        "azp": "web-app",
+        "groups": ["ops"],
+    }
+
+
+def test_every_login_gets_a_new_handle() -> None:
+    assert login().handle != login().handle
+
+
+def test_the_encoding_round_trips() -> None:
+    session = login()
+    assert decode_session(encode_session(session)) == session
+
+
+def test_the_encoding_is_compact() -> None:
+    assert len(encode_session(login())) < 300
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"[]", b'["s0"]', b"{}", b"x", b'["s1"' + b',"x"' * 14 + b"]", b"[" * 64],
+)
+def test_anything_else_does_not_decode(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_session(data)
+
+
+def test_no_token_or_handle_is_in_the_repr() -> None:
+    session = login()
+    text = repr(session)
+    for secret in ("at-secret", "rt-secret", "id.token.raw", session.handle):
+        assert secret not in text
+    assert session.ref in text and len(session.ref) == 12
+
+
+@pytest.mark.parametrize(
+    ("created", "last_seen", "now", "expected"),
+    [
+        pytest.param(NOW, NOW, NOW + IDLE - 1, None, id="alive"),
+        pytest.param(NOW, NOW, NOW + IDLE, "idle", id="idle"),
+        pytest.param(
+            NOW, NOW + ABSOLUTE - 10, NOW + ABSOLUTE, "absolute", id="absolute-despite-activity"
+        ),
+        pytest.param(NOW, NOW + 7200, NOW + 7200 + IDLE - 1, None, id="activity-extends-idle"),
+    ],
+)
+def test_idle_and_absolute_timeouts(
+    created: float, last_seen: float, now: float, expected: str | None
+) -> None:
+    session = login(created_at=created, last_seen=last_seen)
+    assert ended(session, now, idle=IDLE, absolute=ABSOLUTE) == expected
+
+
+def test_the_end_is_the_nearer_of_both_limits() -> None:
+    assert ends_at(login(), idle=IDLE, absolute=ABSOLUTE) == NOW + IDLE
+    late = login(last_seen=NOW + ABSOLUTE - 60)
+    assert ends_at(late, idle=IDLE, absolute=ABSOLUTE) == NOW + ABSOLUTE
+
+
+def test_activity_is_recorded_at_most_once_a_minute() -> None:
+    session = login()
+    assert not touch_due(session, NOW + 59, idle=IDLE)
+    assert touch_due(session, NOW + 60, idle=IDLE)
+    assert touch_due(session, NOW + 30, idle=300)  # a tenth of a short idle timeout
+
+
+def test_refresh_is_due_within_the_margin_and_only_with_a_refresh_token() -> None:
+    session = login()
+    assert not refresh_due(session, NOW + 239, margin=60)
+    assert refresh_due(session, NOW + 240, margin=60)
+    assert not refresh_due(login(refresh_token=None), NOW + 400, margin=60)
+    assert not refresh_due(login(access_expires_at=None), NOW + 400, margin=60)
+    assert access_expired(session, NOW + 300) and not access_expired(session, NOW + 299)
+
+
+def test_a_refresh_replaces_tokens_and_keeps_what_it_did_not_send() -> None:
+    before = login()
+    refreshed = before.refreshed(
+        TokenResponse("at-2", "Bearer", 600, None, None, None), None, None, NOW + 250
+    )
+    assert (refreshed.access_token, refreshed.refresh_token) == ("at-2", "rt-secret")
+    assert (refreshed.id_token, refreshed.scope) == ("id.token.raw", "openid email")
+    assert refreshed.access_expires_at == NOW + 850
+    assert (refreshed.handle, refreshed.created_at) == (before.handle, before.created_at)
+
+
+def test_a_rotated_refresh_token_replaces_the_old_one() -> None:
+    refreshed = login().refreshed(
+        TokenResponse("at-2", "Bearer", 600, "rt-2", "new.id.tok", "x"), None, "new.id.tok", NOW
+    )
+    assert (refreshed.refresh_token, refreshed.id_token, refreshed.scope) == (
+        "rt-2",
+        "new.id.tok",
+        "x",
+    )
+
+
+def test_the_session_becomes_the_one_identity_shape() -> None:
+    identity = session_identity(login(), "web-app")
+    assert identity.subject == "alice" and identity.client_id == "web-app"
+    assert identity.scopes == frozenset({"openid", "email"})
+    assert identity.token_kind == "session"
+    assert identity.claims["scope"] == "openid email" and identity.claims["groups"] == ["ops"]
+
+
+def test_session_ids_are_random_256_bit_and_stored_hashed() -> None:
+    ids = {new_session_id() for _ in range(100)}
+    assert len(ids) == 100 and all(len(i) == 43 for i in ids)
+    some = next(iter(ids))
+    assert len(session_id_hash(some)) == 32 and some.encode() not in session_id_hash(some)
