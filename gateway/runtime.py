@@ -35,6 +35,7 @@ from gateway.metrics import counter_family, gauge_family
 from gateway.proxy.headers import ForwardingPolicy, Removal
 from gateway.proxy.trust import TrustedProxies
 from gateway.proxy.upstreams import UpstreamPool, compile_upstream
+from gateway.routing.semantics import path_semantics
 from gateway.routing.table import RouteEntry, RouteTable
 from gateway.state import CompiledRoute, Runtime
 from gateway.tracing import make_tracing
@@ -116,6 +117,9 @@ def compile_routes(
                 path_pattern=match.path.pattern,
                 methods=frozenset(match.methods) if match.methods else None,
                 target=item,
+                semantics=path_semantics(
+                    loaded.config.upstreams[route.upstream].paths, loaded.config.defaults.paths
+                ),
             )
         )
     try:

@@ -41,7 +41,13 @@ from gateway.config.models.routes import (
     ScopeRule,
     TokenSources,
 )
-from gateway.config.models.upstreams import Upstream, UpstreamPool, UpstreamTimeouts, UpstreamTLS
+from gateway.config.models.upstreams import (
+    PathRules,
+    Upstream,
+    UpstreamPool,
+    UpstreamTimeouts,
+    UpstreamTLS,
+)
 
 __all__ = [
     "DEFAULT_ALGORITHMS",
@@ -65,6 +71,7 @@ __all__ = [
     "LoggingConfig",
     "Match",
     "PathMatch",
+    "PathRules",
     "RedisConfig",
     "RedisSentinel",
     "Require",
