@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from gateway import __version__
-from gateway.config.errors import ConfigError
+from gateway.config.errors import ConfigError, format_issue
 from gateway.config.loader import LoadedConfig, load_config
 from gateway.config.models import GatewayConfig
 
@@ -57,6 +57,8 @@ def describe_routes(loaded: LoadedConfig) -> list[str]:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from gateway.route_audit import shadow_warnings
+
     path = _config_path(args.config)
     try:
         loaded = load_config(path)
@@ -64,7 +66,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
-    print(f"{path}: OK, {len(lines)} routes")
+    warnings = shadow_warnings(loaded)
+    for warning in warnings:
+        print(format_issue(loaded.source.file, warning), file=sys.stderr)
+    if warnings and args.strict:
+        print(f"{path}: refused: {len(warnings)} warning(s) under --strict", file=sys.stderr)
+        return 2
+    noted = f", {len(warnings)} warning(s)" if warnings else ""
+    print(f"{path}: OK, {len(lines)} routes{noted}")
     for line in lines:
         print(line)
     return 0
@@ -109,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a config and print the resolved routes")
     check.add_argument("-c", "--config", help="config file (default: $GATEWAY_CONFIG)")
+    check.add_argument(
+        "--strict", action="store_true",
+        help="also refuse (exit 2) a config with warnings, e.g. a weaker route that receives "
+        "spellings of a protected path (deploy/PATHS.md)",
+    )  # fmt: skip
     check.set_defaults(func=_cmd_check)
 
     schema = sub.add_parser("schema", help="print the config's JSON Schema")
