@@ -95,6 +95,9 @@ def compile_path_pattern(
         return _Exact(view)
     if kind == "prefix":
         return _Prefix(view)
+    if view.endswith("/**") and "*" not in view[:-3]:
+        # The commonest glob, "/a/**", is "/a" and everything below it: a prefix.
+        return _Prefix(view[:-3] or "/")
     return _Regex(LinearRegex(_glob_to_regex(view)), _glob_literal_prefix(view))
 
 

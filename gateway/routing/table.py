@@ -138,7 +138,8 @@ class RouteTable(Generic[T]):
         allowed: set[str] = set()
         for position in self._candidates(host, views):
             entry = self._entries[position]
-            if not (entry.host_matches(host) and entry.path.matches(views[entry.group])):
+            view = path if self._strict else views[entry.group]
+            if not (entry.host_matches(host) and entry.path.matches(view)):
                 continue
             # RFC 9110 §9.1: "The method token is case-sensitive", so "get" is not GET.
             if entry.methods is None or method in entry.methods:
@@ -167,7 +168,8 @@ class RouteTable(Generic[T]):
 
     def _candidates(self, host: str | None, views: tuple[str, ...]) -> Iterator[int]:
         groups: list[tuple[int, ...]] = []
-        for group, view in zip(self._groups, views, strict=True):
+        for index, group in enumerate(self._groups):
+            view = views[index]
             groups.extend(group.any_host.hits(view))
             bucket = group.by_host.get(host) if host is not None else None
             if bucket is not None:
