@@ -58,7 +58,7 @@ class PathSemantics:
 
     def view(self, path: str) -> str:
         """The normalised (parameter-free) path as this upstream reads it, or InvalidPath."""
-        if self.trailing_dot_ignored or self.trailing_space_ignored:
+        if self._trims(path):
             path = "/".join(self._trimmed(segment) for segment in path.split("/"))
         if self.case_insensitive:
             path = _folded(path)
@@ -70,6 +70,12 @@ class PathSemantics:
         """One segment as this upstream compares it (no "/" handling: see ``view``)."""
         segment = self._trimmed(segment)
         return _folded(segment) if self.case_insensitive else segment
+
+    def _trims(self, path: str) -> bool:
+        """Whether some segment of ``path`` ends in what this upstream trims (cheap test)."""
+        dot = self.trailing_dot_ignored and ("./" in path or path.endswith("."))
+        space = self.trailing_space_ignored and (f"{_SPACE}/" in path or path.endswith(_SPACE))
+        return dot or space
 
     def _trimmed(self, segment: str) -> str:
         original = segment
