@@ -13,7 +13,8 @@ from pathlib import Path
 from gateway import __version__
 from gateway.config.errors import ConfigError, format_issue
 from gateway.config.loader import LoadedConfig, load_config
-from gateway.config.models import GatewayConfig
+from gateway.config.models import GatewayConfig, PathRules
+from gateway.routing.semantics import path_semantics
 
 
 def _config_path(value: str | None) -> Path:
@@ -48,12 +49,26 @@ def describe_routes(loaded: LoadedConfig) -> list[str]:
         scopes = ""
         if route.auth.policy.required_scopes:
             scopes = " scopes=" + " ".join(route.auth.policy.required_scopes)
+        upstream = config.upstreams[spec.upstream]
         lines.append(
             f"{route.index:>3} {route.name}: {methods} {hosts} {match.path.kind}:"
-            f"{match.path.pattern} -> {spec.upstream} ({config.upstreams[spec.upstream].url})"
-            f" auth={auth}{scopes}"
+            f"{match.path.pattern} -> {spec.upstream} ({upstream.url})"
+            f" auth={auth}{scopes}{_paths_note(upstream.paths, config.defaults.paths)}"
         )
     return lines
+
+
+def _paths_note(*layers: PathRules) -> str:
+    """How the route's upstream reads paths, when that is not the strict reading."""
+    semantics = path_semantics(*layers)
+    loose = [
+        ("case-insensitive", semantics.case_insensitive),
+        ("trailing-slash-ignored", semantics.trailing_slash_ignored),
+        ("trailing-dot-ignored", semantics.trailing_dot_ignored),
+        ("trailing-space-ignored", semantics.trailing_space_ignored),
+    ]
+    words = [word for word, on in loose if on]
+    return f" paths={','.join(words)}" if words else ""
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

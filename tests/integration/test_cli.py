@@ -155,6 +155,7 @@ def test_check_warns_and_strict_refuses_a_weaker_route_receiving_near_spellings(
     fixed = gateway("check", "-c", str(config), "--strict")
     assert fixed.returncode == 0, fixed.stderr
     assert fixed.stderr == ""
+    assert "paths=case-insensitive,trailing-dot-ignored,trailing-space-ignored" in fixed.stdout
 
 
 def test_schema_is_json_schema_for_the_config():
