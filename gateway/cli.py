@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 from gateway import __version__
-from gateway.config.errors import ConfigError
+from gateway.config.errors import ConfigError, format_issue
 from gateway.config.loader import LoadedConfig, load_config
-from gateway.config.models import GatewayConfig
+from gateway.config.models import GatewayConfig, PathRules
+from gateway.routing.semantics import path_semantics
 
 
 def _config_path(value: str | None) -> Path:
@@ -39,15 +40,31 @@ def describe_routes(loaded: LoadedConfig) -> list[str]:
         scopes = ""
         if route.auth.policy.required_scopes:
             scopes = " scopes=" + " ".join(route.auth.policy.required_scopes)
+        upstream = config.upstreams[spec.upstream]
         lines.append(
             f"{route.index:>3} {route.name}: {methods} {hosts} {match.path.kind}:"
-            f"{match.path.pattern} -> {spec.upstream} ({config.upstreams[spec.upstream].url})"
-            f" auth={auth}{scopes}"
+            f"{match.path.pattern} -> {spec.upstream} ({upstream.url})"
+            f" auth={auth}{scopes}{_paths_note(upstream.paths, config.defaults.paths)}"
         )
     return lines
 
 
+def _paths_note(*layers: PathRules) -> str:
+    """How the route's upstream reads paths, when that is not the strict reading."""
+    semantics = path_semantics(*layers)
+    loose = [
+        ("case-insensitive", semantics.case_insensitive),
+        ("trailing-slash-ignored", semantics.trailing_slash_ignored),
+        ("trailing-dot-ignored", semantics.trailing_dot_ignored),
+        ("trailing-space-ignored", semantics.trailing_space_ignored),
+    ]
+    words = [word for word, on in loose if on]
+    return f" paths={','.join(words)}" if words else ""
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
+    from gateway.route_audit import shadow_warnings
+
     path = _config_path(args.config)
     try:
         loaded = load_config(path)
@@ -55,7 +72,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
-    print(f"{path}: OK, {len(lines)} routes")
+    warnings = shadow_warnings(loaded)
+    for warning in warnings:
+        print(format_issue(loaded.source.file, warning), file=sys.stderr)
+    if warnings and args.strict:
+        print(f"{path}: refused: {len(warnings)} warning(s) under --strict", file=sys.stderr)
+        return 2
+    noted = f", {len(warnings)} warning(s)" if warnings else ""
+    print(f"{path}: OK, {len(lines)} routes{noted}")
     for line in lines:
         print(line)
     return 0
@@ -100,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a config and print the resolved routes")
     check.add_argument("-c", "--config", help="config file (default: $GATEWAY_CONFIG)")
+    check.add_argument(
+        "--strict", action="store_true",
+        help="also refuse (exit 2) a config with warnings, e.g. a weaker route that receives "
+        "spellings of a protected path (deploy/PATHS.md)",
+    )  # fmt: skip
     check.set_defaults(func=_cmd_check)
 
     schema = sub.add_parser("schema", help="print the config's JSON Schema")

@@ -196,7 +196,9 @@ class ProxyHandler:
             elif source == "form" and form_body is not None:
                 form = without_parameter(form_body.decode("latin-1"), ACCESS_TOKEN_PARAM)
                 form_body = form.encode("latin-1")
-        rewritten = rewrite_path(target.path, route.strip_prefix, route.add_prefix)
+        rewritten = rewrite_path(
+            target.path, route.strip_prefix, route.add_prefix, route.path_semantics
+        )
         upstream_path = upstream_target(upstream.base_path, rewritten, query)
 
         if route.websocket and wants_websocket(request):

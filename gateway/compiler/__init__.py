@@ -34,6 +34,7 @@ from gateway.config.models import GatewayConfig, Upstream
 from gateway.proxy.headers import ForwardingPolicy, Removal
 from gateway.proxy.targets import UpstreamSpec, UpstreamTarget, make_target
 from gateway.proxy.trust import TrustedProxies
+from gateway.routing.semantics import PathSemantics, path_semantics
 from gateway.routing.table import RouteEntry, RouteTable
 
 
@@ -46,6 +47,7 @@ class CompiledRoute:
     upstream: UpstreamTarget
     strip_prefix: str | None
     add_prefix: str | None
+    path_semantics: PathSemantics  # how the upstream reads paths (matching and stripping)
     websocket: bool
     auth: RouteAuth
     forward_authorization: bool
@@ -152,6 +154,7 @@ def _routes(
     entries: list[RouteEntry[CompiledRoute]] = []
     for index, route in enumerate(config.routes):
         tokens = route.tokens or defaults.tokens
+        semantics = path_semantics(config.upstreams[route.upstream].paths, defaults.paths)
         auth = RouteAuth(
             id=index,
             required=(route.auth or defaults.auth) == "required",
@@ -168,6 +171,7 @@ def _routes(
             upstream=upstreams[route.upstream],
             strip_prefix=route.rewrite.strip_prefix if route.rewrite else None,
             add_prefix=route.rewrite.add_prefix if route.rewrite else None,
+            path_semantics=semantics,
             websocket=route.websocket,
             auth=auth,
             forward_authorization=_inherit(
@@ -184,6 +188,7 @@ def _routes(
                 path_pattern=match.path.pattern,
                 methods=frozenset(match.methods) if match.methods else None,
                 target=item,
+                semantics=semantics,
             )
         )
     try:

@@ -29,10 +29,10 @@ class ConfigError(Exception):
         super().__init__(file, self.issues)
 
     def __str__(self) -> str:
-        return "\n".join(_format_issue(self.file, issue) for issue in self.issues)
+        return "\n".join(format_issue(self.file, issue) for issue in self.issues)
 
 
-def _format_issue(file: str, issue: ConfigIssue) -> str:
+def format_issue(file: str, issue: ConfigIssue) -> str:
     # "FILE:LINE: KEY_PATH: MESSAGE", the shape editors and CI annotators already link.
     where = f"{file}:{issue.line}" if issue.line is not None else file
     if issue.key_path:

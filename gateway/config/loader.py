@@ -9,12 +9,11 @@ must compile). A config that fails any pass never starts a gateway, nor replaces
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Union, cast, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
@@ -23,6 +22,8 @@ from gateway.config.errors import ConfigError, ConfigIssue, format_key_path
 from gateway.config.models import GatewayConfig, Route
 from gateway.config.models.sessions import RouteSession, login_reference_problems
 from gateway.config.yaml import Loc, SourceDoc, load_yaml, load_yaml_text
+from gateway.routing.patterns import PathKind, check_prefix_path, compile_path_pattern
+from gateway.routing.semantics import path_semantics
 
 _BRANCH_MESSAGE = "Input should be "
 
@@ -180,7 +181,7 @@ def _reference_issues(config: GatewayConfig, source: SourceDoc) -> list[ConfigIs
             issues.append(_issue(source, (*loc, "upstream"), message))
         issues.extend(_unknown_issuers(source, (*loc, "issuers"), route.issuers, issuer_keys))
         issues.extend(_auth_issues(source, config, loc, route))
-        issues.extend(_path_issues(source, loc, route))
+        issues.extend(_path_issues(source, config, loc, route))
     issues.extend(_login_issues(source, config))
     return issues
 
@@ -265,22 +266,36 @@ def _auth_issues(
     yield _issue(source, where, message)
 
 
-def _path_issues(source: SourceDoc, loc: Loc, route: Route) -> Iterator[ConfigIssue]:
+def _path_issues(
+    source: SourceDoc, config: GatewayConfig, loc: Loc, route: Route
+) -> Iterator[ConfigIssue]:
+    """Patterns and rewrite prefixes that do not compile, or can never match a normalised
+    path, as the route's upstream reads paths."""
     path = route.match.path
     where: Loc = (*loc, "match", "path")
-    if path.kind == "regex":
+    # A string shorthand (`path: /a/**`) has no `glob`/`exact` key to point at.
+    if _step(_at(source.data, where), path.kind)[0]:
+        where = (*where, path.kind)
+    bad = next((s for s in path.pattern.split("/") if "**" in s and s != "**"), None)
+    if path.kind == "glob" and bad is not None:
+        message = f"'**' must be a whole path segment, not {bad!r} (use * within a segment)"
+        yield _issue(source, where, message)
+    else:
+        upstream = config.upstreams.get(route.upstream)
+        layers = (upstream.paths, config.defaults.paths) if upstream else (config.defaults.paths,)
         try:
-            re.compile(path.pattern)
-        except re.error as exc:
-            yield _issue(source, (*where, "regex"), f"invalid regular expression: {exc}")
-    elif path.kind == "glob":
-        bad = next((s for s in path.pattern.split("/") if "**" in s and s != "**"), None)
-        if bad is not None:
-            # A string shorthand (`path: /a/**`) has no `glob` key to point at.
-            if _step(_at(source.data, where), "glob")[0]:
-                where = (*where, "glob")
-            message = f"'**' must be a whole path segment, not {bad!r} (use * within a segment)"
-            yield _issue(source, where, message)
+            kind = cast(PathKind, path.kind)  # PathMatch allows exactly these four
+            compile_path_pattern(kind, path.pattern, path_semantics(*layers))
+        except ValueError as exc:
+            yield _issue(source, where, str(exc))
+    rewrite = route.rewrite
+    for key in ("strip_prefix", "add_prefix"):
+        prefix = getattr(rewrite, key) if rewrite is not None else None
+        if prefix is not None:
+            try:
+                check_prefix_path(key, prefix)
+            except ValueError as exc:
+                yield _issue(source, (*loc, "rewrite", key), str(exc))
 
 
 def _at(data: Any, loc: Loc) -> Any:

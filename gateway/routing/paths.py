@@ -5,7 +5,8 @@ one route's policy and served as another route's resource. So the raw origin-for
 normalised exactly once, here, and the result is both what routes match and what the
 upstream receives. Anything an upstream might read differently from us (encoded slashes,
 ``..;`` path parameters, double or overlong encodings, compatibility characters that fold to
-``.`` or ``/``) is refused with ``InvalidPath`` rather than guessed at.
+``.`` or ``/``) is refused with ``InvalidPath`` rather than guessed at. Every character
+refused raw for what it means in a path is refused in every encoding of it as well.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from gateway.problems import InvalidPath
+from gateway.routing.semantics import STRICT, PathSemantics
 
 # Plain ASCII names with no dot-led segment and no empty segment: most real traffic, and
 # already normal. One fullmatch decides; segments are "/"-delimited so it cannot backtrack.
@@ -28,10 +30,11 @@ _DOUBLE_ENCODED = re.compile(r"%25[0-9A-Fa-f]{2}")
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 # Octets that, once decoded by an upstream, would split or end a segment: "/" and "\" (IIS),
-# NUL and the other C0 controls, DEL.
-_FORBIDDEN_OCTETS = frozenset([*range(0x20), 0x7F, 0x2F, 0x5C])
+# ";" (servlet stacks that decode first and then cut ";params" read "..%3B" as ".."), NUL
+# and the other C0 controls, DEL.
+_FORBIDDEN_OCTETS = frozenset([*range(0x20), 0x7F, 0x2F, 0x3B, 0x5C])
 # Characters an upstream that applies NFKC (or a "best fit" code page) could conjure.
-_FOLD_TARGETS = "./\\%"
+_FOLD_TARGETS = "./\\%;"
 _DOT_SEGMENTS = frozenset({".", ".."})
 
 
@@ -63,25 +66,48 @@ def normalise_target(raw: str) -> Target:
     return Target(path, query if sep else None)
 
 
-def rewrite_path(path: str, strip_prefix: str | None, add_prefix: str | None) -> str:
+def without_path_parameters(path: str) -> str:
+    """``/a;x=1/b;y`` → ``/a/b``: the path a servlet container routes on (RFC 3986 §3.3)."""
+    return "/".join(segment.split(";", 1)[0] for segment in path.split("/"))
+
+
+def rewrite_path(
+    path: str,
+    strip_prefix: str | None,
+    add_prefix: str | None,
+    semantics: PathSemantics = STRICT,
+) -> str:
     """Strip a prefix (whole segments only), then add one, without creating "//".
 
-    Segment-aware so that stripping "/api" never turns "/apix" into "x".
+    Segment-aware so that stripping "/api" never turns "/apix" into "x". Segments are
+    compared as the route matched them: without their ";parameters" (RFC 3986 §3.3), and
+    as the upstream reads them (``semantics``). A stripped segment goes with its
+    parameters: "/public;x/a" stripped of "/public" is "/a", the path the route chose by.
     """
     strip = (strip_prefix or "").rstrip("/")
     if strip:
-        if path == strip:
-            path = "/"
-        elif path.startswith(strip + "/"):
-            path = path[len(strip) :]
+        below = _below(path, strip, semantics)
+        if below is not None:
+            path = below
     add = (add_prefix or "").rstrip("/")
     return add + path if add else path
 
 
+def _below(path: str, prefix: str, semantics: PathSemantics) -> str | None:
+    """What follows ``prefix``'s segments in ``path``, or None if it does not start so."""
+    wanted = prefix.split("/")[1:]
+    segments = path.split("/")[1:]
+    if len(segments) < len(wanted):
+        return None
+    for want, have in zip(wanted, segments, strict=False):
+        name = have.split(";", 1)[0]
+        if name != want and semantics.segment_key(name) != semantics.segment_key(want):
+            return None
+    return "/" + "/".join(segments[len(wanted) :])
+
+
 def _normalise_path(path: str) -> str:
-    if "#" in path:
-        # RFC 9112 §3.2: a fragment is never part of a request target.
-        raise InvalidPath("A request target must not contain '#'.")
+    # A "#" (RFC 9112 §3.2: never part of a request target) is not a pchar: refused here.
     bad = _NOT_PCHAR.search(path)
     if bad is not None:
         raise InvalidPath(f"The path has a character that must be percent-encoded: {bad[0]!r}.")

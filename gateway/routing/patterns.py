@@ -1,10 +1,12 @@
 """Path and host patterns for routes (RFC 3986 §3.2.2 host, §3.3 path; RFC 9110 §7.2 Host).
 
-Patterns match the *normalised* path (``gateway.routing.paths``), so they are checked at
-compile time to be in normalised form themselves: an exact "/a/../b" or "/a/%7e" route could
-never match and would only hide a configuration mistake. Each path pattern also exposes
-``literal_prefix``, a string every matching path starts with, which the route table uses as
-an index key instead of testing every pattern on every request.
+Patterns match the *normalised* path (``gateway.routing.paths``) as the route's upstream
+reads it (``gateway.routing.semantics``), so they are checked at compile time to be in
+normalised form themselves: an exact "/a/../b" or "/a/%7e" route could never match and would
+only hide a configuration mistake, which matters most for a protected route that a catch-all
+would then silently replace. Each path pattern also exposes ``literal_prefix``, a string
+every matching path starts with, which the route table uses as an index key instead of
+testing every pattern on every request. Globs and regexes run on RE2 (linear time).
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ from typing import Literal, Protocol
 
 from gateway.problems import InvalidPath
 from gateway.routing.paths import normalise_target
+from gateway.routing.regex import LinearRegex
+from gateway.routing.semantics import STRICT, PathSemantics
 
 PathKind = Literal["exact", "prefix", "glob", "regex"]
-
-_REGEX_STOP = frozenset(".^$[]\\()|}")
-_REGEX_QUANTIFIERS = frozenset("*+?{")
 
 # Already-normal host names skip the slow path; labels of letters, digits, "-" and "_".
 _HOST_NAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
 _MAX_HOST_LENGTH = 253
+# An escape cut short at the end of a literal prefix ("/a%2" of "/a%2[0-9]"), and the
+# escaped bytes of a UTF-8 sequence that may be cut short in the same way.
+_PARTIAL_ESCAPE = re.compile(r"%[0-9A-Fa-f]?$")
+_TRAILING_NON_ASCII = re.compile(r"(?:%[89A-Fa-f][0-9A-Fa-f])+$")
+_UTF8_MAX = 4
 
 
 class PathPattern(Protocol):
@@ -58,30 +64,52 @@ class _Prefix:
 class _Regex:
     __slots__ = ("_regex", "literal_prefix")
 
-    def __init__(self, regex: re.Pattern[str], literal_prefix: str) -> None:
+    def __init__(self, regex: LinearRegex, literal_prefix: str) -> None:
         self._regex = regex
         self.literal_prefix = literal_prefix
 
     def matches(self, path: str) -> bool:
-        return self._regex.fullmatch(path) is not None
+        return self._regex.fullmatch(path)
 
 
-def compile_path_pattern(kind: PathKind, pattern: str) -> PathPattern:
-    """Compile one route path pattern; ``ValueError`` says what is wrong with it."""
+def compile_path_pattern(
+    kind: PathKind, pattern: str, semantics: PathSemantics = STRICT
+) -> PathPattern:
+    """Compile one route path pattern for an upstream that reads paths with ``semantics``.
+
+    The pattern then matches the upstream's view of a path (``semantics.view``): exact,
+    prefix and glob patterns are folded the same way; a regex is matched against the view
+    as written (case-insensitively on a case-insensitive upstream). ``ValueError`` says
+    what is wrong with the pattern.
+    """
     if kind == "regex":
-        try:
-            regex = re.compile(pattern)
-        except re.error as exc:
-            raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
-        return _Regex(regex, _regex_literal_prefix(pattern))
+        return _compile_regex(pattern, semantics)
     if kind not in ("exact", "prefix", "glob"):
         raise ValueError(f"unknown path match kind {kind!r}")
     _require_normalised(kind, pattern)
-    if kind == "exact" or (kind == "glob" and "*" not in pattern):
-        return _Exact(pattern)
+    try:
+        view = semantics.view(pattern)
+    except InvalidPath as exc:
+        raise ValueError(f"{kind} path {pattern!r} can never match: {exc.detail}") from None
+    if kind == "exact" or (kind == "glob" and "*" not in view):
+        return _Exact(view)
     if kind == "prefix":
-        return _Prefix(pattern)
-    return _Regex(re.compile(_glob_to_regex(pattern), re.DOTALL), _glob_literal_prefix(pattern))
+        return _Prefix(view)
+    if view.endswith("/**") and "*" not in view[:-3]:
+        # The commonest glob, "/a/**", is "/a" and everything below it: a prefix.
+        return _Prefix(view[:-3] or "/")
+    return _Regex(LinearRegex(_glob_to_regex(view)), _glob_literal_prefix(view))
+
+
+def check_prefix_path(what: str, prefix: str) -> None:
+    """A rewrite prefix must be a normalised path without parameters, or ValueError.
+
+    ``strip_prefix`` compares whole segments of the normalised path without their
+    parameters, so "/v2/../a" or "/a;x" would never be stripped; ``add_prefix`` is sent
+    upstream as written, so it must be something the normaliser would have let through
+    unchanged, and parameters on it would be dropped by servlet-style upstreams.
+    """
+    _require_normalised(what, prefix.rstrip("/") or "/")
 
 
 def normalise_host(raw: str | None) -> str | None:
@@ -149,11 +177,67 @@ def _require_normalised(kind: str, pattern: str) -> None:
         raise ValueError(
             f"{kind} path {pattern!r} can never match a normalised path; write {target.path!r}"
         )
+    if ";" in pattern:
+        # Routes see paths without parameters (refused, or removed when path_parameters
+        # is on), and strip_prefix compares segments without them: a ";" never matches.
+        raise ValueError(f"{kind} path {pattern!r}: paths are matched without ';' parameters")
+
+
+def _compile_regex(pattern: str, semantics: PathSemantics) -> _Regex:
+    try:
+        regex = LinearRegex(pattern, case_insensitive=semantics.case_insensitive)
+        # The prefix of the pattern as written, lowered like the views it is looked up by
+        # (an ASCII letter matched case-insensitively is one of its two cases).
+        literal = LinearRegex(pattern).literal_prefix()
+    except ValueError as exc:
+        raise ValueError(f"invalid regular expression: {exc}") from None
+    _require_possible_prefix(pattern, literal)
+    return _Regex(regex, literal.lower() if semantics.case_insensitive else literal)
+
+
+def _require_possible_prefix(pattern: str, literal: str) -> None:
+    """Refuse a regex whose every match starts with something no normalised path does.
+
+    The literal may stop anywhere, mid-segment or mid-escape, so only what it could still
+    grow into is tested: the part up to an incomplete escape or UTF-8 sequence, followed by
+    an ordinary character.
+    """
+    if not literal:
+        return
+    if ";" in literal:
+        raise ValueError(f"regex {pattern!r}: paths are matched without ';' parameters")
+    if not literal.startswith("/"):
+        raise ValueError(f"regex {pattern!r} can never match: normalised paths start with '/'")
+    probe = _completed(_PARTIAL_ESCAPE.sub("", literal)) + "x"
+    try:
+        normal = normalise_target(probe)
+    except InvalidPath as exc:
+        raise ValueError(f"regex {pattern!r} starts with {literal!r}: {exc.detail}") from None
+    if normal.query is not None or normal.path != probe:
+        raise ValueError(
+            f"regex {pattern!r} starts with {literal!r}, which no normalised path does"
+        )
+
+
+def _completed(stem: str) -> str:
+    """``stem`` without the escaped bytes of a UTF-8 sequence it ends in the middle of."""
+    run = _TRAILING_NON_ASCII.search(stem)
+    if run is None:
+        return stem
+    octets = bytes.fromhex(run[0].replace("%", ""))
+    # A cut-short sequence misses at most three of its (at most four) bytes.
+    for cut in range(min(_UTF8_MAX - 1, len(octets)) + 1):
+        try:
+            octets[: len(octets) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        return stem[: len(stem) - 3 * cut]
+    return stem  # not UTF-8 however it is cut: normalising says so
 
 
 def _glob_to_regex(pattern: str) -> str:
     """ "*" stays inside one segment; a whole "**" segment spans zero or more segments."""
-    out: list[str] = []
+    out: list[str] = ["(?s)"]
     for segment in pattern.split("/")[1:]:
         if segment == "**":
             out.append("(?:/.*)?")
@@ -167,58 +251,6 @@ def _glob_literal_prefix(pattern: str) -> str:
     star_segment = pattern[len(prefix) :].split("/", 1)[0]
     # "/a/**" also matches "/a", so the "/" before a "**" segment is not guaranteed.
     return prefix[:-1] if star_segment == "**" and prefix.endswith("/") else prefix
-
-
-def _regex_literal_prefix(pattern: str) -> str:
-    """The literal run at the start of a regex, erring short.
-
-    A top-level "|" means no common prefix at all; a quantifier (or a comment, which a
-    quantifier can follow) may make the character before it optional, so that character is
-    dropped; any other metacharacter or escape ends the run.
-    """
-    body = pattern.removeprefix("^")
-    if not body.startswith("/") or _has_top_level_alternation(body):
-        return ""
-    literal: list[str] = []
-    for position, char in enumerate(body):
-        # A comment is transparent: "/a(?#x)*" repeats the "a".
-        if char in _REGEX_QUANTIFIERS or body.startswith("(?#", position):
-            literal = literal[:-1]
-            break
-        if char in _REGEX_STOP:
-            break
-        literal.append(char)
-    return "".join(literal)
-
-
-def _has_top_level_alternation(pattern: str) -> bool:
-    """Whether a "|" sits outside every group, class, escape and comment."""
-    depth = 0
-    in_class = False
-    i = 0
-    while i < len(pattern):
-        char = pattern[i]
-        if char == "\\":
-            i += 1
-        elif in_class:
-            in_class = char != "]"
-        elif char == "[":
-            in_class = True
-            i += 1 if pattern.startswith("^", i + 1) else 0
-            i += 1 if pattern.startswith("]", i + 1) else 0
-        elif pattern.startswith("(?#", i):
-            # A comment ends at the first ")" whatever it holds.
-            i = pattern.find(")", i)
-            if i < 0:
-                return True
-        elif char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        elif char == "|" and depth == 0:
-            return True
-        i += 1
-    return False
 
 
 def _check_port(raw: str, port: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from gateway.problems import BadRequest, InvalidPath
+from gateway.routing.paths import without_path_parameters
 
 
 def origin_form(raw: str, host: str | None) -> str:
@@ -32,11 +33,6 @@ def origin_form(raw: str, host: str | None) -> str:
         raise BadRequest("An absolute-form target must name the same authority as Host.")
     path = parts.path or "/"
     return f"{path}?{parts.query}" if "?" in raw[len(parts.scheme) + 3 :] else path
-
-
-def without_path_parameters(path: str) -> str:
-    """``/a;x=1/b;y`` → ``/a/b``: the path a servlet container routes on (RFC 3986 §3.3)."""
-    return "/".join(segment.split(";", 1)[0] for segment in path.split("/"))
 
 
 def match_path(path: str, *, path_parameters: bool) -> str:

@@ -4,6 +4,10 @@ Entries are compiled once. Matching does not test every pattern: entries are buc
 exact host and indexed by their path pattern's ``literal_prefix``, and only entries whose
 literal prefix starts the request path are tested, still in configuration order, so the
 index changes cost and never the answer.
+
+Each entry is matched on the path as its upstream reads it (``PathSemantics``). Entries are
+grouped by semantics, each group with its own index over its own view of the path; a table
+whose upstreams all read paths strictly has one group and computes no view.
 """
 
 from __future__ import annotations
@@ -11,9 +15,9 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
-from gateway.problems import BadRequest, MethodNotAllowed, NotFound
+from gateway.problems import BadRequest, InvalidPath, MethodNotAllowed, NotFound
 from gateway.routing.patterns import (
     HostPattern,
     PathKind,
@@ -21,6 +25,7 @@ from gateway.routing.patterns import (
     compile_path_pattern,
     normalise_host,
 )
+from gateway.routing.semantics import STRICT, PathSemantics
 
 T = TypeVar("T")
 
@@ -34,6 +39,7 @@ class RouteEntry(Generic[T]):
     path_pattern: str
     methods: frozenset[str] | None
     target: T
+    semantics: PathSemantics = STRICT  # how the route's upstream reads paths
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +48,7 @@ class _Compiled(Generic[T]):
     path: PathPattern
     methods: frozenset[str] | None
     target: T
+    group: int  # which view of the path the pattern is tested on
 
     def host_matches(self, host: str | None) -> bool:
         return self.hosts is None or any(pattern.matches(host) for pattern in self.hosts)
@@ -59,6 +66,9 @@ class _PrefixIndex:
         self._by_prefix = {prefix: tuple(group) for prefix, group in grouped.items()}
         self._lengths = tuple(sorted({len(prefix) for prefix in grouped}))
 
+    def __bool__(self) -> bool:
+        return bool(self._by_prefix)
+
     def hits(self, path: str) -> Iterator[tuple[int, ...]]:
         for length in self._lengths:
             if length > len(path):
@@ -68,24 +78,49 @@ class _PrefixIndex:
                 yield group
 
 
-class RouteTable(Generic[T]):
-    """Compiled routes. ``match`` is pure and safe to share between concurrent requests."""
+class _Group:
+    """The entries whose upstreams share one ``PathSemantics``, indexed on its view."""
 
-    __slots__ = ("_any_host", "_by_host", "_entries")
+    __slots__ = ("any_host", "by_host", "semantics")
 
-    def __init__(self, entries: Sequence[RouteEntry[T]]) -> None:
-        self._entries = tuple(_compile(index, entry) for index, entry in enumerate(entries))
+    def __init__(
+        self, semantics: PathSemantics, entries: Iterable[tuple[int, _Compiled[Any]]]
+    ) -> None:
         any_host: list[tuple[str, int]] = []
         by_host: dict[str, list[tuple[str, int]]] = {}
-        for position, entry in enumerate(self._entries):
+        for position, entry in entries:
             key = (entry.path.literal_prefix, position)
             exact = _exact_hosts(entry.hosts)
             if exact is None:
                 any_host.append(key)
             for host in exact or ():
                 by_host.setdefault(host, []).append(key)
-        self._any_host = _PrefixIndex(any_host)
-        self._by_host = {host: _PrefixIndex(keys) for host, keys in by_host.items()}
+        self.semantics = semantics
+        self.any_host = _PrefixIndex(any_host)
+        self.by_host = {host: _PrefixIndex(keys) for host, keys in by_host.items()}
+
+    def serves(self, host: str | None) -> bool:
+        """Whether an entry here may answer for ``host``: those bucketed under other exact
+        hosts cannot (wildcard entries are not bucketed, so they count for every host)."""
+        return bool(self.any_host) or (host is not None and host in self.by_host)
+
+
+class RouteTable(Generic[T]):
+    """Compiled routes. ``match`` is pure and safe to share between concurrent requests."""
+
+    __slots__ = ("_entries", "_groups", "_strict")
+
+    def __init__(self, entries: Sequence[RouteEntry[T]]) -> None:
+        kinds = list(dict.fromkeys(entry.semantics for entry in entries)) or [STRICT]
+        self._entries = tuple(
+            _compile(index, entry, kinds.index(entry.semantics))
+            for index, entry in enumerate(entries)
+        )
+        self._groups = tuple(
+            _Group(semantics, ((p, e) for p, e in enumerate(self._entries) if e.group == g))
+            for g, semantics in enumerate(kinds)
+        )
+        self._strict = kinds == [STRICT]
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -95,13 +130,16 @@ class RouteTable(Generic[T]):
 
         Raises ``NotFound`` when no entry matches host and path, ``MethodNotAllowed`` (with
         the union of the methods those entries accept) when some did but not for ``method``,
-        and ``BadRequest`` for a Host that is not a host.
+        ``BadRequest`` for a Host that is not a host, and ``InvalidPath`` for a path that
+        an upstream serving this host would read in a way we cannot tell.
         """
         host = _request_host(host)
+        views = (path,) if self._strict else self._views(host, path)
         allowed: set[str] = set()
-        for position in self._candidates(host, path):
+        for position in self._candidates(host, views):
             entry = self._entries[position]
-            if not (entry.host_matches(host) and entry.path.matches(path)):
+            view = path if self._strict else views[entry.group]
+            if not (entry.host_matches(host) and entry.path.matches(view)):
                 continue
             # RFC 9110 §9.1: "The method token is case-sensitive", so "get" is not GET.
             if entry.methods is None or method in entry.methods:
@@ -113,29 +151,46 @@ class RouteTable(Generic[T]):
 
     def candidates(self, path: str, host: str | None = None) -> tuple[int, ...]:
         """Positions of the entries ``match`` would test, in order: shows the index at work."""
-        return tuple(self._candidates(_request_host(host), path))
+        host = _request_host(host)
+        views = (path,) if self._strict else self._views(host, path)
+        return tuple(self._candidates(host, views))
 
-    def _candidates(self, host: str | None, path: str) -> Iterator[int]:
-        groups = list(self._any_host.hits(path))
-        bucket = self._by_host.get(host) if host is not None else None
-        if bucket is not None:
-            groups.extend(bucket.hits(path))
+    def _views(self, host: str | None, path: str) -> tuple[str, ...]:
+        views: list[str] = []
+        for group in self._groups:
+            try:
+                views.append(group.semantics.view(path))
+            except InvalidPath:
+                if group.serves(host):
+                    raise
+                views.append(path)  # no entry of this group can be tested for this host
+        return tuple(views)
+
+    def _candidates(self, host: str | None, views: tuple[str, ...]) -> Iterator[int]:
+        groups: list[tuple[int, ...]] = []
+        for index, group in enumerate(self._groups):
+            view = views[index]
+            groups.extend(group.any_host.hits(view))
+            bucket = group.by_host.get(host) if host is not None else None
+            if bucket is not None:
+                groups.extend(bucket.hits(view))
         if len(groups) == 1:
             return iter(groups[0])
         return heapq.merge(*groups)
 
 
-def _compile(index: int, entry: RouteEntry[T]) -> _Compiled[T]:
+def _compile(index: int, entry: RouteEntry[T], group: int) -> _Compiled[T]:
     try:
         # The cast is checked at runtime: compile_path_pattern refuses an unknown kind.
-        path = compile_path_pattern(cast(PathKind, entry.path_kind), entry.path_pattern)
+        kind = cast(PathKind, entry.path_kind)
+        path = compile_path_pattern(kind, entry.path_pattern, entry.semantics)
         if entry.hosts is not None and not entry.hosts:
             raise ValueError("an empty host list matches nothing; use None for any host")
         hosts = None if entry.hosts is None else tuple(HostPattern(h) for h in entry.hosts)
         methods = _effective_methods(entry.methods)
     except ValueError as exc:
         raise ValueError(f"route {index}: {exc}") from None
-    return _Compiled(hosts, path, methods, entry.target)
+    return _Compiled(hosts, path, methods, entry.target, group)
 
 
 def _effective_methods(methods: frozenset[str] | None) -> frozenset[str] | None:

@@ -43,13 +43,15 @@ class World:
     tmp: Path
 
 
-def gateway_config(upstream: RecordingUpstream, **limits: Any) -> dict:
+def gateway_config(
+    upstream: RecordingUpstream, paths: dict[str, str] | None = None, **limits: Any
+) -> dict:
     admin_only = {"auth": "required", "require": {"scopes": {"all": ["admin"]}}}
     return {
         "listen": {"host": "127.0.0.1", "port": 0},
         "admin": {"host": "127.0.0.1", "port": 0},
         "limits": limits,
-        "upstreams": {"app": {"url": upstream.url}},
+        "upstreams": {"app": {"url": upstream.url, "paths": paths or {}}},
         "issuers": [{"issuer": "https://issuer.invalid", "keys": {"jwks": {"keys": []}},
                      "audiences": ["api://default"]}],
         "defaults": {"auth": "anonymous"},
@@ -162,6 +164,14 @@ CASES = [
     pytest.param(b"/admin;jsessionid=1/x", REFUSED, None, id="param-on-protected-segment"),
     pytest.param(b"/;/admin/x", REFUSED, None, id="empty-segment-with-param"),
     pytest.param(b"/admin/.;/x", REFUSED, None, id="dot-semicolon"),
+    # an encoded ";" (servlet stacks that decode first, then cut ";...", read "..%3B" as "..")
+    pytest.param(b"/public/..%3B/admin/x", REFUSED, None, id="dotdot-encoded-semicolon"),
+    pytest.param(b"/public/..%3b/admin/x", REFUSED, None, id="dotdot-encoded-semicolon-lower"),
+    pytest.param(b"/public/%2e%2e%3b/admin/x", REFUSED, None, id="all-encoded-dotdot-semicolon"),
+    pytest.param(b"/admin%3bx/secret", REFUSED, None, id="encoded-semicolon-in-a-name"),
+    pytest.param(b"/public/..%253B/admin", REFUSED, None, id="double-encoded-semicolon"),
+    pytest.param(b"/public/..%c0%bb/admin", REFUSED, None, id="overlong-semicolon"),
+    pytest.param(b"/public/..%ef%bc%9b/admin", REFUSED, None, id="fullwidth-semicolon"),
     # double and deeper encodings
     pytest.param(b"/public/%252e%252e/admin/x", REFUSED, None, id="double-encoded-dots"),
     pytest.param(b"/public/%25252e%25252e/admin/x", REFUSED, None, id="triple-encoded-dots"),
@@ -212,11 +222,11 @@ async def test_path_spellings(
     assert lenient == [], f"a lenient upstream would read {lenient} without the admin policy"
 
 
-# Documented risks: the gateway forwards these under the anonymous route, which is correct for
-# a case-sensitive, strict upstream; an upstream that folds case (Windows, IIS, some routers),
-# trims trailing dots and spaces from segments (Windows file APIs) or applies NFKC would serve
-# a protected path. Protect such upstreams with case-insensitive regex routes or reject these
-# spellings upstream.
+# Documented risks: by default the gateway forwards these under the anonymous route, which is
+# correct for a case-sensitive, strict upstream; an upstream that folds case (Windows, IIS,
+# Express, ASP.NET Core), trims trailing dots and spaces from segments (Windows file APIs) or
+# applies NFKC would serve a protected path. Declare how the upstream reads paths
+# (``upstreams.NAME.paths``, deploy/PATHS.md): see test_paths_settings_close_the_documented_risks.
 RISKS = [
     pytest.param(b"/ADMIN/x", "/ADMIN/x", id="case-upper"),
     pytest.param(b"/Admin/x", "/Admin/x", id="case-title"),
@@ -245,18 +255,37 @@ async def test_documented_risk_spellings_reach_upstream_unprotected(
     )
 
 
-async def test_encoded_semicolon_is_forwarded_encoded_documented(world: World) -> None:
-    """Documented risk: "%3B" stays encoded, so the gateway and servlet containers (which strip
-    parameters before decoding) agree it is data; an upstream that decodes first and strips
-    ";..." afterwards would read /admin/secret."""
-    assert await get(world.port, b"/admin%3bx/secret") == 200
-    assert world.upstream.last.raw_path == "/admin%3Bx/secret"
+# The same spellings with the upstream declared as IIS reads paths (deploy/PATHS.md): each is
+# judged by the protected route, or refused where upstreams disagree on its reading.
+AS_IIS_READS_THEM = {
+    "case-upper": POLICY, "case-title": POLICY, "case-mixed": POLICY,
+    "case-lower-Key-route": POLICY, "case-via-encoded-letter": POLICY,
+    "trailing-dot": POLICY, "trailing-encoded-dot": POLICY, "trailing-two-dots": POLICY,
+    "trailing-space": POLICY, "trailing-dot-space": POLICY,
+    "kelvin-sign-nfkc": REFUSED,  # Java folds U+212A into "k", .NET does not: refused
+    "fullwidth-letter-nfkc": ELSEWHERE,  # no upstream folds case into it; NFKC only
+}  # fmt: skip
+IIS = {"case": "insensitive", "trailing_dot": "ignored", "trailing_space": "ignored"}
+
+
+async def test_paths_settings_close_the_documented_risks(world: World) -> None:
+    directory = world.tmp / "iis"
+    directory.mkdir(exist_ok=True)
+    assert {p.id for p in RISKS} == set(AS_IIS_READS_THEM)
+    async with running_gateway(directory, gateway_config(world.upstream, IIS)) as gw:
+        for case in RISKS:
+            target, upstream_path = case.values
+            world.upstream.received.clear()
+            expected = AS_IIS_READS_THEM[case.id]
+            assert await get(gw.proxy_port, target) == expected, case.id
+            paths = [r.raw_path for r in world.upstream.received]
+            assert paths == ([upstream_path] if expected == ELSEWHERE else []), case.id
 
 
 async def test_path_parameters_cannot_dodge_a_protected_route(world: World) -> None:
     directory = world.tmp / "params"
     directory.mkdir(exist_ok=True)
-    config = gateway_config(world.upstream, path_parameters=True)
+    config = gateway_config(world.upstream, None, path_parameters=True)
     async with running_gateway(directory, config) as gw:
         status = await get(gw.proxy_port, b"/admin;x=1/secret")
     paths = [r.raw_path for r in world.upstream.received]

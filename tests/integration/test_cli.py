@@ -79,6 +79,85 @@ def test_missing_env_variable_is_a_config_error(tmp_path: Path):
     assert f"{config}:2: upstreams.app.url" in result.stderr
 
 
+ROUTE_CHECK = (
+    "upstreams:\n"
+    "  app: {url: 'http://127.0.0.1:9000'}\n"
+    "issuers:\n"
+    "  - {issuer: 'https://a.example/', audiences: [api], keys: {jwks: {keys: []}}}\n"
+    "routes:\n"
+    "  - match: {path: PATTERN}\n"
+    "    upstream: app\n"
+    "  - match: {path: {prefix: /}}\n"
+    "    upstream: app\n"
+    "    auth: anonymous\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "error"),
+    [
+        pytest.param(
+            "{prefix: '/v2/../admin%2F;x'}",
+            "routes[0].match.path.prefix: prefix path '/v2/../admin%2F;x': "
+            "The path encodes a forbidden character: %2F.",
+            id="issue-13-unnormalised-prefix",
+        ),
+        pytest.param(
+            "{regex: '/a(?=b)'}",
+            "routes[0].match.path.regex: invalid regular expression: invalid perl operator: "
+            "(?= (RE2 syntax: no backreferences, lookaround or possessive quantifiers)",
+            id="lookahead",
+        ),
+    ],
+)
+def test_check_refuses_patterns_with_file_line_and_key_path(
+    tmp_path: Path, pattern: str, error: str
+):
+    config = tmp_path / "routes.yaml"
+    config.write_text(ROUTE_CHECK.replace("PATTERN", pattern))
+    result = gateway("check", "-c", str(config))
+    assert result.returncode == 2
+    assert f"{config}:6: {error}" in result.stderr
+
+
+def test_check_accepts_a_regex_that_would_backtrack_in_python(tmp_path: Path):
+    """Issue 13: "/(a+)+b" stalled the event loop; on RE2 it is linear, so it is fine."""
+    config = tmp_path / "redos.yaml"
+    config.write_text(ROUTE_CHECK.replace("PATTERN", "{regex: '/(a+)+b'}"))
+    result = gateway("check", "-c", str(config), "--strict")
+    assert result.returncode == 0, result.stderr
+    assert "regex:/(a+)+b" in result.stdout
+
+
+def test_check_warns_and_strict_refuses_a_weaker_route_receiving_near_spellings(
+    tmp_path: Path,
+):
+    config = tmp_path / "shadow.yaml"
+    config.write_text(ROUTE_CHECK.replace("PATTERN", "/admin/**"))
+    lenient = gateway("check", "-c", str(config))
+    assert lenient.returncode == 0
+    assert "OK, 2 routes, 1 warning(s)" in lenient.stdout
+    assert (
+        f"{config}:8: routes[1]: warning: this anonymous route receives spellings of the paths "
+        "of routes[0] (line 6) that differ only by case ('/ADMIN/X' for '/admin/x')"
+    ) in lenient.stderr
+    strict = gateway("check", "-c", str(config), "--strict")
+    assert strict.returncode == 2
+    assert f"{config}: refused: 1 warning(s) under --strict" in strict.stderr
+    assert "OK" not in strict.stdout
+    config.write_text(
+        ROUTE_CHECK.replace("PATTERN", "/admin/**").replace(
+            "'http://127.0.0.1:9000'}",
+            "'http://127.0.0.1:9000', paths: {case: insensitive, trailing_dot: ignored, "
+            "trailing_space: ignored}}",
+        )
+    )
+    fixed = gateway("check", "-c", str(config), "--strict")
+    assert fixed.returncode == 0, fixed.stderr
+    assert fixed.stderr == ""
+    assert "paths=case-insensitive,trailing-dot-ignored,trailing-space-ignored" in fixed.stdout
+
+
 def test_schema_is_json_schema_for_the_config():
     result = gateway("schema")
     assert result.returncode == 0

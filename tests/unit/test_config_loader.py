@@ -307,8 +307,7 @@ REFERENCE_ERRORS = [
     ),
     pytest.param(
         VALID.replace("{path: /orders/**}", "\n      path: {regex: '^/(a'}"),
-        "gw.yaml:8: routes[0].match.path.regex: invalid regular expression: "
-        "missing ), unterminated subpattern at position 2",
+        "gw.yaml:8: routes[0].match.path.regex: invalid regular expression: missing ): ^/(a",
         id="bad-regex",
     ),
     pytest.param(
@@ -322,6 +321,57 @@ REFERENCE_ERRORS = [
         "gw.yaml:9: routes[0].match.path.glob: '**' must be a whole path segment, not 'a**' "
         "(use * within a segment)",
         id="glob-explicit",
+    ),
+    pytest.param(
+        VALID.replace("{path: /orders/**}", "\n      path: {prefix: '/v2/../admin%2F;x'}"),
+        "gw.yaml:8: routes[0].match.path.prefix: prefix path '/v2/../admin%2F;x': "
+        "The path encodes a forbidden character: %2F.",
+        id="issue-13-unnormalised-prefix",
+    ),
+    pytest.param(
+        VALID.replace("/orders/**", "/orders/../admin"),
+        "gw.yaml:7: routes[0].match.path: exact path '/orders/../admin' can never match a "
+        "normalised path; write '/admin'",
+        id="shorthand-unnormalised-exact",
+    ),
+    pytest.param(
+        VALID.replace("{path: /orders/**}", "\n      path:\n        glob: /orders;v=1/*"),
+        "gw.yaml:9: routes[0].match.path.glob: glob path '/orders;v=1/*': paths are matched "
+        "without ';' parameters",
+        id="glob-with-path-parameters",
+    ),
+    pytest.param(
+        VALID.replace("{path: /orders/**}", "\n      path: {regex: '/a(?=b)'}"),
+        "gw.yaml:8: routes[0].match.path.regex: invalid regular expression: invalid perl "
+        "operator: (?= (RE2 syntax: no backreferences, lookaround or possessive quantifiers)",
+        id="regex-lookahead",
+    ),
+    pytest.param(
+        VALID.replace("{path: /orders/**}", "\n      path: {regex: '/v2/\\.\\./admin/.*'}"),
+        "gw.yaml:8: routes[0].match.path.regex: regex '/v2/\\\\.\\\\./admin/.*' starts "
+        "with '/v2/../admin/', which no normalised path does",
+        id="regex-unnormalised-literal",
+    ),
+    pytest.param(
+        'upstreams:\n  orders: {url: "http://h", paths: {trailing_dot: ignored}}\n'
+        + ISSUER
+        + ROUTE.replace("/orders/**", "/orders/..."),
+        "gw.yaml:7: routes[0].match.path: exact path '/orders/...' can never match: A path "
+        "segment of only dots or spaces is read differently by upstreams that trim them.",
+        id="pattern-impossible-under-upstream-semantics",
+    ),
+    pytest.param(
+        'upstreams:\n  orders: {url: "http://h", paths: {case: folded}}\n' + ISSUER + ROUTE,
+        "gw.yaml:2: upstreams.orders.paths.case: Input should be 'sensitive' or 'insensitive'",
+        id="unknown-path-semantics",
+    ),
+    pytest.param(
+        VALID + "    rewrite: {strip_prefix: /orders/./x, add_prefix: '/v2;x'}\n",
+        "gw.yaml:9: routes[0].rewrite.strip_prefix: strip_prefix path '/orders/./x' can never "
+        "match a normalised path; write '/orders/x'\n"
+        "gw.yaml:9: routes[0].rewrite.add_prefix: add_prefix path '/v2;x': paths are matched "
+        "without ';' parameters",
+        id="rewrite-prefixes",
     ),
 ]
 

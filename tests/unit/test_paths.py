@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from urllib.parse import unquote
 
 import pytest
@@ -10,7 +11,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from gateway.problems import InvalidPath
-from gateway.routing.paths import Target, normalise_target, rewrite_path
+from gateway.routing import paths
+from gateway.routing.paths import Target, normalise_target, rewrite_path, without_path_parameters
+from gateway.routing.semantics import STRICT, PathSemantics
 from gateway.routing.table import RouteEntry, RouteTable
 
 ACCEPTED = [
@@ -146,6 +149,20 @@ REJECTED = [
     pytest.param("/a/.;x/b", id="tomcat-dot-semicolon"),
     pytest.param("/;x/admin", id="tomcat-empty-segment-with-params"),
     pytest.param("/a/..;", id="tomcat-trailing-dotdot-semicolon"),
+    # --- an encoded ";" (issue 13, item 10): servlet stacks that decode, then cut ";..." ----
+    pytest.param("/api/read/..%3B/admin/x", id="dotdot-encoded-semicolon"),
+    pytest.param("/api/read/..%3b/admin/x", id="dotdot-encoded-semicolon-lowercase"),
+    pytest.param("/api/read/%2e%2e%3b/admin/x", id="all-encoded-dotdot-semicolon"),
+    pytest.param("/api/read/%2E.%3B/admin/x", id="mixed-encoded-dotdot-semicolon"),
+    pytest.param("/api/read/.%3B/x", id="dot-encoded-semicolon"),
+    pytest.param("/%3Bx/admin", id="empty-segment-encoded-semicolon"),
+    pytest.param("/admin%3Bjsessionid=1/x", id="encoded-semicolon-inside-a-name"),
+    pytest.param("/api/read/..%253B/admin/x", id="double-encoded-semicolon"),
+    pytest.param("/api/read/..%25%33%62/admin/x", id="double-encoded-from-unreserved-escapes"),
+    pytest.param("/api/read/..%C0%BB/admin/x", id="overlong-2-byte-semicolon"),
+    pytest.param("/api/read/..%E0%80%BB/admin/x", id="overlong-3-byte-semicolon"),
+    pytest.param("/api/read/..%EF%BC%9B/admin/x", id="fullwidth-semicolon-nfkc"),
+    pytest.param("/api/read/..%CD%BE/admin/x", id="greek-question-mark-nfc-is-semicolon"),
 ]
 
 
@@ -154,6 +171,136 @@ def test_rejected(raw: str) -> None:
     with pytest.raises(InvalidPath) as caught:
         normalise_target(raw)
     assert caught.value.status == 400
+
+
+# --- every member of the module's constants (mutation testing cannot mutate them) --------
+
+_PCHAR_PUNCTUATION = "-._~!$&'()*+,;=:@"
+
+
+@pytest.mark.parametrize("code", range(0x20, 0x7F), ids=lambda c: f"raw-{c:02X}")
+def test_every_printable_ascii_character_raw(code: int) -> None:
+    """_NOT_PCHAR: accepted raw exactly when RFC 3986 §3.3 lets it into a segment."""
+    char = chr(code)
+    raw = "/a" + char + "b"
+    if char.isalnum() or char in _PCHAR_PUNCTUATION or char == "/":
+        assert normalise_target(raw).path == raw
+    elif char == "?":
+        assert normalise_target(raw) == Target("/a", "b")
+    else:
+        with pytest.raises(InvalidPath):
+            normalise_target(raw)
+
+
+@pytest.mark.parametrize("char", sorted(paths._UNRESERVED))
+def test_every_unreserved_escape_is_decoded(char: str) -> None:
+    for escape in (f"%{ord(char):02X}", f"%{ord(char):02x}"):
+        assert normalise_target(f"/x{escape}y").path == f"/x{char}y"
+
+
+@pytest.mark.parametrize("octet", sorted(paths._FORBIDDEN_OCTETS), ids=lambda o: f"{o:02X}")
+def test_every_forbidden_octet_is_refused_in_every_encoding(octet: int) -> None:
+    for escape in (f"%{octet:02X}", f"%{octet:02x}", f"%25{octet:02X}"):
+        with pytest.raises(InvalidPath):
+            normalise_target(f"/x{escape}y")
+
+
+def test_forbidden_octets_are_the_separators_parameters_and_controls() -> None:
+    assert {*range(0x20), 0x7F, ord("/"), ord(";"), ord("\\")} == paths._FORBIDDEN_OCTETS
+
+
+@pytest.mark.parametrize(
+    "code",
+    [c for c in range(0x20, 0x80) if c not in paths._FORBIDDEN_OCTETS],
+    ids=lambda c: f"{c:02X}",
+)
+def test_every_other_ascii_escape_is_decoded_or_kept_uppercase(code: int) -> None:
+    char = chr(code)
+    expected = char if char in paths._UNRESERVED else f"%{code:02X}"
+    assert normalise_target(f"/x%{code:02x}y").path == f"/x{expected}y"
+
+
+# One compatibility character per fold target: what NFKC (or a best-fit code page) makes of it.
+_FOLDS_INTO = {
+    ".": "%EF%BC%8E",  # U+FF0E FULLWIDTH FULL STOP
+    "/": "%EF%BC%8F",  # U+FF0F FULLWIDTH SOLIDUS
+    "\\": "%EF%BC%BC",  # U+FF3C FULLWIDTH REVERSE SOLIDUS
+    "%": "%EF%BC%85",  # U+FF05 FULLWIDTH PERCENT SIGN
+    ";": "%EF%BC%9B",  # U+FF1B FULLWIDTH SEMICOLON
+}
+
+
+def test_fold_targets_are_the_ones_tested() -> None:
+    assert set(paths._FOLD_TARGETS) == set(_FOLDS_INTO)
+
+
+@pytest.mark.parametrize(("target", "escape"), sorted(_FOLDS_INTO.items()))
+def test_every_fold_target_is_refused_as_a_compatibility_character(
+    target: str, escape: str
+) -> None:
+    assert unicodedata.normalize("NFKC", unquote(escape)) == target
+    with pytest.raises(InvalidPath):
+        normalise_target(f"/x{escape}y")
+
+
+@pytest.mark.parametrize("segment", sorted(paths._DOT_SEGMENTS))
+def test_every_dot_segment_with_parameters_is_refused(segment: str) -> None:
+    for raw in (f"/a/{segment};/b", f"/a/{segment};x=1/b", f"/a/{segment};"):
+        with pytest.raises(InvalidPath):
+            normalise_target(raw)
+
+
+# --- path parameters and rewriting (issue 13, item 6) --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        pytest.param("/a;x=1/b;y", "/a/b", id="every-segment"),
+        pytest.param("/a;x;y/b", "/a/b", id="several-parameters"),
+        pytest.param("/a/b", "/a/b", id="none"),
+        pytest.param("/a;x/", "/a/", id="trailing-slash"),
+        pytest.param("/", "/", id="root"),
+    ],
+)
+def test_without_path_parameters(path: str, expected: str) -> None:
+    assert without_path_parameters(path) == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "strip", "add", "semantics", "expected"),
+    [
+        pytest.param(
+            "/public;x/a", "/public", "/base", STRICT, "/base/a", id="issue-13-params-stripped"
+        ),
+        pytest.param("/public;x", "/public", None, STRICT, "/", id="params-on-whole-path"),
+        pytest.param("/a;x/b;y/c", "/a/b", None, STRICT, "/c", id="params-on-every-stripped"),
+        pytest.param("/a/b;y/c", "/a", None, STRICT, "/b;y/c", id="params-below-kept"),
+        pytest.param("/publicx;y/a", "/public", None, STRICT, "/publicx;y/a", id="still-aware"),
+        pytest.param("/PUBLIC/a", "/public", "/base", STRICT, "/base/PUBLIC/a", id="strict-case"),
+        pytest.param(
+            "/PUBLIC/a",
+            "/public",
+            "/base",
+            PathSemantics(case_insensitive=True),
+            "/base/a",
+            id="as-a-case-insensitive-upstream-reads-it",
+        ),
+        pytest.param(
+            "/public.%20/a",
+            "/public",
+            None,
+            PathSemantics(trailing_dot_ignored=True, trailing_space_ignored=True),
+            "/a",
+            id="as-a-trimming-upstream-reads-it",
+        ),
+        pytest.param("/pub", "/public", None, STRICT, "/pub", id="shorter-than-prefix"),
+    ],
+)
+def test_rewrite_path_compares_segments_as_the_route_matched_them(
+    path: str, strip: str, add: str | None, semantics: PathSemantics, expected: str
+) -> None:
+    assert rewrite_path(path, strip, add, semantics) == expected
 
 
 def test_query_is_kept_verbatim_and_separate() -> None:

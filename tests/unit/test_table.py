@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.problems import BadRequest, MethodNotAllowed, NotFound
+from gateway.problems import BadRequest, InvalidPath, MethodNotAllowed, NotFound
 from gateway.routing.patterns import HostPattern, PathKind, compile_path_pattern, normalise_host
+from gateway.routing.semantics import STRICT, PathSemantics
 from gateway.routing.table import RouteEntry, RouteTable
 
 
@@ -18,8 +19,10 @@ def route(
     kind: PathKind = "prefix",
     methods: tuple[str, ...] | None = None,
     hosts: tuple[str, ...] | None = None,
+    semantics: PathSemantics = STRICT,
 ) -> RouteEntry[str]:
-    return RouteEntry(hosts, kind, path, None if methods is None else frozenset(methods), name)
+    methods_set = None if methods is None else frozenset(methods)
+    return RouteEntry(hosts, kind, path, methods_set, name, semantics)
 
 
 TABLE = RouteTable(
@@ -175,6 +178,100 @@ def test_len_and_lowercase_methods_in_entries() -> None:
     assert table.match(None, "/a", "HEAD") == "a"
 
 
+# --- upstream path semantics (issue 13, item 1) ----------------------------------------------
+
+LOOSE = PathSemantics(
+    case_insensitive=True,
+    trailing_slash_ignored=True,
+    trailing_dot_ignored=True,
+    trailing_space_ignored=True,
+)
+
+
+def _protected_then_anonymous(semantics: PathSemantics) -> RouteTable[str]:
+    return RouteTable(
+        [
+            route("admin", "/admin/**", kind="glob", semantics=semantics),
+            route("secret", "/secret", kind="exact", semantics=semantics),
+            route("private", r"/api/v1/private(/.*)?", kind="regex", semantics=semantics),
+            route("docs", "/Docs", semantics=semantics),
+            route("anonymous", "/", semantics=semantics),
+        ]
+    )
+
+
+ISSUE_13_SPELLINGS = [
+    pytest.param("/ADMIN/x", "admin", id="case"),
+    pytest.param("/Admin", "admin", id="case-globstar-zero-segments"),
+    pytest.param("/secret/", "secret", id="trailing-slash"),
+    pytest.param("/secret.", "secret", id="trailing-dot"),
+    pytest.param("/secret%20", "secret", id="trailing-space"),
+    pytest.param("/admin./x", "admin", id="trailing-dot-inside"),
+    pytest.param("/SECRET.%20/", "secret", id="all-at-once"),
+    pytest.param("/api/v1/Private/x", "private", id="case-regex"),
+    pytest.param("/docs/a", "docs", id="case-pattern-written-in-capitals"),
+]
+
+
+@pytest.mark.parametrize(("path", "expected"), ISSUE_13_SPELLINGS)
+def test_routes_match_the_path_as_the_upstream_reads_it(path: str, expected: str) -> None:
+    assert _protected_then_anonymous(LOOSE).match(None, path, "GET") == expected
+
+
+@pytest.mark.parametrize(("path", "expected"), ISSUE_13_SPELLINGS)
+def test_strict_upstreams_keep_the_strict_reading(path: str, expected: str) -> None:
+    assert _protected_then_anonymous(STRICT).match(None, path, "GET") == "anonymous"
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        pytest.param("/ADMIN/x", "anonymous", id="case-only-where-set"),
+        pytest.param("/secret/", "secret", id="slash-set"),
+        pytest.param("/secret.", "anonymous", id="dot-not-set"),
+    ],
+)
+def test_each_rule_applies_alone(path: str, expected: str) -> None:
+    table = _protected_then_anonymous(PathSemantics(trailing_slash_ignored=True))
+    assert table.match(None, path, "GET") == expected
+
+
+def test_each_route_is_matched_on_its_own_upstreams_view_in_config_order() -> None:
+    table = RouteTable(
+        [
+            route("strict-admin", "/admin", semantics=STRICT),
+            route("iis-admin", "/admin", semantics=LOOSE),
+            route("strict-rest", "/", semantics=STRICT),
+        ]
+    )
+    assert table.match(None, "/admin/x", "GET") == "strict-admin"
+    assert table.match(None, "/ADMIN/x", "GET") == "iis-admin"
+    assert table.match(None, "/other", "GET") == "strict-rest"
+    assert table.candidates("/admin/x") == (0, 1, 2)
+
+
+def test_a_path_an_upstream_would_misread_is_refused_only_where_that_upstream_serves() -> None:
+    table = RouteTable(
+        [
+            route("iis", "/", hosts=("iis.example.com",), semantics=LOOSE),
+            route("strict", "/"),
+        ]
+    )
+    long_s = "/%C5%BFecret"  # U+017F: Java reads it as "s"
+    assert table.match("other.example.com", long_s, "GET") == "strict"
+    with pytest.raises(InvalidPath):
+        table.match("iis.example.com", long_s, "GET")
+
+
+def test_what_is_matched_is_not_what_is_returned() -> None:
+    """The table only chooses; the handler forwards the normalised path as sent."""
+    table = _protected_then_anonymous(LOOSE)
+    assert table.match(None, "/ADMIN/x", "GET") == "admin"
+    path = "/ADMIN/x"
+    table.match(None, path, "GET")
+    assert path == "/ADMIN/x"
+
+
 # --- the index -----------------------------------------------------------------------------
 
 ROUTE_COUNT = 10_000
@@ -219,6 +316,17 @@ def test_large_table_examines_few_entries(host: str | None, path: str, expected:
     assert list(examined) == sorted(examined)
 
 
+def test_large_case_insensitive_table_still_examines_few_entries() -> None:
+    entries = [RouteEntry(None, "prefix", f"/Svc{i}", None, i, LOOSE) for i in range(ROUTE_COUNT)]
+    entries += [RouteEntry(None, "regex", rf"/Re{i}/v\d+", None, i, LOOSE) for i in range(100)]
+    table = RouteTable(entries)
+    assert table.match(None, "/SVC9999./x", "GET") == 9999
+    # /svc9, /svc99, /svc999 and /svc9999: the literal prefixes that start the view.
+    assert table.candidates("/SVC9999./x") == (9, 99, 999, 9999)
+    assert table.match(None, "/RE42/V7", "GET") == 42
+    assert table.candidates("/re42/v7") == (10_042,)
+
+
 def test_large_table_host_routes_stay_in_their_bucket() -> None:
     assert 9999 not in BIG.candidates("/svc9999", None)
     assert 9999 not in BIG.candidates("/svc9999", "h3.example.com")
@@ -228,7 +336,7 @@ def test_large_table_host_routes_stay_in_their_bucket() -> None:
 
 # --- the index never changes the answer ----------------------------------------------------
 
-_PATH_SEGMENTS = st.sampled_from(["a", "b", "ab", "c.json", "1"])
+_PATH_SEGMENTS = st.sampled_from(["a", "b", "ab", "c.json", "1", "A", "a.", "B%20"])
 _PATHS = st.builds(
     lambda segments, slash: "/" + "/".join(segments) + ("/" if slash and segments else ""),
     st.lists(_PATH_SEGMENTS, max_size=4),
@@ -242,13 +350,17 @@ _PATTERNS = st.one_of(
             lambda segments: "/" + "/".join(segments)
         ),
     ),
-    st.tuples(st.just("regex"), st.sampled_from([r"/a.*", r"/a?b.*", r".*b", r"/(a|b)/\d", "/a"])),
+    st.tuples(
+        st.just("regex"),
+        st.sampled_from([r"/a.*", r"/a?b.*", r".*b", r"/(a|b)/\d", "/a", r"/A(/.*)?|/b"]),
+    ),
 )
 _HOSTS = st.sampled_from(["a.example.com", "b.example.com", "x.a.example.com", None])
+_SEMANTICS = st.builds(PathSemantics, st.booleans(), st.booleans(), st.booleans(), st.booleans())
 _ENTRIES = st.lists(
     st.builds(
-        lambda pattern, hosts, methods, name: RouteEntry(
-            hosts, pattern[0], pattern[1], methods, name
+        lambda pattern, hosts, methods, name, semantics: RouteEntry(
+            hosts, pattern[0], pattern[1], methods, name, semantics
         ),
         _PATTERNS,
         st.one_of(
@@ -261,6 +373,7 @@ _ENTRIES = st.lists(
         ),
         st.one_of(st.none(), st.sets(st.sampled_from(["GET", "POST"]), min_size=1).map(frozenset)),
         st.integers(),
+        st.one_of(st.just(STRICT), _SEMANTICS),
     ),
     max_size=12,
 )
@@ -275,7 +388,8 @@ def _linear_match(
     for entry in entries:
         if entry.hosts is not None and not any(HostPattern(h).matches(host) for h in entry.hosts):
             continue
-        if not compile_path_pattern(entry.path_kind, entry.path_pattern).matches(path):
+        pattern = compile_path_pattern(entry.path_kind, entry.path_pattern, entry.semantics)
+        if not pattern.matches(entry.semantics.view(path)):
             continue
         methods = entry.methods
         if methods is not None and "GET" in methods:

@@ -40,7 +40,13 @@ from gateway.config.models.routes import (
     ScopeRule,
     TokenSources,
 )
-from gateway.config.models.upstreams import Upstream, UpstreamPool, UpstreamTimeouts, UpstreamTLS
+from gateway.config.models.upstreams import (
+    PathRules,
+    Upstream,
+    UpstreamPool,
+    UpstreamTimeouts,
+    UpstreamTLS,
+)
 from gateway.config.types import TokenMode
 
 __all__ = [
@@ -65,6 +71,7 @@ __all__ = [
     "LoggingConfig",
     "Match",
     "PathMatch",
+    "PathRules",
     "RedisConfig",
     "RedisSentinel",
     "Require",

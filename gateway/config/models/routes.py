@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from gateway.config.models.base import Strict
 from gateway.config.models.sessions import RouteSession
+from gateway.config.models.upstreams import PathRules
 from gateway.config.types import HeaderName, HttpMethod, TokenMode
 
 Scalar = str | int | float | bool
@@ -66,6 +67,9 @@ class RouteDefaults(Strict):
     )
     identity_prefix: str = Field("X-Auth-", description="Client headers with it are removed.")
     forward_authorization: bool = True
+    paths: PathRules = Field(
+        PathRules(), description="How upstreams read paths, unless an upstream says."
+    )
 
 
 class PathMatch(Strict):

@@ -1,8 +1,10 @@
-"""Upstream services: where they are, how long to wait, how many connections."""
+"""Upstream services: where they are, how they read paths, how long to wait, how many
+connections."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
@@ -28,8 +30,31 @@ class UpstreamTLS(Strict):
     server_name: str | None = None
 
 
+class PathRules(Strict):
+    """How the service behind an upstream reads a path (deploy/PATHS.md).
+
+    Routes to the upstream are matched on the path as it reads it, so that a spelling it
+    serves as a protected path is judged by the protected route. A key left out inherits
+    from ``defaults.paths``; left out there too, it is the strict reading (RFC 3986).
+    """
+
+    case: Literal["sensitive", "insensitive"] | None = Field(
+        None, description="insensitive: /ADMIN is /admin (Express, ASP.NET Core, IIS)."
+    )
+    trailing_slash: Literal["significant", "ignored"] | None = Field(
+        None, description="ignored: /admin/ is /admin (Express, ASP.NET Core, Spring < 6)."
+    )
+    trailing_dot: Literal["significant", "ignored"] | None = Field(
+        None, description="ignored: /admin. and /admin./x are /admin, /admin/x (IIS, Windows)."
+    )
+    trailing_space: Literal["significant", "ignored"] | None = Field(
+        None, description="ignored: /admin%20 is /admin (IIS, Windows file names)."
+    )
+
+
 class Upstream(Strict):
     url: str = Field(description="http://host:port[/base], https://…, or unix:/path/to.sock")
+    paths: PathRules = PathRules()
     timeouts: UpstreamTimeouts = UpstreamTimeouts()
     pool: UpstreamPool = UpstreamPool()
     tls: UpstreamTLS = UpstreamTLS()

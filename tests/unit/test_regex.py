@@ -1,0 +1,68 @@
+"""RE2 behind route regexes: linear time, refused constructs, and the engine's literal prefix."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from gateway.routing import regex
+from gateway.routing.regex import LinearRegex
+
+# One pattern per message in regex._UNSUPPORTED: what Python's re accepts and RE2 refuses.
+UNSUPPORTED = {
+    "invalid perl operator": r"/a(?=b)",
+    "invalid escape sequence": r"/(a)\1",
+    "bad repetition operator": r"/a++",
+}
+
+
+def test_every_unsupported_construct_is_tested() -> None:
+    assert set(regex._UNSUPPORTED) == set(UNSUPPORTED)
+
+
+@pytest.mark.parametrize(("reason", "pattern"), sorted(UNSUPPORTED.items()))
+def test_unsupported_constructs_are_refused_with_a_hint(reason: str, pattern: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        LinearRegex(pattern)
+    message = str(caught.value)
+    assert message.startswith(reason)
+    assert message.endswith("(RE2 syntax: no backreferences, lookaround or possessive quantifiers)")
+
+
+def test_plain_syntax_errors_get_no_hint() -> None:
+    with pytest.raises(ValueError) as caught:
+        LinearRegex("/a(")
+    assert str(caught.value) == "missing ): /a("
+
+
+@pytest.mark.parametrize("length", [30, 1_000, 100_000])
+def test_catastrophic_backtracking_patterns_run_in_linear_time(length: int) -> None:
+    """Issue 13: "/(a+)+b" took 1.9 s for 26 characters with Python's re."""
+    compiled = LinearRegex("/(a+)+b")
+    started = time.perf_counter()
+    assert not compiled.fullmatch("/" + "a" * length)
+    assert time.perf_counter() - started < 0.05
+    assert compiled.fullmatch("/" + "a" * length + "b")
+
+
+def test_case_insensitive() -> None:
+    assert LinearRegex("/Admin", case_insensitive=True).fullmatch("/aDMIN")
+    assert not LinearRegex("/Admin").fullmatch("/admin")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "prefix"),
+    [
+        pytest.param("/" + "a" * 100, "/" + "a" * 100, id="whole-literal"),
+        pytest.param("/" + "a" * 300, "/" + "a" * 254, id="cut-short-of-the-range-length"),
+        pytest.param(r"\C*", "", id="no-range-for-any-bytes"),
+        pytest.param(r"/a\C*", "/", id="any-byte-after-a-literal-errs-short"),
+        pytest.param("/caf\u00e9", "/caf", id="stops-before-non-ascii"),
+        pytest.param("(?i)/a", "/", id="both-cases-share-nothing-after-slash"),
+        pytest.param(r"/a$^", "/a", id="matches-nothing-a-vacuous-bound"),
+    ],
+)
+def test_literal_prefix(pattern: str, prefix: str) -> None:
+    assert LinearRegex(pattern).literal_prefix() == prefix
+    assert len(prefix) < regex._RANGE_LENGTH
