@@ -13,11 +13,34 @@ from typing import Protocol
 
 from prometheus_client.core import Metric
 
+from gateway.auth.breaker import STATE_VALUES, Breaker
 from gateway.auth.identity_cache import IdentityCache
 from gateway.auth.introspection import IssuerIntrospection
 from gateway.auth.jwks import KeySetProvider
 from gateway.metrics import counter_family, gauge_family
 from gateway.proxy.pool import UpstreamPool
+
+
+def _breaker_notes(endpoint: str, breakers: Mapping[str, Breaker]) -> list[tuple[str, str]]:
+    """A breaker that is not closed is worth an operator's look (not unreadiness: JWTs
+    with known keys, and cached tokens, still pass)."""
+    return [
+        (f"breaker:{endpoint}:{key}", breaker.state)
+        for key, breaker in breakers.items()
+        if breaker.state != "closed"
+    ]
+
+
+def _breaker_metrics(endpoint: str, breakers: Mapping[str, Breaker]) -> Iterable[Metric]:
+    yield gauge_family(
+        "gateway_circuit_breaker_state", "0 closed, 1 open, 2 half-open; by issuer, endpoint.",
+        ["issuer", "endpoint"],
+        {(k, endpoint): STATE_VALUES[b.state] for k, b in breakers.items()},
+    )  # fmt: skip
+    yield counter_family(
+        "gateway_circuit_breaker_opens", "Times a control-plane breaker opened.",
+        ["issuer", "endpoint"], {(k, endpoint): float(b.opened) for k, b in breakers.items()},
+    )  # fmt: skip
 
 
 class Component(Protocol):
@@ -40,13 +63,14 @@ class KeySets:
         return [(f"keys:{key}", provider.ready) for key, provider in self.providers.items()]
 
     def notes(self) -> Iterable[tuple[str, str]]:
-        return ()
+        return _breaker_notes("keys", {k: p.breaker for k, p in self.providers.items()})
 
     def metric_families(self) -> Iterable[Metric]:
         yield counter_family(
             "gateway_keyset_fetches", "Key-set (JWKS) fetches attempted, by issuer.",
             ["issuer"], {(k,): float(p.fetch_count) for k, p in self.providers.items()},
         )  # fmt: skip
+        yield from _breaker_metrics("keys", {k: p.breaker for k, p in self.providers.items()})
 
     async def close(self) -> None:
         for provider in self.providers.values():
@@ -63,17 +87,22 @@ class Introspectors:
         return ()
 
     def notes(self) -> Iterable[tuple[str, str]]:
-        return [
+        refused = [
             (f"introspection:{key}", "client credentials refused")
             for key, client in self.clients.items()
             if client.credentials_refused
         ]
+        breakers = {k: c.breaker for k, c in self.clients.items()}
+        return [*refused, *_breaker_notes("introspection", breakers)]
 
     def metric_families(self) -> Iterable[Metric]:
         yield counter_family(
             "gateway_introspection_calls", "HTTP calls to introspection endpoints, by issuer.",
             ["issuer"], {(k,): float(c.calls) for k, c in self.clients.items()},
         )  # fmt: skip
+        yield from _breaker_metrics(
+            "introspection", {k: c.breaker for k, c in self.clients.items()}
+        )
 
     async def close(self) -> None:
         return None

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from gateway import boundedjson
+from gateway.auth.breaker import Breaker
 from gateway.auth.client_auth import ClientAuthenticator
 from gateway.auth.discovery import is_loopback
 from gateway.auth.identity import Identity, scopes_from_claim
@@ -273,6 +274,7 @@ class IssuerIntrospection:
         self._metadata = metadata
         self._ssl = ssl
         self._client: Introspector | None = None
+        self.breaker = Breaker(issuer.http.breaker)
 
     @property
     def calls(self) -> int:
@@ -284,9 +286,28 @@ class IssuerIntrospection:
         return self._client is not None and self._client.credentials_refused
 
     async def introspect(self, token: str) -> Identity | None:
-        """The token's identity, or None when it is not active."""
+        """The token's identity, or None when it is not active. While the endpoint keeps
+        failing, the breaker answers 503 at once instead of waiting on it."""
         client = self._client or self._make_client()
-        return await client.introspect(token)
+        breaker = self.breaker
+        if not breaker.allow():
+            raise ServiceUnavailable(
+                "The issuer's introspection endpoint is failing; not asked.",
+                reason="introspection_circuit_open",
+            )
+        try:
+            identity = await client.introspect(token)
+        except ServiceUnavailable:
+            breaker.failed()
+            raise
+        except InvalidToken:
+            breaker.succeeded()  # the server answered, about the token
+            raise
+        except BaseException:
+            breaker.abandoned()  # cancelled: the probe, if it was one, is not spent
+            raise
+        breaker.succeeded()
+        return identity
 
     def _make_client(self) -> Introspector:
         assert self._issuer.introspection is not None

@@ -28,6 +28,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.exceptions import PyJWTError
 
+from gateway.auth.breaker import Breaker
 from gateway.auth.discovery import DiscoveryError, FetchError, check_url_allowed, fetch_json
 from gateway.auth.discovery import fetch_metadata as discover
 from gateway.auth.settings import IssuerSettings, KeyRefreshSettings
@@ -176,6 +177,7 @@ class KeySetProvider:
         self._refetch_task: asyncio.Task[bool] | None = None
         self._last_refetch = -math.inf
         self.fetch_count = 0
+        self.breaker = Breaker(issuer.http.breaker)
 
     @property
     def ready(self) -> bool:
@@ -227,6 +229,8 @@ class KeySetProvider:
             now = self._clock()
             if now - self._last_refetch < self._issuer.refresh.unknown_kid_interval:
                 return False
+            if not self.breaker.allow():  # the key server keeps failing: do not wait on it
+                return False
             self._last_refetch = now
             task = self._refetch_task = asyncio.create_task(
                 self._refetch(), name=f"jwks-refetch:{self._issuer.key}"
@@ -251,12 +255,16 @@ class KeySetProvider:
         """One fetch: the delay until the next refresh, or None when it failed. Failures are
         logged, never raised, so the background work outlives any issuer outage."""
         try:
-            return await self._fetch()
+            delay = await self._fetch()
         except (FetchError, DiscoveryError, ValueError) as exc:
             state = "keeping the last good key set" if self.ready else "no key set loaded yet"
             log.warning("issuer %s: key set fetch failed (%s); %s", self._issuer.key, exc, state)
         except Exception:
             log.exception("issuer %s: unexpected error while fetching keys", self._issuer.key)
+        else:
+            self.breaker.succeeded()
+            return delay
+        self.breaker.failed()
         return None
 
     async def _fetch(self) -> float:

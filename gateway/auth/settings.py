@@ -9,10 +9,11 @@ on the config side of that line.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway.auth.breaker import BreakerSettings
 from gateway.config.types import TokenMode
 
 ClientAuthMethod = Literal["client_secret_basic", "client_secret_post", "private_key_jwt"]
@@ -37,6 +38,7 @@ class HttpSettings:
     timeout: float = 5.0
     ca_file: Path | None = None
     insecure_http: bool = False
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
 
 
 @dataclass(frozen=True, slots=True)

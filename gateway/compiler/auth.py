@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from gateway.auth.authenticate import IssuerPlan, OpaquePlan, TokenRules
+from gateway.auth.breaker import BreakerSettings
 from gateway.auth.client_auth import check_client_auth
 from gateway.auth.contexts import Method, ValidationContext, context_for
 from gateway.auth.headers import IdentityHeaders
@@ -83,7 +84,12 @@ def issuer_settings(issuer: Issuer) -> IssuerSettings:
         refresh=KeyRefreshSettings(
             refresh.default, refresh.min, refresh.max, refresh.unknown_kid_interval, refresh.retry
         ),
-        http=HttpSettings(http.timeout, http.ca_file, http.insecure_http),
+        http=HttpSettings(
+            http.timeout,
+            http.ca_file,
+            http.insecure_http,
+            BreakerSettings(http.breaker.failures, http.breaker.open_for),
+        ),
         introspection=introspection,
         mode=issuer.mode,
         introspect_jwts=issuer.introspect_jwts,

@@ -48,12 +48,22 @@ class KeyRefresh(Strict):
     retry: Duration = Field(10.0, description="Retry delay while no key set has loaded yet.")
 
 
+class CircuitBreaker(Strict):
+    """Fail fast while an issuer's endpoint keeps failing, instead of waiting on it."""
+
+    failures: int = Field(5, ge=0, description="Consecutive timeouts/errors that open it; 0: off.")
+    open_for: Duration = Field(
+        5.0, description="How long it stays open (stretched ≤ 50% at random)."
+    )
+
+
 class IssuerHTTP(Strict):
     timeout: Duration = 5.0
     ca_file: Path | None = None
     insecure_http: bool = Field(
         False, description="Allow plain-http discovery/JWKS URLs outside loopback."
     )
+    breaker: CircuitBreaker = CircuitBreaker()
 
 
 class ClientAuth(Strict):
