@@ -43,6 +43,7 @@ Relay = Callable[[dict[str, Any]], None]
 _REJECTION_BYTES: Final = 160
 _IDENTITY_OVERHEAD: Final = 768
 _MEMOS_PER_ROUTE: Final = 10_000
+_SWEEP_INTERVAL: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +105,8 @@ class IdentityCache:
         self._epoch = 0  # counts evictions: a fill that straddles one is not stored
         self._origin = secrets.token_hex(8)
         self._relays: list[Relay] = []
-        self._pending: set[asyncio.Future[str]] = set()
+        self._pending: set[asyncio.Future[Any]] = set()
+        self._sweeper: asyncio.Future[None] | None = None
         self.evictions_received = 0
 
     # --- local verification ------------------------------------------------------------------
@@ -283,13 +285,25 @@ class IdentityCache:
     # --- lifecycle and observability -----------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect the shared tier and listen for other replicas' evictions."""
+        """Connect the shared tier, listen for other replicas' evictions, and sweep expired
+        entries out of memory once a second."""
         redis = self._shared.redis
         if redis is not None:
             await redis.start()
             await redis.subscribe(self._heard)
+        self._sweeper = asyncio.ensure_future(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(_SWEEP_INTERVAL)
+            self._verified.sweep()
+            self._rejected.sweep()
+            self._shared.sweep()
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._pending.add(self._sweeper)
         for task in list(self._pending):
             task.cancel()
         await asyncio.gather(*self._pending, return_exceptions=True)

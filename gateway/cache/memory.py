@@ -65,6 +65,22 @@ class MemoryCache:
     def delete(self, key: bytes) -> None:
         self._remove(key)
 
+    def sweep(self, limit: int = 10_000) -> int:
+        """Drop expired entries from the old end, at most ``limit`` of them (bounded work on
+        the event loop), so memory is given back after a flood without waiting for a lookup.
+        Entries are in insertion order, which for equal lifetimes is also expiry order; a
+        younger entry with a shorter lifetime waits for its lookup or a later sweep."""
+        now = self._clock()
+        dropped = 0
+        entries = self._entries
+        while entries and dropped < limit:
+            key, entry = next(iter(entries.items()))
+            if entry.expires_at > now:
+                break
+            self._remove(key)
+            dropped += 1
+        return dropped
+
     def delete_where(self, predicate: Callable[[object], bool]) -> int:
         """Drop every entry whose value matches; a scan, meant for rare admin evictions."""
         doomed = [key for key, entry in self._entries.items() if predicate(entry.value)]

@@ -165,6 +165,10 @@ class TieredCache(Generic[V]):
             self.stats["coalesced"] += 1
         return await asyncio.shield(flight)
 
+    def sweep(self) -> int:
+        """Expired L1 entries out (see ``MemoryCache.sweep``)."""
+        return self._l1.sweep() + self._l1_negative.sweep()
+
     def forget_local(self, key: bytes) -> None:
         """Drop ``key`` from L1 only (an eviction another replica already applied to L2)."""
         self._evictions += 1

@@ -93,3 +93,17 @@ def test_delete_and_delete_where(clock: Clock) -> None:
     survivors = {i: cache.get(bytes([i])) for i in range(6)}
     assert survivors == {0: None, 1: None, 2: (2, 160.0), 3: None, 4: (4, 160.0), 5: None}
     assert (len(cache), cache.size) == (2, 10)
+
+
+def test_sweep_drops_expired_entries_from_the_old_end_within_its_limit() -> None:
+    now = [0.0]
+    cache = MemoryCache(100, 10_000, clock=lambda: now[0])
+    for index in range(10):
+        cache.set(bytes([index]), index, ttl=5.0, size=10)
+    cache.set(b"long", "kept", ttl=100.0, size=10)
+    now[0] = 6.0
+    assert cache.sweep(limit=4) == 4
+    assert cache.sweep() == 6
+    assert len(cache) == 1 and cache.size == 10
+    assert cache.get(b"long") == ("kept", 100.0)
+    assert cache.sweep() == 0
