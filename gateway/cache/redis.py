@@ -5,6 +5,11 @@ a miss, so an outage costs introspection calls, not requests. A breaker stops pa
 timeout on every request while Redis is down; one probe per interval finds it again.
 
 Keys are ``key_prefix + hex(SHA-256(token))``: the raw token is never sent to Redis.
+
+An eviction that cannot reach Redis is kept (bounded) and replayed before any other command
+once Redis answers again: an entry a failed DEL left behind (a promoted replica still holds
+it) must not be served after the outage, and replicas that missed the message must still
+hear it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
@@ -33,6 +39,9 @@ _FAILURES: Final = (RedisError, RedisClusterException, OSError, TimeoutError)
 _KEEPALIVE: Final = 5.0
 """Seconds of pub/sub silence before a PING; no answer within three of them: resubscribe."""
 
+_PENDING_MAX: Final = 1024
+"""Evictions kept for replay while Redis is unreachable; past this the oldest are lost."""
+
 RESYNC: Final = {"op": "resync"}
 """Delivered to the eviction callback after a gap in the subscription: messages may be lost."""
 
@@ -51,6 +60,9 @@ class RedisCache:
         self._healthy = True
         self._probe_at = 0.0
         self._subscriber: asyncio.Task[None] | None = None
+        # ("delete", key) | ("subject", subject) | ("publish", payload), oldest first.
+        self._pending: deque[tuple[str, str]] = deque()
+        self._replaying = asyncio.Lock()
         self.errors = 0
         self.commands = 0
 
@@ -102,27 +114,14 @@ class RedisCache:
         await self._run(write)
 
     async def delete(self, key: bytes) -> None:
-        await self._run(lambda: self._client.delete(self.key(key)))
+        await self._evict(("delete", self.key(key)))
 
-    async def delete_subject(self, subject: str) -> int:
-        """Delete every entry indexed under ``subject``, and the index; returns the count."""
-
-        async def remove() -> int:
-            index = self.subject_key(subject)
-            members = await self._client.smembers(index)
-            # One DEL per key: in a cluster the keys live in different hash slots.
-            async with self._client.pipeline(transaction=False) as pipe:
-                for member in members:
-                    pipe.delete(self._prefix + member.decode("ascii"))
-                pipe.delete(index)
-                deleted = await pipe.execute()
-            return sum(deleted[:-1])
-
-        return await self._run(remove) or 0
+    async def delete_subject(self, subject: str) -> None:
+        """Delete every entry indexed under ``subject``, and the index."""
+        await self._evict(("subject", subject))
 
     async def publish_eviction(self, message: dict[str, Any]) -> None:
-        payload = json.dumps(message, separators=(",", ":"))
-        await self._run(lambda: self._client.publish(self._channel, payload))
+        await self._evict(("publish", json.dumps(message, separators=(",", ":"))))
 
     async def subscribe_evictions(self, callback: Callable[[dict[str, Any]], None]) -> None:
         """Start the subscriber task; returns once the first subscription attempt ended, so
@@ -135,12 +134,16 @@ class RedisCache:
 
     # --- internals -------------------------------------------------------------------------
 
-    async def _run(self, command: Callable[[], Awaitable[T]], *, probe: bool = False) -> T | None:
+    async def _run(
+        self, command: Callable[[], Awaitable[T]], *, probe: bool = False, replay: bool = True
+    ) -> T | None:
         if not (probe or self._may_try()):
             return None
         self.commands += 1
         try:
             async with asyncio.timeout(self._timeout):
+                if replay and self._pending:
+                    await self._replay()
                 result = await command()
         except Exception as exc:  # any failure of a cache is a miss, not a 500
             # Beyond redis-py's own errors: a server killed mid-handshake surfaces as uvloop's
@@ -149,6 +152,56 @@ class RedisCache:
             return None
         self._succeeded()
         return result
+
+    async def _evict(self, operation: tuple[str, str]) -> None:
+        """Apply an eviction now, or keep it for replay if Redis does not take it. Tried
+        even while the breaker is open, and before older kept ones: in a cluster with one
+        node down, the DELs on the other nodes still get through."""
+        if await self._run(lambda: self._apply(operation), probe=True, replay=False) is None:
+            if len(self._pending) == _PENDING_MAX:
+                log.warning("redis unavailable: dropping the oldest eviction kept for replay")
+                self._pending.popleft()
+            self._pending.append(operation)
+
+    async def _replay(self) -> None:
+        """Every kept eviction, oldest first; those Redis took leave the queue. Raises the
+        first failure once all were tried, so the command waiting on the replay is a miss:
+        nothing is read from Redis while an entry a failed DEL left behind may be there."""
+        async with self._replaying:
+            failure: Exception | None = None
+            for operation in list(self._pending):
+                try:
+                    await self._apply(operation)
+                except Exception as exc:  # as in _run: whatever failed, keep it for later
+                    failure = failure or exc
+                    continue
+                self._pending.remove(operation)
+            if failure is not None:
+                raise failure
+
+    async def _apply(self, operation: tuple[str, str]) -> bool:
+        """One eviction; True once done (``_run`` answers None for a failure)."""
+        kind, value = operation
+        if kind == "delete":
+            await self._client.delete(value)
+        elif kind == "subject":
+            await self._delete_subject(value)
+        else:
+            await self._publish(value)
+        return True
+
+    async def _publish(self, payload: str) -> None:
+        await self._client.publish(self._channel, payload)
+
+    async def _delete_subject(self, subject: str) -> None:
+        index = self.subject_key(subject)
+        members = await self._client.smembers(index)
+        # One DEL per key: in a cluster the keys live in different hash slots.
+        async with self._client.pipeline(transaction=False) as pipe:
+            for member in members:
+                pipe.delete(self._prefix + member.decode("ascii"))
+            pipe.delete(index)
+            await pipe.execute()
 
     def _may_try(self) -> bool:
         """While down, let one command through per probe interval; the rest are misses."""
@@ -182,6 +235,8 @@ class RedisCache:
                 async with asyncio.timeout(self._timeout * 2):
                     await _subscribe(pubsub, self._channel)
                 self._succeeded()
+                if self._pending:  # now, not at the next request: replicas are waiting
+                    await self._run(self._replay, replay=False)
                 if gap:
                     _deliver(callback, dict(RESYNC))
                 ready.set()

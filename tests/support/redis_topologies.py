@@ -106,6 +106,10 @@ class _Node:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def start(self, *arguments: str) -> None:
         argv = [shutil.which("redis-server") or "redis-server", *arguments]
         self.process = self.children.start(argv, stdout=self.log, stderr=self.log, cwd=self.dir)
@@ -335,6 +339,12 @@ class SentinelSet(_Topology):
         _wait(self._agreed, timeout, f"{node.name} to rejoin as a replica")
         return time.monotonic() - began
 
+    def ensure_healthy(self) -> None:
+        """Back to one master and one replica, agreed on, whatever a test left behind."""
+        if not self.replica.running:
+            self.rejoin()
+        _wait(self._agreed, 20, "the sentinel set to be whole again")
+
 
 @dataclass(frozen=True)
 class Restart:
@@ -441,6 +451,14 @@ class RedisClusterSet(_Topology):
             len(_query(node.port, lambda c: list(c.scan_iter(match=pattern, count=1000))) or [])
             for node in self.nodes
         ]
+
+    def ensure_healthy(self) -> None:
+        """Every node running and the cluster ok, whatever a test left behind."""
+        for node in self.nodes:
+            if not node.running:
+                self._start_node(node)
+                node.wait_ready()
+        self._wait_healthy(30)
 
     def restart_node(self, index: int, *, down_for: float = 0.0, timeout: float = 30.0) -> Restart:
         """SIGKILL node ``index``, keep it down ``down_for`` seconds (past the node timeout
