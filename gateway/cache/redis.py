@@ -25,6 +25,8 @@ from typing import Any, Final, TypeVar
 
 from redis.asyncio import Redis, RedisCluster, Sentinel
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -156,7 +158,7 @@ class RedisCache:
     async def _evict(self, operation: tuple[str, str]) -> None:
         """Apply an eviction now, or keep it for replay if Redis does not take it. Tried
         even while the breaker is open, and before older kept ones: in a cluster with one
-        node down, the DELs on the other nodes still get through."""
+        node down, the publish and the DELs on the other nodes still get through."""
         if await self._run(lambda: self._apply(operation), probe=True, replay=False) is None:
             if len(self._pending) == _PENDING_MAX:
                 log.warning("redis unavailable: dropping the oldest eviction kept for replay")
@@ -191,7 +193,23 @@ class RedisCache:
         return True
 
     async def _publish(self, payload: str) -> None:
-        await self._client.publish(self._channel, payload)
+        """In a cluster, PUBLISH (not sharded SPUBLISH) reaches the subscribers of every node
+        from any node, even while the cluster refuses keyed commands: when one node is down
+        the next primary carries it (redis-py would send it only to the channel's slot)."""
+        if not isinstance(self._client, RedisCluster):
+            await self._client.publish(self._channel, payload)
+            return
+        failure: Exception | None = None
+        targets: list[ClusterNode | None] = [*self._client.get_primaries()]
+        for node in targets or [None]:  # None: not yet discovered, redis-py picks the node
+            try:
+                await self._client.publish(self._channel, payload, target_nodes=node)
+            except Exception as exc:  # as in _run: this node failed, try the next
+                failure = failure or exc
+                continue
+            return
+        assert failure is not None
+        raise failure
 
     async def _delete_subject(self, subject: str) -> None:
         index = self.subject_key(subject)
@@ -229,9 +247,12 @@ class RedisCache:
         self, callback: Callable[[dict[str, Any]], None], ready: asyncio.Event
     ) -> None:
         gap = False
+        turn = 0
         while True:
-            pubsub = self._client.pubsub()
-            try:
+            pubsub: PubSub | None = None
+            pool: ConnectionPool | None = None
+            try:  # everything inside: an exception escaping this task would stop evictions
+                pubsub, pool = self._subscription(turn)
                 async with asyncio.timeout(self._timeout * 2):
                     await _subscribe(pubsub, self._channel)
                 self._succeeded()
@@ -244,10 +265,30 @@ class RedisCache:
             except Exception as exc:  # whatever failed, resubscribe: revocation must keep flowing
                 self._failed(exc)
                 gap = True
+                turn += 1
             finally:
                 ready.set()
-                await _close_quietly(pubsub)
+                await _close_quietly(pubsub, pool)
             await asyncio.sleep(self._probe_interval)
+
+    def _subscription(self, turn: int) -> tuple[PubSub, ConnectionPool | None]:
+        """A pub/sub connection, and the pool to close after it if it has its own.
+
+        In a cluster, a subscription on any primary hears every PUBLISH: after a failure
+        the next primary is tried, rather than only the node owning the channel's slot.
+        Its connection is its own: redis-py's cluster pub/sub borrows the node's pool, which
+        the cluster client disconnects wholesale on a CLUSTERDOWN or a topology refresh,
+        cutting the subscription (and the evictions it carries) each time."""
+        if isinstance(self._client, RedisCluster):
+            primaries = self._client.get_primaries()
+            if primaries:  # empty until the client has discovered the cluster
+                node = primaries[turn % len(primaries)]
+                # The node's own settings (address, credentials, TLS, timeouts).
+                pool = ConnectionPool(
+                    connection_class=node.connection_class, **node.connection_kwargs
+                )
+                return PubSub(connection_pool=pool), pool
+        return self._client.pubsub(), None
 
 
 _MAX_CONNECTIONS = 64
@@ -323,9 +364,12 @@ def _deliver(callback: Callable[[dict[str, Any]], None], message: dict[str, Any]
         log.exception("eviction callback failed")
 
 
-async def _close_quietly(pubsub: PubSub) -> None:
+async def _close_quietly(pubsub: PubSub | None, pool: ConnectionPool | None) -> None:
     try:
-        await pubsub.aclose()
+        if pubsub is not None:
+            await pubsub.aclose()
+        if pool is not None:
+            await pool.disconnect()
     except _FAILURES:
         log.debug("closing a failed pub/sub connection", exc_info=True)
 
