@@ -85,6 +85,7 @@ async def pair(
             subscriber, owner = subscribers.index(2), cluster.node_serving(channel)
             if owner != subscriber:
                 (other,) = {0, 1, 2} - {subscriber, owner}
+                await fleet.warmed(gateways, introspection)
                 yield Fleet(gateways, prefix, Roles(subscriber, owner, other))
                 return
     raise AssertionError("no prefix put the channel's slot away from the subscriptions")
@@ -95,12 +96,13 @@ async def test_answers_spread_over_every_master_are_served_to_the_other_gateway(
 ) -> None:
     a, b = pair.gateways
     tokens = [fleet.opaque_token(introspection) for _ in range(12)]
+    calls, hits = introspection.calls, fleet.cache_of(b).stats["l2_hits"]
     async with aiohttp.ClientSession() as session:
         for token in tokens:
             assert await fleet.get(session, a, token) == 200
             assert await fleet.get(session, b, token) == 200
-    assert introspection.calls == len(tokens)
-    assert fleet.cache_of(b).stats["l2_hits"] == len(tokens)
+    assert introspection.calls - calls == len(tokens)
+    assert fleet.cache_of(b).stats["l2_hits"] - hits == len(tokens)
     per_node = cluster.keys_per_node(f"{pair.prefix}*")
     assert all(count > 0 for count in per_node), per_node
 
@@ -121,7 +123,9 @@ async def restart_under_load(
     down_for: float,
 ) -> fleet.EventReport:
     restart = partial(cluster.restart_node, node, down_for=down_for)
-    report = await fleet.event_under_load(pair.gateways, issuer, introspection, restart)
+    report = await fleet.event_under_load(
+        pair.gateways, issuer, introspection, restart, cluster.subscribers
+    )
     print(f"\ncluster, node {node} of {pair.roles}: started in {cluster.started_in:.2f}s; "
           f"{report.summary()}")  # fmt: skip
     assert report.load.count("jwt") > 100 and report.load.count("opaque") > 50
@@ -138,12 +142,12 @@ async def test_the_subscription_node_down_past_the_node_timeout_delays_no_evicti
     introspection: TestIntrospectionServer,
 ) -> None:
     """Both subscriptions move to a live node after one resubscription interval (1 s) and
-    the gap empties B's L1, so B stops accepting the evicted token then, not when the node
-    comes back 3 s later."""
+    the gap empties B's L1, so B stops accepting the evicted token then (about 1 s after
+    the eviction; 2.5 s allows a busy machine), not when the node is back (5 s and more)."""
     report = await restart_under_load(
         pair, cluster, issuer, introspection, pair.roles.subscriber, down_for=3.0
     )
-    assert report.last_accepted() < 1.5, report.revoked_accepted
+    assert report.last_accepted() < 2.5, report.revoked_accepted
 
 
 async def test_the_channel_slot_node_down_past_the_node_timeout_loses_no_eviction(

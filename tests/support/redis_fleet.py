@@ -27,9 +27,9 @@ from tests.support.introspection import TestIntrospectionServer
 from tests.support.issuer import TestIssuer
 from tests.support.upstream import RecordingUpstream
 
-REDIS_TIMEOUT = "250ms"
-"""Above the gateway's 100 ms default: this machine's two cores are shared with other runs,
-and a command that is merely slow must not read as an outage."""
+REDIS_TIMEOUT = "500ms"
+"""Above the gateway's 100 ms default (as in test_gateway_introspection.py): this machine's
+two cores are shared with other runs, and a command merely slow must not read as an outage."""
 
 
 def redis_cache(target: dict[str, Any]) -> dict[str, Any]:
@@ -298,11 +298,14 @@ async def event_under_load(
     issuer: TestIssuer,
     introspection: TestIntrospectionServer,
     event: Callable[[], Any],
+    subscriptions: Callable[[str], int],
 ) -> EventReport:
     """Run ``event`` (a blocking topology helper, in a thread) while ``Load`` runs; while
     it runs, revoke a token both gateways cached and evict it through A; then wait until
-    the cache has recovered by itself. The caller asserts on the report. The event always
-    runs to its end, so the topology is whole again when this returns or raises."""
+    the cache has recovered by itself: both gateways healthy, both subscribed again
+    (``subscriptions(channel)`` counts them on the topology), and L2 hits on B again. The
+    caller asserts on the report. The event always runs to its end, so the topology is
+    whole again when this returns or raises."""
     a, b = fleet
     names = {id(a): "A", id(b): "B"}
     async with aiohttp.ClientSession() as session:
@@ -325,8 +328,10 @@ async def event_under_load(
                 )
                 outcome = await happening
                 ended = time.monotonic()
-                await eventually(lambda: _recovered(session, fleet, introspection), 15.0,
-                                 "the cache recovered by itself: L2 hits on B again")  # fmt: skip
+                await eventually(
+                    lambda: _recovered(session, fleet, introspection, subscriptions), 15.0,
+                    "the cache recovered by itself: subscribed again, L2 hits on B again",
+                )  # fmt: skip
                 recovery = time.monotonic() - ended
                 recovered_at = time.monotonic() - evicted_at
                 during = Snapshot.take(fleet, introspection).since(before)
@@ -359,10 +364,16 @@ async def _poll_revoked(
 
 
 async def _recovered(
-    session: aiohttp.ClientSession, fleet: list[Gateway], introspection: TestIntrospectionServer
+    session: aiohttp.ClientSession,
+    fleet: list[Gateway],
+    introspection: TestIntrospectionServer,
+    subscriptions: Callable[[str], int] | None = None,
 ) -> bool:
     a, b = fleet
     if degraded(a) or degraded(b):
+        return False
+    channel = redis_of(a).channel
+    if subscriptions and await asyncio.to_thread(subscriptions, channel) != len(fleet):
         return False
     token = opaque_token(introspection)
     if await get(session, a, token) != 200:
@@ -373,6 +384,14 @@ async def _recovered(
         and cache_of(b).stats["l2_hits"] == hits + 1
         and introspections_of(introspection, token) == 1
     )
+
+
+async def warmed(fleet: list[Gateway], introspection: TestIntrospectionServer) -> None:
+    """Until a token A introspects is an L2 hit on B: both clients have connected (a
+    cluster client has discovered every node), so a test's counts start from a working
+    cache rather than from a first command that timed out on a busy machine."""
+    async with aiohttp.ClientSession() as session:
+        await eventually(lambda: _recovered(session, fleet, introspection), 10.0, "a working L2")
 
 
 async def evicted_everywhere(fleet: list[Gateway], introspection: TestIntrospectionServer) -> None:

@@ -339,6 +339,11 @@ class SentinelSet(_Topology):
         _wait(self._agreed, timeout, f"{node.name} to rejoin as a replica")
         return time.monotonic() - began
 
+    def subscribers(self, channel: str) -> int:
+        """Clients subscribed to ``channel`` on the current master."""
+        reply = _query(self.master_port, lambda c: c.execute_command("PUBSUB", "NUMSUB", channel))
+        return int(reply[1]) if reply else 0
+
     def ensure_healthy(self) -> None:
         """Back to one master and one replica, agreed on, whatever a test left behind."""
         if not self.replica.running:
@@ -444,6 +449,10 @@ class RedisClusterSet(_Topology):
             reply = _query(node.port, lambda c: c.execute_command("PUBSUB", "NUMSUB", channel))
             counts.append(int(reply[1]) if reply else 0)
         return counts
+
+    def subscribers(self, channel: str) -> int:
+        """Clients subscribed to ``channel`` on any node."""
+        return sum(self.subscribers_per_node(channel))
 
     def keys_per_node(self, pattern: str) -> list[int]:
         """How many keys matching ``pattern`` each node holds, in node order."""
