@@ -276,9 +276,9 @@ class RedisCache:
 
         In a cluster, a subscription on any primary hears every PUBLISH: after a failure
         the next primary is tried, rather than only the node owning the channel's slot.
-        Its connection is its own: redis-py's cluster pub/sub borrows the node's pool, which
-        the cluster client disconnects wholesale on a CLUSTERDOWN or a topology refresh,
-        cutting the subscription (and the evictions it carries) each time."""
+        Its connection is its own: redis-py's cluster pub/sub borrows the node's pool, and
+        the cluster client closes every node's connections on each CLUSTERDOWN reply,
+        which would cut the subscription (and the evictions it carries) each time."""
         if isinstance(self._client, RedisCluster):
             primaries = self._client.get_primaries()
             if primaries:  # empty until the client has discovered the cluster
