@@ -122,7 +122,10 @@ class IdentityCacheComponent:
         shared = self.cache.shared
         if shared.redis is None:
             return ()
-        return [("cache", "degraded" if shared.degraded else "ok")]
+        notes = [("cache", "degraded" if shared.degraded else "ok")]
+        if shared.redis.pending:  # evictions Redis has not taken yet: replayed when it does
+            notes.append(("cache_pending_evictions", str(shared.redis.pending)))
+        return notes
 
     def metric_families(self) -> Iterable[Metric]:
         shared = self.cache.shared

@@ -265,7 +265,7 @@ class IdentityCache:
         keys = [self._shared_key(c, digest) for c in self._contexts if c.introspects]
         if not keys:
             return "none"
-        return "done" if await redis.delete(*keys) else "failed"
+        return "done" if await redis.delete(*keys) else "failed"  # failed: kept for replay
 
     async def _broadcast(self, message: dict[str, Any], report: EvictionReport) -> None:
         message = {**message, "origin": self._origin}

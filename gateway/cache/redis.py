@@ -9,6 +9,12 @@ This module knows nothing of what it stores. Callers choose the keys (never a ra
 the gateway uses hashes) and seal the values. A group index (a sorted set of keys scored by
 their expiry) lets a caller drop every entry of a group at once — the gateway's subject
 eviction — and stays bounded: each write trims the members that have expired.
+
+Evictions (deletes, group deletions, publishes) are tried even while the breaker is open,
+and one that cannot reach Redis is kept (bounded) and replayed before any other command
+once Redis answers again: an entry a failed DEL left behind (a promoted replica still holds
+it) must not be served after the outage, and replicas that missed the message must still
+hear it. Until the replay succeeds, reads are misses.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -24,25 +31,24 @@ from typing import Any, Final, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster, Sentinel
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError, RedisClusterException, RedisError
+from redis.exceptions import MaxConnectionsError
 
-from gateway import boundedjson
+from gateway.cache import redis_bus
 from gateway.cache.settings import RedisSettings
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_FAILURES: Final = (RedisError, RedisClusterException, OSError, TimeoutError)
-_KEEPALIVE: Final = 5.0
-"""Seconds of pub/sub silence before a PING; no answer within three of them: resubscribe."""
 _MAX_CONNECTIONS: Final = 64
 _INDEX_CAP: Final = 10_000
 """Most members one group index keeps (the ones expiring last win)."""
 _DELETE_BATCH: Final = 500
-_MAX_MESSAGE: Final = 4096
+_PENDING_MAX: Final = 1024
+"""Evictions kept for replay while Redis is unreachable; past this the oldest are lost."""
+Operation = tuple[str, tuple[str, ...]]  # ("delete", keys) | ("group", (g,)) | ("publish", (p,))
 
 RESYNC: Final = {"op": "resync"}
 """Delivered to the subscriber after a gap in the subscription: messages may be lost."""
@@ -71,6 +77,8 @@ class RedisCache:
         self._healthy = True
         self._probe_at = 0.0
         self._subscriber: asyncio.Task[None] | None = None
+        self._pending: deque[Operation] = deque()
+        self._replaying = asyncio.Lock()
         self.errors = 0
         self.commands = 0
 
@@ -121,49 +129,37 @@ class RedisCache:
 
     async def delete(self, *keys: str) -> bool:
         """Delete keys (one command each: in a cluster they live in different slots);
-        whether Redis confirmed it."""
-
-        async def remove() -> bool:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.delete(key)
-                await pipe.execute()
-            return True
-
-        return bool(await self._run(remove, limit=self._admin_timeout))
+        whether Redis confirmed it (if not, it is replayed later)."""
+        return await self._evict(("delete", keys))
 
     async def delete_group(self, group: str, *, budget: float = 10.0) -> GroupDeletion:
-        """Delete every key indexed in ``group``, in batches, within ``budget`` seconds."""
+        """Delete every key indexed in ``group``, in batches, within ``budget`` seconds; if
+        Redis fails midway the whole group deletion is replayed later."""
         deadline = time.monotonic() + budget
         deleted = 0
         while True:
             if time.monotonic() > deadline:
                 return GroupDeletion(deleted, complete=False, error="time budget exceeded")
-            batch = await self._run(
-                lambda: self._client.zrange(group, 0, _DELETE_BATCH - 1),
-                limit=self._admin_timeout,
-            )
-            if batch is None:
-                return GroupDeletion(deleted, complete=False, error="redis unavailable")
-            if not batch:
-                break
             removed = await self._run(
-                partial(_delete_members, self._client, group, [m.decode() for m in batch]),
+                partial(self._delete_batch, group), probe=True, replay=False,
                 limit=self._admin_timeout,
-            )
+            )  # fmt: skip
             if removed is None:
+                self._keep(("group", (group,)))
                 return GroupDeletion(deleted, complete=False, error="redis unavailable")
+            if removed < 0:
+                return GroupDeletion(deleted, complete=True)
             deleted += removed
-        await self._run(lambda: self._client.delete(group), limit=self._admin_timeout)
-        return GroupDeletion(deleted, complete=True)
 
     async def publish(self, message: dict[str, Any]) -> bool:
-        """Send a message to every subscriber; whether Redis took it."""
-        payload = json.dumps(message, separators=(",", ":"))
-        sent = await self._run(
-            lambda: self._client.publish(self._channel, payload), limit=self._admin_timeout
-        )
-        return sent is not None
+        """Send a message to every subscriber; whether Redis took it (if not, it is
+        published when Redis answers again)."""
+        return await self._evict(("publish", (json.dumps(message, separators=(",", ":")),)))
+
+    @property
+    def pending(self) -> int:
+        """Evictions kept for replay."""
+        return len(self._pending)
 
     async def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> None:
         """Start the subscriber task; returns once the first subscription attempt ended, so
@@ -181,6 +177,7 @@ class RedisCache:
         command: Callable[[], Awaitable[T]],
         *,
         probe: bool = False,
+        replay: bool = True,
         limit: float | None = None,
     ) -> T | None:
         if not (probe or self._may_try()):
@@ -188,6 +185,8 @@ class RedisCache:
         self.commands += 1
         try:
             async with asyncio.timeout(self._timeout if limit is None else limit):
+                if replay and self._pending:
+                    await self._replay()
                 result = await command()
         except MaxConnectionsError:  # busy, not down: a miss, and the breaker stays closed
             self.errors += 1
@@ -199,6 +198,61 @@ class RedisCache:
             return None
         self._succeeded()
         return result
+
+    async def _evict(self, operation: Operation) -> bool:
+        """Apply an eviction now, or keep it for replay; tried even while the breaker is open
+        (in a cluster with one node down, the others still take it)."""
+        done = await self._run(
+            partial(self._apply, operation), probe=True, replay=False, limit=self._admin_timeout
+        )
+        if done is None:
+            self._keep(operation)
+            return False
+        return True
+
+    def _keep(self, operation: Operation) -> None:
+        if len(self._pending) == _PENDING_MAX:
+            log.warning("redis unavailable: dropping the oldest eviction kept for replay")
+            self._pending.popleft()
+        self._pending.append(operation)
+
+    async def _replay(self) -> None:
+        """Every kept eviction, oldest first; those Redis took leave the queue. Raises the
+        first failure once all were tried, so the command waiting on the replay is a miss."""
+        async with self._replaying:
+            failure: Exception | None = None
+            for operation in list(self._pending):
+                try:
+                    await self._apply(operation)
+                except Exception as exc:  # keep it for the next attempt
+                    failure = failure or exc
+                    continue
+                self._pending.remove(operation)
+            if failure is not None:
+                raise failure
+
+    async def _apply(self, operation: Operation) -> bool:
+        kind, values = operation
+        if kind == "delete":
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in values:
+                    pipe.delete(key)
+                await pipe.execute()
+        elif kind == "group":
+            while await self._delete_batch(values[0]) >= 0:
+                pass
+        else:
+            await redis_bus.publish(self._client, self._channel, values[0])
+        return True
+
+    async def _delete_batch(self, group: str) -> int:
+        """Delete up to one batch of the group's keys: how many were deleted, or -1 when the
+        group is empty (and the index itself is then gone)."""
+        batch = await self._client.zrange(group, 0, _DELETE_BATCH - 1)
+        if not batch:
+            await self._client.delete(group)
+            return -1
+        return await _delete_members(self._client, group, [m.decode() for m in batch])
 
     def _may_try(self) -> bool:
         """While down, let one command through per probe interval; the rest are misses."""
@@ -222,26 +276,30 @@ class RedisCache:
             self._healthy = True
             log.info("redis available again")
 
-    async def _listen(
-        self, callback: Callable[[dict[str, Any]], None], ready: asyncio.Event
-    ) -> None:
+    async def _listen(self, callback: redis_bus.Callback, ready: asyncio.Event) -> None:
         gap = False
+        turn = 0
         while True:
-            pubsub = self._client.pubsub()
-            try:
+            pubsub: PubSub | None = None
+            pool: ConnectionPool | None = None
+            try:  # everything inside: an exception escaping this task would stop evictions
+                pubsub, pool = redis_bus.subscription(self._client, turn)
                 async with asyncio.timeout(self._timeout * 2 + 1.0):
-                    await _subscribe(pubsub, self._channel)
+                    await redis_bus.subscribe(pubsub, self._channel)
                 self._succeeded()
+                if self._pending:  # now, not at the next request: replicas are waiting
+                    await self._run(self._replay, replay=False, limit=self._admin_timeout)
                 if gap:
-                    _deliver(callback, dict(RESYNC))
+                    redis_bus.deliver(callback, dict(RESYNC))
                 ready.set()
-                await _pump(pubsub, callback)
+                await redis_bus.pump(pubsub, callback)
             except Exception as exc:  # whatever failed, resubscribe: revocation must keep flowing
                 self._failed(exc)
                 gap = True
+                turn += 1
             finally:
                 ready.set()
-                await _close_quietly(pubsub)
+                await redis_bus.close_quietly(pubsub, pool)
             await asyncio.sleep(self._probe_interval)
 
 
@@ -277,59 +335,6 @@ def _client(settings: RedisSettings) -> Any:
         settings.url, max_connections=_MAX_CONNECTIONS, timeout=settings.timeout, **options
     )
     return Redis.from_pool(pool)
-
-
-async def _subscribe(pubsub: PubSub, channel: str) -> None:
-    """SUBSCRIBE and wait for its confirmation, so the subscription is live on return."""
-    await pubsub.subscribe(channel)
-    while True:
-        message = await pubsub.get_message(timeout=None)
-        if message is not None and message["type"] == "subscribe":
-            return
-
-
-async def _pump(pubsub: PubSub, callback: Callable[[dict[str, Any]], None]) -> None:
-    """Deliver messages until the connection fails; a silent link is probed, then dropped."""
-    loop = asyncio.get_running_loop()
-    heard = loop.time()
-    while True:
-        message = await pubsub.get_message(timeout=_KEEPALIVE)
-        now = loop.time()
-        if message is None:
-            if now - heard > 3 * _KEEPALIVE:
-                raise RedisConnectionError("pub/sub connection went silent")
-            await pubsub.ping()
-            continue
-        heard = now
-        if message["type"] == "message":
-            decoded = _decode_message(message["data"])
-            if decoded is not None:
-                _deliver(callback, decoded)
-
-
-def _decode_message(data: Any) -> dict[str, Any] | None:
-    """Messages come from anyone who can publish to Redis: bounded, and objects only."""
-    try:
-        message = boundedjson.loads(data, max_bytes=_MAX_MESSAGE, max_depth=2)
-    except (ValueError, TypeError):
-        log.warning("ignoring a cache message that is not bounded JSON")
-        return None
-    return message if isinstance(message, dict) else None
-
-
-def _deliver(callback: Callable[[dict[str, Any]], None], message: dict[str, Any]) -> None:
-    """A failing callback loses one message, not the subscription."""
-    try:
-        callback(message)
-    except Exception:
-        log.exception("cache message callback failed")
-
-
-async def _close_quietly(pubsub: PubSub) -> None:
-    try:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
-    except _FAILURES:
-        log.debug("closing a failed pub/sub connection", exc_info=True)
 
 
 def _ms(seconds: float) -> int:

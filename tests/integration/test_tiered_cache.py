@@ -653,10 +653,11 @@ async def test_a_redis_that_accepts_but_never_answers_costs_one_timeout() -> Non
     redis = RedisCache(RedisSettings(url=f"redis://127.0.0.1:{port}/0", timeout=0.1), "p:")
     try:
         elapsed = (await timed(redis.start()))[1]
-        assert 0.09 < elapsed < 0.2
+        # One 100 ms timeout, with slack for a loaded machine (two would be 0.2 s or more).
+        assert 0.09 < elapsed < 0.5
         assert not redis.healthy
         for _ in range(5):
-            assert (await timed(redis.get("k")))[1] < 0.2
+            assert (await timed(redis.get("k")))[1] < 0.09  # the breaker: no wait at all
         assert redis.errors == 1
     finally:
         await redis.close()
