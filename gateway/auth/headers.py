@@ -181,6 +181,19 @@ class HeaderTemplate:
     def render(self, identity: Identity) -> str | None:
         """The value, or None (header omitted) when a placeholder found nothing in any source
         or the value would exceed MAX_VALUE_BYTES: a half-filled header misleads the upstream."""
+        value = self._join(identity, _escape)
+        # Escaped values are ASCII, so characters are bytes.
+        return value if value is not None and len(value) <= MAX_VALUE_BYTES else None
+
+    def render_text(self, identity: Identity) -> str | None:
+        """The value unescaped, for a JSON string (a signed token's claim) rather than a
+        header line; None as for ``render``, the bound counted in UTF-8 bytes."""
+        value = self._join(identity, str)
+        if value is None or len(value.encode("utf-8", "replace")) > MAX_VALUE_BYTES:
+            return None
+        return value
+
+    def _join(self, identity: Identity, escape: Callable[[str], str]) -> str | None:
         pieces: list[str] = []
         for part in self._parts:
             if isinstance(part, str):
@@ -189,13 +202,11 @@ class HeaderTemplate:
             for source in part:
                 text = source(identity)
                 if text:
-                    pieces.append(_escape(text))
+                    pieces.append(escape(text))
                     break
             else:
                 return None
-        value = "".join(pieces)
-        # Escaped values are ASCII, so characters are bytes.
-        return value if len(value) <= MAX_VALUE_BYTES else None
+        return "".join(pieces)
 
     def __repr__(self) -> str:
         return f"HeaderTemplate({self.template!r})"
