@@ -7,7 +7,9 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from gateway.config.models.base import Strict
+from gateway.config.models.identity_token import RouteIdentityToken
 from gateway.config.models.issuers import TokenMode
+from gateway.config.models.ratelimit import RouteRateLimits
 from gateway.config.types import HeaderName, HttpMethod
 
 Scalar = str | int | float | bool
@@ -65,6 +67,8 @@ class RouteDefaults(Strict):
     )
     identity_prefix: str = Field("X-Auth-", description="Client headers with it are removed.")
     forward_authorization: bool = True
+    identity_token: RouteIdentityToken | None = None
+    rate_limits: RouteRateLimits | None = None
 
 
 class PathMatch(Strict):
@@ -134,3 +138,5 @@ class Route(Strict):
     identity_headers: dict[HeaderName, str] | None = None
     forward_authorization: bool | None = None
     token_mode: TokenMode | None = Field(None, description="Overrides the issuers' mode here.")
+    identity_token: RouteIdentityToken | None = None
+    rate_limits: RouteRateLimits | None = None
