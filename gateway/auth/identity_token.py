@@ -26,7 +26,7 @@ import jwt
 
 from gateway.auth.headers import HeaderTemplate
 from gateway.auth.identity import Identity
-from gateway.auth.signing_keys import KeyRing, KeySpec, SigningKey, load_key
+from gateway.auth.signing_keys import JwksDocument, KeyRing, KeySpec, SigningKey, load_key
 from gateway.config.errors import SettingError
 from gateway.config.models.identity_token import RouteIdentityToken, TokenSigning
 
@@ -268,10 +268,10 @@ class IdentityTokenSigner:
             self._cache.clear()
         self._signer = ring.active
 
-    def jwks(self) -> tuple[bytes, str]:
-        """The JWK Set body and its Cache-Control value, for ``/.well-known/jwks.json``."""
-        document = self._ring.jwks(self._clock())
-        return document.body, document.cache_control
+    def jwks(self) -> JwksDocument:
+        """The JWK Set to answer ``/.well-known/jwks.json`` with: body, Cache-Control and
+        Content-Type, made once (again only when a retiring key drops out)."""
+        return self._ring.jwks(self._clock())
 
     def header(
         self,

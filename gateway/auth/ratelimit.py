@@ -77,22 +77,6 @@ def wait(tat: int, now: int, rate: Rate) -> int:
     return max(0, tat - rate.tolerance - now)
 
 
-def available(tat: int, now: int, rate: Rate) -> int:
-    """How many requests would be admitted if sent at ``now`` all at once."""
-    slack = now + rate.tolerance - max(tat, now)
-    return slack // rate.interval + 1 if slack >= 0 else 0
-
-
-def until_next_unit(tat: int, now: int, rate: Rate) -> int:
-    """Nanoseconds until ``available`` next grows (0 when the bucket is full)."""
-    slack = now + rate.tolerance - max(tat, now)
-    if slack >= rate.tolerance:
-        return 0
-    if slack < 0:
-        return -slack
-    return rate.interval - slack % rate.interval
-
-
 def ceil_seconds(ns: int) -> int:
     return -(-ns // NS)
 
@@ -107,9 +91,13 @@ def service_limit(tat: int, now: int, rate: Rate) -> tuple[int, int]:
     rate takes: §6 asks servers to "cap the ratio between the available quota and the
     effective window values" so that r/t never advertises more than the policy allows.
     """
-    r = min(available(tat, now, rate), rate.burst)
-    t = ceil_seconds(max(until_next_unit(tat, now, rate), r * rate.interval))
-    return r, t
+    interval = rate.interval
+    slack = now + rate.tolerance - max(tat, now)
+    if slack < 0:
+        return 0, -(slack // NS)  # ceil(-slack / NS): the wait, as Retry-After
+    r = min(slack // interval + 1, rate.burst)
+    next_unit = 0 if slack >= rate.tolerance else interval - slack % interval
+    return r, -(-max(next_unit, r * interval) // NS)
 
 
 def _sf_string(value: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -112,7 +112,10 @@ class CompiledLimit:
     def key_of(
         self, identity: Identity | None, ip: str, headers: Mapping[str, str]
     ) -> tuple[str, ...]:
-        return (self.namespace, *(part(identity, ip, headers) for part in self.parts))
+        parts = self.parts
+        if len(parts) == 1:  # the common case, without a generator
+            return (self.namespace, parts[0](identity, ip, headers))
+        return (self.namespace, *[part(identity, ip, headers) for part in parts])
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +130,12 @@ class RouteLimits:
     policy: str
     anonymous_policy: str
 
-    def all(self) -> tuple[CompiledLimit, ...]:
-        return self.limits + self.anonymous
+    def counters(self) -> Iterator[tuple[str, str, str, int, int]]:
+        """(route, group, limit, allowed, limited) for each limit, group being ``limits`` or
+        ``anonymous``: plain ints for the metrics exporter to read at scrape time."""
+        for group, limits in (("limits", self.limits), ("anonymous", self.anonymous)):
+            for limit in limits:
+                yield self.route, group, limit.name, limit.allowed, limit.limited
 
 
 def _compile_limit(

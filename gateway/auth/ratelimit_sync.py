@@ -92,7 +92,8 @@ def make_client(config: RedisConfig) -> Any:
         if config.cluster:
             raise ValueError("redis: cluster mode takes a url, not sentinel")
         hosts = [_host_port(item) for item in config.sentinel.hosts]
-        return Sentinel(hosts, **options).master_for(config.sentinel.service, **options)
+        sentinel = Sentinel(hosts, **options)  # type: ignore[no-untyped-call]
+        return sentinel.master_for(config.sentinel.service, **options)
     assert config.url is not None  # RedisConfig guarantees url xor sentinel
     if config.cluster:
         return RedisCluster.from_url(config.url, **options)

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from gateway.auth.identity import Identity
 from gateway.auth.ratelimit import (
     RateLimited,
+    admit,
     ceil_seconds,
+    conforms,
     limit_field,
     service_limit,
     wait,
@@ -109,8 +111,7 @@ class RateLimiter:
                 bucket = self._insert(key, limit, now)
             else:
                 buckets.move_to_end(key)
-            rate = limit.fallback if degraded else limit.rate
-            if bucket.tat - now > rate.tolerance:
+            if not conforms(bucket.tat, now, limit.fallback if degraded else limit.rate):
                 refused = True
             chosen.append(bucket)
         policy = route.policy if identity is not None else route.anonymous_policy
@@ -118,8 +119,7 @@ class RateLimiter:
             raise self._refusal(policy, chosen, now, degraded)
         for bucket in chosen:
             limit = bucket.limit
-            rate = limit.fallback if degraded else limit.rate
-            bucket.tat = max(bucket.tat, now) + rate.interval
+            bucket.tat = admit(bucket.tat, now, limit.fallback if degraded else limit.rate)
             limit.allowed += 1
             if self.shared:
                 if bucket.pending == 0:

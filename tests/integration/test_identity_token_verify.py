@@ -79,11 +79,10 @@ class JwksServer:
     async def handle(self, request: web.Request) -> web.Response:
         assert self.signer is not None
         self.fetches += 1
-        body, cache_control = self.signer.jwks()
-        response = web.Response(body=body, content_type="application/jwk-set+json",
-                                headers={"Cache-Control": cache_control})  # fmt: skip
-        self.responses.append({"cache-control": cache_control})
-        return response
+        document = self.signer.jwks()
+        self.responses.append({"cache-control": document.cache_control})
+        return web.Response(body=document.body, content_type=document.content_type,
+                            headers={"Cache-Control": document.cache_control})  # fmt: skip
 
 
 @pytest.fixture

@@ -283,7 +283,7 @@ def test_tokens_verify_against_the_published_key(tmp_path: Path, make: Any) -> N
                         scopes=frozenset({"read"}), audiences=("api",),
                         expires_at=time.time() + 300, token_kind="jwt")  # fmt: skip
     _, value = signer.header(identity, settings(), method="GET", uri="http://orders/a")
-    jwk = jwt.PyJWKSet.from_json(signer.jwks()[0].decode())[keys.active.kid]
+    jwk = jwt.PyJWKSet.from_json(signer.jwks().body.decode())[keys.active.kid]
     decoded = jwt.decode(value.removeprefix("Bearer "), jwk.key, algorithms=[keys.active.alg],
                          audience="orders", issuer=ISSUER)  # fmt: skip
     assert decoded["sub"] == "alice"

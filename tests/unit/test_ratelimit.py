@@ -14,7 +14,6 @@ from gateway.auth.ratelimit import (
     Rate,
     RateLimited,
     admit,
-    available,
     ceil_seconds,
     conforms,
     limit_field,
@@ -128,15 +127,15 @@ def test_retry_after_is_when_the_next_request_fits(
         assert service_limit(tat, now, rate) == (0, retry_after)
 
 
-def test_available_counts_down_and_refills_at_the_rate() -> None:
+def test_available_quota_counts_down_and_refills_at_the_rate() -> None:
     rate = Rate.of(100, 1)
     tat = -(2**62)
-    assert available(tat, 0, rate) == 100
+    assert service_limit(tat, 0, rate) == (100, 1)
     for _ in range(58):
         tat = admit(tat, 0, rate)
-    assert available(tat, 0, rate) == 42
-    assert available(tat, 10 * MS, rate) == 43  # one unit back every 10 ms
-    assert available(tat, 10 * MS - 1, rate) == 42
+    assert service_limit(tat, 0, rate)[0] == 42
+    assert service_limit(tat, 10 * MS, rate)[0] == 43  # one unit back every 10 ms
+    assert service_limit(tat, 10 * MS - 1, rate)[0] == 42
 
 
 def test_the_issue_example_fields() -> None:

@@ -88,12 +88,13 @@ def test_two_limits_the_tighter_refuses_and_a_refusal_charges_neither() -> None:
         "RateLimit-Policy": '"per-client";q=100;w=1, "route";q=10000;w=60',
         "RateLimit": '"per-client";r=0;t=1, "route";r=9900;t=60',
     }
-    per_client, per_route = route.limits
-    assert (per_client.allowed, per_client.limited) == (100, 1)
-    assert (per_route.allowed, per_route.limited) == (100, 0)
+    assert list(route.counters()) == [
+        ("orders", "limits", "per-client", 100, 1),
+        ("orders", "limits", "route", 100, 0),
+    ]
     # Another client has its own per-client bucket but shares the route's.
     assert admitted(limiter, route, 100, who("app-2")) == 100
-    assert per_route.allowed == 200
+    assert route.limits[1].allowed == 200
 
 
 def test_allowed_responses_carry_the_fields_only_when_asked() -> None:
@@ -186,6 +187,10 @@ def test_anonymous_requests_use_the_anonymous_limits_only() -> None:
     assert admitted(limiter, route, 5, None, "192.0.2.2") == 3
     # Authenticated traffic from a limited address is not counted by the per-IP limit.
     assert admitted(limiter, route, 2, who(), "192.0.2.1") == 1
+    assert list(route.counters()) == [
+        ("orders", "limits", "per-client", 1, 1),
+        ("orders", "anonymous", "per-ip", 6, 4),
+    ]
     no_anonymous = route_limits(limits=[{"name": "l", "limit": 1, "window": 1}])
     assert admitted(limiter, no_anonymous, 5, None) == 5
 
