@@ -39,7 +39,8 @@ _NEVER = -(2**62)  # a tat far in the past: a full bucket
 class Bucket:
     """One key's GCRA state; ``pending`` admissions are not in Redis yet."""
 
-    __slots__ = ("dropped", "first_pending", "key", "limit", "pending", "remote_key", "tat")
+    __slots__ = ("dropped", "first_pending", "key", "limit", "linger_until", "pending",
+                 "remote_key", "tat")  # fmt: skip
 
     def __init__(self, key: tuple[str, ...], limit: CompiledLimit) -> None:
         self.key = key
@@ -49,6 +50,7 @@ class Bucket:
         self.first_pending = 0
         self.remote_key: str | None = None
         self.dropped = False
+        self.linger_until = 0  # pulled at least until then after pushing (see apply)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,10 +198,15 @@ class RateLimiter:
             elif not bucket.dropped:
                 self._watched[bucket] = None
 
-    def apply(self, items: list[SyncItem], debts: list[int | None]) -> None:
+    def apply(self, items: list[SyncItem], debts: list[int | None], *, linger: int = 0) -> None:
         """Merge the cluster's state: ``debts[i]`` is the shared ``tat - now`` of item i in
         nanoseconds (None: Redis holds nothing, the cluster bucket is full). A bucket's
-        ``tat`` only ever moves forward: what this replica knows itself is never lost."""
+        ``tat`` only ever moves forward: what this replica knows itself is never lost.
+
+        A bucket stays watched (pulled every round) while it is not full, and for ``linger``
+        ns after it last pushed, so that other replicas' spending of the same moments, which
+        reaches Redis up to a round later, is still seen here.
+        """
         now = self.clock()
         for item, debt in zip(items, debts, strict=True):
             bucket = item.bucket
@@ -207,7 +214,10 @@ class RateLimiter:
                 # Admissions made here while the round was in flight are still pending.
                 seen = now + debt + bucket.pending * bucket.limit.rate.interval
                 bucket.tat = max(bucket.tat, seen)
-            if bucket.tat > now and not bucket.dropped and bucket not in self._dirty:
+            if item.count:
+                bucket.linger_until = now + linger
+            busy = bucket.tat > now or bucket.linger_until > now
+            if busy and not bucket.dropped and bucket not in self._dirty:
                 self._watched[bucket] = None
 
     def backlog(self) -> int:

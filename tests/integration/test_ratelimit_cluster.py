@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -64,7 +64,7 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture
 async def pair(redis_server: RedisServer) -> AsyncIterator[list[tuple[RateLimiter, ClusterSync]]]:
-    config = RedisConfig(url=redis_server.url, timeout=0.1)
+    config = RedisConfig(url=redis_server.url, timeout=0.5)
     made = []
     for _ in range(2):
         limiter = RateLimiter()
@@ -74,6 +74,15 @@ async def pair(redis_server: RedisServer) -> AsyncIterator[list[tuple[RateLimite
     yield made
     for _, sync in made:
         await sync.close()
+
+
+async def rounds_done(syncs: list[ClusterSync], rounds: int, within: float = 5.0) -> None:
+    """Wait until every sync has completed ``rounds`` more successful rounds (a loaded CI
+    machine can stall a round past its timeout; the next one then carries its counts)."""
+    targets = [sync.rounds + rounds for sync in syncs]
+    async with asyncio.timeout(within):
+        while any(sync.rounds < target for sync, target in zip(syncs, targets, strict=True)):
+            await asyncio.sleep(0.01)
 
 
 async def hammer(
@@ -92,6 +101,14 @@ async def hammer(
             admitted[index].append(time.monotonic_ns())
         await asyncio.sleep(0.001)
     return admitted
+
+
+async def hammer_until(
+    limiters: list[RateLimiter], compiled: RouteLimits, done: Callable[[], bool]
+) -> None:
+    async with asyncio.timeout(5):
+        while not done():
+            await hammer(limiters, compiled, 0.05)
 
 
 async def test_two_instances_hold_the_limit_within_the_stated_overshoot(
@@ -115,7 +132,7 @@ async def test_two_instances_hold_the_limit_within_the_stated_overshoot(
     assert all(per_instance)
     assert len(merged) <= RATE * seconds + BURST + overshoot_bound(2)
     assert len(merged) >= 0.9 * RATE * seconds
-    assert all(sync.healthy and sync.errors == 0 for _, sync in pair)
+    assert all(sync.healthy for _, sync in pair)
 
 
 async def test_simultaneous_bursts_reach_the_burst_term_and_are_paid_back(
@@ -139,18 +156,20 @@ async def test_simultaneous_bursts_reach_the_burst_term_and_are_paid_back(
     # its whole burst, (N - 1) * b more than one instance would.
     assert burst() == 2 * BURST
     # After two rounds both know the cluster spent 2b: the debt of b is paid back first,
-    # so nothing more is admitted until about b / r = 1 s later.
-    await asyncio.sleep(2 * INTERVAL + 0.05)
+    # so nothing more is admitted until about b / r = 1 s after the burst.
+    burst_at = time.monotonic()
+    await rounds_done([sync for _, sync in pair], 2)
     started = time.monotonic()
+    assert started - burst_at < 0.4, "the rounds were too slow for this test to mean much"
     after = await hammer(limiters, compiled, 2.0)
-    first = min(times[0] for times in after if times) / NS - started
+    first = min(times[0] for times in after if times) / NS - burst_at
     assert first >= 0.6, f"admitted again after {first:.2f}s: the debt was not paid back"
 
 
 async def test_one_instance_with_redis_admits_what_it_would_alone(
     redis_server: RedisServer,
 ) -> None:
-    config = RedisConfig(url=redis_server.url, timeout=0.1)
+    config = RedisConfig(url=redis_server.url, timeout=0.5)
     limiter = RateLimiter()
     sync = ClusterSync(limiter, config, interval=INTERVAL)
     await sync.start()
@@ -191,8 +210,7 @@ async def test_redis_killed_mid_run_each_instance_enforces_its_share(
 
     redis_server.stop()
     # Within a round or two every instance notices and falls back to limit / 2.
-    await hammer(limiters, compiled, 3 * INTERVAL + 0.2)
-    assert all(limiter.degraded for limiter in limiters)
+    await hammer_until(limiters, compiled, lambda: all(lim.degraded for lim in limiters))
     assert all(not sync.healthy and sync.errors > 0 for _, sync in pair)
     seconds = 3.0
     per_instance = await hammer(limiters, compiled, seconds)
@@ -206,8 +224,7 @@ async def test_redis_killed_mid_run_each_instance_enforces_its_share(
           f"(limit {RATE}/s; each enforces {share.limit}/s)")  # fmt: skip
 
     redis_server.start()  # same port, empty: the script is loaded again on NOSCRIPT
-    await hammer(limiters, compiled, 3 * INTERVAL + 0.2)
-    assert not any(limiter.degraded for limiter in limiters)
+    await hammer_until(limiters, compiled, lambda: not any(lim.degraded for lim in limiters))
     assert all(sync.healthy for _, sync in pair)
 
 
@@ -216,7 +233,7 @@ async def test_close_returns_even_when_cancelled_inside_a_round(
 ) -> None:
     """Regression: redis-py can swallow a cancellation landing inside a pipeline; the sync
     task must still stop, or shutdown and reload would hang."""
-    config = RedisConfig(url=redis_server.url, timeout=0.1)
+    config = RedisConfig(url=redis_server.url, timeout=0.5)
     compiled = route()
     for _ in range(15):
         limiter = RateLimiter()
@@ -225,3 +242,36 @@ async def test_close_returns_even_when_cancelled_inside_a_round(
         await hammer([limiter], compiled, 0.2)
         async with asyncio.timeout(2):
             await sync.close()
+
+
+async def test_a_redis_cluster_carries_the_shared_state() -> None:
+    with RedisServer(cluster=True) as server:
+        config = RedisConfig(url=f"redis://127.0.0.1:{server.port}", cluster=True, timeout=0.5)
+        limiters = [RateLimiter(), RateLimiter()]
+        syncs = [ClusterSync(limiter, config, interval=INTERVAL) for limiter in limiters]
+        section = RouteRateLimits(  # slow enough that nothing refills during the test
+            limits=[{"name": "per-client", "key": ["client_id"], "limit": BURST, "window": 60}]
+        )
+        compiled = compile_route_limits(section, route="orders")
+        assert compiled is not None
+        try:
+            for sync in syncs:
+                await sync.start()
+            identities = [
+                Identity(issuer="i", subject=None, client_id=f"c{n}", scopes=frozenset(),
+                         audiences=(), expires_at=None, token_kind="jwt")
+                for n in range(20)
+            ]  # fmt: skip
+            for identity in identities:  # keys in many hash slots; replica 1 has seen each
+                limiters[1].check(compiled, identity, "192.0.2.1", {})
+                for _ in range(BURST - 1):
+                    limiters[0].check(compiled, identity, "192.0.2.1", {})
+            await rounds_done(syncs, 2)
+            assert all(sync.healthy for sync in syncs)
+            # Replica 1 learnt that replica 0 spent the rest of every client's burst.
+            for identity in identities:
+                with pytest.raises(RateLimited):
+                    limiters[1].check(compiled, identity, "192.0.2.1", {})
+        finally:
+            for sync in syncs:
+                await sync.close()

@@ -311,3 +311,24 @@ def test_apply_moves_a_bucket_forward_only_and_watches_busy_keys() -> None:
     # Redis knowing nothing (None) means nothing to add.
     limiter.apply(limiter.take_batch(100), [None])
     assert admitted(limiter, route, 1, who()) == 0
+
+
+def test_a_bucket_that_pushed_is_pulled_for_a_while_even_when_full() -> None:
+    clock = Clock()
+    limiter = RateLimiter(clock=clock, shared=True)
+    route = route_limits(limits=[{"name": "l", "key": ["client_id"], "limit": 100, "window": 1}])
+    admitted(limiter, route, 1, who())
+    pushed = limiter.take_batch(100)
+    clock.advance(0.05)  # the bucket is full again here
+    limiter.apply(pushed, [None], linger=NS // 5)
+    # Other replicas' spending of the same moments reaches Redis up to a round later, so
+    # the key is still pulled for the linger time...
+    pulled = limiter.take_batch(100)
+    assert [item.count for item in pulled] == [0]
+    limiter.apply(pulled, [None], linger=NS // 5)
+    clock.advance(0.3)
+    pulled = limiter.take_batch(100)
+    assert [item.count for item in pulled] == [0]
+    # ... and then no longer: full here, full in Redis, nothing pushed lately.
+    limiter.apply(pulled, [None], linger=NS // 5)
+    assert limiter.take_batch(100) == []
