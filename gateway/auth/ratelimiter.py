@@ -5,6 +5,10 @@ cluster sync attached (``ratelimit_sync``), each admission is also counted as *p
 sync periodically pushes pending counts to Redis and pulls the cluster's state back into the
 buckets, so no request ever waits on Redis.
 
+Buckets are keyed by route, limit name and key, so one limiter can outlive a reload (keep
+it, and its sync, for as long as ``rate_limiting`` is unchanged): clients keep their state
+and a changed rate applies at once, since a GCRA state is a point in time, not a count.
+
 Memory is bounded by ``max_keys`` buckets. When it is full the least recently used bucket is
 dropped, even one still limited. That fails open for that one key, deliberately: pushing out
 a limited bucket takes ``max_keys`` other keys used more recently, and a client that holds
@@ -113,6 +117,8 @@ class RateLimiter:
                 bucket = self._insert(key, limit, now)
             else:
                 buckets.move_to_end(key)
+                # A limiter kept across a reload: the bucket follows the current settings.
+                bucket.limit = limit
             if not conforms(bucket.tat, now, limit.fallback if degraded else limit.rate):
                 refused = True
             chosen.append(bucket)

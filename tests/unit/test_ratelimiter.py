@@ -332,3 +332,20 @@ def test_a_bucket_that_pushed_is_pulled_for_a_while_even_when_full() -> None:
     # ... and then no longer: full here, full in Redis, nothing pushed lately.
     limiter.apply(pulled, [None], linger=NS // 5)
     assert limiter.take_batch(100) == []
+
+
+def test_a_limiter_kept_across_a_reload_keeps_state_and_follows_new_rates() -> None:
+    clock = Clock()
+    limiter = RateLimiter(clock=clock)
+    before = route_limits(limits=[{"name": "l", "key": ["client_id"], "limit": 10, "window": 1}])
+    assert admitted(limiter, before, 20, who()) == 10  # 1 s of the limit spent at once
+    # The same route and limit recompiled tighter (5/s, burst 5): the spent second still
+    # counts, and the bucket refills at the new rate, one every 200 ms.
+    after = route_limits(limits=[{"name": "l", "key": ["client_id"], "limit": 5, "window": 1}])
+    assert admitted(limiter, after, 1, who()) == 0
+    clock.advance(0.2)
+    assert admitted(limiter, after, 20, who()) == 1
+    clock.advance(0.2)
+    assert admitted(limiter, after, 20, who()) == 1
+    (bucket,) = limiter._buckets.values()
+    assert bucket.limit is after.limits[0]
