@@ -8,8 +8,9 @@ of at most the route's and never past the client's own token, and (by default) t
 URL of the upstream request, so a token taken from one route cannot be replayed on another.
 
 Signing costs tens of microseconds (ES256) to a millisecond (RS256), so tokens are cached per
-identity, route, binding and key, and reused until shortly before they expire; the cache is
-emptied whenever the signing key changes, so no token of a retired key is ever sent again.
+identity, route, binding and key, and reused until shortly before they expire. The cache
+belongs to one signer, and a signer to one compiled config: a reload that changes the key
+starts with an empty cache, so no token of a retired key is handed out by the new config.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import jwt
 
 from gateway.auth.headers import HeaderTemplate
 from gateway.auth.identity import Identity
-from gateway.auth.signing_keys import JwksDocument, KeyRing, KeySpec, SigningKey, load_key
+from gateway.auth.signing_keys import JwksDocument, KeyFileError, KeyRing, KeySpec, SigningKey
 from gateway.config.errors import SettingError
 from gateway.config.models.identity_token import RouteIdentityToken, TokenSigning
 
@@ -79,19 +80,11 @@ class SigningSettings:
 def compile_signing(section: TokenSigning) -> SigningSettings:
     """Load the keys; a key that is missing, unreadable or cannot sign its algorithm raises
     SettingError at ``keys[i]``, a ring that cannot work (no signer, a kid twice) at ``keys``."""
-    keys: list[SigningKey] = []
-    for index, item in enumerate(section.keys):
-        try:
-            keys.append(load_key(KeySpec(file=item.file, kid=item.kid, alg=item.alg)))
-        except ValueError as exc:
-            raise SettingError(("keys", index), str(exc)) from None
-    marked = [index for index, item in enumerate(section.keys) if item.active]
-    if len(marked) > 1:
-        raise SettingError(("keys", marked[1], "active"), "only one key may be active")
+    specs = [KeySpec(file=k.file, kid=k.kid, alg=k.alg, active=k.active) for k in section.keys]
     try:
-        ring = KeyRing.assemble(
-            keys, active=marked[0] if marked else None, jwks_max_age=int(section.jwks.max_age)
-        )
+        ring = KeyRing.load(specs, jwks_max_age=int(section.jwks.max_age))
+    except KeyFileError as exc:
+        raise SettingError(("keys", exc.index), str(exc)) from None
     except ValueError as exc:
         raise SettingError(("keys",), str(exc)) from None
     return SigningSettings(
@@ -126,7 +119,9 @@ def compile_route_token(
         raise SettingError(("header",), f"{header} cannot carry an identity token")
     claims: list[tuple[str, HeaderTemplate]] = []
     for name, template in section.claims.items():
-        if not name or name in RESERVED_CLAIMS:
+        if not name:
+            raise SettingError(("claims",), "a claim needs a name")
+        if name in RESERVED_CLAIMS:
             raise SettingError(("claims", name), f"claim {name!r} is set by the gateway itself")
         try:
             claims.append((name, HeaderTemplate.compile(template)))
@@ -220,7 +215,7 @@ class IdentityTokenSigner:
     ) -> None:
         self.issuer = issuer
         self._ring = ring
-        self._signer: SigningKey = ring.active
+        self._signer: SigningKey = ring.active  # fixed: a key change is a new signer
         self._max_entries = max_entries
         self._refresh_before = refresh_before
         self._clock = clock
@@ -259,14 +254,6 @@ class IdentityTokenSigner:
     @property
     def cached(self) -> int:
         return len(self._cache)
-
-    def use_ring(self, ring: KeyRing) -> None:
-        """Switch keys (a reload). A different signing key empties the cache at once: a
-        token signed by the previous key is never handed out again."""
-        self._ring = ring
-        if ring.active is not self._signer and ring.active.thumbprint != self._signer.thumbprint:
-            self._cache.clear()
-        self._signer = ring.active
 
     def jwks(self) -> JwksDocument:
         """The JWK Set to answer ``/.well-known/jwks.json`` with: body, Cache-Control and

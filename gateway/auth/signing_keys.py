@@ -29,13 +29,11 @@ from jwt.exceptions import PyJWTError
 from gateway import boundedjson
 
 SigningAlgorithm = Literal["ES256", "EdDSA", "RS256"]
-SIGNING_ALGORITHMS: Final = ("ES256", "EdDSA", "RS256")
 MAX_KEY_FILE_BYTES: Final = 64 * 1024
 MIN_RSA_BITS: Final = 2048
 # RFC 7638 §3.2: the required members of each key type, the only ones hashed.
 _THUMBPRINT_MEMBERS: Final = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"),
                               "OKP": ("crv", "kty", "x")}  # fmt: skip
-_PRIVATE_MEMBERS: Final = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +44,14 @@ class KeySpec:
     kid: str | None = None
     alg: SigningAlgorithm | None = None
     active: bool = False
+
+
+class KeyFileError(ValueError):
+    """One key file of a ring is unfit; ``index`` is its place in the configured list."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -232,41 +238,37 @@ class KeyRing:
 
     @classmethod
     def load(cls, specs: Sequence[KeySpec], *, jwks_max_age: int = 300) -> KeyRing:
-        """Load every key file and assemble the ring (see ``assemble``)."""
+        """Load every key; the one marked ``active`` signs, else the first key does.
+
+        A missing, unreadable or unfit key file is a ``KeyFileError`` naming its index and
+        file; a ``kid`` used twice, two active keys or a signer without its private part a
+        ``ValueError``. Never a silently generated key.
+        """
         if not specs:
             raise ValueError("no signing keys configured")
+        keys: list[SigningKey] = []
+        for index, spec in enumerate(specs):
+            try:
+                keys.append(load_key(spec))
+            except ValueError as exc:
+                raise KeyFileError(index, str(exc)) from None
         marked = [index for index, spec in enumerate(specs) if spec.active]
         if len(marked) > 1:
-            raise ValueError("more than one key is marked active; exactly one signs")
-        keys = [load_key(spec) for spec in specs]
-        return cls.assemble(keys, active=marked[0] if marked else None, jwks_max_age=jwks_max_age)
-
-    @classmethod
-    def assemble(
-        cls, keys: Sequence[SigningKey], *, active: int | None, jwks_max_age: int = 300
-    ) -> KeyRing:
-        """The ring of ``keys``: ``keys[active]`` signs, else the first key does.
-
-        A ``kid`` used twice, or a signing key without its private part, is a ``ValueError``:
-        never a silently generated key.
-        """
-        if not keys:
-            raise ValueError("no signing keys configured")
+            raise KeyFileError(marked[1], "more than one key is marked active; one signs")
         kids: set[str] = set()
         for key in keys:
             if key.kid in kids:
                 raise ValueError(f"kid {key.kid!r} is used by two keys")
             kids.add(key.kid)
-        ordered = list(keys)
-        signer = ordered.pop(active or 0)
+        signer = keys.pop(marked[0] if marked else 0)
         if not signer.can_sign:
             which = (
                 "the key marked active"
-                if active is not None
+                if marked
                 else ("the first key (it signs unless another is marked active)")
             )
             raise ValueError(f"{which} (kid {signer.kid!r}) holds no private part")
-        return cls([signer, *ordered], jwks_max_age=jwks_max_age)
+        return cls([signer, *keys], jwks_max_age=jwks_max_age)
 
     def succeeding(self, previous: KeyRing | None, *, now: float, max_lifetime: float) -> KeyRing:
         """This ring, keeping the previous ring's keys it no longer lists published (public

@@ -106,6 +106,7 @@ def test_defaults_header_audience_lifetime_binding() -> None:
                      id="reserved-binding"),
         pytest.param({"claims": {"e": "{nope}"}}, False, ("claims", "e"), "unknown placeholder",
                      id="bad-template"),
+        pytest.param({"claims": {"": "x"}}, False, ("claims",), "needs a name", id="no-name"),
     ],
 )  # fmt: skip
 def test_settings_errors(
@@ -246,19 +247,19 @@ def test_another_identity_or_claims_never_hits(tmp_path: Path) -> None:
 
 
 def test_a_key_change_drops_the_cache_and_new_tokens_use_the_new_key(tmp_path: Path) -> None:
-    signer = IdentityTokenSigner(ring(tmp_path, "old"), issuer=ISSUER, clock=Clock())
+    old_ring, new_ring = ring(tmp_path, "old"), ring(tmp_path, "new")
+    old = IdentityTokenSigner(old_ring, issuer=ISSUER, clock=Clock())
     route, identity = settings(bind_request=False), who()
-    before = signer.header(identity, route)
+    before = old.header(identity, route)
     assert jwt.get_unverified_header(before[1].removeprefix("Bearer "))["kid"] == "old"
-    signer.use_ring(ring(tmp_path, "new"))
+    # A reload with another key: a new signer, whose cache starts empty.
+    reloaded = SigningSettings(ISSUER, new_ring, 10, 10.0, False)
+    signer = IdentityTokenSigner.from_settings(reloaded, previous=old, clock=Clock())
     assert signer.cached == 0
     after = signer.header(identity, route)
     assert after != before
     assert jwt.get_unverified_header(after[1].removeprefix("Bearer "))["kid"] == "new"
-    # The same key again (a reload that kept it) keeps the cache.
-    same = signer.ring
-    signer.use_ring(KeyRing(same.keys))
-    assert signer.cached == 1
+    assert [key.kid for key in signer.ring.published(NOW)] == ["new", "old"]
 
 
 def test_the_cache_is_bounded(tmp_path: Path) -> None:
