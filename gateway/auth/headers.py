@@ -18,7 +18,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from gateway.auth.identity import Identity
 
@@ -99,6 +99,10 @@ def _escape(text: str, separator: str | None = None) -> str:
         lead = len(text) - len(text.lstrip(" "))
         trail = len(text) - len(text.rstrip(" "))
         text = "%20" * lead + core + "%20" * trail
+    return text
+
+
+def _as_encoded(text: str) -> str:
     return text
 
 
@@ -224,6 +228,19 @@ class HeaderTemplate:
     def render(self, identity: Identity) -> str | None:
         """The value, or None (header omitted) when a placeholder found nothing in any source
         or the value would exceed MAX_VALUE_BYTES: a half-filled header misleads the upstream."""
+        value = self._join(identity, _as_encoded)
+        # Encoded values are ASCII, so characters are bytes.
+        return value if value is not None and len(value) <= MAX_VALUE_BYTES else None
+
+    def render_text(self, identity: Identity) -> str | None:
+        """The value unescaped, for a JSON string (a signed token's claim) rather than a
+        header line; None as for ``render``, the bound counted in UTF-8 bytes."""
+        value = self._join(identity, unquote)
+        if value is None or len(value.encode("utf-8", "replace")) > MAX_VALUE_BYTES:
+            return None
+        return value
+
+    def _join(self, identity: Identity, finish: Callable[[str], str]) -> str | None:
         pieces: list[str] = []
         for part in self._parts:
             if isinstance(part, str):
@@ -232,13 +249,11 @@ class HeaderTemplate:
             for source in part:
                 text = source(identity)  # already encoded
                 if text:
-                    pieces.append(text)
+                    pieces.append(finish(text))
                     break
             else:
                 return None
-        value = "".join(pieces)
-        # Escaped values are ASCII, so characters are bytes.
-        return value if len(value) <= MAX_VALUE_BYTES else None
+        return "".join(pieces)
 
     def __repr__(self) -> str:
         return f"HeaderTemplate({self.template!r})"

@@ -73,7 +73,7 @@ class RedisCache:
         self._timeout = settings.timeout
         self._admin_timeout = settings.admin_timeout
         self._probe_interval = probe_interval
-        self._client = _client(settings)
+        self._client = make_client(settings)
         self._healthy = True
         self._probe_at = 0.0
         self._subscriber: asyncio.Task[None] | None = None
@@ -312,7 +312,7 @@ async def _delete_members(client: Any, group: str, members: list[str]) -> int:
     return int(sum(results[:-1]))
 
 
-def _client(settings: RedisSettings) -> Any:
+def make_client(settings: RedisSettings, *, max_connections: int = _MAX_CONNECTIONS) -> Any:
     """One client per target kind; retries off: a failed command is a miss, not a wait."""
     options: dict[str, Any] = {
         "socket_timeout": max(settings.timeout, settings.admin_timeout),
@@ -332,7 +332,7 @@ def _client(settings: RedisSettings) -> Any:
     # (within its own timeout) rather than the pool growing with every burst and never
     # shrinking, or a burst of cold requests reading as an outage and opening the breaker.
     pool = BlockingConnectionPool.from_url(
-        settings.url, max_connections=_MAX_CONNECTIONS, timeout=settings.timeout, **options
+        settings.url, max_connections=max_connections, timeout=settings.timeout, **options
     )
     return Redis.from_pool(pool)
 

@@ -55,3 +55,12 @@ def format_key_path(loc: Sequence[str | int]) -> str:
         else:
             out.append(f"[{json.dumps(part, ensure_ascii=False)}]")
     return "".join(out)
+
+
+class SettingError(ValueError):
+    """A value the schema accepted but compiling refused; ``loc`` is its key path below the
+    section that was being compiled, so the loader can point at the exact line."""
+
+    def __init__(self, loc: Sequence[str | int], message: str) -> None:
+        super().__init__(message)
+        self.loc = tuple(loc)

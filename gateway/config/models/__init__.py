@@ -13,6 +13,13 @@ from gateway.config.models.caches import (
     RedisSentinel,
     TokenCache,
 )
+from gateway.config.models.identity_token import (
+    JwksServing,
+    RouteIdentityToken,
+    SignedTokenCache,
+    SigningKeyFile,
+    TokenSigning,
+)
 from gateway.config.models.issuers import (
     DEFAULT_ALGORITHMS,
     HMAC_ALGORITHMS,
@@ -26,6 +33,7 @@ from gateway.config.models.issuers import (
 )
 from gateway.config.models.listeners import AdminListen, Forwarding, Limits, Listen
 from gateway.config.models.operations import LoggingConfig, Shutdown, Tracing
+from gateway.config.models.ratelimit import Limit, RateLimiting, RouteRateLimits
 from gateway.config.models.root import GatewayConfig
 from gateway.config.models.routes import (
     AuthMode,
@@ -63,27 +71,35 @@ __all__ = [
     "IntrospectionCache",
     "Issuer",
     "IssuerHTTP",
+    "JwksServing",
     "KeyRefresh",
     "KeySource",
     "L1Cache",
+    "Limit",
     "Limits",
     "Listen",
     "LoggingConfig",
     "Match",
     "PathMatch",
     "PathRules",
+    "RateLimiting",
     "RedisConfig",
     "RedisSentinel",
     "Require",
     "Rewrite",
     "Route",
     "RouteDefaults",
+    "RouteIdentityToken",
+    "RouteRateLimits",
     "Scalar",
     "ScopeRule",
     "Shutdown",
+    "SignedTokenCache",
+    "SigningKeyFile",
     "Strict",
     "TokenCache",
     "TokenMode",
+    "TokenSigning",
     "TokenSources",
     "Tracing",
     "Upstream",

@@ -6,9 +6,11 @@ from pydantic import Field
 
 from gateway.config.models.base import Strict
 from gateway.config.models.caches import IntrospectionCache, TokenCache
+from gateway.config.models.identity_token import TokenSigning
 from gateway.config.models.issuers import Issuer
 from gateway.config.models.listeners import AdminListen, Forwarding, Limits, Listen
 from gateway.config.models.operations import LoggingConfig, Shutdown, Tracing
+from gateway.config.models.ratelimit import RateLimiting
 from gateway.config.models.routes import Route, RouteDefaults
 from gateway.config.models.sessions import Login
 from gateway.config.models.upstreams import Upstream
@@ -27,5 +29,7 @@ class GatewayConfig(Strict):
     logins: list[Login] = Field(default_factory=list)
     token_cache: TokenCache = TokenCache()
     cache: IntrospectionCache = IntrospectionCache()
+    token_signing: TokenSigning | None = None
+    rate_limiting: RateLimiting = RateLimiting()
     defaults: RouteDefaults = RouteDefaults()
     routes: list[Route] = Field(min_length=1)

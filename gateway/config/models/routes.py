@@ -7,6 +7,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from gateway.config.models.base import Strict
+from gateway.config.models.identity_token import RouteIdentityToken
+from gateway.config.models.ratelimit import RouteRateLimits
 from gateway.config.models.sessions import RouteSession
 from gateway.config.models.upstreams import PathRules
 from gateway.config.types import HeaderName, HttpMethod, TokenMode
@@ -70,6 +72,8 @@ class RouteDefaults(Strict):
     paths: PathRules = Field(
         PathRules(), description="How upstreams read paths, unless an upstream says."
     )
+    identity_token: RouteIdentityToken | None = None
+    rate_limits: RouteRateLimits | None = None
 
 
 class PathMatch(Strict):
@@ -140,3 +144,5 @@ class Route(Strict):
     identity_headers: dict[HeaderName, str] | None = None
     forward_authorization: bool | None = None
     token_mode: TokenMode | None = Field(None, description="Overrides the issuers' mode here.")
+    identity_token: RouteIdentityToken | None = None
+    rate_limits: RouteRateLimits | None = None
