@@ -37,6 +37,7 @@ class RequestRecord:
     reason: str = "-"
     client_id: str | None = None
     subject: str | None = None
+    token_type: str | None = None  # bearer | dpop | mtls: how the token was presented
     upstream: str | None = None
     upstream_status: int | None = None
     upstream_seconds: float | None = None
@@ -69,6 +70,7 @@ class AccessLog:
             "reason": record.reason,
             "client_id": record.client_id,
             "sub_hash": subject_hash(record.subject),
+            "token_type": record.token_type,
             "upstream": record.upstream,
             "upstream_status": record.upstream_status,
             "upstream_ms": None if record.upstream_seconds is None

@@ -19,6 +19,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.admin.app import build_admin_app
+from gateway.auth.replay import RedisReplayStore
 from gateway.compiler import compile_config
 from gateway.config.errors import ConfigError
 from gateway.config.loader import LoadedConfig
@@ -141,6 +142,9 @@ class Gateway:
         for task in list(self._old_runtimes):
             task.cancel()
         await self.holder.current.close()
+        replay = self.holder.current.replay  # kept across reloads, closed with the process
+        if isinstance(replay, RedisReplayStore):
+            await replay.close()
         await self.session.close()
         await self.websockets.close()
 

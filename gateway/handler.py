@@ -27,7 +27,7 @@ from gateway.metrics import Metrics
 from gateway.problems import AuthError, BadFraming, GatewayError
 from gateway.proxy.forward import Body, forward, request_head, response_started
 from gateway.proxy.headers import request_id_of, upstream_request_headers
-from gateway.proxy.problem_response import problem_response
+from gateway.proxy.problem_response import problem_response, resource_metadata_response
 from gateway.proxy.requests import (
     body_of,
     check_request_line,
@@ -132,8 +132,9 @@ class ProxyHandler:
             if response_started(request):
                 raise ConnectionResetError("response aborted after it started") from None
             close = isinstance(error, BadFraming)
-            realm = exchange.runtime.compiled.realm
-            return problem_response(error, realm, record.request_id, close=close)
+            route = exchange.route
+            challenge = route.auth.challenge if route else exchange.runtime.compiled.realm
+            return problem_response(error, challenge, record.request_id, close=close)
         except (asyncio.CancelledError, ConnectionError):
             record.decision, record.reason = "error", "client_gone"
             raise
@@ -152,6 +153,11 @@ class ProxyHandler:
         host = request.headers.get("Host")
         target = normalise_target(origin_form(request.raw_path, host))
         record.path = target.path
+        document = compiled.resource_documents.get(target.path)
+        if document is not None and request.method in ("GET", "HEAD"):
+            # RFC 9728 §3: the gateway answers for the resource it protects (never forwarded).
+            record.route, record.decision, record.reason = "-", "metadata", "ok"
+            return resource_metadata_response(document, request.headers.get("If-None-Match"))
         path = match_path(target.path, path_parameters=compiled.path_parameters)
         # The table normalises Host itself (and answers 400 for one that is no host).
         route = exchange.route = compiled.table.match(host, path, request.method)
@@ -165,6 +171,9 @@ class ProxyHandler:
             query=target.query,
             authorization=request.headers.getall("Authorization", ()),
             form_fields=form_fields,
+            headers=request.headers,
+            request_path=target.path,
+            peer=request.remote,
         )
         decision = await runtime.decider.decide(route.auth, facts)
         if isinstance(decision, Deny):
@@ -175,8 +184,11 @@ class ProxyHandler:
         upstream = route.upstream
         record.upstream = upstream.name
         keep_token = route.forward_authorization
+        client_headers = exchange.headers
+        if decision.remove:
+            client_headers = [(k, v) for k, v in client_headers if k.lower() not in decision.remove]
         outbound = upstream_request_headers(
-            exchange.headers,
+            client_headers,
             peer=request.remote,
             scheme=request.scheme,
             http_version=(request.version.major, request.version.minor),
@@ -241,6 +253,8 @@ class ProxyHandler:
         if identity is not None:
             record.decision, record.reason = "allow", "ok"
             record.client_id, record.subject = identity.client_id, identity.subject
+            if decision.token_type is not None:
+                record.token_type = decision.token_type.lower()
         else:
             record.decision, record.reason = "anonymous", "ok"
         self._metrics.observe_decision(record.decision, record.reason)

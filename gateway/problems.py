@@ -39,6 +39,23 @@ SERVER_NAME = "oauth-gateway"
 _TYPE_PREFIX = "urn:oauth-gateway:problem:"
 
 
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """What a route's ``WWW-Authenticate`` offers: its realm (RFC 6750 §3), the RFC 9728 §5.1
+    metadata URL, the scopes an MCP client should ask for, and the DPoP scheme with its
+    algorithms (RFC 9449 §7.1) next to, or instead of, Bearer."""
+
+    realm: str = "gateway"
+    resource_metadata: str | None = None
+    scope: str | None = None  # advertised on a 401 without credentials (MCP step-up)
+    dpop_algs: tuple[str, ...] = ()  # non-empty: the DPoP scheme is accepted here
+    bearer: bool = True  # False: only DPoP (a route that requires it)
+
+
+def as_challenge(context: Challenge | str) -> Challenge:
+    return context if isinstance(context, Challenge) else Challenge(realm=context)
+
+
 class GatewayError(Exception):
     """Base of every error the gateway answers on purpose."""
 
@@ -53,8 +70,9 @@ class GatewayError(Exception):
         if reason is not None:
             self.reason = reason
 
-    def challenge(self, realm: str) -> str | None:
-        """The ``WWW-Authenticate`` value to send, or None where none applies."""
+    def challenge(self, context: Challenge | str) -> str | None:
+        """The ``WWW-Authenticate`` value to send, or None where none applies; ``context`` is
+        the route's ``Challenge`` (or just a realm)."""
         return None
 
     def extra_headers(self) -> dict[str, str]:
@@ -188,17 +206,32 @@ def _quoted(value: str) -> str:
 
 
 class AuthError(GatewayError):
-    """An RFC 6750 §3 error: rendered with a ``Bearer`` challenge."""
+    """An RFC 6750 §3 error: rendered with a ``Bearer`` challenge (and, where the route
+    accepts DPoP, a ``DPoP`` one: RFC 9449 §7.2 lets a resource offer both schemes)."""
 
     error_code: str | None = None
 
-    def challenge(self, realm: str) -> str:
-        params = [f"realm={_quoted(realm)}"]
+    def challenge(self, context: Challenge | str) -> str:
+        ctx = as_challenge(context)
+        realm = [f"realm={_quoted(ctx.realm)}"]
+        error = []
         if self.error_code is not None:
-            params.append(f"error={_quoted(self.error_code)}")
-            params.append(f"error_description={_quoted(self.detail)}")
-        params.extend(self._extra_params())
-        return "Bearer " + ", ".join(params)
+            error = [f"error={_quoted(self.error_code)}",
+                     f"error_description={_quoted(self.detail)}"]  # fmt: skip
+        error.extend(self._extra_params())
+        if self.error_code is None and ctx.scope:
+            # MCP authorization: a 401 may name the scopes the client should request.
+            error.append(f"scope={_quoted(ctx.scope)}")
+        # RFC 9728 §5.1: where the client finds this resource's metadata.
+        meta = [f"resource_metadata={_quoted(m)}" for m in (ctx.resource_metadata,) if m]
+        if not ctx.dpop_algs:
+            return "Bearer " + ", ".join([*realm, *error, *meta])
+        # RFC 9449 §7.1: "An algs parameter SHOULD be included".
+        algs = [f"algs={_quoted(' '.join(ctx.dpop_algs))}"]
+        if not ctx.bearer:  # only DPoP here: the error travels in the DPoP challenge
+            return "DPoP " + ", ".join([*realm, *error, *algs, *meta])
+        bearer = "Bearer " + ", ".join([*realm, *error, *meta])
+        return bearer + ", DPoP " + ", ".join([*realm, *algs, *meta])
 
     def _extra_params(self) -> list[str]:
         return []
@@ -269,16 +302,17 @@ class RenderedProblem:
 
 
 def render_problem(
-    error: GatewayError, realm: str = "gateway", request_id: str | None = None
+    error: GatewayError, challenge: Challenge | str = "gateway", request_id: str | None = None
 ) -> RenderedProblem:
     """The one renderer of problem responses, proxy and admin alike: the RFC 9457 body, the
     RFC 6750 challenge where one applies, and no caching of answers about credentials."""
     headers = [("Content-Type", PROBLEM_CONTENT_TYPE), ("Server", SERVER_NAME)]
-    challenge = error.challenge(realm)
-    if challenge is not None:
-        headers.append(("WWW-Authenticate", challenge))
-    if isinstance(error, AuthError):
+    offered = error.challenge(challenge)
+    if offered is not None:
+        headers.append(("WWW-Authenticate", offered))
+    extra = error.extra_headers()
+    if isinstance(error, AuthError) and "Cache-Control" not in extra:
         # RFC 6750 §5.3 / RFC 9111 §5.2.2.5: answers about credentials must not be cached.
         headers.append(("Cache-Control", "no-store"))
-    headers.extend(error.extra_headers().items())
+    headers.extend(extra.items())
     return RenderedProblem(error.status, tuple(headers), error.problem_bytes(request_id))

@@ -27,6 +27,7 @@ from gateway.auth.identity_cache import EvictionReport, IdentityCache
 from gateway.auth.introspection import IssuerIntrospection
 from gateway.auth.jwks import KeySetProvider
 from gateway.auth.jwt import JwtVerifier
+from gateway.auth.replay import MemoryReplayStore, RedisReplayStore, ReplayStore
 from gateway.auth.settings import IssuerSettings
 from gateway.cache.memory import MemoryCache
 from gateway.cache.sealing import Sealer
@@ -48,6 +49,7 @@ class Runtime:
     pools: dict[str, UpstreamPool]
     decider: Decider
     identity_cache: IdentityCache
+    replay: ReplayStore | None
     key_sets: KeySets
     components: list[Component]
     access_log: AccessLog | None = None
@@ -151,13 +153,17 @@ async def start_runtime(
         if issuer.introspection is not None
     }
     cache = _identity_cache(compiled)
-    decider = Decider(Authenticator(verifier, introspectors, cache), cache, compiled.max_token_size)
+    replay = _replay_store(compiled, previous)
+    decider = Decider(
+        Authenticator(verifier, introspectors, cache), cache, compiled.max_token_size, replay
+    )
     key_sets = KeySets(providers)
     runtime = Runtime(
         compiled=compiled,
         pools=pools,
         decider=decider,
         identity_cache=cache,
+        replay=replay,
         key_sets=key_sets,
         components=[
             Pools(pools),
@@ -181,6 +187,28 @@ async def start_runtime(
         await runtime.close()
         raise
     return runtime
+
+
+def _replay_store(compiled: CompiledConfig, previous: Runtime | None) -> ReplayStore | None:
+    """The DPoP replay store; kept across a reload (a proof must not become usable again
+    because the config changed), and shared through Redis where a route asks for it."""
+    settings = compiled.dpop_replay
+    if settings is None:
+        return None
+    if previous is not None and previous.replay is not None:
+        return previous.replay
+    memory = MemoryReplayStore(settings.max_entries)
+    if not settings.redis or compiled.redis is None:
+        return memory
+    from gateway.cache.redis import make_client  # redis-py only where configured
+
+    return RedisReplayStore(
+        make_client(compiled.redis, max_connections=16),
+        memory,
+        key_prefix=settings.key_prefix,
+        timeout=compiled.redis.timeout,
+        fail_open=settings.fail_open,
+    )
 
 
 def _metadata_of(provider: KeySetProvider) -> Callable[[], Mapping[str, Any] | None]:

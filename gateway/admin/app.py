@@ -22,6 +22,7 @@ from gateway.metrics import Metrics
 from gateway.problems import (
     SERVER_NAME,
     BadRequest,
+    Challenge,
     GatewayError,
     PayloadTooLarge,
     ServiceUnavailable,
@@ -41,7 +42,7 @@ class AdminUnauthorized(GatewayError):
     slug = "admin-unauthorized"
     reason = "admin_unauthorized"
 
-    def challenge(self, realm: str) -> str:
+    def challenge(self, context: Challenge | str) -> str:
         return 'Bearer realm="gateway-admin"'
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qsl
 
+from gateway.auth.dpop import read_dpop_token
 from gateway.problems import InvalidRequest, InvalidToken
 
 ACCESS_TOKEN_PARAM = "access_token"  # noqa: S105 - a parameter name, not a secret
@@ -32,6 +33,7 @@ class Credential:
 
     token: str
     source: Literal["header", "query", "form"]
+    scheme: Literal["bearer", "dpop"] = "bearer"  # RFC 6750 Bearer, or RFC 9449 §7.1 DPoP
 
 
 def read_credential(
@@ -42,8 +44,10 @@ def read_credential(
     allow_query: bool,
     allow_form: bool,
     max_size: int,
+    allow_dpop: bool = False,
 ) -> Credential | None:
     """The one bearer token the request carries, or None when no enabled source holds one.
+    With ``allow_dpop``, ``Authorization: DPoP <token>`` carries one too (RFC 9449 §7.1).
 
     Sources a route has not enabled are ignored entirely: a disabled query token neither
     authenticates nor counts towards "sent in more than one way".
@@ -53,6 +57,9 @@ def read_credential(
         raise InvalidRequest("more than one Authorization header")
     header = _header_token(authorization[0]) if authorization else None
     found = Credential(header, "header") if header is not None else None
+    if found is None and allow_dpop:
+        dpop = read_dpop_token(authorization, max_size=max_size)
+        found = Credential(dpop, "header", "dpop") if dpop is not None else None
     # A query can only name access_token literally or through percent-encoding.
     if allow_query and query and (ACCESS_TOKEN_PARAM in query or "%" in query):
         for name, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):

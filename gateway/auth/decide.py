@@ -17,19 +17,30 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
+from gateway.auth import sender
 from gateway.auth.authenticate import Authenticator, TokenRules
 from gateway.auth.bearer import read_credential
 from gateway.auth.headers import IdentityHeaders
 from gateway.auth.identity import Identity
 from gateway.auth.identity_cache import IdentityCache, Memo
 from gateway.auth.policy import Policy, check
-from gateway.problems import AuthError, GatewayError, InvalidToken, MissingCredentials
+from gateway.auth.replay import ReplayStore
+from gateway.auth.sender import OFF, HeaderLookup, Presented, SenderRules, TokenType
+from gateway.problems import Challenge, GatewayError, MissingCredentials
 
 TokenSource = Literal["header", "query", "form"]
 Header = tuple[str, str]
+
+
+class _NoHeaders:
+    def getall(self, key: str, default: Sequence[str], /) -> Sequence[str]:
+        return default
+
+
+NO_HEADERS: HeaderLookup = _NoHeaders()
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +53,10 @@ class RequestFacts:
     query: str | None
     authorization: Sequence[str]
     form_fields: Sequence[tuple[str, str]] | None = None
+    headers: HeaderLookup = NO_HEADERS  # DPoP proofs, a front proxy's certificate header
+    request_path: str | None = None  # the normalised path as sent (default: ``path``)
+    peer: str | None = None  # the client's address (who may set certificate headers)
+    tls_certificate: bytes | None = None  # the client certificate's DER, from TLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +71,8 @@ class RouteAuth:
     policy: Policy
     identity_headers: IdentityHeaders
     tokens: TokenRules
+    sender: SenderRules = OFF  # DPoP (RFC 9449) and certificate binding (RFC 8705)
+    challenge: Challenge = field(default_factory=Challenge)  # what WWW-Authenticate offers
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +84,8 @@ class Allow:
     headers: tuple[Header, ...]
     token_source: TokenSource | None  # where the credential was, so it can be removed
     reason: str = "ok"
+    token_type: TokenType | None = None  # Bearer, DPoP or mTLS, for the access log
+    remove: tuple[str, ...] = ()  # request headers that must not reach the upstream
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +112,17 @@ class Decider:
     """Holds what a decision needs at request time: the authenticator and the identity
     cache of one runtime."""
 
-    def __init__(self, authenticator: Authenticator, cache: IdentityCache, max_token_size: int):
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        cache: IdentityCache,
+        max_token_size: int,
+        replay: ReplayStore | None = None,
+    ) -> None:
         self._authenticator = authenticator
         self._cache = cache
         self._max_token_size = max_token_size
+        self._replay = replay  # DPoP proofs seen (RFC 9449 §11.1)
 
     async def decide(self, route: RouteAuth, facts: RequestFacts) -> Decision:
         try:
@@ -112,6 +138,7 @@ class Decider:
             allow_query=route.allow_query,
             allow_form=route.allow_form,
             max_size=self._max_token_size,
+            allow_dpop=route.sender.dpop_mode != "off",
         )
         if credential is None:
             if route.required:
@@ -123,39 +150,49 @@ class Decider:
         token = credential.token
         digest = token_digest(token)
         memo = self._cache.memo(route.id, digest)
-        if memo is not None:
-            decision = memo.decision
+        if memo is not None and credential.scheme == "bearer":
+            decision = memo.decision  # only unbound tokens are remembered (below)
             assert isinstance(decision, Allow)
             if decision.token_source == credential.source:
                 return decision
         try:
             found = await self._authenticator.authenticate(route.tokens, token, digest)
             identity = found.identity
-            refuse_sender_constrained(identity)
+            # Whether the request proves the key a token is bound to is a fact about the
+            # request: decided after the cache, every time (RFC 9449 §7.1, RFC 8705 §3).
+            token_type = await sender.check(
+                route.sender, credential.scheme, identity, token, _presented(facts), self._replay
+            )
             if route.required:
                 check(route.policy, identity)
-        except (AuthError, GatewayError):
+        except GatewayError:
             if route.required:
                 raise
             # An anonymous route never fails for a bad token; it just gets no identity.
             return Allow(None, (), credential.source, reason="anonymous")
-        allow = Allow(identity, tuple(route.identity_headers.render(identity)), credential.source)
-        self._cache.remember_decision(
-            route.id, digest, Memo(found.key, identity, allow, found.introspected)
+        dpop = route.sender.dpop
+        # The proof was for the gateway; the upstream gets it only where configured.
+        remove = ("dpop",) if dpop is not None and not dpop.forward_proof else ()
+        allow = Allow(
+            identity,
+            tuple(route.identity_headers.render(identity)),
+            credential.source,
+            token_type=token_type,
+            remove=remove,
         )
+        unbound = sender.binding_of(identity) is sender.UNBOUND
+        if unbound and credential.scheme == "bearer":  # a bound token is proved every time
+            self._cache.remember_decision(
+                route.id, digest, Memo(found.key, identity, allow, found.introspected)
+            )
         return allow
 
 
-def refuse_sender_constrained(identity: Identity) -> None:
-    """RFC 9449 §7.2 / RFC 8705 §3: a token bound to a key (``cnf``: DPoP ``jkt``, mTLS
-    ``x5t#S256``) proves nothing without its proof, which a Bearer request does not carry.
-    Such tokens are refused rather than accepted as bearer tokens that anyone holding them
-    could replay. A property of the request, checked after the cache, every time."""
-    claims = identity.claims
-    cnf = claims.get("cnf")
-    token_type = claims.get("token_type")
-    if cnf or (isinstance(token_type, str) and token_type.lower() == "dpop"):
-        raise InvalidToken(
-            "The access token is bound to a key and cannot be used as a bearer token.",
-            reason="sender_constrained",
-        )
+def _presented(facts: RequestFacts) -> Presented:
+    return Presented(
+        method=facts.method,
+        path=facts.request_path or facts.path,
+        headers=facts.headers,
+        peer=facts.peer,
+        tls_certificate=facts.tls_certificate,
+    )

@@ -10,8 +10,9 @@ and the RFC 9728 §5.1 ``resource_metadata`` parameter. Each class here override
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
-from gateway.problems import InvalidToken, MissingCredentials
+from gateway.problems import Challenge, InvalidToken, MissingCredentials, as_challenge
 
 
 def quoted(value: str) -> str:
@@ -62,13 +63,14 @@ class _DpopChallenged(InvalidToken):
         self.algs = tuple(algs)
         self.resource_metadata = resource_metadata
 
-    def challenge(self, realm: str) -> str:
+    def challenge(self, context: Challenge | str) -> str:
+        ctx = as_challenge(context)
         return dpop_challenge(
-            realm,
-            self.algs,
+            ctx.realm,
+            ctx.dpop_algs or self.algs,
             error=self.error_code,
             description=self.detail,
-            resource_metadata=self.resource_metadata,
+            resource_metadata=ctx.resource_metadata or self.resource_metadata,
         )
 
 
@@ -130,12 +132,12 @@ class DpopBoundAsBearer(InvalidToken):
         self.algs = tuple(algs)
         self.resource_metadata = resource_metadata
 
-    def challenge(self, realm: str) -> str:
-        bearer = [("realm", realm), ("error", "invalid_token"), ("error_description", self.detail)]
-        if self.resource_metadata is not None:
-            bearer.append(("resource_metadata", self.resource_metadata))
-        dpop = dpop_challenge(realm, self.algs, resource_metadata=self.resource_metadata)
-        return render_challenge("Bearer", bearer) + ", " + dpop
+    def challenge(self, context: Challenge | str) -> str:
+        ctx = as_challenge(context)
+        meta = ctx.resource_metadata or self.resource_metadata
+        return super().challenge(
+            replace(ctx, dpop_algs=ctx.dpop_algs or self.algs, bearer=True, resource_metadata=meta)
+        )
 
 
 class DpopMissingCredentials(MissingCredentials):
@@ -155,11 +157,10 @@ class DpopMissingCredentials(MissingCredentials):
         self.bearer_allowed = bearer_allowed
         self.resource_metadata = resource_metadata
 
-    def challenge(self, realm: str) -> str:
-        dpop = dpop_challenge(realm, self.algs, resource_metadata=self.resource_metadata)
-        if not self.bearer_allowed:
-            return dpop
-        bearer = [("realm", realm)]
-        if self.resource_metadata is not None:
-            bearer.append(("resource_metadata", self.resource_metadata))
-        return render_challenge("Bearer", bearer) + ", " + dpop
+    def challenge(self, context: Challenge | str) -> str:
+        ctx = as_challenge(context)
+        meta = ctx.resource_metadata or self.resource_metadata
+        return super().challenge(
+            replace(ctx, dpop_algs=ctx.dpop_algs or self.algs, bearer=self.bearer_allowed,
+                    resource_metadata=meta)
+        )  # fmt: skip

@@ -115,6 +115,10 @@ class RedisReplayStore:
         )
         self.errors = 0
 
+    async def close(self) -> None:
+        """Close the Redis client this store was given (it lives as long as the store)."""
+        await self._client.aclose()
+
     async def record(self, key: bytes, ttl: float) -> bool:
         if not self._l1.record_now(key, ttl):
             return False

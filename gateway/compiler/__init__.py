@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from gateway.auth.contexts import ValidationContext
 from gateway.auth.decide import RouteAuth
+from gateway.auth.resource_metadata import ResourceMetadata
 from gateway.auth.settings import CacheSettings, IssuerSettings
 from gateway.cache.settings import RedisSettings
 from gateway.compiler.auth import (
@@ -29,8 +30,17 @@ from gateway.compiler.auth import (
     route_policy,
     token_rules,
 )
+from gateway.compiler.sender import (
+    DpopReplaySettings,
+    RouteView,
+    dpop_replay_settings,
+    issuer_identifiers,
+    protected_resources,
+    route_challenge,
+    sender_rules,
+)
 from gateway.config.loader import LoadedConfig
-from gateway.config.models import GatewayConfig, Upstream
+from gateway.config.models import GatewayConfig, TokenSources, Upstream
 from gateway.proxy.headers import ForwardingPolicy, Removal
 from gateway.proxy.targets import UpstreamSpec, UpstreamTarget, make_target
 from gateway.proxy.trust import TrustedProxies
@@ -72,6 +82,8 @@ class CompiledConfig:
     path_parameters: bool
     max_token_size: int
     admin_token: str | None
+    resource_documents: Mapping[str, ResourceMetadata]  # RFC 9728 documents by path
+    dpop_replay: DpopReplaySettings | None  # None: no route checks DPoP proofs
 
     @property
     def config(self) -> GatewayConfig:
@@ -86,7 +98,7 @@ def compile_config(loaded: LoadedConfig) -> CompiledConfig:
     check_issuer_files(loaded)
     issuers = {issuer.key: issuer_settings(issuer) for issuer in config.issuers}
     contexts = Contexts(issuers)
-    table, routes = _routes(loaded, upstreams, issuers, contexts)
+    table, routes, documents = _routes(loaded, upstreams, issuers, contexts)
     redis = config.cache.redis
     try:
         redis_compiled = redis_settings(redis)
@@ -107,6 +119,8 @@ def compile_config(loaded: LoadedConfig) -> CompiledConfig:
         path_parameters=config.limits.path_parameters,
         max_token_size=config.limits.max_token_size,
         admin_token=_admin_token(loaded),
+        resource_documents=documents,
+        dpop_replay=dpop_replay_settings(loaded, routes),
     )
 
 
@@ -138,7 +152,7 @@ def _routes(
     upstreams: Mapping[str, UpstreamTarget],
     issuers: Mapping[str, IssuerSettings],
     contexts: Contexts,
-) -> tuple[RouteTable[CompiledRoute], tuple[CompiledRoute, ...]]:
+) -> tuple[RouteTable[CompiledRoute], tuple[CompiledRoute, ...], Mapping[str, ResourceMetadata]]:
     config = loaded.config
     defaults = config.defaults
     headers = [route_headers(loaded, i, route) for i, route in enumerate(config.routes)]
@@ -150,6 +164,20 @@ def _routes(
         names=default_names.union(*(h.names for h in headers)),
         prefixes=(prefix.lower(),) if prefix else (),
     )
+    names = [route.name or f"routes[{index}]" for index, route in enumerate(config.routes)]
+    policies = [route_policy(loaded, i, route) for i, route in enumerate(config.routes)]
+    senders = [sender_rules(loaded, i, route) for i, route in enumerate(config.routes)]
+    views = [
+        RouteView(
+            name=names[i],
+            issuers=issuer_identifiers(route.issuers or defaults.issuers, issuers),
+            policy=policies[i],
+            sender=senders[i],
+            bearer_methods=_bearer_methods(route.tokens or defaults.tokens),
+        )
+        for i, route in enumerate(config.routes)
+    ]
+    documents, resource_of = protected_resources(loaded, views)
     compiled: list[CompiledRoute] = []
     entries: list[RouteEntry[CompiledRoute]] = []
     for index, route in enumerate(config.routes):
@@ -161,13 +189,17 @@ def _routes(
             identify_anonymous=_inherit(route.identify_anonymous, defaults.identify_anonymous),
             allow_query=tokens.query,
             allow_form=tokens.form,
-            policy=route_policy(loaded, index, route),
+            policy=policies[index],
             identity_headers=headers[index],
             tokens=token_rules(loaded, index, route, issuers, contexts),
+            sender=senders[index],
+            challenge=route_challenge(
+                defaults.realm, resource_of.get(names[index]), policies[index], senders[index]
+            ),
         )
         item = CompiledRoute(
             index=index,
-            name=route.name or f"routes[{index}]",
+            name=names[index],
             upstream=upstreams[route.upstream],
             strip_prefix=route.rewrite.strip_prefix if route.rewrite else None,
             add_prefix=route.rewrite.add_prefix if route.rewrite else None,
@@ -195,7 +227,12 @@ def _routes(
         table = RouteTable(entries)
     except ValueError as exc:
         raise loaded.source.error(("routes",), str(exc)) from None
-    return table, tuple(compiled)
+    return table, tuple(compiled), documents
+
+
+def _bearer_methods(tokens: TokenSources) -> list[str]:
+    """RFC 9728 §2 bearer_methods_supported, from where a route reads tokens."""
+    return ["header"] + (["body"] if tokens.form else []) + (["query"] if tokens.query else [])
 
 
 def _upstream(loaded: LoadedConfig, name: str, upstream: Upstream) -> UpstreamTarget:

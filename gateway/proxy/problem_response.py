@@ -1,21 +1,46 @@
-"""A problem (``gateway.problems.render_problem``) as a response on the proxy listener."""
+"""Answers the proxy listener gives itself: problems (``gateway.problems.render_problem``)
+and RFC 9728 protected resource metadata."""
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from aiohttp import web
 
-from gateway.problems import GatewayError, render_problem
+from gateway.problems import SERVER_NAME, Challenge, GatewayError, render_problem
+
+
+class Document(Protocol):
+    @property
+    def document(self) -> bytes: ...
+
+    @property
+    def etag(self) -> str: ...
 
 
 def problem_response(
-    error: GatewayError, realm: str, request_id: str | None, *, close: bool = False
+    error: GatewayError, challenge: Challenge | str, request_id: str | None, *, close: bool = False
 ) -> web.Response:
     """The RFC 9457 response for ``error``; ``close`` ends the connection after it (framing
     the gateway could not trust)."""
-    rendered = render_problem(error, realm, request_id)
+    rendered = render_problem(error, challenge, request_id)
     response = web.Response(status=rendered.status, body=rendered.body)
     for name, value in rendered.headers:
         response.headers[name] = value
     if close:
         response.force_close()
     return response
+
+
+def resource_metadata_response(document: Document, if_none_match: str | None) -> web.Response:
+    """RFC 9728 §3.2: ``200`` with ``application/json``; cacheable (the document changes only
+    with the config), and ``304`` when the client already holds this version."""
+    headers = {
+        "Server": SERVER_NAME,
+        "Cache-Control": "public, max-age=3600",
+        "ETag": document.etag,
+    }
+    tags = if_none_match.split(",") if if_none_match is not None else ()
+    if document.etag in (tag.strip() for tag in tags):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=document.document, content_type="application/json", headers=headers)

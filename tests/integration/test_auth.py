@@ -23,6 +23,10 @@ from tests.support.upstream import RecordingUpstream
 
 REALM = "api"
 
+# RFC 9449 / RFC 8705 examples: well-formed bindings (base64url SHA-256 digests).
+JKT = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
+X5T = "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg0"
+
 
 def gateway_config(issuer: TestIssuer, upstream: RecordingUpstream, **issuer_extra: Any) -> dict:
     return {
@@ -226,8 +230,10 @@ def _bad_tokens(issuer: TestIssuer) -> list[tuple[str, str, str]]:
         ("bad-signature", issuer.mint()[:-6] + "AAAAAA", "signature"),
         ("jwe-five-parts", "a.b.c.d.e", ""),
         ("garbage", "not-a-jwt-at-all", ""),
-        ("dpop-bound-cnf-jkt", issuer.mint({"cnf": {"jkt": "0ZcOCORZNYy"}}), "bound to a key"),
-        ("mtls-bound-cnf-x5t", issuer.mint({"cnf": {"x5t#S256": "bwcK0"}}), "bound to a key"),
+        ("dpop-bound-cnf-jkt", issuer.mint({"cnf": {"jkt": JKT}}), "bound to a DPoP key"),
+        ("mtls-bound-cnf-x5t", issuer.mint({"cnf": {"x5t#S256": X5T}}), "bound to a client"),
+        ("malformed-cnf-jkt", issuer.mint({"cnf": {"jkt": "0ZcOCORZNYy"}}), "cnf.jkt"),
+        ("unknown-cnf-method", issuer.mint({"cnf": {"jwk": {"kty": "EC"}}}), "bound to a key"),
     ]  # fmt: skip
 
 

@@ -164,8 +164,8 @@ SCHEMA_ERRORS = [
     pytest.param(
         VALID + "verbose: true\n",
         "gw.yaml:9: verbose: unknown key 'verbose' (expected one of: admin, cache, defaults, "
-        "forwarding, issuers, limits, listen, logging, logins, rate_limiting, routes, shutdown, "
-        "token_cache, token_signing, tracing, upstreams)",
+        "forwarding, issuers, limits, listen, logging, logins, rate_limiting, resources, routes, "
+        "shutdown, token_cache, token_signing, tracing, upstreams)",
         id="unknown-top-level-key",
     ),
     pytest.param(

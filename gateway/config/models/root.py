@@ -12,6 +12,7 @@ from gateway.config.models.listeners import AdminListen, Forwarding, Limits, Lis
 from gateway.config.models.operations import LoggingConfig, Shutdown, Tracing
 from gateway.config.models.ratelimit import RateLimiting
 from gateway.config.models.routes import Route, RouteDefaults
+from gateway.config.models.sender_constraint import ProtectedResource
 from gateway.config.models.sessions import Login
 from gateway.config.models.upstreams import Upstream
 
@@ -31,5 +32,8 @@ class GatewayConfig(Strict):
     cache: IntrospectionCache = IntrospectionCache()
     token_signing: TokenSigning | None = None
     rate_limiting: RateLimiting = RateLimiting()
+    resources: list[ProtectedResource] = Field(
+        default_factory=list, description="RFC 9728 protected resources (metadata for MCP)."
+    )
     defaults: RouteDefaults = RouteDefaults()
     routes: list[Route] = Field(min_length=1)

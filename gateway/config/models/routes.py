@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from gateway.config.models.base import Strict
 from gateway.config.models.identity_token import RouteIdentityToken
 from gateway.config.models.ratelimit import RouteRateLimits
+from gateway.config.models.sender_constraint import ClientCertificates, Dpop
 from gateway.config.models.sessions import RouteSession
 from gateway.config.models.upstreams import PathRules
 from gateway.config.types import HeaderName, HttpMethod, TokenMode
@@ -74,6 +75,10 @@ class RouteDefaults(Strict):
     )
     identity_token: RouteIdentityToken | None = None
     rate_limits: RouteRateLimits | None = None
+    dpop: Dpop = Field(Dpop(), description="RFC 9449 DPoP-bound tokens (off by default).")
+    client_certificates: ClientCertificates = Field(
+        ClientCertificates(), description="RFC 8705 certificate-bound tokens (off by default)."
+    )
 
 
 class PathMatch(Strict):
@@ -137,6 +142,8 @@ class Route(Strict):
     # Everything below inherits from `defaults` when left out.
     auth: AuthMode | None = None
     session: RouteSession | None = None
+    dpop: Dpop | None = None
+    client_certificates: ClientCertificates | None = None
     identify_anonymous: bool | None = None
     tokens: TokenSources | None = None
     require: Require | None = None

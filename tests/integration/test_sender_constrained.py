@@ -1,0 +1,229 @@
+"""DPoP (RFC 9449), certificate-bound tokens (RFC 8705) and RFC 9728 metadata through the
+real gateway: real proofs signed with client keys, a real issuer, a recording upstream."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from multidict import CIMultiDict
+
+from tests.support.dpop import client_key, proof
+from tests.support.gateway import running_gateway, wait_ready
+from tests.support.issuer import TestIssuer
+from tests.support.upstream import RecordingUpstream
+
+EXTERNAL = "https://api.example.test"
+RESOURCE = "https://api.example.test/mcp"
+
+
+def config(issuer: TestIssuer, upstream: RecordingUpstream, **extra: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "admin": {"host": "127.0.0.1", "port": 0},
+        "upstreams": {"app": {"url": upstream.url}},
+        "issuers": [{"issuer": issuer.url, "audiences": ["api://default"]}],
+        "routes": [
+            {"name": "dpop", "match": {"path": {"prefix": "/dpop"}}, "upstream": "app",
+             "dpop": {"mode": "required", "external_url": EXTERNAL}},
+            {"name": "either", "match": {"path": {"prefix": "/either"}}, "upstream": "app",
+             "dpop": {"mode": "optional", "external_url": EXTERNAL}},
+            {"name": "mcp", "match": {"path": {"prefix": "/mcp"}}, "upstream": "app",
+             "require": {"scopes": {"all": ["mcp:tools"]}}},
+            {"name": "plain", "match": {"path": {"prefix": "/"}}, "upstream": "app"},
+        ],
+        "resources": [{"resource": RESOURCE, "routes": ["mcp"],
+                       "resource_documentation": "https://docs.example.test/mcp"}],
+    }  # fmt: skip
+    base.update(extra)
+    return base
+
+
+async def call(gw: Any, path: str, headers: dict[str, str]) -> tuple[int, CIMultiDict[str], bytes]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{gw.proxy_port}{path}", headers=headers) as r:
+            return r.status, CIMultiDict(r.headers), await r.read()
+
+
+@pytest.fixture
+async def world(tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream):
+    async with running_gateway(tmp_path, config(issuer, upstream)) as gw:
+        await wait_ready(gw)
+        yield gw, issuer, upstream
+
+
+async def test_a_dpop_bound_token_with_its_proof_passes_and_the_proof_stays_here(world) -> None:
+    gw, issuer, upstream = world
+    key = client_key("ES256")
+    token = issuer.mint({"cnf": {"jkt": key.jkt}})
+    dpop = proof(key, htu=f"{EXTERNAL}/dpop/orders", token=token)
+    status, _, _ = await call(
+        gw, "/dpop/orders?x=1", {"Authorization": f"DPoP {token}", "DPoP": dpop}
+    )
+    assert status == 200
+    assert upstream.last.header("DPoP") is None  # the proof was for the gateway
+    assert upstream.last.header("X-Auth-Subject") == "user-1"
+
+
+@pytest.mark.parametrize(
+    ("case", "change", "error"),
+    [
+        pytest.param("wrong-htu", {"htu": f"{EXTERNAL}/elsewhere"}, "invalid_dpop_proof", id="htu"),
+        pytest.param("wrong-htm", {"htm": "POST"}, "invalid_dpop_proof", id="htm"),
+        pytest.param("wrong-ath", {"token": "another-token"}, "invalid_dpop_proof", id="ath"),
+        pytest.param("old-iat", {"iat": 1_000_000}, "invalid_dpop_proof", id="expired-iat"),
+        pytest.param("foreign-key", {"key": "other"}, "invalid_token", id="foreign-key"),
+    ],
+)
+async def test_a_proof_that_does_not_fit_is_refused_with_the_dpop_challenge(
+    world, case: str, change: dict[str, Any], error: str
+) -> None:
+    gw, issuer, upstream = world
+    key = client_key("ES256")
+    token = issuer.mint({"cnf": {"jkt": key.jkt}})
+    signer = client_key("ES256") if change.get("key") else key
+    options: dict[str, Any] = {"htu": f"{EXTERNAL}/dpop/x", "token": token}
+    options.update({k: v for k, v in change.items() if k != "key"})
+    dpop = proof(signer, **options)
+    status, headers, _ = await call(gw, "/dpop/x", {"Authorization": f"DPoP {token}", "DPoP": dpop})
+    assert status == 401, case
+    challenge = headers["WWW-Authenticate"]
+    assert challenge.startswith('DPoP realm="gateway", error="' + error + '"'), challenge
+    assert 'algs="ES256 PS256 RS256 EdDSA"' in challenge
+    assert upstream.received == []
+
+
+async def test_a_replayed_proof_is_refused(world) -> None:
+    gw, issuer, upstream = world
+    key = client_key("ES256")
+    token = issuer.mint({"cnf": {"jkt": key.jkt}})
+    dpop = proof(key, htu=f"{EXTERNAL}/dpop/x", token=token)
+    headers = {"Authorization": f"DPoP {token}", "DPoP": dpop}
+    assert (await call(gw, "/dpop/x", headers))[0] == 200
+    status, answer, _ = await call(gw, "/dpop/x", headers)
+    assert status == 401 and "already used" in answer["WWW-Authenticate"]
+    assert len(upstream.received) == 1
+
+
+async def test_a_dpop_bound_token_sent_as_bearer_is_refused_with_both_challenges(world) -> None:
+    gw, issuer, upstream = world
+    key = client_key("ES256")
+    token = issuer.mint({"cnf": {"jkt": key.jkt}})
+    for path in ("/either/x", "/dpop/x", "/plain/x"):
+        status, headers, _ = await call(gw, path, {"Authorization": f"Bearer {token}"})
+        assert status == 401, path
+    status, headers, _ = await call(gw, "/either/x", {"Authorization": f"Bearer {token}"})
+    assert headers["WWW-Authenticate"].startswith('Bearer realm="gateway", error="invalid_token"')
+    assert ', DPoP realm="gateway", algs=' in headers["WWW-Authenticate"]
+    assert upstream.received == []
+
+
+async def test_challenges_say_which_schemes_a_route_takes(world) -> None:
+    gw, issuer, _ = world
+    assert (await call(gw, "/dpop/x", {}))[1]["WWW-Authenticate"] == (
+        'DPoP realm="gateway", algs="ES256 PS256 RS256 EdDSA"'
+    )
+    assert (await call(gw, "/either/x", {}))[1]["WWW-Authenticate"] == (
+        'Bearer realm="gateway", DPoP realm="gateway", algs="ES256 PS256 RS256 EdDSA"'
+    )
+    assert (await call(gw, "/plain/x", {}))[1]["WWW-Authenticate"] == 'Bearer realm="gateway"'
+    plain = issuer.mint()  # an unbound token: fine as Bearer where DPoP is optional...
+    assert (await call(gw, "/either/x", {"Authorization": f"Bearer {plain}"}))[0] == 200
+    # ...and refused where DPoP is required, with the DPoP scheme carrying the error.
+    status, headers, _ = await call(gw, "/dpop/x", {"Authorization": f"Bearer {plain}"})
+    assert status == 401 and headers["WWW-Authenticate"].startswith('DPoP realm="gateway", error=')
+
+
+# --- RFC 9728 ----------------------------------------------------------------------------
+
+
+async def test_the_metadata_document_is_served_by_the_gateway_and_cacheable(world) -> None:
+    gw, issuer, upstream = world
+    path = "/.well-known/oauth-protected-resource/mcp"
+    status, headers, body = await call(gw, path, {})
+    assert status == 200 and headers["Content-Type"].startswith("application/json")
+    document = json.loads(body)
+    assert document == {
+        "resource": RESOURCE,
+        "authorization_servers": [issuer.url],
+        "scopes_supported": ["mcp:tools"],
+        "bearer_methods_supported": ["header"],
+        "resource_documentation": "https://docs.example.test/mcp",
+    }
+    assert "max-age" in headers["Cache-Control"]
+    status, _, body = await call(gw, path, {"If-None-Match": headers["ETag"]})
+    assert status == 304 and body == b""
+    assert upstream.received == []  # never forwarded
+    # Never built from what the client says it is talking to.
+    status, _, body = await call(gw, path, {"Host": "evil.example", "X-Forwarded-Host": "evil"})
+    assert json.loads(body)["resource"] == RESOURCE
+
+
+async def test_challenges_of_a_resource_name_its_metadata_and_the_scope_to_ask_for(world) -> None:
+    gw, issuer, _ = world
+    meta = 'resource_metadata="https://api.example.test/.well-known/oauth-protected-resource/mcp"'
+    status, headers, _ = await call(gw, "/mcp", {})
+    assert status == 401
+    assert headers["WWW-Authenticate"] == f'Bearer realm="gateway", scope="mcp:tools", {meta}'
+    token = issuer.mint(scope="read")
+    status, headers, _ = await call(gw, "/mcp", {"Authorization": f"Bearer {token}"})
+    assert status == 403  # step-up: the client learns what to ask for, and where to look
+    assert 'error="insufficient_scope"' in headers["WWW-Authenticate"]
+    assert (
+        'scope="mcp:tools"' in headers["WWW-Authenticate"] and meta in headers["WWW-Authenticate"]
+    )
+
+
+# --- RFC 8705 through a front proxy's certificate header --------------------------------
+
+
+def certificate() -> tuple[str, str]:
+    """A self-signed client certificate: (URL-encoded PEM, its x5t#S256)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "client")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    der = cert.public_bytes(serialization.Encoding.DER)
+    thumbprint = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+    return quote(pem, safe=""), thumbprint
+
+
+@pytest.mark.parametrize(("trusted", "expected"), [(["127.0.0.1/32"], 200), (["10.0.0.0/8"], 401)])
+async def test_a_certificate_bound_token_needs_the_certificate_from_a_trusted_proxy(
+    tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream, trusted, expected
+) -> None:
+    escaped, thumbprint = certificate()
+    other, _ = certificate()
+    certificates = {"mode": "optional", "source": "header", "header": "X-SSL-Client-Cert",
+                    "header_format": "escaped_pem", "trusted_proxies": trusted}  # fmt: skip
+    routes = [{"match": {"path": {"prefix": "/"}}, "upstream": "app",
+               "client_certificates": certificates}]  # fmt: skip
+    async with running_gateway(
+        tmp_path, config(issuer, upstream, routes=routes, resources=[])
+    ) as gw:
+        await wait_ready(gw)
+        token = issuer.mint({"cnf": {"x5t#S256": thumbprint}})
+        good = {"Authorization": f"Bearer {token}", "X-SSL-Client-Cert": escaped}
+        assert (await call(gw, "/x", good))[0] == expected
+        wrong = {"Authorization": f"Bearer {token}", "X-SSL-Client-Cert": other}
+        status, headers, _ = await call(gw, "/x", wrong)
+        assert status == 401 and 'error="invalid_token"' in headers["WWW-Authenticate"]
+        assert (await call(gw, "/x", {"Authorization": f"Bearer {token}"}))[0] == 401
+    assert len(upstream.received) == (1 if expected == 200 else 0)
