@@ -21,7 +21,7 @@ from aiohttp import web
 
 from gateway.accesslog import RequestRecord
 from gateway.auth.bearer import ACCESS_TOKEN_PARAM
-from gateway.auth.decide import Allow, Deny, RequestFacts
+from gateway.auth.decide import Allow, Deny
 from gateway.compiler import CompiledRoute
 from gateway.metrics import Metrics
 from gateway.problems import AuthError, BadFraming, GatewayError
@@ -39,8 +39,8 @@ from gateway.proxy.requests import (
     without_parameter,
 )
 from gateway.proxy.websocket import relay_websocket
-from gateway.routing.paths import normalise_target, rewrite_path
-from gateway.routing.request_target import match_path, origin_form
+from gateway.request_decision import decide, locate, request_facts
+from gateway.routing.paths import rewrite_path
 from gateway.runtime import Runtime, RuntimeHolder
 
 log = logging.getLogger("gateway.handler")
@@ -150,23 +150,14 @@ class ProxyHandler:
         compiled = runtime.compiled
         check_request_line(request)
         host = request.headers.get("Host")
-        target = normalise_target(origin_form(request.raw_path, host))
-        record.path = target.path
-        path = match_path(target.path, path_parameters=compiled.path_parameters)
-        # The table normalises Host itself (and answers 400 for one that is no host).
-        route = exchange.route = compiled.table.match(host, path, request.method)
-        record.route = route.name
+        located = locate(compiled, request.raw_path, host, request.method, record)
+        target, route = located.target, located.route
+        exchange.route = route
 
         form_fields = await self._form_fields(exchange)
-        facts = RequestFacts(
-            method=request.method,
-            host=host,
-            path=path,
-            query=target.query,
-            authorization=request.headers.getall("Authorization", ()),
-            form_fields=form_fields,
-        )
-        decision = await runtime.decider.decide(route.auth, facts)
+        authorization = request.headers.getall("Authorization", ())
+        facts = request_facts(located, request.method, host, authorization, form_fields)
+        decision = await decide(runtime.decider, located, facts)
         if isinstance(decision, Deny):
             record.decision = "deny"
             raise decision.error

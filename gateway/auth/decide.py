@@ -26,6 +26,7 @@ from gateway.auth.headers import IdentityHeaders
 from gateway.auth.identity import Identity
 from gateway.auth.identity_cache import IdentityCache, Memo
 from gateway.auth.policy import Policy, check
+from gateway.auth.trace import Trace
 from gateway.problems import AuthError, GatewayError, InvalidToken, MissingCredentials
 
 TokenSource = Literal["header", "query", "form"]
@@ -98,13 +99,19 @@ class Decider:
         self._cache = cache
         self._max_token_size = max_token_size
 
-    async def decide(self, route: RouteAuth, facts: RequestFacts) -> Decision:
+    async def decide(
+        self, route: RouteAuth, facts: RequestFacts, trace: Trace | None = None
+    ) -> Decision:
+        """The decision for ``facts`` on ``route``. ``trace`` (``gateway explain`` only; None
+        on the request path) records what each step did."""
         try:
-            return await self._decide(route, facts)
+            return await self._decide(route, facts, trace)
         except GatewayError as error:  # AuthError, or ServiceUnavailable (503)
+            if trace is not None:
+                trace.add("decision", "deny", status=error.status, reason=error.reason)
             return Deny(error.with_traceback(None))
 
-    async def _decide(self, route: RouteAuth, facts: RequestFacts) -> Allow:
+    async def _decide(self, route: RouteAuth, facts: RequestFacts, trace: Trace | None) -> Allow:
         credential = read_credential(
             facts.authorization,
             facts.query,
@@ -113,6 +120,10 @@ class Decider:
             allow_form=route.allow_form,
             max_size=self._max_token_size,
         )
+        if trace is not None:
+            trace.add("credential", "none" if credential is None else "found",
+                      source=None if credential is None else credential.source,
+                      required=route.required)  # fmt: skip
         if credential is None:
             if route.required:
                 raise MissingCredentials()
@@ -127,16 +138,22 @@ class Decider:
             decision = memo.decision
             assert isinstance(decision, Allow)
             if decision.token_source == credential.source:
+                if trace is not None:
+                    trace.add("decision", "hit", cache="the route's remembered decision")
                 return decision
         try:
-            found = await self._authenticator.authenticate(route.tokens, token, digest)
+            found = await self._authenticator.authenticate(route.tokens, token, digest, trace)
             identity = found.identity
             refuse_sender_constrained(identity)
             if route.required:
+                if trace is not None:
+                    trace_policy(trace, route.policy, identity)
                 check(route.policy, identity)
-        except (AuthError, GatewayError):
+        except (AuthError, GatewayError) as error:
             if route.required:
                 raise
+            if trace is not None:
+                trace.add("anonymous", "ok", ignored=error.reason)
             # An anonymous route never fails for a bad token; it just gets no identity.
             return Allow(None, (), credential.source, reason="anonymous")
         allow = Allow(identity, tuple(route.identity_headers.render(identity)), credential.source)
@@ -144,6 +161,17 @@ class Decider:
             route.id, digest, Memo(found.key, identity, allow, found.introspected)
         )
         return allow
+
+
+def trace_policy(trace: Trace, policy: Policy, identity: Identity) -> None:
+    """Record what ``check`` is about to compare: scopes required against present, and each
+    claim rule with its result (``ClaimTest.matches``, the function ``check`` uses)."""
+    trace.add("scopes", "checking", all=policy.scopes_all, any=policy.scopes_any,
+              present=identity.scopes)  # fmt: skip
+    for test in policy.claims:
+        passed = test.matches(identity.claims)
+        shown = ", ".join(repr(value) for value in test.values)
+        trace.add("claim", "ok" if passed else "fail", claim=test.name, rule=f"{test.op} {shown}")
 
 
 def refuse_sender_constrained(identity: Identity) -> None:

@@ -31,6 +31,7 @@ from gateway.compiler.auth import (
 )
 from gateway.config.loader import LoadedConfig
 from gateway.config.models import GatewayConfig, Upstream
+from gateway.decision.settings import DecisionSettings, decision_settings
 from gateway.proxy.headers import ForwardingPolicy, Removal
 from gateway.proxy.targets import UpstreamSpec, UpstreamTarget, make_target
 from gateway.proxy.trust import TrustedProxies
@@ -72,6 +73,7 @@ class CompiledConfig:
     path_parameters: bool
     max_token_size: int
     admin_token: str | None
+    decision: DecisionSettings | None = None  # the forward-auth service; None: off
 
     @property
     def config(self) -> GatewayConfig:
@@ -107,6 +109,7 @@ def compile_config(loaded: LoadedConfig) -> CompiledConfig:
         path_parameters=config.limits.path_parameters,
         max_token_size=config.limits.max_token_size,
         admin_token=_admin_token(loaded),
+        decision=decision_settings(loaded),
     )
 
 
