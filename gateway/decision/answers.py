@@ -3,8 +3,9 @@
 * allow: ``200`` with the identity headers (nginx ``auth_request_set``, Traefik
   ``authResponseHeaders``, Caddy ``copy_headers``, Envoy ``allowed_upstream_headers``) and
   ``Cache-Control``: ``private, max-age=N`` where decision caching is on, else ``no-store``.
-  Envoy also gets ``x-envoy-auth-headers-to-remove``: the client's identity headers and
-  their aliases, which it then removes from the upstream request.
+  nginx also gets ``X-Accel-Expires`` (the same N, or 0), which its ``proxy_cache``
+  honours over ``private``. Envoy also gets ``x-envoy-auth-headers-to-remove``: the
+  client's identity headers and their aliases, which it then removes upstream.
 * deny, Traefik, Caddy, Envoy: the very problem response the proxy gives (status, RFC 6750
   challenge, RFC 9457 body), which they relay to the client.
 * deny, nginx: nginx "denies with the corresponding error code" only for 401 and 403 and
@@ -50,6 +51,10 @@ def http_answer(kind: HostProxy, verdict: Verdict, realm: str, request_id: str) 
         headers = [*decision.headers, ("Cache-Control", cache_control(verdict.max_age))]
         if kind == "envoy-http" and verdict.remove_headers:
             headers.append((ENVOY_REMOVE, ",".join(verdict.remove_headers)))
+        if kind == "nginx":
+            # nginx will not store a "private" answer unless told to: X-Accel-Expires takes
+            # precedence over Cache-Control for proxy_cache (0: never store).
+            headers.append(("X-Accel-Expires", str(verdict.max_age)))
         headers.append(("Server", SERVER_NAME))
         return HttpAnswer(200, tuple(headers), b"")
     error = decision.error
