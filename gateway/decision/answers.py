@@ -48,13 +48,15 @@ def cache_control(max_age: int) -> str:
 def http_answer(kind: HostProxy, verdict: Verdict, realm: str, request_id: str) -> HttpAnswer:
     decision = verdict.decision
     if isinstance(decision, Allow):
-        headers = [*decision.headers, ("Cache-Control", cache_control(verdict.max_age))]
-        if kind == "envoy-http" and verdict.remove_headers:
-            headers.append((ENVOY_REMOVE, ",".join(verdict.remove_headers)))
+        headers = list(decision.headers)
         if kind == "nginx":
             # nginx will not store a "private" answer unless told to: X-Accel-Expires takes
-            # precedence over Cache-Control for proxy_cache (0: never store).
+            # precedence over Cache-Control for proxy_cache (0: never store), but only when
+            # it comes first (nginx reads the fields in order).
             headers.append(("X-Accel-Expires", str(verdict.max_age)))
+        headers.append(("Cache-Control", cache_control(verdict.max_age)))
+        if kind == "envoy-http" and verdict.remove_headers:
+            headers.append((ENVOY_REMOVE, ",".join(verdict.remove_headers)))
         headers.append(("Server", SERVER_NAME))
         return HttpAnswer(200, tuple(headers), b"")
     error = decision.error

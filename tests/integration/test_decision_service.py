@@ -21,11 +21,12 @@ from tests.support.forward_auth import (
     bearer,
     check_request,
     forward_auth_config,
+    forward_auth_world,
     grpc_check,
     raw_request,
     token_for,
 )
-from tests.support.gateway import gateway_with_issuer, running_gateway, wait_ready
+from tests.support.gateway import running_gateway
 from tests.support.issuer import TestIssuer
 from tests.support.upstream import RecordingUpstream
 
@@ -55,7 +56,7 @@ class World:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     tmp = tmp_path_factory.mktemp("decision")
-    async with gateway_with_issuer(tmp, forward_auth_config) as (gw, upstream, issuer):
+    async with forward_auth_world(tmp) as (gw, upstream, issuer):
         yield World(gw, upstream, issuer)
 
 
@@ -186,7 +187,7 @@ async def test_allows_carry_a_bounded_max_age_only_when_enabled(tmp_path: Path) 
     def config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict:
         return forward_auth_config(upstream, issuer, cache={"max_age": "60s"})
 
-    async with gateway_with_issuer(tmp_path, config) as (gw, _upstream, issuer):
+    async with forward_auth_world(tmp_path, config) as (gw, _upstream, issuer):
         assert gw.decision is not None
         port = gw.decision.port
         described = [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/api/x"),
@@ -212,8 +213,8 @@ async def test_trust_follows_a_reload(tmp_path: Path) -> None:
     await issuer.start()
     try:
         config = forward_auth_config(upstream, issuer, trusted_proxies=["127.0.0.2/32"])
+        config["issuers"] = config["issuers"][:1]  # a reload waits for every issuer's keys
         async with running_gateway(tmp_path, config) as gw:
-            await wait_ready(gw)
             assert gw.decision is not None
             port = gw.decision.port
             described = [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/public/x"),

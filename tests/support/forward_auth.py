@@ -6,13 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from gateway.app import Gateway
+from tests.support.gateway import running_gateway
 from tests.support.issuer import TestIssuer
 from tests.support.upstream import RecordingUpstream
 
 IDENTITY = ("X-Auth-Subject", "X-Auth-Client-Id", "X-Auth-Scopes")
+# An issuer whose keys never load (nothing listens there): its tokens get 503, fail closed.
+DOWN_ISSUER = "http://127.0.0.1:9"
 
 
 def forward_auth_config(
@@ -30,7 +37,9 @@ def forward_auth_config(
         "logging": {"access_log": False},
         "upstreams": {"app": {"url": upstream.url, "timeouts": {"connect": "1s", "read": "5s"}}},
         "issuers": [{"issuer": issuer.url, "keys": {"jwks_uri": issuer.jwks_url},
-                     "audiences": [issuer.audience]}],
+                     "audiences": [issuer.audience]},
+                    {"issuer": DOWN_ISSUER, "keys": {"jwks_uri": DOWN_ISSUER + "/jwks"},
+                     "audiences": [issuer.audience], "refresh": {"retry": "30s"}}],
         "routes": [
             {"name": "public", "match": {"path": {"prefix": "/public"}}, "upstream": "app",
              "auth": "anonymous"},
@@ -41,6 +50,8 @@ def forward_auth_config(
             {"name": "reports", "match": {"path": "/reports", "methods": ["GET"]},
              "upstream": "app", "require": {"scopes": {"all": ["read"]}}},
             {"name": "api", "match": {"path": {"prefix": "/api"}}, "upstream": "app",
+             "require": {"scopes": {"all": ["read"]}}},
+            {"name": "cached", "match": {"path": {"prefix": "/cached"}}, "upstream": "app",
              "require": {"scopes": {"all": ["read"]}}},
         ],
         "decision": section,
@@ -61,6 +72,7 @@ CASES = [
     Case("api-read", "GET", "/api/orders?id=1&b=%2F", "read"),
     Case("api-invalid-token", "GET", "/api/orders", "invalid"),
     Case("api-expired-token", "GET", "/api/orders", "expired"),
+    Case("issuer-unavailable", "GET", "/api/orders", "down"),
     Case("admin-insufficient", "GET", "/admin/users", "read"),
     Case("admin-allowed", "DELETE", "/admin/users", "admin"),
     Case("whoami-identified", "GET", "/whoami", "read"),
@@ -91,7 +103,36 @@ def token_for(issuer: TestIssuer, kind: str) -> str | None:
         return issuer.mint(scope="read admin", claims={"sub": "root"})
     if kind == "expired":
         return issuer.mint(exp_in=-600)
+    if kind == "down":
+        return issuer.mint(scope="read", claims={"iss": DOWN_ISSUER})
     return "not-a-token"
+
+
+@asynccontextmanager
+async def forward_auth_world(
+    directory: Path,
+    make_config: Callable[[RecordingUpstream, TestIssuer], dict[str, Any]] = forward_auth_config,
+) -> AsyncIterator[tuple[Gateway, RecordingUpstream, TestIssuer]]:
+    """Upstream, issuer and gateway, ready once the live issuer's keys are (the down one's
+    never are, so readiness as /readyz reports it never comes)."""
+    upstream, issuer = RecordingUpstream(name="app"), TestIssuer()
+    await upstream.start()
+    await issuer.start()
+    try:
+        async with running_gateway(directory, make_config(upstream, issuer)) as gw:
+            token = bearer(token_for(issuer, "read"))
+            for _ in range(200):
+                answer = await raw_request(gw.proxy_port, "GET", "/api/ready", token)
+                if answer.status == 200:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the gateway did not load the issuer's keys")
+            upstream.received.clear()
+            yield gw, upstream, issuer
+    finally:
+        await upstream.close()
+        await issuer.close()
 
 
 @dataclass

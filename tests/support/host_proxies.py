@@ -160,22 +160,37 @@ global:
 
 
 def caddy_conf(directory: Path, port: int, upstream: int, decision: int) -> Path:
-    names = " ".join(IDENTITY_HEADERS)
+    """``forward_auth`` spelled out (README): copy each identity header only when the check
+    answered it. Caddy before 2.10 sets the literal placeholder text when it is absent."""
+    copies = "\n".join(
+        f"        @has{i} not vars_regexp {{rp.header.{name}}} ^$\n"
+        f"        request_header @has{i} {name} {{rp.header.{name}}}"
+        for i, name in enumerate(IDENTITY_HEADERS)
+    )
     conf = directory / "Caddyfile"
     conf.write_text(f"""
 {{
   admin off
   auto_https off
-  persist_config off
 }}
-http://127.0.0.1:{port} {{
-  request_header -X-Auth-*
-  request_header -X_Auth_*
-  forward_auth 127.0.0.1:{decision} {{
-    uri /caddy
-    copy_headers {names}
+http://:{port} {{
+  bind 127.0.0.1
+  route {{
+    # Clients never send identity headers (any case, '_' for '-'); then ask the gateway.
+    request_header -X-Auth-*
+    request_header -X_Auth_*
+    reverse_proxy 127.0.0.1:{decision} {{
+      method GET
+      rewrite /caddy
+      header_up X-Forwarded-Method {{method}}
+      header_up X-Forwarded-Uri {{uri}}
+      @allowed status 2xx
+      handle_response @allowed {{
+{copies}
+      }}
+    }}
+    reverse_proxy 127.0.0.1:{upstream}
   }}
-  reverse_proxy 127.0.0.1:{upstream}
 }}
 """)
     return conf
@@ -220,6 +235,7 @@ async def wait_serving(proxy: HostProxy, timeout: float = 20.0) -> None:
                         return
             except aiohttp.ClientError:
                 pass
-            if asyncio.get_running_loop().time() > deadline:
+            exited = proxy.proc.poll() is not None  # type: ignore[attr-defined]
+            if exited or asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"{proxy.kind} did not start:\n{proxy.log_tail()}")
             await asyncio.sleep(0.1)
