@@ -241,8 +241,9 @@ async def start_gateway(
         await web.TCPSite(admin_runner, admin.host, port, reuse_port=reuse_port).start()
         if config.decision is not None:
             gateway.decision = await start_decision(
-                holder, metrics, config.decision, reuse_port=reuse_port
-            )
+                holder, metrics, config.decision, reuse_port=reuse_port,
+                limits=_server_limits(loaded),
+            )  # fmt: skip
     except BaseException:
         await gateway.close()
         raise

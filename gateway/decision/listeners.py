@@ -9,6 +9,7 @@ The gRPC part (``grpcio``, ``xds-protos``: the ``envoy`` extra) is imported only
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,12 +38,22 @@ class DecisionListeners:
 
 
 async def start_decision(
-    holder: RuntimeHolder, metrics: Metrics, section: DecisionService, *, reuse_port: bool
+    holder: RuntimeHolder,
+    metrics: Metrics,
+    section: DecisionService,
+    *,
+    reuse_port: bool,
+    limits: Mapping[str, int],
 ) -> DecisionListeners:
+    """``limits``: the proxy listener's parser limits, so a forwarded header the proxy
+    would refuse (431) is refused here too."""
     if not section.trusted_proxies:
         log.warning("decision.trusted_proxies is empty: every forward-auth check gets 400")
     app = build_decision_app(holder, metrics, section.envoy_path_prefix)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, max_line_size=limits["max_line_size"],
+        max_field_size=limits["max_field_size"], max_headers=limits["max_headers"],
+    )  # fmt: skip
     await runner.setup()
     listeners = DecisionListeners(runner)
     try:

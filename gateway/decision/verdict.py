@@ -19,7 +19,7 @@ from gateway.auth.decide import Allow, Decision, Deny
 from gateway.auth.settings import CacheSettings
 from gateway.compiler import CompiledRoute
 from gateway.decision.forwarded import ForwardedRequest
-from gateway.problems import GatewayError
+from gateway.problems import GatewayError, UriTooLong
 from gateway.request_decision import decide, locate, request_facts
 from gateway.runtime import Runtime
 
@@ -37,6 +37,9 @@ async def judge(runtime: Runtime, forwarded: ForwardedRequest, record: RequestRe
     """The proxy's decision for ``forwarded``; every refusal is a ``Deny``."""
     compiled = runtime.compiled
     try:
+        if len(forwarded.target) > compiled.config.limits.max_request_line:
+            # RFC 9112 §3: the proxy listener's parser refuses such a target with 414.
+            raise UriTooLong("The request target is too long.")
         located = locate(compiled, forwarded.target, forwarded.host, forwarded.method, record)
         facts = request_facts(located, forwarded.method, forwarded.host, forwarded.authorization)
         decision = await decide(runtime.decider, located, facts)

@@ -235,3 +235,26 @@ async def test_trust_follows_a_reload(tmp_path: Path) -> None:
     finally:
         await upstream.close()
         await issuer.close()
+
+
+async def test_limits_are_the_proxy_listeners(tmp_path: Path) -> None:
+    """A target the proxy's parser refuses as too long (414), and a header field over its
+    bound, are refused by the decision service too (the latter by aiohttp's parser, 400)."""
+
+    def config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict:
+        data = forward_auth_config(upstream, issuer)
+        data["limits"] = {"max_request_line": 1024, "max_header_size": 2048}
+        return data
+
+    async with forward_auth_world(tmp_path, config) as (gw, _upstream, _issuer):
+        assert gw.decision is not None
+        long_target = "/public/" + "a" * 1100
+        proxied = await raw_request(gw.proxy_port, "GET", long_target)
+        assert proxied.status == 414
+        described = [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", long_target),
+                     ("X-Forwarded-Host", "h")]  # fmt: skip
+        checked = await raw_request(gw.decision.port, "GET", "/traefik", described)
+        assert checked.status == 414
+        huge = [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/public/x"),
+                ("X-Forwarded-Host", "h"), ("X-Big", "b" * 3000)]  # fmt: skip
+        assert (await raw_request(gw.decision.port, "GET", "/traefik", huge)).status == 400
