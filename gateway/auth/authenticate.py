@@ -106,8 +106,8 @@ class Authenticator:
         else:
             plan = _opaque_plan(rules, token)
             if trace is not None:
-                issuer = None if plan is None else plan.context.issuer.issuer
-                trace.add("token", "opaque", introspected_by=issuer)
+                issuer = "(no issuer of this route)" if plan is None else plan.context.issuer.issuer
+                trace.add("token", "not a trusted JWT", introspected_by=issuer)
             if plan is None:
                 raise InvalidToken(_NOT_OURS, reason="malformed")
         key = plan.context.key(digest)
