@@ -42,6 +42,8 @@ class RequestRecord:
     upstream_status: int | None = None
     upstream_seconds: float | None = None
     bytes_out: int | None = None
+    mode: str = "proxy"  # proxy | decision (the forward-auth service)
+    host_proxy: str | None = None  # decision mode: nginx | traefik | caddy | envoy-http | ...
 
 
 def subject_hash(subject: str | None) -> str | None:
@@ -78,6 +80,8 @@ class AccessLog:
             "duration_ms": round(seconds * 1000, 3),
             "bytes_out": record.bytes_out,
             "remote": record.remote,
+            "mode": record.mode,
+            "host_proxy": record.host_proxy,
         }  # fmt: skip
         if self._format == "json":
             line = json.dumps(fields, separators=(",", ":"), ensure_ascii=True)

@@ -23,6 +23,7 @@ from gateway.auth.replay import RedisReplayStore
 from gateway.compiler import compile_config
 from gateway.config.errors import ConfigError
 from gateway.config.loader import LoadedConfig
+from gateway.decision.listeners import DecisionListeners, start_decision
 from gateway.handler import ProxyHandler, new_request_id
 from gateway.metrics import Metrics
 from gateway.problems import BadRequest, GatewayError, HeadersTooLarge, UriTooLong
@@ -106,6 +107,7 @@ class Gateway:
     proxy_port: int = 0
     admin_port: int = 0
     relay: Relay | None = None
+    decision: DecisionListeners | None = None  # the forward-auth service, when configured
     _old_runtimes: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def reload(self, loaded: LoadedConfig, *, wait_for_keys: float = 10.0) -> None:
@@ -139,6 +141,8 @@ class Gateway:
     async def close(self) -> None:
         await self.proxy_runner.cleanup()
         await self.admin_runner.cleanup()
+        if self.decision is not None:
+            await self.decision.close()
         for task in list(self._old_runtimes):
             task.cancel()
         await self.holder.current.close()
@@ -239,6 +243,11 @@ async def start_gateway(
         admin = config.admin
         port = admin.port if admin_port is None else admin_port
         await web.TCPSite(admin_runner, admin.host, port, reuse_port=reuse_port).start()
+        if config.decision is not None:
+            gateway.decision = await start_decision(
+                holder, metrics, config.decision, reuse_port=reuse_port,
+                limits=_server_limits(loaded),
+            )  # fmt: skip
     except BaseException:
         await gateway.close()
         raise

@@ -1,4 +1,4 @@
-"""``gateway run | check | schema | demo | --version``."""
+"""``gateway run | check | explain | schema | demo | --version``."""
 
 from __future__ import annotations
 
@@ -85,6 +85,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from gateway.explain import EXIT_CONFIG, UsageError, question, run_explain
+
+    try:
+        q = question(args.method, args.url, args.header, args.token, args.token_file)
+    except (UsageError, OSError) as error:
+        print(f"gateway explain: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    return run_explain(_config_path(args.config), q, offline=args.offline, out=sys.stdout)
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     schema = GatewayConfig.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
@@ -130,6 +141,25 @@ def build_parser() -> argparse.ArgumentParser:
         "spellings of a protected path (deploy/PATHS.md)",
     )  # fmt: skip
     check.set_defaults(func=_cmd_check)
+
+    explain = sub.add_parser(
+        "explain", help="show which route a request matches and why it is allowed or refused"
+    )
+    explain.add_argument("-c", "--config", help="config file (default: $GATEWAY_CONFIG)")
+    explain.add_argument("method", help="the request method, e.g. GET")
+    explain.add_argument("url", help="http://host/path?query, or /path?query with -H 'Host: …'")
+    explain.add_argument(
+        "-H", "--header", action="append", default=[], metavar="'Name: value'",
+        help="a request header (repeatable)",
+    )  # fmt: skip
+    token = explain.add_mutually_exclusive_group()
+    token.add_argument("--token", help="a bearer token (sent as Authorization: Bearer …)")
+    token.add_argument("--token-file", help="read the bearer token from this file")
+    explain.add_argument(
+        "--offline", action="store_true",
+        help="fetch nothing: no discovery, key sets or introspection (file/inline keys only)",
+    )  # fmt: skip
+    explain.set_defaults(func=_cmd_explain)
 
     schema = sub.add_parser("schema", help="print the config's JSON Schema")
     schema.set_defaults(func=_cmd_schema)

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from gateway.accesslog import RequestRecord
 from gateway.auth.bearer import ACCESS_TOKEN_PARAM
-from gateway.auth.decide import Allow, Deny, RequestFacts
+from gateway.auth.decide import Allow, Deny
 from gateway.compiler import CompiledRoute
 from gateway.metrics import Metrics
 from gateway.problems import AuthError, BadFraming, GatewayError
@@ -39,8 +39,8 @@ from gateway.proxy.requests import (
     without_parameter,
 )
 from gateway.proxy.websocket import relay_websocket
-from gateway.routing.paths import normalise_target, rewrite_path
-from gateway.routing.request_target import match_path, origin_form
+from gateway.request_decision import decide, request_facts, route_of, target_of
+from gateway.routing.paths import rewrite_path
 from gateway.runtime import Runtime, RuntimeHolder
 
 log = logging.getLogger("gateway.handler")
@@ -151,31 +151,22 @@ class ProxyHandler:
         compiled = runtime.compiled
         check_request_line(request)
         host = request.headers.get("Host")
-        target = normalise_target(origin_form(request.raw_path, host))
-        record.path = target.path
+        target = target_of(request.raw_path, host, record)
         document = compiled.resource_documents.get(target.path)
         if document is not None and request.method in ("GET", "HEAD"):
             # RFC 9728 §3: the gateway answers for the resource it protects (never forwarded).
             record.route, record.decision, record.reason = "-", "metadata", "ok"
             return resource_metadata_response(document, request.headers.get("If-None-Match"))
-        path = match_path(target.path, path_parameters=compiled.path_parameters)
-        # The table normalises Host itself (and answers 400 for one that is no host).
-        route = exchange.route = compiled.table.match(host, path, request.method)
-        record.route = route.name
+        located = route_of(compiled, target, host, request.method, record)
+        route = exchange.route = located.route
 
         form_fields = await self._form_fields(exchange)
-        facts = RequestFacts(
-            method=request.method,
-            host=host,
-            path=path,
-            query=target.query,
-            authorization=request.headers.getall("Authorization", ()),
-            form_fields=form_fields,
-            headers=request.headers,
-            request_path=target.path,
-            peer=request.remote,
-        )
-        decision = await runtime.decider.decide(route.auth, facts)
+        authorization = request.headers.getall("Authorization", ())
+        facts = request_facts(
+            located, request.method, host, authorization, form_fields,
+            headers=request.headers, peer=request.remote,
+        )  # fmt: skip
+        decision = await decide(runtime.decider, located, facts)
         if isinstance(decision, Deny):
             record.decision = "deny"
             raise decision.error

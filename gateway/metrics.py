@@ -75,7 +75,9 @@ class Metrics:
         self._requests: dict[tuple[str, str, int], int] = {}
         self._latency: dict[str, _Latency] = {}
         self._upstream: dict[str, _Latency] = {}
-        self._decisions: dict[tuple[str, str], int] = {}
+        self._decisions: dict[tuple[str, str, str, str], int] = {}
+        self._checks: dict[tuple[str, int], int] = {}
+        self._check_latency: dict[str, _Latency] = {}
         self._sources: list[Callable[[], Iterable[Metric]]] = [self._request_families]
         self.registry.register(_ComponentCollector(self._collect_components))
 
@@ -93,9 +95,23 @@ class Metrics:
             latency = self._upstream[upstream] = _Latency()
         latency.observe(seconds)
 
-    def observe_decision(self, outcome: str, reason: str) -> None:
-        key = (outcome, reason)
+    def observe_decision(
+        self, outcome: str, reason: str, mode: str = "proxy", host_proxy: str = "none"
+    ) -> None:
+        """One decision; ``mode`` is ``proxy`` or ``decision`` (the forward-auth service),
+        ``host_proxy`` the kind of proxy that asked (nginx, traefik, caddy, envoy-http,
+        envoy-grpc; ``none`` for the proxy listener)."""
+        key = (outcome, reason, mode, host_proxy)
         self._decisions[key] = self._decisions.get(key, 0) + 1
+
+    def observe_check(self, host_proxy: str, status: int, seconds: float) -> None:
+        """One forward-auth check answered to a host proxy."""
+        key = (host_proxy, status)
+        self._checks[key] = self._checks.get(key, 0) + 1
+        latency = self._check_latency.get(host_proxy)
+        if latency is None:
+            latency = self._check_latency[host_proxy] = _Latency()
+        latency.observe(seconds)
 
     def add_source(self, source: Callable[[], Iterable[Metric]]) -> None:
         """A component's scrape-time metrics (``source`` must be cheap and non-blocking)."""
@@ -116,8 +132,20 @@ class Metrics:
             ["route", "method", "status"], requests,
         )  # fmt: skip
         yield counter_family(
-            "gateway_auth_decisions", "Auth decisions by outcome (allow/deny/anonymous), reason.",
-            ["outcome", "reason"], {k: float(v) for k, v in self._decisions.items()},
+            "gateway_auth_decisions",
+            "Auth decisions by outcome (allow/deny/anonymous), reason, mode (proxy/decision) "
+            "and the host proxy that asked.",
+            ["outcome", "reason", "mode", "host_proxy"],
+            {k: float(v) for k, v in self._decisions.items()},
+        )  # fmt: skip
+        yield counter_family(
+            "gateway_decision_checks", "Forward-auth checks answered, by host proxy and status.",
+            ["host_proxy", "status"],
+            {(kind, str(status)): float(n) for (kind, status), n in self._checks.items()},
+        )  # fmt: skip
+        yield _histogram(
+            "gateway_decision_check_duration_seconds", "Forward-auth check latency.",
+            "host_proxy", self._check_latency,
         )  # fmt: skip
         yield _histogram(
             "gateway_request_duration_seconds", "Whole-request latency, by route.", "route",

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The project's one test command (README "Run the tests"; .ci/run calls it too).
 # On a fresh machine it makes .venv, installs the gateway with its test extras, makes sure
-# redis-server and redis-cli exist (the tests start their own servers on free loopback
-# ports), then runs the linters, the type checker and the test suite. Extra arguments go to
-# pytest.
+# the third-party servers the tests start (Redis, its Sentinel and Cluster modes, nginx,
+# Caddy) exist, then runs the linters, the type checker and the test suite. Extra arguments
+# go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,24 +13,36 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 
-# Real Redis servers: the tests start their own (a single one unless REDIS_URL is set, and
-# always a Sentinel set and a three-master Cluster, which need redis-cli from redis-tools;
-# Sentinel is `redis-server --sentinel`, so no redis-sentinel package is needed).
+# Real third-party servers the tests start themselves on free loopback ports: redis-server
+# (a single one unless REDIS_URL is set, and always a Sentinel set and a three-master
+# Cluster, which need redis-cli from redis-tools; Sentinel is `redis-server --sentinel`),
+# and the host proxies of the forward-auth tests (nginx with auth_request, Caddy; Traefik
+# comes from PyPI with the dev extras). Missing ones are installed when root; under CI
+# their tests fail rather than skip.
 in_ci=false
 case "${CI:-}" in ""|0|false|no) ;; *) in_ci=true ;; esac
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
-if [ ${#missing[@]} -gt 0 ]; then
+command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
+command -v caddy >/dev/null 2>&1 || missing+=(caddy)
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "tests/run.sh: installing ${missing[*]} (the tests need a real Redis)" >&2
+    echo "tests/run.sh: installing ${missing[*]} (the tests need the real servers)" >&2
+    # Packages must not start their system services here (nginx would take port 80).
+    guard=/usr/sbin/policy-rc.d
+    own_guard=no
+    if [ ! -e "$guard" ]; then
+      printf '#!/bin/sh\nexit 101\n' >"$guard" && chmod +x "$guard" && own_guard=yes
+    fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-  elif [ -z "${REDIS_URL:-}" ] || $in_ci; then
+    if [ "$own_guard" = yes ]; then rm -f "$guard"; fi
+  elif $in_ci || { [ -z "${REDIS_URL:-}" ] && [[ " ${missing[*]} " == *" redis-server "* ]]; }; then
     echo "tests/run.sh: ${missing[*]} missing: apt-get install ${missing[*]}" >&2
     exit 1
   else
-    echo "tests/run.sh: ${missing[*]} missing: the Sentinel and Cluster tests will be skipped" >&2
+    echo "tests/run.sh: ${missing[*]} missing: their tests skip (and fail under CI)" >&2
   fi
 fi
 

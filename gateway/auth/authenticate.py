@@ -29,6 +29,7 @@ from gateway.auth.identity_cache import IdentityCache
 from gateway.auth.introspection import IssuerIntrospection
 from gateway.auth.jwt import JwtVerifier, NotMine, ParsedJwt
 from gateway.auth.rejections import Rejection
+from gateway.auth.trace import Trace
 from gateway.problems import InvalidToken, ServiceUnavailable
 
 _NOT_OURS: Final = "The access token is not a JWT from a trusted issuer."
@@ -80,9 +81,11 @@ class Authenticator:
         self._introspectors = introspectors
         self._cache = cache
 
-    async def authenticate(self, rules: TokenRules, token: str, digest: bytes) -> Authenticated:
+    async def authenticate(
+        self, rules: TokenRules, token: str, digest: bytes, trace: Trace | None = None
+    ) -> Authenticated:
         """The identity behind ``token`` under ``rules``; raises ``InvalidToken`` (401) or
-        ``ServiceUnavailable`` (503, never cached)."""
+        ``ServiceUnavailable`` (503, never cached). ``trace``: see ``gateway.auth.trace``."""
         parsed: ParsedJwt | None = None
         plan: IssuerPlan | None = None
         if self._verifier is not None:
@@ -92,41 +95,63 @@ class Authenticator:
                 parsed = None
         if parsed is not None:
             plan = rules.jwt.get(parsed.issuer_key)
+            if trace is not None:
+                header = parsed.header
+                trace.add("token", "jwt", issuer=parsed.payload.get("iss"),
+                          alg=header.get("alg"), kid=header.get("kid"),
+                          accepted_here=plan is not None)  # fmt: skip
             if plan is None:
                 # Route-level: the same token may be right for another route.
                 raise InvalidToken("The token's issuer is not accepted here.", reason="bad_issuer")
         else:
             plan = _opaque_plan(rules, token)
+            if trace is not None:
+                issuer = "(no issuer of this route)" if plan is None else plan.context.issuer.issuer
+                trace.add("token", "not a trusted JWT", introspected_by=issuer)
             if plan is None:
                 raise InvalidToken(_NOT_OURS, reason="malformed")
         key = plan.context.key(digest)
         if plan.introspect:
+            steps = len(trace.steps) if trace is not None else 0
             value = await self._cache.introspected(
-                plan.context, digest, lambda: self._load(plan, token, parsed)
+                plan.context, digest, lambda: self._load(plan, token, parsed, trace)
             )
+            if trace is not None and len(trace.steps) == steps:  # no load ran: a cached answer
+                trace.add("introspection", "cache", served_by="the identity cache")
             return Authenticated(_accepted(value), key, introspected=True)
         assert parsed is not None  # a local-only plan exists only for JWT issuers
         cached = self._cache.local(key)
+        if trace is not None:
+            trace.add("cache", "miss" if cached is None else "hit", tier="verified JWTs")
         if cached is None:
             epoch = self._cache.epoch
-            cached = await self._verify(parsed)
+            cached = await self._verify(parsed, trace)
             self._cache.remember_local(key, cached, epoch=epoch, token_size=len(token))
         return Authenticated(_accepted(cached), key, introspected=False)
 
-    async def _verify(self, parsed: ParsedJwt) -> Value:
+    async def _verify(self, parsed: ParsedJwt, trace: Trace | None) -> Value:
         assert self._verifier is not None
         try:
-            return await self._verifier.verify_parsed(parsed)
+            identity = await self._verifier.verify_parsed(parsed)
         except InvalidToken as error:
+            if trace is not None:
+                trace.add("signature and claims", "fail", reason=error.reason)
             return Rejection.from_error(error)
+        if trace is not None:
+            trace.add("signature and claims", "ok", checked="signature, iss, aud, exp/nbf/iat")
+        return identity
 
-    async def _load(self, plan: IssuerPlan, token: str, parsed: ParsedJwt | None) -> Value:
+    async def _load(
+        self, plan: IssuerPlan, token: str, parsed: ParsedJwt | None, trace: Trace | None
+    ) -> Value:
         """The uncached answer: a local check first where the plan asks for one (a forged
         JWT never reaches the authorization server), then the authorization server."""
         if plan.verify_locally and parsed is not None:
-            local = await self._verify(parsed)
+            local = await self._verify(parsed, trace)
             if isinstance(local, Rejection):
                 return local
+        if trace is not None:
+            trace.add("introspection", "called", endpoint_of=plan.context.issuer.issuer)
         introspector = self._introspectors.get(plan.context.issuer.key)
         if introspector is None:
             raise ServiceUnavailable(

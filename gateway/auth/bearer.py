@@ -1,7 +1,7 @@
 """RFC 6750 §2 (§2.1 header, §2.2 form body, §2.3 query): finding the bearer token in a request.
 
 The function is pure over values the edge already holds, so the same rules serve the proxy and
-a future forward-auth decision endpoint. The caller decides whether a form body may be read at
+the forward-auth decision service. The caller decides whether a form body may be read at
 all (RFC 6750 §2.2's conditions: urlencoded, single-part, not GET) and passes its fields or None.
 """
 

@@ -29,6 +29,7 @@ from gateway.auth.identity_cache import IdentityCache, Memo
 from gateway.auth.policy import Policy, check
 from gateway.auth.replay import ReplayStore
 from gateway.auth.sender import OFF, HeaderLookup, Presented, SenderRules, TokenType
+from gateway.auth.trace import Trace
 from gateway.problems import Challenge, GatewayError, MissingCredentials
 
 TokenSource = Literal["header", "query", "form"]
@@ -124,13 +125,19 @@ class Decider:
         self._max_token_size = max_token_size
         self._replay = replay  # DPoP proofs seen (RFC 9449 §11.1)
 
-    async def decide(self, route: RouteAuth, facts: RequestFacts) -> Decision:
+    async def decide(
+        self, route: RouteAuth, facts: RequestFacts, trace: Trace | None = None
+    ) -> Decision:
+        """The decision for ``facts`` on ``route``. ``trace`` (``gateway explain`` only; None
+        on the request path) records what each step did."""
         try:
-            return await self._decide(route, facts)
+            return await self._decide(route, facts, trace)
         except GatewayError as error:  # AuthError, or ServiceUnavailable (503)
+            if trace is not None:
+                trace.add("decision", "deny", status=error.status, reason=error.reason)
             return Deny(error.with_traceback(None))
 
-    async def _decide(self, route: RouteAuth, facts: RequestFacts) -> Allow:
+    async def _decide(self, route: RouteAuth, facts: RequestFacts, trace: Trace | None) -> Allow:
         credential = read_credential(
             facts.authorization,
             facts.query,
@@ -140,6 +147,10 @@ class Decider:
             max_size=self._max_token_size,
             allow_dpop=route.sender.dpop_mode != "off",
         )
+        if trace is not None:
+            trace.add("credential", "none" if credential is None else "found",
+                      source=None if credential is None else credential.source,
+                      required=route.required)  # fmt: skip
         if credential is None:
             if route.required:
                 raise MissingCredentials()
@@ -154,20 +165,28 @@ class Decider:
             decision = memo.decision  # only unbound tokens are remembered (below)
             assert isinstance(decision, Allow)
             if decision.token_source == credential.source:
+                if trace is not None:
+                    trace.add("decision", "hit", cache="the route's remembered decision")
                 return decision
         try:
-            found = await self._authenticator.authenticate(route.tokens, token, digest)
+            found = await self._authenticator.authenticate(route.tokens, token, digest, trace)
             identity = found.identity
             # Whether the request proves the key a token is bound to is a fact about the
             # request: decided after the cache, every time (RFC 9449 §7.1, RFC 8705 §3).
             token_type = await sender.check(
                 route.sender, credential.scheme, identity, token, _presented(facts), self._replay
             )
+            if trace is not None:
+                trace.add("binding", "ok", presented_as=token_type)
             if route.required:
+                if trace is not None:
+                    trace_policy(trace, route.policy, identity)
                 check(route.policy, identity)
-        except GatewayError:
+        except GatewayError as error:
             if route.required:
                 raise
+            if trace is not None:
+                trace.add("anonymous", "ok", ignored=error.reason)
             # An anonymous route never fails for a bad token; it just gets no identity.
             return Allow(None, (), credential.source, reason="anonymous")
         dpop = route.sender.dpop
@@ -196,3 +215,14 @@ def _presented(facts: RequestFacts) -> Presented:
         peer=facts.peer,
         tls_certificate=facts.tls_certificate,
     )
+
+
+def trace_policy(trace: Trace, policy: Policy, identity: Identity) -> None:
+    """Record what ``check`` is about to compare: scopes required against present, and each
+    claim rule with its result (``ClaimTest.matches``, the function ``check`` uses)."""
+    trace.add("scopes", "checking", all=policy.scopes_all, any=policy.scopes_any,
+              present=identity.scopes)  # fmt: skip
+    for test in policy.claims:
+        passed = test.matches(identity.claims)
+        shown = ", ".join(repr(value) for value in test.values)
+        trace.add("claim", "ok" if passed else "fail", claim=test.name, rule=f"{test.op} {shown}")

@@ -41,6 +41,7 @@ from gateway.compiler.sender import (
 )
 from gateway.config.loader import LoadedConfig
 from gateway.config.models import GatewayConfig, TokenSources, Upstream
+from gateway.decision.settings import DecisionSettings, decision_settings
 from gateway.proxy.headers import ForwardingPolicy, Removal
 from gateway.proxy.targets import UpstreamSpec, UpstreamTarget, make_target
 from gateway.proxy.trust import TrustedProxies
@@ -84,6 +85,7 @@ class CompiledConfig:
     admin_token: str | None
     resource_documents: Mapping[str, ResourceMetadata]  # RFC 9728 documents by path
     dpop_replay: DpopReplaySettings | None  # None: no route checks DPoP proofs
+    decision: DecisionSettings | None = None  # the forward-auth service; None: off
 
     @property
     def config(self) -> GatewayConfig:
@@ -121,6 +123,7 @@ def compile_config(loaded: LoadedConfig) -> CompiledConfig:
         admin_token=_admin_token(loaded),
         resource_documents=documents,
         dpop_replay=dpop_replay_settings(loaded, routes),
+        decision=decision_settings(loaded),
     )
 
 

@@ -163,6 +163,15 @@ class Removal:
         object.__setattr__(self, "names", frozenset(_canonical(n) for n in self.names))
         object.__setattr__(self, "prefixes", tuple(_canonical(p) for p in self.prefixes))
 
+    def removes(self, name: str) -> bool:
+        """Whether a client header called ``name`` never reaches an upstream as sent: any
+        name with ``_`` (CGI/WSGI fold it into ``-``), and every identity name and prefix
+        in any case. ``upstream_request_headers`` applies this same rule inline, per header
+        on the hot path; the forward-auth service asks here for the names a host proxy must
+        remove (a unit test holds the two to one answer)."""
+        lname = name.lower()
+        return "_" in lname or lname in self.names or lname.startswith(self.prefixes)
+
 
 def connection_tokens(values: Iterable[str]) -> frozenset[str]:
     """Lowercase connection options from ``Connection`` values (RFC 9110 §7.6.1: 1#token)."""

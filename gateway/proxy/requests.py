@@ -24,7 +24,12 @@ def check_request_line(request: web.BaseRequest) -> None:
         # An HTTP/0.9-style or HTTP/2.0 request line would be relayed as HTTP/1.1, and a
         # front proxy might have framed it differently: refuse rather than guess.
         raise VersionNotSupported("Only HTTP/1.0 and HTTP/1.1 are served here.")
-    if request.method in ("CONNECT", "TRACE"):
+    check_method(request.method)
+
+
+def check_method(method: str) -> None:
+    """Methods never relayed, however a request arrived (the forward-auth service asks too)."""
+    if method in ("CONNECT", "TRACE"):
         # Not an open proxy (CONNECT), and no reflection of credentials (TRACE).
         raise MethodNotAllowed(())
 

@@ -95,10 +95,35 @@ async def test_metrics_after_a_known_sequence(tmp_path: Path, issuer, upstream):
         labels: value for (name, labels), value in values.items()
         if name == "gateway_auth_decisions_total"
     }  # fmt: skip
-    assert decisions[(("outcome", "allow"), ("reason", "ok"))] == 3
-    assert decisions[(("outcome", "deny"), ("reason", "missing"))] == 2
-    assert decisions[(("outcome", "deny"), ("reason", "malformed"))] == 1
-    assert decisions[(("outcome", "anonymous"), ("reason", "ok"))] == 1
+    assert (
+        decisions[
+            (("host_proxy", "none"), ("mode", "proxy"), ("outcome", "allow"), ("reason", "ok"))
+        ]
+        == 3
+    )
+    assert (
+        decisions[
+            (("host_proxy", "none"), ("mode", "proxy"), ("outcome", "deny"), ("reason", "missing"))
+        ]
+        == 2
+    )
+    assert (
+        decisions[
+            (
+                ("host_proxy", "none"),
+                ("mode", "proxy"),
+                ("outcome", "deny"),
+                ("reason", "malformed"),
+            )
+        ]
+        == 1
+    )
+    assert (
+        decisions[
+            (("host_proxy", "none"), ("mode", "proxy"), ("outcome", "anonymous"), ("reason", "ok"))
+        ]
+        == 1
+    )
     assert values[("gateway_request_duration_seconds_count", (("route", "read"),))] == 6
     assert values[("gateway_upstream_duration_seconds_count", (("upstream", "app"),))] == 4
     assert values[("gateway_requests_in_flight", ())] == 0

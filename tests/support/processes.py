@@ -33,12 +33,14 @@ class Children:
         stderr: Path | None = None,
         cpus: str | None = None,
         cwd: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        """``stdout`` and ``stderr`` are appended to; the same path for both interleaves them."""
+        """``stdout`` and ``stderr`` are appended to; the same path for both interleaves them.
+        ``env`` adds to (or overrides) the inherited environment."""
         if cpus is not None and self.can_pin:
             argv = ["taskset", "-c", cpus, *argv]
         # The child's config comes from its arguments, never from this process's GATEWAY_*.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")} | (env or {})
         with contextlib.ExitStack() as files:
             out = files.enter_context(stdout.open("ab")) if stdout else subprocess.DEVNULL
             if stderr is not None and stderr == stdout:

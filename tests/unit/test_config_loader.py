@@ -163,9 +163,9 @@ SCHEMA_ERRORS = [
     ),
     pytest.param(
         VALID + "verbose: true\n",
-        "gw.yaml:9: verbose: unknown key 'verbose' (expected one of: admin, cache, defaults, "
-        "forwarding, issuers, limits, listen, logging, logins, rate_limiting, resources, routes, "
-        "shutdown, token_cache, token_signing, tracing, upstreams)",
+        "gw.yaml:9: verbose: unknown key 'verbose' (expected one of: admin, cache, decision, "
+        "defaults, forwarding, issuers, limits, listen, logging, logins, rate_limiting, "
+        "resources, routes, shutdown, token_cache, token_signing, tracing, upstreams)",
         id="unknown-top-level-key",
     ),
     pytest.param(

@@ -13,6 +13,12 @@ from gateway.config.models.caches import (
     RedisSentinel,
     TokenCache,
 )
+from gateway.config.models.decision import (
+    DecisionCache,
+    DecisionGrpc,
+    DecisionListen,
+    DecisionService,
+)
 from gateway.config.models.identity_token import (
     JwksServing,
     RouteIdentityToken,
@@ -65,6 +71,10 @@ __all__ = [
     "AuthMode",
     "ClaimRule",
     "ClientAuth",
+    "DecisionCache",
+    "DecisionGrpc",
+    "DecisionListen",
+    "DecisionService",
     "Forwarding",
     "GatewayConfig",
     "Introspection",

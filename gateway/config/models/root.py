@@ -6,6 +6,7 @@ from pydantic import Field
 
 from gateway.config.models.base import Strict
 from gateway.config.models.caches import IntrospectionCache, TokenCache
+from gateway.config.models.decision import DecisionService
 from gateway.config.models.identity_token import TokenSigning
 from gateway.config.models.issuers import Issuer
 from gateway.config.models.listeners import AdminListen, Forwarding, Limits, Listen
@@ -20,6 +21,7 @@ from gateway.config.models.upstreams import Upstream
 class GatewayConfig(Strict):
     listen: Listen = Listen()
     admin: AdminListen = AdminListen()
+    decision: DecisionService | None = None  # the forward-auth decision service; off
     limits: Limits = Limits()
     logging: LoggingConfig = LoggingConfig()
     tracing: Tracing = Tracing()

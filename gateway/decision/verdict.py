@@ -1,0 +1,93 @@
+"""One forward-auth check: the forwarded request judged by the proxy's own steps.
+
+``judge`` is the whole of the service's logic and it decides nothing itself: it calls
+``gateway.request_decision`` (locate → facts → decide, the functions the proxy listener
+calls) and then works out what the host proxy needs beyond allow/deny: which client
+headers it must remove (the proxy's ``Removal`` rules, for Envoy, which can remove them),
+and for how long it may reuse an allow (RFC 9111 §5.2.2.1 ``max-age``; off by default).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from gateway.accesslog import RequestRecord
+from gateway.auth.bearer import ACCESS_TOKEN_PARAM
+from gateway.auth.decide import Allow, Decision, Deny
+from gateway.auth.settings import CacheSettings
+from gateway.compiler import CompiledRoute
+from gateway.decision.forwarded import ForwardedRequest
+from gateway.problems import GatewayError, UriTooLong
+from gateway.request_decision import decide, locate, request_facts
+from gateway.runtime import Runtime
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    decision: Decision
+    route: CompiledRoute | None
+    remove_headers: tuple[str, ...] = ()  # client fields the upstream must not receive
+    remove_query: tuple[str, ...] = ()  # query parameters the upstream must not receive
+    max_age: int = 0  # seconds a host proxy may reuse this allow; 0: no-store
+
+
+async def judge(runtime: Runtime, forwarded: ForwardedRequest, record: RequestRecord) -> Verdict:
+    """The proxy's decision for ``forwarded``; every refusal is a ``Deny``."""
+    compiled = runtime.compiled
+    try:
+        if len(forwarded.target) > compiled.config.limits.max_request_line:
+            # RFC 9112 §3: the proxy listener's parser refuses such a target with 414.
+            raise UriTooLong("The request target is too long.")
+        located = locate(compiled, forwarded.target, forwarded.host, forwarded.method, record)
+        facts = request_facts(located, forwarded.method, forwarded.host, forwarded.authorization)
+        decision = await decide(runtime.decider, located, facts)
+    except GatewayError as error:  # refused before the decision: 400, 404, 405
+        return Verdict(Deny(error.with_traceback(None)), None)
+    route = located.route
+    if isinstance(decision, Deny):
+        return Verdict(decision, route)
+    settings = compiled.decision
+    bound = settings.max_age if settings is not None else 0.0
+    in_query = decision.token_source == "query"  # noqa: S105 - a place, not a secret
+    return Verdict(
+        decision,
+        route,
+        remove_headers=removed_headers(route, decision, forwarded.header_names),
+        remove_query=(ACCESS_TOKEN_PARAM,) if in_query and not route.forward_authorization else (),
+        max_age=allow_max_age(decision, bound, compiled.cache, time.time()),
+    )
+
+
+def removed_headers(route: CompiledRoute, allow: Allow, names: tuple[str, ...]) -> tuple[str, ...]:
+    """The client's fields the proxy would not forward: identity names and prefixes in any
+    case or with ``_`` (``Removal.removes``), and Authorization where the route keeps the
+    token from its upstream. Names the allow sets are overwritten, not removed."""
+    setting = {name.lower() for name, _ in allow.headers}
+    removed: dict[str, None] = {}
+    for name in names:
+        lname = name.lower()
+        if lname in setting:
+            continue
+        if route.removal.removes(lname) or (
+            lname == "authorization" and not route.forward_authorization
+        ):
+            removed[lname] = None
+    return tuple(removed)
+
+
+def allow_max_age(allow: Allow, bound: float, cache: CacheSettings, now: float) -> int:
+    """How long a host proxy may reuse an allow: at most ``bound``, never past the token's
+    ``exp`` (RFC 7519 §4.1.4) and never longer than this gateway would itself keep the
+    identity (the identity cache's TTLs), so caching adds at most ``bound`` to how late a
+    revocation bites. Whole seconds, rounded down; 0 means do not store."""
+    if bound <= 0:
+        return 0
+    identity = allow.identity
+    if identity is None:  # an anonymous allow depends on no token
+        return int(bound)
+    limit = min(bound, cache.max_ttl, cache.verified_max_ttl)
+    if identity.expires_at is not None:
+        limit = min(limit, identity.expires_at - now)
+    return max(0, math.floor(limit))

@@ -1,0 +1,260 @@
+"""The decision service judges exactly as the proxy does (differential), trusts only its host
+proxies, and labels what it decides; every adapter, HTTP and gRPC, over real sockets."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from gateway.app import Gateway
+from tests.support.forward_auth import (
+    CASES,
+    IDENTITY,
+    Case,
+    RawResponse,
+    bearer,
+    check_request,
+    forward_auth_config,
+    forward_auth_world,
+    grpc_check,
+    raw_request,
+    token_for,
+)
+from tests.support.gateway import running_gateway
+from tests.support.issuer import TestIssuer
+from tests.support.upstream import RecordingUpstream
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+SPOOFED = [("X-Auth-Subject", "evil"), ("X_Auth_Scopes", "admin"), ("X-Auth-Role", "root")]
+HTTP_KINDS = ("nginx", "traefik", "caddy", "envoy-http")
+
+
+@dataclass
+class World:
+    gateway: Gateway
+    upstream: RecordingUpstream
+    issuer: TestIssuer
+
+    @property
+    def decision_port(self) -> int:
+        assert self.gateway.decision is not None
+        return self.gateway.decision.port
+
+    @property
+    def grpc_port(self) -> int:
+        assert self.gateway.decision is not None
+        return self.gateway.decision.grpc_port
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+    tmp = tmp_path_factory.mktemp("decision")
+    async with forward_auth_world(tmp) as (gw, upstream, issuer):
+        yield World(gw, upstream, issuer)
+
+
+async def check_http(world: World, kind: str, method: str, target: str,
+                     headers: list[tuple[str, str]], **kw: str) -> RawResponse:  # fmt: skip
+    """Ask the decision service as ``kind`` would, describing ``method target``."""
+    port = world.decision_port
+    if kind == "nginx":
+        described = [("X-Original-URI", target), ("X-Original-Method", method),
+                     ("X-Forwarded-Host", "api.example")]  # fmt: skip
+        return await raw_request(port, "GET", "/nginx", described + headers, **kw)
+    if kind in ("traefik", "caddy"):
+        described = [("X-Forwarded-Method", method), ("X-Forwarded-Uri", target),
+                     ("X-Forwarded-Host", "api.example")]  # fmt: skip
+        return await raw_request(port, "GET", f"/{kind}", described + headers, **kw)
+    assert kind == "envoy-http"
+    return await raw_request(port, method, "/envoy" + target, headers, **kw)
+
+
+def identity_of(headers: list[tuple[str, str]]) -> dict[str, str]:
+    wanted = {name.lower() for name in IDENTITY}
+    return {k.lower(): v for k, v in headers if k.lower() in wanted}
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+async def test_every_adapter_decides_as_the_proxy(world: World, case: Case) -> None:
+    token = token_for(world.issuer, case.token)
+    headers = bearer(token) + SPOOFED
+    before = len(world.upstream.received)
+    proxied = await raw_request(world.gateway.proxy_port, case.method, case.target, headers)
+    reached = world.upstream.received[before:]
+    allowed = proxied.status == 200
+    assert len(reached) == (1 if allowed else 0)
+    expected_identity = identity_of(reached[0].headers) if allowed else {}
+    assert "evil" not in expected_identity.values()
+
+    for kind in HTTP_KINDS:
+        answer = await check_http(world, kind, case.method, case.target, headers)
+        if kind == "nginx" and proxied.status not in (200, 401, 403, 503):
+            assert (answer.status, answer.header("X-Gateway-Status")) == (
+                403, str(proxied.status)), kind  # fmt: skip
+        else:
+            assert answer.status == proxied.status, (kind, answer.body)
+        assert identity_of(answer.headers) == expected_identity, kind
+        if proxied.status in (401, 403) and not (kind == "nginx" and proxied.status == 403):
+            assert answer.header("WWW-Authenticate") == proxied.header("WWW-Authenticate"), kind
+        if kind != "nginx" and not allowed:
+            assert answer.header("Content-Type") == "application/problem+json"
+            assert answer.body.split(b'"request_id"')[0] == proxied.body.split(b'"request_id"')[0]
+        if allowed and kind == "envoy-http":
+            removed = set(answer.header("x-envoy-auth-headers-to-remove").split(","))
+            assert {"x_auth_scopes", "x-auth-role"} <= removed
+
+    checked = await grpc_check(
+        world.grpc_port, check_request(case.method, case.target, "api.example", headers)
+    )
+    if allowed:
+        assert checked.status.code == 0
+        got = {h.header.key.lower(): h.header.value for h in checked.ok_response.headers}
+        assert got == expected_identity
+        assert {"x_auth_scopes", "x-auth-role"} <= set(checked.ok_response.headers_to_remove)
+    else:
+        assert checked.status.code != 0
+        denied = checked.denied_response
+        assert denied.status.code == proxied.status
+        got_headers = {h.header.key: h.header.value for h in denied.headers}
+        assert got_headers.get("WWW-Authenticate") == proxied.header("WWW-Authenticate")
+        assert denied.body.split('"request_id"')[0].encode() == proxied.body.split(
+            b'"request_id"')[0]  # fmt: skip
+    assert len(world.upstream.received) == before + len(reached)  # checks forward nothing
+
+
+async def test_an_untrusted_peer_is_refused_whatever_it_claims(world: World) -> None:
+    token = token_for(world.issuer, "admin")
+    for kind in HTTP_KINDS:
+        answer = await check_http(world, kind, "GET", "/public/x", bearer(token),
+                                  local="127.0.0.2")  # fmt: skip
+        assert answer.status == (403 if kind == "nginx" else 400), kind
+        assert b"untrusted-forwarder" in answer.body
+        assert identity_of(answer.headers) == {}
+
+
+async def test_the_check_request_itself_never_chooses_the_route(world: World) -> None:
+    """The decision endpoint's own path, Host and method say nothing about the request;
+    X-Forwarded-Prefix/-Port and the client's copies of the other headers are not read."""
+    token = token_for(world.issuer, "read")
+    extra = [("X-Forwarded-Prefix", "/public"), ("X-Forwarded-Port", "1"),
+             ("X-Original-URL", "/public/x"), ("X-Envoy-Original-Path", "/public/x")]  # fmt: skip
+    for kind in HTTP_KINDS:
+        answer = await check_http(world, kind, "GET", "/admin/x", bearer(token) + extra)
+        assert answer.status == 403, kind
+
+
+async def test_a_description_missing_or_repeated_is_refused(world: World) -> None:
+    port = world.decision_port
+    incomplete = await raw_request(port, "GET", "/traefik", [("X-Forwarded-Uri", "/api/x")])
+    assert incomplete.status == 400 and b"X-Forwarded-Method" in incomplete.body
+    twice = await raw_request(port, "GET", "/nginx", [
+        ("X-Original-URI", "/public/x"), ("X-Original-URI", "/admin/x"),
+        ("X-Original-Method", "GET"), ("X-Forwarded-Host", "h")])  # fmt: skip
+    assert twice.status == 403 and twice.header("X-Gateway-Status") == "400"
+
+
+async def test_grpc_refuses_a_request_without_http_attributes(world: World) -> None:
+    from envoy.service.auth.v3 import external_auth_pb2
+
+    answer = await grpc_check(world.grpc_port, external_auth_pb2.CheckRequest())
+    assert answer.status.code != 0
+    assert answer.denied_response.status.code == 400
+
+
+async def test_decisions_are_labelled_by_mode_and_host_proxy(world: World) -> None:
+    token = token_for(world.issuer, "read")
+    await check_http(world, "caddy", "GET", "/api/x", bearer(token))
+    await grpc_check(world.grpc_port, check_request("GET", "/api/x", "h", []))
+    async with aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{world.gateway.admin_port}/metrics"
+        async with session.get(url) as response:
+            text = await response.text()
+    assert re.search(r'gateway_auth_decisions_total\{host_proxy="caddy",mode="decision",'
+                     r'outcome="allow",reason="ok"\} [1-9]', text)  # fmt: skip
+    assert re.search(r'gateway_auth_decisions_total\{host_proxy="envoy-grpc",mode="decision",'
+                     r'outcome="deny",reason="missing"\} [1-9]', text)  # fmt: skip
+    assert re.search(r'gateway_decision_checks_total\{host_proxy="caddy",status="200"\}', text)
+
+
+async def test_allows_carry_a_bounded_max_age_only_when_enabled(tmp_path: Path) -> None:
+    def config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict:
+        return forward_auth_config(upstream, issuer, cache={"max_age": "60s"})
+
+    async with forward_auth_world(tmp_path, config) as (gw, _upstream, issuer):
+        assert gw.decision is not None
+        port = gw.decision.port
+        described = [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/api/x"),
+                     ("X-Forwarded-Host", "h")]  # fmt: skip
+        long_lived = bearer(issuer.mint(scope="read", exp_in=3600))
+        short = bearer(issuer.mint(scope="read", exp_in=20))
+        answer = await raw_request(port, "GET", "/traefik", described + long_lived)
+        assert answer.header("Cache-Control") == "private, max-age=60"
+        answer = await raw_request(port, "GET", "/traefik", described + short)
+        max_age = int(answer.header("Cache-Control").rsplit("=", 1)[1])
+        assert 15 <= max_age <= 20  # never past exp
+        denied = await raw_request(port, "GET", "/traefik", described)
+        assert denied.header("Cache-Control") == "no-store"
+
+
+async def test_trust_follows_a_reload(tmp_path: Path) -> None:
+    """Whom the service believes is config, applied at reload; gRPC peers too."""
+    from gateway.config.loader import load_config
+    from tests.support.gateway import write_config
+
+    upstream, issuer = RecordingUpstream(), TestIssuer()
+    await upstream.start()
+    await issuer.start()
+    try:
+        config = forward_auth_config(upstream, issuer, trusted_proxies=["127.0.0.2/32"])
+        config["issuers"] = config["issuers"][:1]  # a reload waits for every issuer's keys
+        async with running_gateway(tmp_path, config) as gw:
+            assert gw.decision is not None
+            port = gw.decision.port
+            described = [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/public/x"),
+                         ("X-Forwarded-Host", "h")]  # fmt: skip
+            assert (await raw_request(port, "GET", "/caddy", described)).status == 400
+            ok = await raw_request(port, "GET", "/caddy", described, local="127.0.0.2")
+            assert ok.status == 200
+            grpc_answer = await grpc_check(
+                gw.decision.grpc_port, check_request("GET", "/public/x", "h", [])
+            )
+            assert grpc_answer.denied_response.status.code == 400  # 127.0.0.1 is not trusted
+            config["decision"]["trusted_proxies"] = ["127.0.0.1/32"]
+            await gw.reload(load_config(write_config(tmp_path, config), env={}))
+            assert (await raw_request(port, "GET", "/caddy", described)).status == 200
+            config["decision"]["trusted_proxies"] = []
+            await gw.reload(load_config(write_config(tmp_path, config), env={}))
+            assert (await raw_request(port, "GET", "/caddy", described)).status == 400
+    finally:
+        await upstream.close()
+        await issuer.close()
+
+
+async def test_limits_are_the_proxy_listeners(tmp_path: Path) -> None:
+    """A target the proxy's parser refuses as too long (414), and a header field over its
+    bound, are refused by the decision service too (the latter by aiohttp's parser, 400)."""
+
+    def config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict:
+        data = forward_auth_config(upstream, issuer)
+        data["limits"] = {"max_request_line": 1024, "max_header_size": 2048}
+        return data
+
+    async with forward_auth_world(tmp_path, config) as (gw, _upstream, _issuer):
+        assert gw.decision is not None
+        long_target = "/public/" + "a" * 1100
+        proxied = await raw_request(gw.proxy_port, "GET", long_target)
+        assert proxied.status == 414
+        described = [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", long_target),
+                     ("X-Forwarded-Host", "h")]  # fmt: skip
+        checked = await raw_request(gw.decision.port, "GET", "/traefik", described)
+        assert checked.status == 414
+        huge = [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/public/x"),
+                ("X-Forwarded-Host", "h"), ("X-Big", "b" * 3000)]  # fmt: skip
+        assert (await raw_request(gw.decision.port, "GET", "/traefik", huge)).status == 400
