@@ -405,7 +405,7 @@ class HttpConnection(asyncio.Protocol):
         if not self._closed and self._transport is not None:
             self._transport.abort()
 
-    def _refuse(self, error: GatewayError) -> None:
+    def _refuse(self, error: GatewayError, *, linger: bool = True) -> None:
         if self._closed:
             return
         self._stopped = True
@@ -413,7 +413,11 @@ class HttpConnection(asyncio.Protocol):
         if hook is not None:
             hook(error, self.remote)
         self.write(refusal_bytes(error, self._ctx.server_header))
-        self._linger()
+        if linger:
+            self._linger()
+        else:
+            assert self._transport is not None
+            self._transport.close()
 
     def _close(self) -> None:
         """Close after what was written; linger if the client may still be sending, so it
@@ -515,7 +519,10 @@ class HttpConnection(asyncio.Protocol):
 
     def _head_timed_out(self) -> None:
         if self._parser.in_head:
-            self._refuse(RequestTimeout("The request head was not completed in time."))
+            # No lingering for a client this slow: what it sends next is of no interest.
+            self._refuse(
+                RequestTimeout("The request head was not completed in time."), linger=False
+            )
         else:
             # Nothing of a request arrived: close quietly, since a 408 the client did not
             # ask for could be read as the answer to its next request.

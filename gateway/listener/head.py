@@ -25,9 +25,16 @@ CHUNKED = b"Transfer-Encoding: chunked\r\n"
 
 # RFC 9112 §4: reason-phrase = 1*( HTAB / SP / VCHAR / obs-text ).
 _REASON_BYTES = frozenset(range(0x20, 0x7F)) | frozenset(range(0x80, 0x100)) | {0x09}
+# RFC 9110 §15 renamed a few phrases Python's table still has in their RFC 2616 spelling.
+_PHRASES = {status.value: status.phrase for status in HTTPStatus} | {
+    413: "Content Too Large",
+    414: "URI Too Long",
+    416: "Range Not Satisfiable",
+    422: "Unprocessable Content",
+}
 _STATUS_LINES = {
-    status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode("ascii"))
-    for status in HTTPStatus
+    code: b"HTTP/1.1 %d %s\r\n" % (code, phrase.encode("ascii"))
+    for code, phrase in _PHRASES.items()
 }
 
 

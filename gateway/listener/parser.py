@@ -176,7 +176,7 @@ class RequestParser:
         if self._stop_reason is not None:
             return self._stop_reason
         if self.parsing is not None:
-            return ParseFailure(BadFraming("The request body is malformed."), in_body=True)
+            return ParseFailure(BadFraming("The request framing is malformed."), in_body=True)
         if self._previous_closes:
             # RFC 9112 §9.6: nothing after a request that closes the connection is read.
             return ParseFailure(None, in_body=False)

@@ -156,12 +156,14 @@ class Request:
             return
         self._gone = True
         self._state = _FINISHED
+        task = self._task
+        if cancel and task is not None and not task.done():
+            # Before the waiter resolves: code that awaits it (through wait_for) must see the
+            # cancellation, not a result that lets it carry on.
+            task.cancel()
         waiter = self._gone_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(True)
-        task = self._task
-        if cancel and task is not None and not task.done():
-            task.cancel()
 
     # --- answering ----------------------------------------------------------------------------
 
