@@ -67,6 +67,7 @@ _METHOD_NAMES = {
     for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
 }
 _FIELD_TOO_LARGE = "A request header field is too large."
+_TOO_MANY = "The request has too many header fields."
 _VERSIONS = "Only HTTP/1.0 and HTTP/1.1 are served here."
 
 
@@ -134,12 +135,26 @@ class RequestParser:
     def feed(self, data: bytes) -> bytes | None:
         """Parse ``data``; returns the bytes after a head that asked to switch protocols
         (``upgrade_request`` says which), or None. Raises ``ParseFailure``."""
+        if self._raw_remaining or self.parsing is not None:
+            return self._feed_in_body(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            return self._after_upgrade(data[int(upgrade.args[0]) :])
+        except httptools.HttpParserError as exc:
+            raise self._failure(exc) from None
+        if self.in_head:
+            self._bound_partial_line(data)
+        return None
+
+    def _feed_in_body(self, data: bytes) -> bytes | None:
+        """``feed`` while a body is arriving: also bound what is not body data."""
         if self._raw_remaining:
             data = self._feed_raw_body(data)
             if not data:
                 return None
-        was_in_head = self.in_head
-        body = self._parsing_body()
+        request = self.parsing
+        body = request.body if request is not None else None
         received = body.received if body is not None else -1
         try:
             self._parser.feed_data(data)
@@ -148,8 +163,8 @@ class RequestParser:
         except httptools.HttpParserError as exc:
             raise self._failure(exc) from None
         if self.in_head:
-            self._bound_partial_line(data, was_in_head)
-        elif body is not None and body.chunked and body is self._parsing_body():
+            self._bound_partial_line(data)
+        elif body is not None and body.chunked and self.parsing is request:
             # Chunk-size lines, extensions and trailers between data: bounded like a line.
             self._non_data = 0 if body.received != received else self._non_data + len(data)
             if self._non_data > self._max_line:
@@ -157,10 +172,7 @@ class RequestParser:
                 raise ParseFailure(error, in_body=True)
         return None
 
-    def _parsing_body(self) -> RequestBody | None:
-        return self.parsing.body if self.parsing is not None else None
-
-    def _bound_partial_line(self, data: bytes, was_in_head: bool) -> None:
+    def _bound_partial_line(self, data: bytes) -> None:
         """An unfinished field line is held by the parser until its end: bound it. Once a
         field of this head ended, the last LF of this read lies inside this head, so the
         bytes after it are exactly the unfinished line (the request line is bounded by the
@@ -239,17 +251,20 @@ class RequestParser:
         if not self.in_head:
             self._trailer(name, value)
             return
-        if len(name) + len(value) > self._max_field:
-            raise self._stop(HeadersTooLarge(_FIELD_TOO_LARGE))
         fields = self._fields
-        if len(fields) >= self._max_fields:
-            raise self._stop(HeadersTooLarge("The request has too many header fields."))
+        if len(name) + len(value) > self._max_field or len(fields) >= self._max_fields:
+            many = len(fields) >= self._max_fields
+            raise self._stop(HeadersTooLarge(_TOO_MANY if many else _FIELD_TOO_LARGE))
         # llhttp drops the whitespace before a value, not after it (RFC 9110 §5.5).
         value = value.rstrip(b" \t")
         fields.append((name, value))
         lname = name.lower()
         kind = _SPECIAL_FIELDS.get(lname)
-        if kind is not None:
+        if kind is None:
+            return
+        if kind == _HOST and self._host is None:
+            self._host = value
+        else:
             self._special(kind, lname, value)
 
     def _special(self, kind: int, lname: bytes, value: bytes) -> None:
@@ -290,16 +305,20 @@ class RequestParser:
         self.in_head = False
         parser = self._parser
         version = parser.get_http_version()
-        if version != "1.1" and version != "1.0":
+        if version == "1.1":
+            if self._host is None:
+                raise self._stop(BadRequest("An HTTP/1.1 request must have a Host field."))
+        elif version != "1.0":
             # An HTTP/0.9 or HTTP/2.0 request line would be relayed as HTTP/1.1, and a front
             # proxy might have framed it differently: refuse rather than guess.
             raise self._stop(VersionNotSupported(_VERSIONS))
-        if self._host is None and version == "1.1":
-            raise self._stop(BadRequest("An HTTP/1.1 request must have a Host field."))
         raw_method = parser.get_method()
         method = _METHOD_NAMES.get(raw_method) or raw_method.decode("ascii")
         upgrading = parser.should_upgrade()
-        body = self._body(version, upgrading)
+        if self._coding is None and self._length is None:
+            body = NO_BODY
+        else:
+            body = self._body(version, upgrading)
         keep_alive = parser.should_keep_alive() and method != "CONNECT"
         self._previous_closes = not keep_alive
         framed = body is not NO_BODY and body is not EMPTY_BODY
@@ -331,6 +350,7 @@ class RequestParser:
         self._sink.request_parsed(request)
 
     def _body(self, version: str, upgrading: bool) -> RequestBody:
+        """The body the framing fields announce (at least one of them is present)."""
         coding = self._coding
         if coding is not None:
             if version == "1.0":
@@ -349,7 +369,7 @@ class RequestParser:
         if self._length is not None:
             length = int(self._length)  # llhttp accepted only digits
             return RequestBody(self._owner, length, False) if length else EMPTY_BODY
-        return NO_BODY
+        return NO_BODY  # pragma: no cover - only called with a framing field
 
     def on_body(self, data: bytes) -> None:
         request = self.parsing

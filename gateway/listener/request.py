@@ -43,6 +43,8 @@ class Exchange(Protocol):
 
     def write(self, data: bytes) -> None: ...
 
+    def write_now(self, data: bytes) -> None: ...
+
     async def drain(self) -> None: ...
 
     def keep_alive_for(self, request: Request) -> bool: ...
@@ -188,11 +190,11 @@ class Request:
 
     def _begin(self, status: int) -> bool:
         """Check the response may start; the keep-alive decision for its head."""
-        if self._gone:
-            raise ConnectionResetError("the client went away")
-        if self._state != _NOT_STARTED:
-            raise RuntimeError("this request was already answered")
-        if status < 200:
+        if self._state != _NOT_STARTED or status < 200:
+            if self._gone:
+                raise ConnectionResetError("the client went away")
+            if self._state != _NOT_STARTED:
+                raise RuntimeError("this request was already answered")
             raise ValueError("interim responses go through send_continue or switch_protocols")
         return self._exchange.keep_alive_for(self)
 
@@ -220,19 +222,27 @@ class Request:
             framing = b"" if length is None or status == 204 else b"Content-Length: %d\r\n" % length
         else:
             framing = b"Content-Length: %d\r\n" % len(body)
-        self._exchange.write(
+        if keep_alive:
+            connection = CONNECTION_KEEP_ALIVE if self.version == "1.0" else b""
+        else:
+            connection = CONNECTION_CLOSE
+        exchange = self._exchange
+        exchange.write(
             b"".join(
                 [
                     status_line(status, reason),
                     *[b"%s: %s\r\n" % field for field in headers],
                     framing,
-                    self._connection_field(keep_alive),
+                    connection,
                     CRLF,
                     body,
                 ]
             )
         )
-        self._finish(keep_alive)
+        self._state = _FINISHED
+        if self._gone_waiter is not None:
+            self._settle(False)
+        exchange.response_finished(self, keep_alive)
 
     def start_response(
         self,
@@ -360,15 +370,15 @@ class ResponseStream:
         if not data or self._mode == _NO_CONTENT:
             return
         if self._mode == _BY_CHUNKS:
-            self._exchange.write(chunk(data))
+            self._exchange.write_now(chunk(data))
         elif self._mode == _BY_LENGTH:
             if len(data) > self._remaining:
                 request.abort()
                 raise ValueError("the body is longer than its Content-Length")
             self._remaining -= len(data)
-            self._exchange.write(data)
+            self._exchange.write_now(data)
         else:
-            self._exchange.write(data)
+            self._exchange.write_now(data)
         if self._exchange.write_paused:
             await self._exchange.drain()
 
