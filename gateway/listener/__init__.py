@@ -8,7 +8,7 @@ limits, timeouts) are RFC 9457 problem bodies rendered from ``gateway.problems``
 Interface
 ---------
 ``HttpListener(handler, limits, *, server_header, cancel_on_disconnect, on_refusal)``
-    ``await start(host, port, reuse_port=, backlog=, sock=)``; ``port``;
+    ``await start(host, port, reuse_port=, backlog=)``; ``port``;
     ``open_connections``; ``await close(drain_timeout) -> bool`` (graceful stop: no new
     connections, idle ones closed at once, busy ones after their current response, the rest
     reset at the deadline).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 from gateway.listener.connection import (
     Handler,
@@ -58,9 +57,8 @@ class HttpListener:
         *,
         reuse_port: bool = False,
         backlog: int = 1024,
-        sock: socket.socket | None = None,
     ) -> None:
-        """Listen on ``host:port`` (or on ``sock``, already bound)."""
+        """Listen on ``host:port``; ``reuse_port`` lets several workers share it."""
         if self._server is not None:
             raise RuntimeError("the listener is already started")
         context = self._make_context()
@@ -69,12 +67,9 @@ class HttpListener:
         def factory() -> HttpConnection:
             return HttpConnection(context)
 
-        if sock is not None:
-            self._server = await loop.create_server(factory, sock=sock, backlog=backlog)
-        else:
-            self._server = await loop.create_server(
-                factory, host, port, reuse_port=reuse_port or None, backlog=backlog
-            )
+        self._server = await loop.create_server(
+            factory, host, port, reuse_port=reuse_port or None, backlog=backlog
+        )
 
     @property
     def port(self) -> int:
@@ -97,7 +92,6 @@ class HttpListener:
             server.close()
         if self._context is None:
             return True
-        drained = await self._context.drain(drain_timeout)
-        if server is not None:
-            await server.wait_closed()
-        return drained
+        # Not server.wait_closed(): from Python 3.12 it also waits for connections handed
+        # over after a 101, which are the application's to close.
+        return await self._context.drain(drain_timeout)

@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         [BY_NAME[n.strip()] for n in args.scenarios.split(",")]
         if args.scenarios
         else list(SCENARIOS)
-    )  # noqa: E501
+    )
     results: dict[str, list[Measured]] = {s.name: [] for s in chosen}
     procs = Children()
     with interruptible(), tempfile.TemporaryDirectory(prefix="listener-bench-") as name:

@@ -510,3 +510,15 @@ async def test_shutdown_resets_what_outlives_the_drain_timeout() -> None:
         if not data:
             raise ConnectionResetError
     writer.close()
+
+
+async def test_workers_share_a_port_with_reuse_port() -> None:
+    first = HttpListener(EchoApp())
+    await first.start("127.0.0.1", 0, reuse_port=True)
+    second = HttpListener(EchoApp())
+    try:
+        await second.start("127.0.0.1", first.port, reuse_port=True)
+        assert second.port == first.port
+    finally:
+        await second.close(1)
+        await first.close(1)

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from gateway.listener import Request
+from gateway.listener import HttpListener, Request
 from gateway.problems import GatewayError
 from tests.integration.test_attacks_http import (
     MAX_FIELD,
@@ -236,7 +236,7 @@ async def test_switching_protocols_hands_over_the_raw_connection_with_early_byte
         assert (
             head
             == b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
-        )  # noqa: E501
+        )
         assert await asyncio.wait_for(reader.readexactly(12), 2) == b"EARLY BYTES "
         writer.write(b"GET / HTTP/1.1\r\n")  # now just bytes of the new protocol
         assert await asyncio.wait_for(reader.readexactly(16), 2) == b"GET / HTTP/1.1\r\n"
@@ -278,3 +278,17 @@ async def test_refusals_are_reported_to_the_hook() -> None:
     async with serving(EchoApp(), on_refusal=hook) as listener:
         await exchange(listener.port, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
     assert reported == [(400, "127.0.0.1")]
+
+
+async def test_shutdown_does_not_wait_for_connections_handed_over() -> None:
+    """A tunnel belongs to the application after the 101: the listener's drain must not
+    wait for it (the application closes its tunnels on shutdown)."""
+    listener = HttpListener(UpgradingApp(allow=True))
+    await listener.start("127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(UPGRADE)
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+    assert await asyncio.wait_for(listener.close(drain_timeout=5), 1) is True
+    writer.write(b"still here")
+    assert await asyncio.wait_for(reader.readexactly(10), 2) == b"STILL HERE"
+    writer.close()
