@@ -80,9 +80,6 @@ async def serve_listener(app: str, port: int, upstream: int, task_per_request: b
     async def hello_task(request: Request) -> None:
         hello(request)
 
-    def hello_soon(request: Request) -> None:
-        asyncio.get_running_loop().call_soon(hello, request)
-
     async def proxy(request: Request) -> None:
         target = request.target.decode("latin-1")
         response, headers, payload = await relay(pool, request.method, target)
@@ -125,7 +122,7 @@ async def serve_listener(app: str, port: int, upstream: int, task_per_request: b
         waiter.add_done_callback(on_head)
         return None
 
-    handlers = {"proxy": proxy, "proxy-callback": proxy_callback, "hello-soon": hello_soon}
+    handlers = {"proxy": proxy, "proxy-callback": proxy_callback}
     handler: Any = handlers.get(app) or (hello_task if task_per_request else hello)
     listener = HttpListener(handler)
     await listener.start("127.0.0.1", port, backlog=1024)

@@ -61,7 +61,6 @@ SCENARIOS = (
     Scenario("upstream-direct", "upstream", "hello", "wrk -> nginx itself (the ceiling)"),
     Scenario("listener-hello", "listener", "hello", "gateway/listener, answered in the callback"),
     Scenario("listener-hello-task", "listener-task", "hello", "gateway/listener, a task each"),
-    Scenario("listener-hello-soon", "listener", "hello-soon", "answered from call_soon"),
     Scenario("aiohttp-hello", "aiohttp", "hello", "aiohttp web.Server (as app.py today)"),
     Scenario("granian-hello", "granian", "hello", "granian RSGI, 1 worker, 1 runtime thread"),
     Scenario("listener-proxy", "listener-task", "proxy", "gateway/listener + upstream pool"),
@@ -148,33 +147,38 @@ def measure(scenario: Scenario, procs: Children, tmp: Path, upstream: Running,
 
 
 def table(results: dict[str, list[Measured]], seconds: int, repeat: int) -> str:
+    """Each column is its own median over the runs (a noisy neighbour moves req/s most;
+    CPU per request least), with the CPU range beside it."""
     info = machine()
     lines = [
         f"Listener bench {info['date']}: {info['nproc']} CPUs ({info['cpu']}), Python "
         f"{info['python']}; wrk -t1 -c{CONNECTIONS}, {seconds}s after a {WARMUP_SECONDS}s "
-        f"warm-up, median of {repeat} by req/s; server on core {SERVER_CORE}, wrk and nginx "
+        f"warm-up, medians of {repeat} runs; server on core {SERVER_CORE}, wrk and nginx "
         f"on core {CLIENT_CORE}",
         "",
-        "| scenario | req/s | p50 ms | p99 ms | server CPU µs/req | RSS MB | errors | runs req/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| scenario | req/s | p50 ms | p99 ms | server CPU µs/req | (min-max) | RSS MB | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    cpu: dict[str, float] = {}
     for name, runs in results.items():
         if not runs:
             lines.append(f"| {name} | - | - | - | - | - | - | skipped |")
             continue
-        med = sorted(runs, key=lambda m: m.rps)[len(runs) // 2]
-        spread = ", ".join(f"{m.rps:,.0f}" for m in runs)
+        cpu[name] = statistics.median(m.cpu_us for m in runs)
         lines.append(
-            f"| {name} | {med.rps:,.0f} | {med.p50_ms:.2f} | {med.p99_ms:.2f} | "
-            f"{med.cpu_us:.1f} | {med.rss_mb:.1f} | {med.errors} | {spread} |"
+            f"| {name} | {statistics.median(m.rps for m in runs):,.0f} "
+            f"| {statistics.median(m.p50_ms for m in runs):.2f} "
+            f"| {statistics.median(m.p99_ms for m in runs):.2f} | {cpu[name]:.1f} "
+            f"| {min(m.cpu_us for m in runs):.1f}-{max(m.cpu_us for m in runs):.1f} "
+            f"| {statistics.median(m.rss_mb for m in runs):.1f} | {sum(m.errors for m in runs)} |"
         )
-    cpu = {n: statistics.median(m.cpu_us for m in runs) for n, runs in results.items() if runs}
+    lines.append("")
     for app in ("hello", "proxy"):
         ours = cpu.get(f"listener-{app}")
         for peer in ("aiohttp", "granian"):
             theirs = cpu.get(f"{peer}-{app}")
             if ours and theirs:
-                lines.append(f"\n{app}: {peer} CPU/req ÷ listener CPU/req = {theirs / ours:.2f}")
+                lines.append(f"- {app}: {peer} CPU/req ÷ listener CPU/req = {theirs / ours:.2f}")
     return "\n".join(lines)
 
 
