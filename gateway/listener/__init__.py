@@ -67,7 +67,7 @@ refused request answers with ``Connection: close`` and nothing pipelined behind 
 """
 
 from gateway.listener.body import RequestBody
-from gateway.listener.connection import Handler
+from gateway.listener.context import Handler
 from gateway.listener.errors import ContentTooLarge, MalformedBody, RequestTimeout, UriTooLong
 from gateway.listener.head import http_date, problem_parts
 from gateway.listener.limits import ListenerLimits

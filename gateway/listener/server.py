@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.listener.connection import (
-    Handler,
-    HttpConnection,
-    ListenerContext,
-    RefusalHook,
-)
+from gateway.listener.connection import HttpConnection
+from gateway.listener.context import Handler, ListenerContext, RefusalHook
 from gateway.listener.limits import ListenerLimits
 
 
