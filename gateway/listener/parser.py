@@ -6,10 +6,12 @@ duplicate or malformed Content-Length, a Transfer-Encoding that does not end in 
 and malformed chunks. What it accepts and this module refuses on top:
 
 - a request line that is not HTTP/1.0 or HTTP/1.1 (HTTP/0.9, HTTP/2.0): 505;
-- HTTP/1.0 with Transfer-Encoding (RFC 9112 §6.1: "the server MUST close the connection
-  after responding to that request"; framing is treated as faulty, so it is refused);
+- HTTP/1.0 with Transfer-Encoding: RFC 9112 §6.1, a recipient "MUST treat the message as
+  if the framing is faulty, even if a Content-Length is present, and close the connection
+  after processing the message"; faulty framing is refused (400) and nothing after it read;
 - Transfer-Encoding other than exactly ``chunked`` (``gzip, chunked`` would be lost when
-  the body is re-chunked upstream);
+  the body is re-chunked upstream; RFC 9112 §6.3 rule 4 for a final coding other than
+  chunked);
 - a second Host (RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status
   code to any HTTP/1.1 request message that lacks a Host header field and to any request
   message that contains more than one Host header field line"), or none in HTTP/1.1;
@@ -18,12 +20,13 @@ and malformed chunks. What it accepts and this module refuses on top:
   ``max_header_size`` or more than ``max_headers`` fields (431), and an unfinished line
   longer than a field may be, so no line is buffered past the limit before it ends.
 
-Trailer fields of a chunked request are dropped, never merged into the head: RFC 9110
-§6.5.2, "A recipient MUST NOT merge a received trailer field into the header section
-unless its corresponding header field definition explicitly permits and instructs how the
-trailer field value can be safely merged", and an intermediary that re-chunks may discard
-them (§6.5.1, RFC 9112 §7.1.2). So a client cannot send identity headers as trailers.
-They are still counted and bounded like header fields.
+Trailer fields of a chunked request are dropped, never merged into the head. RFC 9110
+§6.5 forbids merging a trailer field into the header section unless its definition
+explicitly permits it and says how, and notes that intermediaries mostly discard trailers;
+RFC 9112 §7.1.2 lets a recipient that removes the chunked coding (the gateway re-chunks
+what it forwards) discard them. So a client can never send identity headers, or any other
+field, as trailers the upstream might merge. They are still counted and bounded like
+header fields.
 """
 
 from __future__ import annotations
@@ -226,12 +229,6 @@ class RequestParser:
             request.body.finish()
         return data[take:]
 
-    def resume(self, tail: bytes) -> None:
-        """After an upgrade request answered without switching: parse what followed it."""
-        self.upgrade_request = None
-        if tail:
-            self.feed(tail)
-
     # --- llhttp callbacks --------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
@@ -354,13 +351,14 @@ class RequestParser:
         coding = self._coding
         if coding is not None:
             if version == "1.0":
-                # RFC 9112 §6.1: "If a Transfer-Encoding header field is present in a request
-                # and the chunked transfer coding is not the final encoding, the message body
-                # length cannot be determined reliably; the server MUST respond with the 400
-                # (Bad Request) status code and then close the connection" - and an HTTP/1.0
-                # request with Transfer-Encoding is treated as faulty framing the same way.
+                # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding MUST be treated
+                # "as if the framing is faulty": refused, and the connection closed.
                 raise self._stop(BadFraming("HTTP/1.0 requests cannot use Transfer-Encoding."))
             if coding.lower() != b"chunked":
+                # RFC 9112 §6.3 rule 4: "If a Transfer-Encoding header field is present in a
+                # request and the chunked transfer coding is not the final encoding, ... the
+                # server MUST respond with the 400 (Bad Request) status code and then close
+                # the connection"; any other coding before chunked is refused too.
                 raise self._stop(BadFraming("Only Transfer-Encoding: chunked is accepted."))
             if upgrading:
                 # llhttp would hand the chunked body to the new protocol unparsed.
