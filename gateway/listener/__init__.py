@@ -18,9 +18,11 @@ Interface
     next pipelined request is not started before this one's response is finished. If it
     returns a coroutine, the listener runs it as a task, cancels that task when the client
     goes away before the response is finished (``cancel_on_disconnect``), answers 500 if the
-    task ends without having answered, and resets the connection if it ends with a response
-    started but not finished. Returning None means the handler answered already, or took
-    responsibility to answer later from a callback (no task is created: the fast path).
+    task ends without having answered (a ``GatewayError`` it raised is rendered as its own
+    problem instead), and resets the connection if it ends with a response started but not
+    finished. Returning None means the handler answered already, or took responsibility to
+    answer later from a callback (no task is created: the fast path). An exception raised
+    synchronously is treated like one from the task.
 
 ``Request`` (slots; everything as the client sent it)
     ``method`` (str), ``target`` (bytes, exactly as sent), ``version`` ("1.1" or "1.0"),
@@ -35,19 +37,25 @@ Interface
     - ``send_continue()``: writes ``100 Continue`` if the client waits for it and nothing
       was sent; never automatic, so the gateway sends it only after its decision.
     - ``respond(status, headers, body, reason=, length=)``: a complete response in one
-      write. ``headers`` are ``(bytes, bytes)`` pairs without framing fields
-      (Content-Length, Transfer-Encoding, Connection: the listener writes them). HEAD, 204
-      and 304 never carry a body; ``length`` is the Content-Length a HEAD or 304 announces.
+      write, queued with the connection's other output until the end of the loop
+      iteration. ``headers`` are ``(bytes, bytes)`` pairs without framing fields
+      (Content-Length, Transfer-Encoding, Connection: the listener writes them; nothing
+      else is added, so Date and Server are the application's). HEAD, 204 and 304 never
+      carry a body; ``length`` is the Content-Length a HEAD or 304 announces. ``reason``
+      replaces the standard phrase when it is a valid reason-phrase.
     - ``start_response(status, headers, length=, chunked=, reason=, body=)`` ->
       ``ResponseStream``: the head (and first bytes) now; then ``await stream.write(data)``
       (waits while the client's socket buffer is full) and ``stream.end()``. With ``length``
       it is Content-Length framed (a short end resets the connection); else chunked for
       HTTP/1.1, close-delimited for HTTP/1.0.
     - ``abort()``: reset the connection (RST): for a response that failed after it started.
-    - ``switch_protocols(protocol, headers)``: writes the ``101`` with ``headers`` and hands the raw
-      transport to ``protocol`` (``connection_made(transport)``, then ``data_received`` of
-      any bytes already received after the head). Only when ``request.upgrade`` is set.
-    ``response_started`` says whether a problem answer is still possible.
+    - ``switch_protocols(protocol, headers)``: writes the ``101`` with ``headers`` and hands
+      the raw transport to ``protocol`` (``connection_made(transport)``, then
+      ``data_received`` of any bytes already received after the head); the listener then
+      forgets the connection (its drain does not wait for it). Only when
+      ``request.upgrade`` is set; a GET with Upgrade answered otherwise keeps HTTP going.
+    ``response_started`` says whether a problem answer is still possible; ``problem_parts``
+    renders a ``GatewayError`` as ``(status, headers, body)`` for ``respond``.
 
 ``RequestBody``
     ``length`` (Content-Length or None), ``chunked``, ``framing`` ("none", "length",
@@ -63,7 +71,16 @@ config); a request head must be complete within ``header_timeout`` (bounded by
 ``keepalive_timeout``), counted from the accept for a connection's first request and from
 its first byte after that, else 408 and close (quietly, with no 408, when nothing of a
 request arrived); trailer fields of chunked requests are dropped (see ``parser``); a
-refused request answers with ``Connection: close`` and nothing pipelined behind it is read.
+refused request answers with ``Connection: close`` and nothing pipelined behind it is read;
+more than ``max_pipeline`` requests pipelined ahead are answered in order and the
+connection then closes (the client retries the rest, RFC 9112 §9.3.2). Plain TCP only: no
+TLS or HTTP/2 here.
+
+Modules: ``server`` (the listening socket, drain), ``context`` (what connections share,
+batched writes), ``connection`` (protocol callbacks, dispatch in order), ``lifecycle``
+(timeouts, flow control, lingering, closing), ``parser`` (llhttp and the checks on top),
+``request`` (the request and its response), ``body``, ``output``, ``head`` (bytes of
+responses and problems), ``limits``, ``errors``.
 """
 
 from gateway.listener.body import RequestBody
