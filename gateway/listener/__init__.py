@@ -36,14 +36,14 @@ Interface
     Answering, exactly once:
     - ``send_continue()``: writes ``100 Continue`` if the client waits for it and nothing
       was sent; never automatic, so the gateway sends it only after its decision.
-    - ``respond(status, headers, body, reason=, length=)``: a complete response in one
+    - ``respond(status, headers, body, reason=, length=, close=)``: a complete response in one
       write, queued with the connection's other output until the end of the loop
       iteration. ``headers`` are ``(bytes, bytes)`` pairs without framing fields
       (Content-Length, Transfer-Encoding, Connection: the listener writes them; nothing
       else is added, so Date and Server are the application's). HEAD, 204 and 304 never
       carry a body; ``length`` is the Content-Length a HEAD or 304 announces. ``reason``
       replaces the standard phrase when it is a valid reason-phrase.
-    - ``start_response(status, headers, length=, chunked=, reason=, body=)`` ->
+    - ``start_response(status, headers, length=, chunked=, reason=, body=, close=)`` ->
       ``ResponseStream``: the head (and first bytes) now; then ``await stream.write(data)``
       (waits while the client's socket buffer is full) and ``stream.end()``. With ``length``
       it is Content-Length framed (a short end resets the connection); else chunked for

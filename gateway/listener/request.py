@@ -188,18 +188,16 @@ class Request:
         self._exchange.write(CONTINUE)
         return True
 
-    def _begin(self, status: int) -> bool:
-        """Check the response may start; the keep-alive decision for its head."""
+    def _begin(self, status: int, close: bool) -> bytes:
+        """Check the response may start; its Connection field (empty for a kept HTTP/1.1
+        connection), from the connection's keep-alive decision."""
         if self._state != _NOT_STARTED or status < 200:
             if self._gone:
                 raise ConnectionResetError("the client went away")
             if self._state != _NOT_STARTED:
                 raise RuntimeError("this request was already answered")
             raise ValueError("interim responses go through send_continue or switch_protocols")
-        return self._exchange.keep_alive_for(self)
-
-    def _connection_field(self, keep_alive: bool) -> bytes:
-        if not keep_alive:
+        if close or not self._exchange.keep_alive_for(self):
             return CONNECTION_CLOSE
         return CONNECTION_KEEP_ALIVE if self.version == "1.0" else b""
 
@@ -211,21 +209,19 @@ class Request:
         *,
         reason: bytes | None = None,
         length: int | None = None,
+        close: bool = False,
     ) -> None:
         """A complete response in one write. ``headers`` must not hold framing fields
         (Content-Length, Transfer-Encoding, Connection): the listener writes them. A HEAD
         or 304 answer sends no body; ``length`` is the Content-Length it announces, if any
-        (RFC 9110 §8.6: the length a GET would have had). A 204 never has one."""
-        keep_alive = self._begin(status)
+        (RFC 9110 §8.6: the length a GET would have had). A 204 never has one. ``close``
+        ends the connection after it, whatever the client asked."""
+        connection = self._begin(status, close)
         if self.method == "HEAD" or status == 304 or status == 204:
             body = b""
             framing = b"" if length is None or status == 204 else b"Content-Length: %d\r\n" % length
         else:
             framing = b"Content-Length: %d\r\n" % len(body)
-        if keep_alive:
-            connection = CONNECTION_KEEP_ALIVE if self.version == "1.0" else b""
-        else:
-            connection = CONNECTION_CLOSE
         exchange = self._exchange
         exchange.write(
             b"".join(
@@ -242,7 +238,7 @@ class Request:
         self._state = _FINISHED
         if self._gone_waiter is not None:
             self._settle(False)
-        exchange.response_finished(self, keep_alive)
+        exchange.response_finished(self, connection is not CONNECTION_CLOSE)
 
     def start_response(
         self,
@@ -253,13 +249,14 @@ class Request:
         chunked: bool = True,
         reason: bytes | None = None,
         body: bytes = b"",
+        close: bool = False,
     ) -> ResponseStream:
         """Send the head (and ``body``, if given, in the same write) and return the stream
         for the rest. Framing: ``length`` gives Content-Length; without it the body is
         chunked for an HTTP/1.1 client (``chunked=True``), otherwise delimited by closing
         the connection (RFC 9112 §6.3). HEAD, 204 and 304 answers carry no body: what is
         written to their stream is dropped, and ``length`` is announced as for ``respond``."""
-        keep_alive = self._begin(status)
+        connection = self._begin(status, close)
         if self.method == "HEAD" or status == 304 or status == 204:
             mode = _NO_CONTENT
             framing = b"" if length is None or status == 204 else b"Content-Length: %d\r\n" % length
@@ -272,14 +269,14 @@ class Request:
             mode, framing = _BY_CHUNKS, CHUNKED
             body = chunk(body) if body else b""
         else:
-            mode, framing, keep_alive = _BY_CLOSE, b"", False
+            mode, framing, connection = _BY_CLOSE, b"", CONNECTION_CLOSE
         self._exchange.write(
             b"".join(
                 [
                     status_line(status, reason),
                     *[b"%s: %s\r\n" % field for field in headers],
                     framing,
-                    self._connection_field(keep_alive),
+                    connection,
                     CRLF,
                     body,
                 ]
@@ -287,7 +284,7 @@ class Request:
         )
         self._state = _STREAMING
         remaining = length - len(body) if mode == _BY_LENGTH and length is not None else 0
-        return ResponseStream(self, mode, remaining, keep_alive)
+        return ResponseStream(self, mode, remaining, connection is not CONNECTION_CLOSE)
 
     def abort(self) -> None:
         """Reset the connection: for a response that cannot be finished after it started,

@@ -522,3 +522,15 @@ async def test_workers_share_a_port_with_reuse_port() -> None:
     finally:
         await second.close(1)
         await first.close(1)
+
+
+async def test_the_application_may_close_the_connection_after_its_answer() -> None:
+    def answer(request: Request) -> None:
+        request.respond(400, [], b"bye", close=request.target == b"/close")
+
+    async with serving(answer) as listener:
+        kept = await exchange(listener.port, GET.replace(b"/", b"/keep", 1), quiet=0.3)
+        closed = await exchange(listener.port, GET.replace(b"/", b"/close", 1) + GET)
+    assert (kept.statuses, kept.closed) == ([400], False)
+    assert (closed.statuses, closed.closed) == ([400], True)
+    assert b"\r\nConnection: close\r\n" in closed.data
