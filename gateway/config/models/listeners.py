@@ -41,6 +41,11 @@ class Limits(Strict):
     max_headers: int = Field(100, ge=8, le=1000, description="header fields (431)")
     max_token_size: int = Field(8192, ge=256, le=65536, description="bytes of a bearer token")
     keepalive_timeout: Duration = 75.0
+    header_timeout: Duration = Field(
+        10.0,
+        gt=0,
+        description="Longest time a client may take to send a request head (408 and close).",
+    )
     path_parameters: bool = Field(
         False,
         description="Allow ';' in paths. Off: servlet-style upstreams read /admin;x/y as "
