@@ -15,6 +15,7 @@ from prometheus_client.core import Metric
 
 from gateway.auth.breaker import STATE_VALUES, Breaker
 from gateway.auth.identity_cache import IdentityCache
+from gateway.auth.identity_token import IdentityTokenSigner
 from gateway.auth.introspection import IssuerIntrospection
 from gateway.auth.jwks import KeySetProvider
 from gateway.metrics import counter_family, gauge_family
@@ -153,6 +154,29 @@ class IdentityCacheComponent:
 
     async def close(self) -> None:
         await self.cache.close()
+
+
+class IdentityTokens:
+    """The signer of identity tokens: how many it signed and served from its cache."""
+
+    def __init__(self, signer: IdentityTokenSigner) -> None:
+        self.signer = signer
+
+    def readiness(self) -> Iterable[tuple[str, bool]]:
+        return ()
+
+    def notes(self) -> Iterable[tuple[str, str]]:
+        return ()
+
+    def metric_families(self) -> Iterable[Metric]:
+        stats = self.signer.stats()
+        yield counter_family(
+            "gateway_identity_tokens", "Identity tokens for upstreams: signed, or from cache.",
+            ["event"], {("signed",): float(stats["signed"]), ("cached",): float(stats["hits"])},
+        )  # fmt: skip
+
+    async def close(self) -> None:
+        return None
 
 
 class Pools:

@@ -216,7 +216,9 @@ class ProxyHandler:
         # Sent only now that the request passed authentication and authorisation.
         exchange.send_continue()
         head = request_head(request.method, upstream_path, outbound, body)
-        echo_id = ((compiled.forwarding.request_id_header, record.request_id),)
+        # The request id, and what the decision has for the client (RateLimit fields).
+        echo_id = ((compiled.forwarding.request_id_header, record.request_id),
+                   *decision.response_headers)  # fmt: skip
         pool = runtime.pools[upstream.name]
         response, upstream_seconds = await forward(request, pool, head, body, echo_id)
         record.upstream_status = response.status

@@ -24,6 +24,7 @@ from gateway.auth.answer_policy import Value
 from gateway.auth.authenticate import Authenticator
 from gateway.auth.decide import Decider
 from gateway.auth.identity_cache import EvictionReport, IdentityCache
+from gateway.auth.identity_token import IdentityTokenSigner
 from gateway.auth.introspection import IssuerIntrospection
 from gateway.auth.jwks import KeySetProvider
 from gateway.auth.jwt import JwtVerifier
@@ -33,7 +34,15 @@ from gateway.cache.memory import MemoryCache
 from gateway.cache.sealing import Sealer
 from gateway.cache.tiered import TieredCache
 from gateway.compiler import CompiledConfig
-from gateway.components import Component, IdentityCacheComponent, Introspectors, KeySets, Pools
+from gateway.components import (
+    Component,
+    IdentityCacheComponent,
+    IdentityTokens,
+    Introspectors,
+    KeySets,
+    Pools,
+)
+from gateway.limits import Limits
 from gateway.metrics import gauge_family
 from gateway.proxy.pool import UpstreamPool
 from gateway.tracing import Tracing, make_tracing
@@ -50,6 +59,8 @@ class Runtime:
     decider: Decider
     identity_cache: IdentityCache
     replay: ReplayStore | None
+    signer: IdentityTokenSigner | None
+    limits: Limits
     key_sets: KeySets
     components: list[Component]
     access_log: AccessLog | None = None
@@ -154,8 +165,18 @@ async def start_runtime(
     }
     cache = _identity_cache(compiled)
     replay = _replay_store(compiled, previous)
+    signer = None
+    if compiled.signing is not None:
+        retiring = previous.signer if previous is not None else None
+        signer = IdentityTokenSigner.from_settings(compiled.signing, previous=retiring)
+    limits = Limits(compiled, previous.limits if previous is not None else None)
     decider = Decider(
-        Authenticator(verifier, introspectors, cache), cache, compiled.max_token_size, replay
+        Authenticator(verifier, introspectors, cache),
+        cache,
+        compiled.max_token_size,
+        replay,
+        limiter=limits.limiter,
+        signer=signer,
     )
     key_sets = KeySets(providers)
     runtime = Runtime(
@@ -165,8 +186,12 @@ async def start_runtime(
         identity_cache=cache,
         replay=replay,
         key_sets=key_sets,
+        signer=signer,
+        limits=limits,
         components=[
             Pools(pools),
+            limits,
+            *([IdentityTokens(signer)] if signer is not None else []),
             key_sets,
             Introspectors(introspectors),
             IdentityCacheComponent(cache),
@@ -181,6 +206,7 @@ async def start_runtime(
                 if (old := previous.key_sets.providers.get(key)) is not None:
                     provider.inherit(old)
         await cache.start()
+        await limits.start(previous.limits if previous is not None else None)
         if wait_for_keys > 0 and providers:
             await _wait_ready(list(providers.values()), wait_for_keys)
     except BaseException:

@@ -24,6 +24,7 @@ from gateway.problems import (
     BadRequest,
     Challenge,
     GatewayError,
+    NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
     render_problem,
@@ -167,6 +168,17 @@ def _hex(value: str) -> bytes:
     return digest
 
 
+async def jwks(request: web.Request) -> web.Response:
+    """The public keys of the signed identity tokens (RFC 7517), for upstreams to verify them
+    with; retired keys stay published while tokens they signed may still be in flight."""
+    signer = request.app[HOLDER].current.signer
+    if signer is None:
+        return problem(NotFound("No identity-token keys are configured."))
+    document = signer.jwks()
+    headers = {"Content-Type": document.content_type, "Cache-Control": document.cache_control}
+    return web.Response(body=document.body, headers=headers)
+
+
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition of this process's metrics."""
     body = generate_latest(request.app[METRICS].registry)
@@ -188,4 +200,5 @@ def build_admin_app(holder: RuntimeHolder, gateway_metrics: Metrics) -> web.Appl
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/.well-known/jwks.json", jwks)
     return app

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from gateway.auth import sender
@@ -26,7 +26,10 @@ from gateway.auth.bearer import read_credential
 from gateway.auth.headers import IdentityHeaders
 from gateway.auth.identity import Identity
 from gateway.auth.identity_cache import IdentityCache, Memo
+from gateway.auth.identity_token import IdentityTokenSigner, SignedIdentity
 from gateway.auth.policy import Policy, check
+from gateway.auth.ratelimit_keys import RouteLimits
+from gateway.auth.ratelimiter import RateLimiter
 from gateway.auth.replay import ReplayStore
 from gateway.auth.sender import OFF, HeaderLookup, Presented, SenderRules, TokenType
 from gateway.auth.trace import Trace
@@ -58,6 +61,7 @@ class RequestFacts:
     request_path: str | None = None  # the normalised path as sent (default: ``path``)
     peer: str | None = None  # the client's address (who may set certificate headers)
     tls_certificate: bytes | None = None  # the client certificate's DER, from TLS
+    client_ip: str | None = None  # the client, through trusted proxies (rate-limit keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,8 @@ class RouteAuth:
     tokens: TokenRules
     sender: SenderRules = OFF  # DPoP (RFC 9449) and certificate binding (RFC 8705)
     challenge: Challenge = field(default_factory=Challenge)  # what WWW-Authenticate offers
+    rate_limits: RouteLimits | None = None  # applied after authentication and policy
+    identity_token: SignedIdentity | None = None  # a token the gateway signs for the upstream
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +93,7 @@ class Allow:
     reason: str = "ok"
     token_type: TokenType | None = None  # Bearer, DPoP or mTLS, for the access log
     remove: tuple[str, ...] = ()  # request headers that must not reach the upstream
+    response_headers: tuple[Header, ...] = ()  # for the client's response (RateLimit fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +126,16 @@ class Decider:
         cache: IdentityCache,
         max_token_size: int,
         replay: ReplayStore | None = None,
+        *,
+        limiter: RateLimiter | None = None,
+        signer: IdentityTokenSigner | None = None,
     ) -> None:
         self._authenticator = authenticator
         self._cache = cache
         self._max_token_size = max_token_size
         self._replay = replay  # DPoP proofs seen (RFC 9449 §11.1)
+        self._limiter = limiter
+        self._signer = signer
 
     async def decide(
         self, route: RouteAuth, facts: RequestFacts, trace: Trace | None = None
@@ -131,7 +143,10 @@ class Decider:
         """The decision for ``facts`` on ``route``. ``trace`` (``gateway explain`` only; None
         on the request path) records what each step did."""
         try:
-            return await self._decide(route, facts, trace)
+            allow = await self._decide(route, facts, trace)
+            if route.rate_limits is None and route.identity_token is None:
+                return allow
+            return self._finish(route, facts, allow)
         except GatewayError as error:  # AuthError, or ServiceUnavailable (503)
             if trace is not None:
                 trace.add("decision", "deny", status=error.status, reason=error.reason)
@@ -205,6 +220,38 @@ class Decider:
                 route.id, digest, Memo(found.key, identity, allow, found.introspected)
             )
         return allow
+
+    def _finish(self, route: RouteAuth, facts: RequestFacts, allow: Allow) -> Allow:
+        """Limit, then mutate: the rate limits (after authentication and policy, so the key
+        is trustworthy and refused requests never count) and the signed identity token
+        (bound to this request: made for every request, from a cache)."""
+        identity = allow.identity
+        fields: tuple[Header, ...] = ()
+        if route.rate_limits is not None and self._limiter is not None:
+            ip = facts.client_ip or facts.peer or ""
+            fields = self._limiter.check(
+                route.rate_limits, identity, ip, FirstValues(facts.headers)
+            )
+        headers = allow.headers
+        signed = route.identity_token
+        if signed is not None and identity is not None and self._signer is not None:
+            uri = signed.upstream_uri(facts.request_path or facts.path)
+            headers = (*headers, self._signer.header(identity, signed.route, method=facts.method,
+                                                     uri=uri))  # fmt: skip
+        return replace(allow, headers=headers, response_headers=fields)
+
+
+class FirstValues:
+    """A request header's first value by name: what a rate-limit key reads."""
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: HeaderLookup) -> None:
+        self._headers = headers
+
+    def get(self, key: str, /) -> str | None:
+        values = self._headers.getall(key, ())
+        return values[0] if values else None
 
 
 def _presented(facts: RequestFacts) -> Presented:

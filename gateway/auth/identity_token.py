@@ -28,6 +28,8 @@ import jwt
 from gateway.auth.headers import HeaderTemplate
 from gateway.auth.identity import Identity
 from gateway.auth.signing_keys import JwksDocument, KeyRing, SigningKey
+from gateway.routing.paths import rewrite_path
+from gateway.routing.semantics import PathSemantics
 
 DEFAULT_FORWARDING_HEADER: Final = "X-Identity-Token"
 # Claims the gateway sets itself; a template may not forge or shadow them.
@@ -86,6 +88,26 @@ def request_uri(scheme: str, host: str, port: int | None, path: str) -> str:
     if port is not None and port != _DEFAULT_PORTS.get(scheme):
         authority = f"{authority}:{port}"
     return f"{scheme}://{authority}{path or '/'}"
+
+
+@dataclass(frozen=True, slots=True)
+class SignedIdentity:
+    """A route's identity token and where its requests go, so the token can be bound to the
+    upstream request (``htm``/``htu``) the gateway is about to send."""
+
+    route: IdentityTokenRoute
+    scheme: str
+    host: str
+    port: int | None
+    base_path: str
+    strip_prefix: str | None
+    add_prefix: str | None
+    semantics: PathSemantics
+
+    def upstream_uri(self, path: str) -> str:
+        """The upstream request's URI for the client's normalised ``path``."""
+        rewritten = rewrite_path(path, self.strip_prefix, self.add_prefix, self.semantics)
+        return request_uri(self.scheme, self.host, self.port, self.base_path + rewritten)
 
 
 def build_claims(

@@ -13,16 +13,24 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from gateway.auth.identity import Identity
 from gateway.auth.ratelimit import Rate
 
 MAX_PART_CHARS: Final = 128
 
-Part = Callable[[Identity | None, str, Mapping[str, str]], str]
+
+class HeaderGetter(Protocol):
+    """A request header's value by case-insensitive name (a dict in tests, the request's
+    headers on the request path)."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+
+Part = Callable[[Identity | None, str, HeaderGetter], str]
 
 
 def _bounded(value: str) -> str:
@@ -53,27 +61,27 @@ def client_address(ip: str) -> str:
     return f"{int(address) >> 64:016x}::/64"
 
 
-def _client_id(identity: Identity | None, ip: str, headers: Mapping[str, str]) -> str:
+def _client_id(identity: Identity | None, ip: str, headers: HeaderGetter) -> str:
     return _bounded(identity.client_id or "") if identity is not None else ""
 
 
-def _subject(identity: Identity | None, ip: str, headers: Mapping[str, str]) -> str:
+def _subject(identity: Identity | None, ip: str, headers: HeaderGetter) -> str:
     return _bounded(identity.subject or "") if identity is not None else ""
 
 
-def _address(identity: Identity | None, ip: str, headers: Mapping[str, str]) -> str:
+def _address(identity: Identity | None, ip: str, headers: HeaderGetter) -> str:
     return client_address(ip)
 
 
 def _header(name: str) -> Part:
-    def read(identity: Identity | None, ip: str, headers: Mapping[str, str]) -> str:
+    def read(identity: Identity | None, ip: str, headers: HeaderGetter) -> str:
         return _bounded(headers.get(name) or "")
 
     return read
 
 
 def _claim(name: str) -> Part:
-    def read(identity: Identity | None, ip: str, headers: Mapping[str, str]) -> str:
+    def read(identity: Identity | None, ip: str, headers: HeaderGetter) -> str:
         return _bounded(_claim_text(identity.claims.get(name))) if identity is not None else ""
 
     return read
@@ -107,9 +115,7 @@ class CompiledLimit:
     allowed: int = 0
     limited: int = 0
 
-    def key_of(
-        self, identity: Identity | None, ip: str, headers: Mapping[str, str]
-    ) -> tuple[str, ...]:
+    def key_of(self, identity: Identity | None, ip: str, headers: HeaderGetter) -> tuple[str, ...]:
         parts = self.parts
         if len(parts) == 1:  # the common case, without a generator
             return (self.namespace, parts[0](identity, ip, headers))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.auth.identity import Identity
@@ -35,7 +35,7 @@ from gateway.auth.ratelimit import (
     service_limit,
     wait,
 )
-from gateway.auth.ratelimit_keys import CompiledLimit, RouteLimits
+from gateway.auth.ratelimit_keys import CompiledLimit, HeaderGetter, RouteLimits
 
 _NEVER = -(2**62)  # a tat far in the past: a full bucket
 
@@ -94,7 +94,7 @@ class RateLimiter:
         route: RouteLimits,
         identity: Identity | None,
         client_ip: str,
-        headers: Mapping[str, str],
+        headers: HeaderGetter,
     ) -> tuple[tuple[str, str], ...]:
         """Admit the request under every limit of the route, or raise RateLimited.
 

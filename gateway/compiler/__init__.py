@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from gateway.auth.contexts import ValidationContext
 from gateway.auth.decide import RouteAuth
+from gateway.auth.identity_token import SigningSettings
 from gateway.auth.resource_metadata import ResourceMetadata
 from gateway.auth.settings import CacheSettings, IssuerSettings
 from gateway.cache.settings import RedisSettings
@@ -30,6 +31,8 @@ from gateway.compiler.auth import (
     route_policy,
     token_rules,
 )
+from gateway.compiler.identity_token import signed_identity, signing_settings
+from gateway.compiler.ratelimit import RateLimitingSettings, rate_limiting_settings, route_limits
 from gateway.compiler.sender import (
     DpopReplaySettings,
     RouteView,
@@ -85,6 +88,8 @@ class CompiledConfig:
     admin_token: str | None
     resource_documents: Mapping[str, ResourceMetadata]  # RFC 9728 documents by path
     dpop_replay: DpopReplaySettings | None  # None: no route checks DPoP proofs
+    signing: SigningSettings | None  # the identity-token key ring; None: none configured
+    rate_limiting: RateLimitingSettings
     decision: DecisionSettings | None = None  # the forward-auth service; None: off
 
     @property
@@ -100,7 +105,8 @@ def compile_config(loaded: LoadedConfig) -> CompiledConfig:
     check_issuer_files(loaded)
     issuers = {issuer.key: issuer_settings(issuer) for issuer in config.issuers}
     contexts = Contexts(issuers)
-    table, routes, documents = _routes(loaded, upstreams, issuers, contexts)
+    signing = signing_settings(loaded)
+    table, routes, documents = _routes(loaded, upstreams, issuers, contexts, signing)
     redis = config.cache.redis
     try:
         redis_compiled = redis_settings(redis)
@@ -123,6 +129,8 @@ def compile_config(loaded: LoadedConfig) -> CompiledConfig:
         admin_token=_admin_token(loaded),
         resource_documents=documents,
         dpop_replay=dpop_replay_settings(loaded, routes),
+        signing=signing,
+        rate_limiting=rate_limiting_settings(loaded),
         decision=decision_settings(loaded),
     )
 
@@ -155,6 +163,7 @@ def _routes(
     upstreams: Mapping[str, UpstreamTarget],
     issuers: Mapping[str, IssuerSettings],
     contexts: Contexts,
+    signing: SigningSettings | None,
 ) -> tuple[RouteTable[CompiledRoute], tuple[CompiledRoute, ...], Mapping[str, ResourceMetadata]]:
     config = loaded.config
     defaults = config.defaults
@@ -163,8 +172,17 @@ def _routes(
     # routes must never receive a client's copy of a header another route vouches for.
     default_names = default_identity_headers(loaded).names
     prefix = defaults.identity_prefix
+    signed = [
+        signed_identity(
+            loaded, index, route, upstreams[route.upstream],
+            path_semantics(config.upstreams[route.upstream].paths, defaults.paths), signing,
+        )
+        for index, route in enumerate(config.routes)
+    ]  # fmt: skip
+    # A client must not be able to send its own identity token either.
+    token_names = {s.route.header.lower() for s in signed if s is not None and not s.route.bearer}
     removal = Removal(
-        names=default_names.union(*(h.names for h in headers)),
+        names=default_names.union(*(h.names for h in headers), token_names),
         prefixes=(prefix.lower(),) if prefix else (),
     )
     names = [route.name or f"routes[{index}]" for index, route in enumerate(config.routes)]
@@ -199,6 +217,8 @@ def _routes(
             challenge=route_challenge(
                 defaults.realm, resource_of.get(names[index]), policies[index], senders[index]
             ),
+            rate_limits=route_limits(loaded, index, route, names[index]),
+            identity_token=signed[index],
         )
         item = CompiledRoute(
             index=index,

@@ -14,11 +14,17 @@ from gateway.auth.identity_token import (
     DEFAULT_FORWARDING_HEADER,
     RESERVED_CLAIMS,
     IdentityTokenRoute,
+    SignedIdentity,
     SigningSettings,
 )
 from gateway.auth.signing_keys import KeyFileError, KeyRing, KeySpec
 from gateway.config.errors import SettingError
+from gateway.config.loader import LoadedConfig
+from gateway.config.models import Route
 from gateway.config.models.identity_token import RouteIdentityToken, TokenSigning
+from gateway.config.yaml import Loc
+from gateway.proxy.targets import UpstreamTarget
+from gateway.routing.semantics import PathSemantics
 
 
 def compile_signing(section: TokenSigning) -> SigningSettings:
@@ -78,4 +84,50 @@ def compile_route_token(
         lifetime=int(section.lifetime),
         claims=tuple(claims),
         bind_request=section.bind_request,
+    )
+
+
+def signing_settings(loaded: LoadedConfig) -> SigningSettings | None:
+    """The top-level ``token_signing``, keys loaded (or None without the section)."""
+    section = loaded.config.token_signing
+    if section is None:
+        return None
+    try:
+        return compile_signing(section)
+    except SettingError as exc:
+        raise loaded.source.error(("token_signing", *exc.loc), str(exc)) from None
+
+
+def signed_identity(
+    loaded: LoadedConfig,
+    index: int,
+    route: Route,
+    target: UpstreamTarget,
+    semantics: PathSemantics,
+    signing: SigningSettings | None,
+) -> SignedIdentity | None:
+    """A route's identity token and its upstream's address (for the request binding)."""
+    defaults = loaded.config.defaults
+    section = route.identity_token or defaults.identity_token
+    forward = defaults.forward_authorization
+    if route.forward_authorization is not None:
+        forward = route.forward_authorization
+    try:
+        compiled = compile_route_token(
+            section, upstream=route.upstream, forward_authorization=forward, signing=signing
+        )
+    except SettingError as exc:
+        where: Loc = ("routes", index) if route.identity_token else ("defaults",)
+        raise loaded.source.error((*where, "identity_token", *exc.loc), str(exc)) from None
+    if compiled is None:
+        return None
+    return SignedIdentity(
+        route=compiled,
+        scheme="https" if target.ssl is not None else "http",
+        host=target.host or "localhost",
+        port=target.port,
+        base_path=target.base_path,
+        strip_prefix=route.rewrite.strip_prefix if route.rewrite else None,
+        add_prefix=route.rewrite.add_prefix if route.rewrite else None,
+        semantics=semantics,
     )

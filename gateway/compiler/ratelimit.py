@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from gateway.auth.ratelimit import Rate, policy_field
 from gateway.auth.ratelimit_keys import CompiledLimit, RouteLimits, compile_part
 from gateway.config.errors import SettingError
+from gateway.config.loader import LoadedConfig
+from gateway.config.models import Route
 from gateway.config.models.ratelimit import Limit, RouteRateLimits
+from gateway.config.yaml import Loc
 
 
 def _compile_limit(
@@ -48,3 +53,35 @@ def compile_route_limits(
         policy=policy_field([(c.name, c.rate) for c in compiled["limits"]]),
         anonymous_policy=policy_field([(c.name, c.rate) for c in compiled["anonymous"]]),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitingSettings:
+    """The top-level ``rate_limiting``: how limits are held and shared."""
+
+    max_keys: int
+    shared: bool  # summed across replicas through cache.redis
+    sync_interval: float
+    key_prefix: str
+
+
+def rate_limiting_settings(loaded: LoadedConfig) -> RateLimitingSettings:
+    section = loaded.config.rate_limiting
+    if section.redis and loaded.config.cache.redis is None:
+        raise loaded.source.error(("rate_limiting", "redis"), "needs a cache.redis section")
+    return RateLimitingSettings(
+        section.max_keys, section.redis, section.sync_interval, section.key_prefix
+    )
+
+
+def route_limits(loaded: LoadedConfig, index: int, route: Route, name: str) -> RouteLimits | None:
+    config = loaded.config
+    section = route.rate_limits or config.defaults.rate_limits
+    share = config.rate_limiting.when_redis_down == "local_share"
+    try:
+        return compile_route_limits(
+            section, route=name, replicas=config.rate_limiting.expected_replicas, share=share
+        )
+    except SettingError as exc:
+        where: Loc = ("routes", index) if route.rate_limits else ("defaults",)
+        raise loaded.source.error((*where, "rate_limits", *exc.loc), str(exc)) from None
