@@ -38,6 +38,7 @@ from gateway.proxy.requests import (
     wants_websocket,
     without_parameter,
 )
+from gateway.proxy.trust import client_address
 from gateway.proxy.websocket import relay_websocket
 from gateway.request_decision import decide, request_facts, route_of, target_of
 from gateway.routing.paths import rewrite_path
@@ -165,6 +166,10 @@ class ProxyHandler:
         facts = request_facts(
             located, request.method, host, authorization, form_fields,
             headers=request.headers, peer=request.remote,
+            client_ip=client_address(
+                request.remote, request.headers.getall("X-Forwarded-For", ()),
+                compiled.forwarding.trusted,
+            ),
         )  # fmt: skip
         decision = await decide(runtime.decider, located, facts)
         if isinstance(decision, Deny):

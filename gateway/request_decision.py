@@ -84,6 +84,7 @@ def request_facts(
     headers: HeaderLookup = NO_HEADERS,
     peer: str | None = None,
     tls_certificate: bytes | None = None,
+    client_ip: str | None = None,
 ) -> RequestFacts:
     """What the decision may know about the request: nothing beyond these values
     (``headers`` are read only for DPoP proofs and a front proxy's certificate header)."""
@@ -98,6 +99,7 @@ def request_facts(
         request_path=located.target.path,
         peer=peer,
         tls_certificate=tls_certificate,
+        client_ip=client_ip,
     )
 
 

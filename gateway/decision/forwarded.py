@@ -57,6 +57,7 @@ class ForwardedRequest:
     host: str | None
     authorization: tuple[str, ...]
     header_names: tuple[str, ...]  # every field name forwarded (Envoy removes the forbidden)
+    headers: tuple[Header, ...] = ()  # every field (DPoP proofs, a certificate header)
 
 
 def values_of(headers: Sequence[Header], name: str) -> list[str]:
@@ -90,6 +91,7 @@ def forwarded_request(
         host=host or None,
         authorization=tuple(values_of(headers, "Authorization")),
         header_names=tuple(name for name, _ in headers),
+        headers=tuple(headers),
     )
 
 

@@ -170,7 +170,9 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         except GatewayError as error:
             return Verdict(Deny(error.with_traceback(None)), None)
         record.method = forwarded.method
-        return await judge(runtime, forwarded, record)
+        # Envoy's downstream address, already resolved by its own XFF rules.
+        source = request.attributes.source.address.socket_address.address or peer
+        return await judge(runtime, forwarded, record, peer=peer, client_ip=source)
 
 
 async def start_grpc(

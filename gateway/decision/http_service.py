@@ -32,11 +32,13 @@ from gateway.decision.forwarded import (
     from_envoy_http,
     from_forward_auth,
     from_nginx,
+    values_of,
 )
 from gateway.decision.verdict import Verdict, judge
 from gateway.metrics import Metrics
 from gateway.problems import AuthError, GatewayError, ServiceUnavailable
 from gateway.proxy.headers import request_id_of
+from gateway.proxy.trust import client_address
 from gateway.runtime import Runtime, RuntimeHolder
 
 log = logging.getLogger("gateway.decision")
@@ -146,7 +148,11 @@ class DecisionEndpoints:
         except GatewayError as error:
             return Verdict(Deny(error.with_traceback(None)), None)
         record.method = forwarded.method
-        return await judge(runtime, forwarded, record)
+        # The host proxy appended the client it received from (Traefik and Caddy always,
+        # nginx as README "Forward auth" configures it).
+        chain = values_of(headers, "X-Forwarded-For")
+        client_ip = client_address(request.remote, chain, settings.forwarders)
+        return await judge(runtime, forwarded, record, peer=request.remote, client_ip=client_ip)
 
 
 def build_decision_app(

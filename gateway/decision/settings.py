@@ -17,6 +17,9 @@ from gateway.proxy.trust import TrustedProxies
 @dataclass(frozen=True, slots=True)
 class DecisionSettings:
     trusted: TrustedProxies  # host proxies whose forwarded-request headers are believed
+    # Host proxies and the proxies in front of them (forwarding.trusted_proxies): the
+    # X-Forwarded-For entries skipped to find the client a rate-limit ``ip`` key counts.
+    forwarders: TrustedProxies
     envoy_path_prefix: str
     max_age: float  # bound on Cache-Control max-age for allow answers; 0: no-store
 
@@ -28,6 +31,9 @@ def decision_settings(loaded: LoadedConfig) -> DecisionSettings | None:
         return None
     try:
         trusted = TrustedProxies(section.trusted_proxies)
+        forwarders = TrustedProxies(
+            [*section.trusted_proxies, *loaded.config.forwarding.trusted_proxies]
+        )
     except ValueError as exc:
         raise loaded.source.error(("decision", "trusted_proxies"), str(exc)) from None
     if section.grpc is not None and not _grpc_installed():
@@ -36,7 +42,7 @@ def decision_settings(loaded: LoadedConfig) -> DecisionSettings | None:
             "Envoy ext_authz over gRPC needs grpcio and xds-protos: "
             "pip install 'oauth-gateway[envoy]'",
         )
-    return DecisionSettings(trusted, section.envoy_path_prefix, section.cache.max_age)
+    return DecisionSettings(trusted, forwarders, section.envoy_path_prefix, section.cache.max_age)
 
 
 def _grpc_installed() -> bool:

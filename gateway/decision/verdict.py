@@ -13,6 +13,8 @@ import math
 import time
 from dataclasses import dataclass
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from gateway.accesslog import RequestRecord
 from gateway.auth.bearer import ACCESS_TOKEN_PARAM
 from gateway.auth.decide import Allow, Decision, Deny
@@ -33,15 +35,31 @@ class Verdict:
     max_age: int = 0  # seconds a host proxy may reuse this allow; 0: no-store
 
 
-async def judge(runtime: Runtime, forwarded: ForwardedRequest, record: RequestRecord) -> Verdict:
-    """The proxy's decision for ``forwarded``; every refusal is a ``Deny``."""
+async def judge(
+    runtime: Runtime,
+    forwarded: ForwardedRequest,
+    record: RequestRecord,
+    *,
+    peer: str | None,
+    client_ip: str | None,
+) -> Verdict:
+    """The proxy's decision for ``forwarded``; every refusal is a ``Deny``.
+
+    ``peer`` is the host proxy (who may set a certificate header, as a front proxy may on
+    the proxy listener); ``client_ip`` is the client the host proxy reports, which a
+    rate-limit ``ip`` key counts.
+    """
     compiled = runtime.compiled
     try:
         if len(forwarded.target) > compiled.config.limits.max_request_line:
             # RFC 9112 §3: the proxy listener's parser refuses such a target with 414.
             raise UriTooLong("The request target is too long.")
         located = locate(compiled, forwarded.target, forwarded.host, forwarded.method, record)
-        facts = request_facts(located, forwarded.method, forwarded.host, forwarded.authorization)
+        facts = request_facts(
+            located, forwarded.method, forwarded.host, forwarded.authorization,
+            headers=CIMultiDictProxy(CIMultiDict(forwarded.headers)),
+            peer=peer, client_ip=client_ip,
+        )  # fmt: skip
         decision = await decide(runtime.decider, located, facts)
     except GatewayError as error:  # refused before the decision: 400, 404, 405
         return Verdict(Deny(error.with_traceback(None)), None)

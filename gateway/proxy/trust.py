@@ -10,7 +10,7 @@ lookup is a dictionary hit for a repeat peer and a few integer ``&`` otherwise.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 _CACHE_LIMIT = 1024
 
@@ -100,3 +100,43 @@ class TrustedProxies:
 
     def __repr__(self) -> str:
         return f"TrustedProxies(v4={len(self._v4)}, v6={len(self._v6)})"
+
+
+def client_address(
+    peer: str | None, forwarded_for: Sequence[str], trusted: TrustedProxies
+) -> str | None:
+    """The client's address: the socket peer, or, when the peer is one of our proxies, the
+    right-most ``X-Forwarded-For`` entry that is not (nginx's ``real_ip_recursive on``).
+
+    Each proxy appends the address it received from, so only the entries our own proxies
+    wrote can be believed: walking from the right and stopping at the first untrusted
+    entry gives the last hop a client could not choose. A client that puts addresses of its
+    own on the left gains nothing; an entry that is no IP (``unknown``, a hostname, junk)
+    ends the walk at the hop that wrote it, so the answer is never text a client typed.
+    """
+    if peer is None or not trusted.is_trusted(peer):
+        return peer
+    address = peer
+    for value in reversed(forwarded_for):
+        for entry in reversed(value.split(",")):
+            candidate = _address_of(entry)
+            if candidate is None:
+                return address
+            address = candidate
+            if not trusted.is_trusted(candidate):
+                return address
+    return address
+
+
+def _address_of(entry: str) -> str | None:
+    """One ``X-Forwarded-For`` entry as a canonical IP, or None (a port or brackets are
+    accepted, as some proxies write ``[2001:db8::1]:443`` or ``192.0.2.1:5000``)."""
+    text = entry.strip()
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None

@@ -258,3 +258,47 @@ async def test_limits_are_the_proxy_listeners(tmp_path: Path) -> None:
         huge = [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/public/x"),
                 ("X-Forwarded-Host", "h"), ("X-Big", "b" * 3000)]  # fmt: skip
         assert (await raw_request(gw.decision.port, "GET", "/traefik", huge)).status == 400
+
+
+async def test_dpop_proofs_and_client_addresses_reach_the_decision(tmp_path: Path) -> None:
+    """A forward-auth check sees the original request's DPoP proof (RFC 9449 §4.3 checked
+    against the external URL, as on the proxy) and counts the client the host proxy reports
+    in X-Forwarded-For, not the host proxy itself, for a per-IP limit."""
+    from tests.support.dpop import client_key, proof
+
+    external = "https://api.example"
+
+    def config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict:
+        data = forward_auth_config(upstream, issuer)
+        data["routes"][:0] = [
+            {"name": "bound", "match": {"path": {"prefix": "/bound"}}, "upstream": "app",
+             "dpop": {"mode": "required", "external_url": external}},
+            {"name": "open", "match": {"path": {"prefix": "/open"}}, "upstream": "app",
+             "auth": "anonymous", "rate_limits": {"anonymous": [
+                 {"name": "per-ip", "key": ["ip"], "limit": 1, "window": 60}]}},
+        ]  # fmt: skip
+        return data
+
+    async with forward_auth_world(tmp_path, config) as (gw, _upstream, issuer):
+        assert gw.decision is not None
+        port = gw.decision.port
+        key = client_key("ES256")
+        token = issuer.mint({"cnf": {"jkt": key.jkt}})
+
+        def described(uri: str, *extra: tuple[str, str]) -> list[tuple[str, str]]:
+            return [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", uri),
+                    ("X-Forwarded-Host", "api.example"), *extra]  # fmt: skip
+
+        dpop = proof(key, htu=f"{external}/bound/x", token=token)
+        with_proof = described("/bound/x", ("Authorization", f"DPoP {token}"), ("DPoP", dpop))
+        assert (await raw_request(port, "GET", "/traefik", with_proof)).status == 200
+        no_proof = described("/bound/x", ("Authorization", f"DPoP {token}"))
+        assert (await raw_request(port, "GET", "/traefik", no_proof)).status == 401
+
+        def client(ip: str) -> list[tuple[str, str]]:
+            return described("/open/x", ("X-Forwarded-For", ip))
+
+        first = [(await raw_request(port, "GET", "/caddy", client("203.0.113.1"))).status
+                 for _ in range(2)]  # fmt: skip
+        other = (await raw_request(port, "GET", "/caddy", client("203.0.113.2"))).status
+        assert first == [200, 429] and other == 200

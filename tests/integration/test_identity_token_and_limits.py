@@ -170,3 +170,27 @@ async def test_a_client_that_honours_retry_after_gets_through(tmp_path: Path, is
             assert status == 200
             done += 1
         assert waits >= 1 and time.monotonic() - started < 6
+
+
+async def test_behind_a_trusted_proxy_the_ip_key_is_the_forwarded_client(
+    tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream
+) -> None:
+    """Two clients behind the same trusted front proxy have their own buckets, and a client
+    cannot get a fresh one by writing addresses of its own on the left of the header."""
+    cfg = config(tmp_path, issuer, upstream)
+    cfg["forwarding"] = {"trusted_proxies": ["127.0.0.1/32"]}
+    async with running_gateway(tmp_path, cfg) as gw:
+        await wait_ready(gw)
+
+        async def from_client(chain: str) -> int:
+            async with aiohttp.ClientSession() as session:
+                url = f"http://127.0.0.1:{gw.proxy_port}/open/x"
+                async with session.get(url, headers={"X-Forwarded-For": chain}) as r:
+                    return r.status
+
+        first = [await from_client("203.0.113.1") for _ in range(3)]
+        spoofed = [await from_client(f"198.51.100.{n}, 203.0.113.1") for n in range(2)]
+        second = [await from_client("203.0.113.2") for _ in range(2)]
+        assert first == [200, 200, 429]
+        assert spoofed == [429, 429]  # the left-most entries are the client's own text
+        assert second == [200, 200]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.proxy.trust import TrustedProxies
+from gateway.proxy.trust import TrustedProxies, client_address
 
 NETWORKS = ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32", "::1"]
 
@@ -83,3 +83,44 @@ def test_cache_stays_bounded_and_correct_across_clears() -> None:
         answers = [trust.is_trusted(peer) for peer in peers]
         assert answers == [peer.startswith("10.0.") for peer in peers]
     assert 0 < len(trust._cache) <= 1024
+
+
+# --- client_address: the client through trusted proxies (rate-limit keys) ----------------
+
+_OURS = TrustedProxies(["10.0.0.0/8", "fd00::/8"])
+
+
+@pytest.mark.parametrize(
+    ("peer", "chain", "expected"),
+    [
+        # An untrusted peer is the client, whatever it wrote.
+        ("198.51.100.7", ["203.0.113.9"], "198.51.100.7"),
+        # One of our proxies: the entry it appended.
+        ("10.0.0.2", ["203.0.113.9"], "203.0.113.9"),
+        # Addresses a client put on the left are never reached.
+        ("10.0.0.2", ["1.2.3.4, 203.0.113.9"], "203.0.113.9"),
+        # Two of our proxies in a row: skip both.
+        ("10.0.0.2", ["1.2.3.4, 203.0.113.9, 10.0.0.3"], "203.0.113.9"),
+        ("10.0.0.2", ["1.2.3.4", "203.0.113.9", "10.0.0.3"], "203.0.113.9"),
+        # Junk ends the walk at the proxy that wrote it, never at client text.
+        ("10.0.0.2", ["203.0.113.9, unknown"], "10.0.0.2"),
+        ("10.0.0.2", ["203.0.113.9, unknown, 10.0.0.3"], "10.0.0.3"),
+        # Only our proxies all the way: the left-most of them.
+        ("10.0.0.2", ["10.0.0.4, 10.0.0.3"], "10.0.0.4"),
+        # No header from a trusted peer: the peer.
+        ("10.0.0.2", [], "10.0.0.2"),
+        # Ports and brackets, and IPv6 canonicalised.
+        ("10.0.0.2", ["[2001:DB8::1]:443"], "2001:db8::1"),
+        ("10.0.0.2", ["192.0.2.1:5000"], "192.0.2.1"),
+        ("fd00::2", ["2001:db8:0:0::7"], "2001:db8::7"),
+        (None, ["203.0.113.9"], None),
+    ],
+)
+def test_client_address_walks_trusted_hops_from_the_right(
+    peer: str | None, chain: list[str], expected: str | None
+) -> None:
+    assert client_address(peer, chain, _OURS) == expected
+
+
+def test_client_address_trusts_nothing_without_trusted_proxies() -> None:
+    assert client_address("10.0.0.2", ["203.0.113.9"], TrustedProxies([])) == "10.0.0.2"
