@@ -27,7 +27,12 @@ from gateway.metrics import Metrics
 from gateway.problems import AuthError, BadFraming, GatewayError
 from gateway.proxy.forward import Body, forward, request_head, response_started
 from gateway.proxy.headers import request_id_of, upstream_request_headers
-from gateway.proxy.problem_response import problem_response, resource_metadata_response
+from gateway.proxy.problem_response import (
+    JWKS_PATH,
+    jwks_response,
+    problem_response,
+    resource_metadata_response,
+)
 from gateway.proxy.requests import (
     body_of,
     check_request_line,
@@ -158,6 +163,18 @@ class ProxyHandler:
             # RFC 9728 §3: the gateway answers for the resource it protects (never forwarded).
             record.route, record.decision, record.reason = "-", "metadata", "ok"
             return resource_metadata_response(document, request.headers.get("If-None-Match"))
+        signing = compiled.signing
+        if (
+            target.path == JWKS_PATH
+            and signing is not None
+            and signing.jwks_on_proxy
+            and runtime.signer is not None
+            and request.method in ("GET", "HEAD")
+        ):
+            # token_signing.jwks.on_proxy: upstreams that reach only this listener fetch the
+            # identity-token keys here (the admin listener answers the same document).
+            record.route, record.decision, record.reason = "-", "jwks", "ok"
+            return jwks_response(runtime.signer.jwks())
         located = route_of(compiled, target, host, request.method, record)
         route = exchange.route = located.route
 

@@ -1,5 +1,6 @@
-"""Answers the proxy listener gives itself: problems (``gateway.problems.render_problem``)
-and RFC 9728 protected resource metadata."""
+"""Answers the proxy listener gives itself: problems (``gateway.problems.render_problem``),
+RFC 9728 protected resource metadata and (``token_signing.jwks.on_proxy``) the RFC 7517 key
+set of the identity tokens."""
 
 from __future__ import annotations
 
@@ -16,6 +17,17 @@ class Document(Protocol):
 
     @property
     def etag(self) -> str: ...
+
+
+class KeySetDocument(Protocol):
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def cache_control(self) -> str: ...
+
+    @property
+    def content_type(self) -> str: ...
 
 
 def problem_response(
@@ -44,3 +56,16 @@ def resource_metadata_response(document: Document, if_none_match: str | None) ->
     if document.etag in (tag.strip() for tag in tags):
         return web.Response(status=304, headers=headers)
     return web.Response(body=document.document, content_type="application/json", headers=headers)
+
+
+JWKS_PATH = "/.well-known/jwks.json"
+
+
+def jwks_response(document: KeySetDocument) -> web.Response:
+    """The identity-token keys (RFC 7517 §5), as the admin listener serves them."""
+    headers = {
+        "Server": SERVER_NAME,
+        "Content-Type": document.content_type,
+        "Cache-Control": document.cache_control,
+    }
+    return web.Response(body=document.body, headers=headers)

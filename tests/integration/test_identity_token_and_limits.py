@@ -194,3 +194,27 @@ async def test_behind_a_trusted_proxy_the_ip_key_is_the_forwarded_client(
         assert first == [200, 200, 429]
         assert spoofed == [429, 429]  # the left-most entries are the client's own text
         assert second == [200, 200]
+
+
+@pytest.mark.parametrize("on_proxy", [True, False])
+async def test_the_key_set_is_on_the_proxy_listener_only_when_asked(
+    tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream, on_proxy: bool
+) -> None:
+    cfg = config(tmp_path, issuer, upstream)
+    cfg["token_signing"]["jwks"] = {"on_proxy": on_proxy}
+    cfg["routes"].append({"name": "all", "match": {"path": {"prefix": "/"}}, "upstream": "orders",
+                          "auth": "anonymous", "identity_token": {"enabled": False}})  # fmt: skip
+    async with running_gateway(tmp_path, cfg) as gw:
+        await wait_ready(gw)
+        async with aiohttp.ClientSession() as session:
+            admin = f"http://127.0.0.1:{gw.admin_port}/.well-known/jwks.json"
+            async with session.get(admin) as r:
+                published = await r.read()
+            url = f"http://127.0.0.1:{gw.proxy_port}/.well-known/jwks.json"
+            async with session.get(url) as r:
+                body, content_type = await r.read(), r.headers.get("Content-Type")
+    if on_proxy:
+        assert body == published and content_type == "application/jwk-set+json"
+        assert upstream.received == []  # answered by the gateway, never forwarded
+    else:
+        assert len(upstream.received) == 1  # an ordinary path, routed as any other
