@@ -32,6 +32,7 @@ from gateway.compiler.auth import (
     token_rules,
 )
 from gateway.compiler.identity_token import signed_identity, signing_settings
+from gateway.compiler.listener_tls import listener_tls
 from gateway.compiler.ratelimit import RateLimitingSettings, rate_limiting_settings, route_limits
 from gateway.compiler.sender import (
     DpopReplaySettings,
@@ -45,6 +46,7 @@ from gateway.compiler.sender import (
 from gateway.config.loader import LoadedConfig
 from gateway.config.models import GatewayConfig, TokenSources, Upstream
 from gateway.decision.settings import DecisionSettings, decision_settings
+from gateway.listener.tls import TlsFiles
 from gateway.proxy.headers import ForwardingPolicy, Removal
 from gateway.proxy.targets import UpstreamSpec, UpstreamTarget, make_target
 from gateway.proxy.trust import TrustedProxies
@@ -91,6 +93,7 @@ class CompiledConfig:
     signing: SigningSettings | None  # the identity-token key ring; None: none configured
     rate_limiting: RateLimitingSettings
     decision: DecisionSettings | None = None  # the forward-auth service; None: off
+    listen_tls: TlsFiles | None = None  # the proxy listener's certificate; None: plain HTTP
 
     @property
     def config(self) -> GatewayConfig:
@@ -132,6 +135,7 @@ def compile_config(loaded: LoadedConfig) -> CompiledConfig:
         signing=signing,
         rate_limiting=rate_limiting_settings(loaded),
         decision=decision_settings(loaded),
+        listen_tls=listener_tls(loaded),
     )
 
 

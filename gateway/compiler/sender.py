@@ -47,11 +47,12 @@ def sender_rules(loaded: LoadedConfig, index: int, route: Route) -> SenderRules:
     mtls_rules = None
     if certificates.mode != "off":
         where = ("routes", index) if route.client_certificates else ("defaults",)
-        if certificates.source == "tls" and not _terminates_tls(loaded):
+        if certificates.source == "tls" and not _asks_for_certificates(loaded):
             raise loaded.source.error(
                 (*where, "client_certificates", "source"),
-                "tls needs the proxy listener to terminate TLS (listen.tls); behind a front "
-                "proxy that does, use source: header",
+                "tls needs the proxy listener to terminate TLS and ask for client "
+                "certificates (listen.tls.client_auth.mode: optional or required); behind a "
+                "front proxy that does, use source: header",
             )
         trusted = certificates.trusted_proxies
         if trusted is None:
@@ -71,8 +72,9 @@ def sender_rules(loaded: LoadedConfig, index: int, route: Route) -> SenderRules:
     return SenderRules(dpop=dpop_rules, mtls=mtls_rules)
 
 
-def _terminates_tls(loaded: LoadedConfig) -> bool:
-    return getattr(loaded.config.listen, "tls", None) is not None
+def _asks_for_certificates(loaded: LoadedConfig) -> bool:
+    tls = loaded.config.listen.tls
+    return tls is not None and tls.client_auth.mode != "none"
 
 
 @dataclass(frozen=True, slots=True)

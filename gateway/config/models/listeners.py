@@ -3,16 +3,50 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from gateway.config.models.base import Strict
 from gateway.config.types import Duration, HeaderName
 
 
+class ClientAuth(Strict):
+    """Whether the TLS handshake asks for a client certificate (RFC 8446 §4.3.2)."""
+
+    mode: Literal["none", "optional", "required"] = Field(
+        "none",
+        description="optional: a certificate is asked for and, when sent, must chain to "
+        "ca_file; required: no certificate, no connection. Fixed until a restart.",
+    )
+    ca_file: Path | None = Field(None, description="PEM CAs client certificates chain to.")
+
+    @model_validator(mode="after")
+    def _needs_ca(self) -> ClientAuth:
+        if self.mode != "none" and self.ca_file is None:
+            raise ValueError("client certificates need ca_file (the CAs they must chain to)")
+        return self
+
+
+class ListenTls(Strict):
+    """TLS on the proxy listener (RFC 8446; RFC 9325's recommendations)."""
+
+    cert_file: Path = Field(description="PEM: the certificate, then its intermediates.")
+    key_file: Path = Field(description="PEM private key, unencrypted.")
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    client_auth: ClientAuth = ClientAuth()
+    watch_interval: Duration = Field(
+        30.0,
+        ge=0,
+        description="How often the files are checked for a renewal (0: only on reload).",
+    )
+
+
 class Listen(Strict):
     host: str = "0.0.0.0"  # noqa: S104 - a gateway listens on every interface by default
     port: int = Field(8080, ge=0, le=65535)
+    tls: ListenTls | None = None
 
 
 class AdminListen(Strict):
