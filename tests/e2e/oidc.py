@@ -335,33 +335,11 @@ class OidcProvider:
             # OIDC Core §11: offline_access is granted only with prompt=consent.
             "prompt": "consent",
         }
-        jar = aiohttp.CookieJar(unsafe=True)  # cookies for an IP-address host
-        async with aiohttp.ClientSession(cookie_jar=jar) as browser:
-            url = self.issuer + "/auth?" + urlencode(query)
-            code = None
-            for _ in range(12):
-                async with browser.get(url, allow_redirects=False) as r:
-                    location = r.headers.get("Location")
-                    page = await r.text()
-                if location and location.startswith(REDIRECT_URI):
-                    answer = parse_qs(urlsplit(location).query)
-                    assert "code" in answer, answer
-                    assert answer["state"] == [query["state"]], answer
-                    code = answer["code"][0]
-                    break
-                if location:
-                    url = urljoin(url, location)
-                    continue
-                form = _Form.parse(page)
-                fields = dict(form.fields)
-                if fields.get("prompt") == "login":
-                    fields.update(login=account, password="anything")
-                async with browser.post(
-                    urljoin(url, form.action), data=fields, allow_redirects=False
-                ) as r:
-                    assert r.status in (302, 303), await r.text()
-                    url = urljoin(url, r.headers["Location"])
-            assert code is not None, "the authorization flow never reached the redirect URI"
+        redirect = await click_through(self.issuer + "/auth?" + urlencode(query), account,
+                                       REDIRECT_URI)  # fmt: skip
+        assert "code" in redirect, redirect
+        assert redirect["state"] == query["state"], redirect
+        code = redirect["code"]
         status, body = await self.token_request(
             "app",
             {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT_URI,
@@ -377,6 +355,36 @@ class OidcProvider:
         status, body = await self.token_request("app", form)
         assert status == 200, body
         return dict(body)
+
+
+async def click_through(url: str, account: str, redirect_uri: str) -> dict[str, str]:
+    """Follow an authorization request through oidc-provider's development login and consent
+    pages as a browser would (log in as ``account``, accept), up to the redirect to
+    ``redirect_uri``, which is not followed; returns that redirect's query parameters
+    (``code``, ``state``, RFC 9207 ``iss``; or ``error``)."""
+    jar = aiohttp.CookieJar(unsafe=True)  # cookies for an IP-address host
+    async with aiohttp.ClientSession(cookie_jar=jar) as browser:
+        for _ in range(12):
+            async with browser.get(url, allow_redirects=False) as r:
+                location = r.headers.get("Location")
+                page = await r.text()
+            if location and location.startswith(redirect_uri):
+                return {
+                    name: values[0] for name, values in parse_qs(urlsplit(location).query).items()
+                }
+            if location:
+                url = urljoin(url, location)
+                continue
+            form = _Form.parse(page)
+            fields = dict(form.fields)
+            if fields.get("prompt") == "login":
+                fields.update(login=account, password="anything")
+            async with browser.post(
+                urljoin(url, form.action), data=fields, allow_redirects=False
+            ) as r:
+                assert r.status in (302, 303), await r.text()
+                url = urljoin(url, r.headers["Location"])
+    raise AssertionError("the authorization flow never reached the redirect URI")
 
 
 class _Form(HTMLParser):
