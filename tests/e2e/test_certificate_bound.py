@@ -112,6 +112,7 @@ async def test_a_certificate_bound_token_passes_only_with_its_certificate(
     path: str,
     header: str,
     render: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     mine, other = test_ca.issue("client-a", server=False), test_ca.issue("client-b", server=False)
     token = await bound_token(oidc, test_ca, mine, RESOURCES[kind])
@@ -144,6 +145,11 @@ async def test_a_certificate_bound_token_passes_only_with_its_certificate(
     assert len(orders.received) == 1
     assert orders.received[0].header("X-Auth-Client-Id") == "mtls-service"
     assert orders.received[0].header("X-Auth-X5t") == mine.x5t_s256
+    # The access log says how the token was presented, and holds neither it nor the cert.
+    logged = capsys.readouterr().out
+    lines = [json.loads(line) for line in logged.splitlines() if line.startswith("{")]
+    assert [line["token_type"] for line in lines if line["status"] == 200] == ["mtls"]
+    assert token not in logged and getattr(mine, render) not in logged
 
 
 async def test_a_plain_bearer_token_is_refused_where_certificates_are_required(

@@ -101,10 +101,12 @@ class DpopClient:
         self.base = base
         self.nonce: str | None = None
         self.retries = 0
+        self.sent: list[str] = []  # every proof, to check none of them is ever logged
 
     def headers(self, token: str, method: str, path: str) -> dict[str, str]:
         claims = {} if self.nonce is None else {"nonce": self.nonce}
         signed = proof(self.key, htm=method, htu=self.base + path, token=token, claims=claims)
+        self.sent.append(signed)
         return {"Authorization": f"DPoP {token}", "DPoP": signed}
 
     async def call(
@@ -138,6 +140,7 @@ async def test_a_dpop_bound_token_from_the_provider_passes_with_a_fresh_proof_pe
     cache_kind: str,
     shared_cache: dict[str, Any] | None,
     kind: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     ports = free_ports(2 if cache_kind == "redis" else 1)
     base = f"http://127.0.0.1:{ports[0]}"
@@ -170,6 +173,11 @@ async def test_a_dpop_bound_token_from_the_provider_passes_with_a_fresh_proof_pe
     # The opaque token is introspected (cached after the first answer); a JWT never is.
     introspected = oidc.count(INTROSPECTION)
     assert (introspected >= 1) if kind == "opaque" else (introspected == 0)
+    # The access log says how the token was presented, and never holds it or a proof.
+    logged = capsys.readouterr().out
+    lines = [json.loads(line) for line in logged.splitlines() if line.startswith("{")]
+    assert [line["token_type"] for line in lines if line["route"] == "dpop"] == ["dpop"] * 4
+    assert token not in logged and not any(sent in logged for sent in client.sent)
 
 
 # --- every way of getting it wrong --------------------------------------------------------

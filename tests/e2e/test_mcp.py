@@ -26,7 +26,7 @@ import aiohttp
 import pytest
 
 from tests.e2e.harness import free_ports, gateways_at
-from tests.e2e.oidc import OidcProvider, click_through
+from tests.e2e.oidc import ES256_RESOURCE, OidcProvider, click_through
 from tests.support.host_proxies import in_ci
 from tests.support.processes import free_port
 
@@ -324,3 +324,26 @@ async def test_the_metadata_names_exactly_the_resource_the_client_uses(
         "resource_name": "Orders MCP server",
     }
     assert mcp_upstream.seen == []  # nothing of this reached the MCP server
+
+
+async def test_a_token_the_provider_issued_for_another_resource_is_refused(
+    oidc: OidcProvider, mcp_upstream: McpUpstream, tmp_path: Path
+) -> None:
+    """RFC 8707 is what keeps a token for one resource from working at another: a valid
+    ES256 JWT from the same provider, for another audience, is refused with the challenge
+    that tells the client where to get the right one."""
+    layout = LAYOUTS["prefix"]
+    (port,) = free_ports(1)
+    base = f"http://127.0.0.1:{port}"
+    token = await oidc.client_credentials(ES256_RESOURCE, "orders:read")
+    async with gateways_at(tmp_path, mcp_config(oidc, mcp_upstream, base, layout), [port]):
+        async with aiohttp.ClientSession() as session:
+            headers = {"Authorization": f"Bearer {token}"}
+            async with session.post(base + "/mcp", json={}, headers=headers) as r:
+                status, challenge = r.status, r.headers["WWW-Authenticate"]
+    assert status == 401
+    assert challenge == (
+        'Bearer realm="gateway", error="invalid_token", error_description="The token is not '
+        f'meant for this audience.", resource_metadata="{base}{WELL_KNOWN}/mcp"'
+    )
+    assert mcp_upstream.seen == []
