@@ -20,6 +20,7 @@ from tests.e2e.oidc import (
     ensure_node_modules,
     new_key,
 )
+from tests.support.certificates import TestCA
 from tests.support.redis import redis_url_or_start
 
 
@@ -39,9 +40,17 @@ def initial_keys() -> list[SigningKey]:
 
 
 @pytest.fixture(scope="session")
-def oidc_session(initial_keys: list[SigningKey]) -> Iterator[OidcProvider]:
-    """One provider process for the whole suite (about half a second to start)."""
-    provider = OidcProvider(keys=list(initial_keys))
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    """The CA of the provider's TLS listener and of the clients' certificates."""
+    return TestCA(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def oidc_session(initial_keys: list[SigningKey], test_ca: TestCA) -> Iterator[OidcProvider]:
+    """One provider process for the whole suite (about half a second to start), listening
+    over plain http and, for RFC 8705 clients, over TLS with client certificates."""
+    server = test_ca.issue("oidc-provider", server=True)
+    provider = OidcProvider(keys=list(initial_keys), tls=(server.cert_file, server.key_file))
     try:
         ensure_node_modules()
         provider.start()

@@ -11,9 +11,11 @@ from typing import Any
 
 import aiohttp
 
-from gateway.app import Gateway
+from gateway.app import Gateway, start_gateway
+from gateway.config.loader import load_config
 from tests.e2e.oidc import GATEWAY_AUDIENCES, OidcProvider
-from tests.support.gateway import running_gateway
+from tests.support.gateway import running_gateway, write_config
+from tests.support.processes import free_port
 from tests.support.redis import TEST_CACHE_KEY
 
 
@@ -79,6 +81,36 @@ async def gateways(
         for gateway in started:
             await wait_ready(gateway)
         yield started
+
+
+@asynccontextmanager
+async def gateways_at(
+    directory: Path, config: dict[str, Any], ports: list[int]
+) -> AsyncIterator[list[Gateway]]:
+    """Gateways on ports chosen before their config was written: what clients must see in
+    the config (a DPoP ``external_url``, an RFC 9728 ``resource``) names the port."""
+    async with AsyncExitStack() as stack:
+        started = []
+        for index, port in enumerate(ports):
+            path = directory / f"gateway-at-{index}"
+            path.mkdir()
+            loaded = load_config(write_config(path, config), env={})
+            gateway = await start_gateway(loaded, proxy_port=port, admin_port=0)
+            stack.push_async_callback(gateway.close)
+            started.append(gateway)
+        for gateway in started:
+            await wait_ready(gateway)
+        yield started
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (each one was free a moment ago)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 async def wait_ready(gateway: Gateway, timeout: float = 10.0) -> None:

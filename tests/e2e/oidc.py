@@ -16,6 +16,7 @@ import secrets
 import selectors
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import time
@@ -48,7 +49,7 @@ GATEWAY_AUDIENCES = (JWT_RESOURCE, ES256_RESOURCE, OPAQUE_RESOURCE, SHORT_JWT_RE
 OTHER_JWT_RESOURCE = "https://other.example/jwt"  # not one of the gateway's audiences
 OTHER_OPAQUE_RESOURCE = "https://other.example/opaque"  # likewise, opaque
 REDIRECT_URI = "https://client.example/callback"  # the "app" client's; never followed
-CLIENTS = ("service", "service-limited", "gateway", "app")
+CLIENTS = ("service", "service-limited", "gateway", "app", "mtls-service")
 
 
 class ProviderUnavailable(RuntimeError):
@@ -128,7 +129,10 @@ class OidcProvider:
     client_secrets: dict[str, str] = field(
         default_factory=lambda: {c: secrets.token_urlsafe(24) for c in CLIENTS}
     )
+    # (certificate, key) PEM files: the provider also listens with TLS, for RFC 8705 clients.
+    tls: tuple[Path, Path] | None = None
     issuer: str = ""
+    tls_port: int | None = None
     _process: subprocess.Popen[bytes] | None = None
     _log: Any = None
     _dir: tempfile.TemporaryDirectory[str] | None = None
@@ -147,6 +151,8 @@ class OidcProvider:
             "E2E_SECRETS": json.dumps(self.client_secrets),
             "E2E_PORT": "0",
         }
+        if self.tls is not None:
+            env.update(E2E_TLS_CERT=str(self.tls[0]), E2E_TLS_KEY=str(self.tls[1]))
         self._process = subprocess.Popen(
             [node, str(SCRIPT)],
             cwd=HERE,
@@ -157,6 +163,7 @@ class OidcProvider:
         )
         ready = self._read_ready_line()
         self.issuer = ready["issuer"]
+        self.tls_port = ready.get("tls_port")
         self._wait_for_discovery()
 
     def stop(self) -> None:
@@ -232,6 +239,16 @@ class OidcProvider:
     def reset_counters(self) -> None:
         self._test_route("POST", "/__e2e/reset", {})
 
+    def add_resources(self, resources: Mapping[str, Mapping[str, Any]]) -> None:
+        """More RFC 8707 resource servers: ``{indicator: {format, alg, ttl, scope}}``."""
+        self._test_route("PUT", "/__e2e/resources", dict(resources))
+
+    @property
+    def tls_issuer_origin(self) -> str:
+        """The TLS listener's origin (same provider, same endpoints' paths)."""
+        assert self.tls_port is not None, "the provider was started without TLS"
+        return f"https://127.0.0.1:{self.tls_port}"
+
     def publish_keys(self, keys: list[SigningKey]) -> None:
         """Replace the signing keys; for each alg the first key listed signs new tokens."""
         self._test_route("PUT", "/__e2e/keys", jwk_set(keys))
@@ -245,13 +262,20 @@ class OidcProvider:
         return {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode("ascii")}
 
     async def token_request(
-        self, client_id: str, form: dict[str, str], headers: Mapping[str, str] | None = None
+        self,
+        client_id: str,
+        form: dict[str, str],
+        headers: Mapping[str, str] | None = None,
+        *,
+        tls: ssl.SSLContext | None = None,
     ) -> tuple[int, Any]:
-        """POST /token with client_secret_basic (RFC 6749 §2.3.1)."""
+        """POST /token with client_secret_basic (RFC 6749 §2.3.1); with ``tls`` (a context
+        holding the client certificate) over the provider's TLS listener (RFC 8705 §3)."""
         headers = {**self.basic(client_id), **(headers or {})}
+        origin = self.issuer if tls is None else self.tls_issuer_origin
         async with (
             aiohttp.ClientSession() as session,
-            session.post(self.issuer + "/token", data=form, headers=headers) as r,
+            session.post(origin + "/token", data=form, headers=headers, ssl=tls or True) as r,
         ):
             return r.status, await r.json(content_type=None)
 
@@ -311,33 +335,11 @@ class OidcProvider:
             # OIDC Core §11: offline_access is granted only with prompt=consent.
             "prompt": "consent",
         }
-        jar = aiohttp.CookieJar(unsafe=True)  # cookies for an IP-address host
-        async with aiohttp.ClientSession(cookie_jar=jar) as browser:
-            url = self.issuer + "/auth?" + urlencode(query)
-            code = None
-            for _ in range(12):
-                async with browser.get(url, allow_redirects=False) as r:
-                    location = r.headers.get("Location")
-                    page = await r.text()
-                if location and location.startswith(REDIRECT_URI):
-                    answer = parse_qs(urlsplit(location).query)
-                    assert "code" in answer, answer
-                    assert answer["state"] == [query["state"]], answer
-                    code = answer["code"][0]
-                    break
-                if location:
-                    url = urljoin(url, location)
-                    continue
-                form = _Form.parse(page)
-                fields = dict(form.fields)
-                if fields.get("prompt") == "login":
-                    fields.update(login=account, password="anything")
-                async with browser.post(
-                    urljoin(url, form.action), data=fields, allow_redirects=False
-                ) as r:
-                    assert r.status in (302, 303), await r.text()
-                    url = urljoin(url, r.headers["Location"])
-            assert code is not None, "the authorization flow never reached the redirect URI"
+        redirect = await click_through(self.issuer + "/auth?" + urlencode(query), account,
+                                       REDIRECT_URI)  # fmt: skip
+        assert "code" in redirect, redirect
+        assert redirect["state"] == query["state"], redirect
+        code = redirect["code"]
         status, body = await self.token_request(
             "app",
             {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT_URI,
@@ -353,6 +355,36 @@ class OidcProvider:
         status, body = await self.token_request("app", form)
         assert status == 200, body
         return dict(body)
+
+
+async def click_through(url: str, account: str, redirect_uri: str) -> dict[str, str]:
+    """Follow an authorization request through oidc-provider's development login and consent
+    pages as a browser would (log in as ``account``, accept), up to the redirect to
+    ``redirect_uri``, which is not followed; returns that redirect's query parameters
+    (``code``, ``state``, RFC 9207 ``iss``; or ``error``)."""
+    jar = aiohttp.CookieJar(unsafe=True)  # cookies for an IP-address host
+    async with aiohttp.ClientSession(cookie_jar=jar) as browser:
+        for _ in range(12):
+            async with browser.get(url, allow_redirects=False) as r:
+                location = r.headers.get("Location")
+                page = await r.text()
+            if location and location.startswith(redirect_uri):
+                return {
+                    name: values[0] for name, values in parse_qs(urlsplit(location).query).items()
+                }
+            if location:
+                url = urljoin(url, location)
+                continue
+            form = _Form.parse(page)
+            fields = dict(form.fields)
+            if fields.get("prompt") == "login":
+                fields.update(login=account, password="anything")
+            async with browser.post(
+                urljoin(url, form.action), data=fields, allow_redirects=False
+            ) as r:
+                assert r.status in (302, 303), await r.text()
+                url = urljoin(url, r.headers["Location"])
+    raise AssertionError("the authorization flow never reached the redirect URI")
 
 
 class _Form(HTMLParser):

@@ -1,26 +1,36 @@
 // A real OpenID Connect provider (oidc-provider, OpenID Certified) for the gateway's
 // end-to-end tests: RFC 6749 client credentials and authorization code + refresh token,
 // RFC 8707 resource indicators, RFC 9068 JWT access tokens, RFC 7662 introspection,
-// RFC 7009 revocation, RFC 8414 / OIDC discovery.
+// RFC 7009 revocation, RFC 8414 / OIDC discovery, RFC 7591 dynamic client registration,
+// RFC 9449 DPoP-bound tokens and RFC 8705 certificate-bound tokens.
 //
 // Usage: node provider.mjs            (environment below; prints one JSON line when ready)
 //   E2E_KEYS_FILE   a JSON file {"keys": [private JWKs]}: the signing keys, first of an alg signs
 //   E2E_SECRETS     a JSON object {client_id: client_secret} for the static clients
 //   E2E_PORT        port on 127.0.0.1 (default 0: any free port)
+//   E2E_TLS_CERT, E2E_TLS_KEY   optional PEM files: also listen with TLS (below)
 //
 // It listens on 127.0.0.1 over plain http (the gateway allows http to loopback issuers) and
-// prints {"port": N, "issuer": "http://127.0.0.1:N"} on stdout once it accepts requests.
+// prints {"port": N, "issuer": "http://127.0.0.1:N", "tls_port": M} on stdout once it
+// accepts requests. With E2E_TLS_* the same provider also listens over TLS on tls_port and
+// asks every client for a certificate (RFC 8705 §2, §3): a client registered with
+// tls_client_certificate_bound_access_tokens gets tokens bound to the certificate it
+// presented there (cnf."x5t#S256"), read from the TLS socket itself by getCertificate.
 //
 // Besides the provider, a few test-only routes under /__e2e/ (never reached by the gateway):
 //   GET  /__e2e/stats   {"requests": {"METHOD /path": count}} of every provider request
 //   POST /__e2e/reset   zero the counters
 //   PUT  /__e2e/keys    body {"keys": [...]}: rebuild the Provider with these signing keys
+//   PUT  /__e2e/resources  body {indicator: {format, alg, ttl, scope}}: more resource servers
+//                       (an RFC 9728 resource's identifier is known only once its gateway runs)
 // oidc-provider reads its keys only when a Provider is constructed, so rotating keys builds a
 // new Provider behind the same listener; token storage (the in-memory adapter) is shared by
 // every Provider in the process, so tokens issued before a rotation stay known.
 
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
 
 import Provider from 'oidc-provider';
 
@@ -36,6 +46,7 @@ const RESOURCES = {
   'https://other.example/opaque': { format: 'opaque', ttl: 300 },
 };
 const RESOURCE_SCOPE = 'orders:read orders:write';
+const SCOPES = ['openid', 'offline_access', 'orders:read', 'orders:write', 'mcp:tools'];
 // The only client allowed to introspect other clients' tokens.
 const INTROSPECTING_CLIENT = 'gateway';
 // The authorization code client's redirect URI is never followed: the test stops at it.
@@ -67,6 +78,14 @@ function clients(secrets) {
       grant_types: [],
     },
     {
+      // RFC 8705 §3: its access tokens are bound to the certificate of the TLS connection.
+      ...service,
+      client_id: 'mtls-service',
+      client_secret: secrets['mtls-service'],
+      scope: RESOURCE_SCOPE,
+      tls_client_certificate_bound_access_tokens: true,
+    },
+    {
       client_id: 'app',
       client_secret: secrets.app,
       token_endpoint_auth_method: 'client_secret_basic',
@@ -85,7 +104,7 @@ function resourceServerInfo(_ctx, indicator) {
   }
   const info = {
     audience: indicator,
-    scope: RESOURCE_SCOPE,
+    scope: resource.scope ?? RESOURCE_SCOPE,
     accessTokenTTL: resource.ttl,
     accessTokenFormat: resource.format,
   };
@@ -104,10 +123,25 @@ function buildProvider(issuer, jwks, secrets) {
     clients: clients(secrets),
     jwks,
     cookies: { keys: ['e2e-cookie-signing-key-not-a-secret'] },
-    scopes: ['openid', 'offline_access', 'orders:read', 'orders:write'],
+    scopes: SCOPES,
     features: {
       clientCredentials: { enabled: true },
       devInteractions: { enabled: true },
+      // RFC 9449: DPoP-bound access tokens (JWT cnf.jkt; introspection cnf.jkt and
+      // token_type DPoP) for a client that sends a proof to the token endpoint.
+      dPoP: { enabled: true },
+      // RFC 8705 §3: certificate-bound access tokens. The certificate is the one the client
+      // presented in the TLS handshake of the TLS listener (none over plain http).
+      mTLS: {
+        enabled: true,
+        certificateBoundAccessTokens: true,
+        getCertificate: (ctx) => {
+          const raw = ctx.socket.getPeerCertificate?.()?.raw;
+          return raw ? new X509Certificate(raw) : undefined;
+        },
+      },
+      // RFC 7591 open registration: MCP clients register themselves (MCP authorization spec).
+      registration: { enabled: true },
       introspection: {
         enabled: true,
         // Resource servers introspect tokens issued to other clients; a client may always
@@ -165,6 +199,10 @@ async function testRoute(req, res, state) {
     requests.clear();
     return reply(res, 200, {});
   }
+  if (req.method === 'PUT' && path === '/__e2e/resources') {
+    Object.assign(RESOURCES, JSON.parse(await readBody(req)));
+    return reply(res, 200, { resources: Object.keys(RESOURCES) });
+  }
   if (req.method === 'PUT' && path === '/__e2e/keys') {
     const jwks = JSON.parse(await readBody(req));
     state.provider = buildProvider(state.issuer, jwks, state.secrets);
@@ -178,23 +216,37 @@ async function main() {
   const secrets = JSON.parse(process.env.E2E_SECRETS ?? '{}');
   const jwks = readJson(process.env.E2E_KEYS_FILE);
   const state = { issuer: '', secrets, provider: null, handle: null };
-  const server = createServer((req, res) => {
+  const listener = (req, res) => {
     if (req.url.startsWith('/__e2e/')) {
       testRoute(req, res, state).catch((error) => reply(res, 500, { error: String(error) }));
       return;
     }
     countRequest(req);
     state.handle(req, res);
-  });
+  };
+  const server = createServer(listener);
   await new Promise((resolve) => server.listen(Number(process.env.E2E_PORT ?? 0), '127.0.0.1', resolve));
   const { port } = server.address();
+  let tlsPort = null;
+  if (process.env.E2E_TLS_CERT) {
+    // requestCert: ask every client for a certificate; rejectUnauthorized false: the
+    // certificate binds tokens (RFC 8705 §3), it does not authenticate the client here.
+    const tls = createTlsServer({
+      cert: readFileSync(process.env.E2E_TLS_CERT),
+      key: readFileSync(process.env.E2E_TLS_KEY),
+      requestCert: true,
+      rejectUnauthorized: false,
+    }, listener);
+    await new Promise((resolve) => tls.listen(0, '127.0.0.1', resolve));
+    tlsPort = tls.address().port;
+  }
   // The issuer is known only once the port is: the Provider is built after listen, and no
   // request reaches it before the ready line below is printed.
   state.issuer = `http://127.0.0.1:${port}`;
   state.provider = buildProvider(state.issuer, jwks, secrets);
   state.handle = state.provider.callback();
   process.on('SIGTERM', () => server.close(() => process.exit(0)));
-  process.stdout.write(`${JSON.stringify({ port, issuer: state.issuer })}\n`);
+  process.stdout.write(`${JSON.stringify({ port, issuer: state.issuer, tls_port: tlsPort })}\n`);
 }
 
 main().catch((error) => {

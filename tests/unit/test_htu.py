@@ -177,3 +177,29 @@ def test_external_uri_is_the_configured_url_and_the_path(
     external_url: str, path: str, uri: str
 ) -> None:
     assert external_uri(external_url, path) == uri
+
+
+@pytest.mark.parametrize(
+    "uri", ["http://example.com", "http://example.com/", "http://example.com:/",
+            "http://example.com:80/"],
+)  # fmt: skip
+def test_rfc3986_section_6_2_3_example_uris_are_one(uri: str) -> None:
+    """RFC 3986 §6.2.3: "the following four URIs are equivalent"; and the form "normalized
+    by scheme-based normalization" is the second one."""
+    assert normalise_htu(uri) == "http://example.com/"
+
+
+def test_rfc3986_section_6_2_2_example_with_an_http_scheme() -> None:
+    """RFC 3986 §6.2.2: "eXAMPLE://a/./b/../b/%63/%7bfoo%7d" normalises to
+    "example://a/b/c/%7Bfoo%7D" (case, percent-encoding and dot-segment normalisation);
+    the same URI with the http scheme, the only kind an htu may be."""
+    assert normalise_htu("HTTP://a/./b/../b/%63/%7bfoo%7d") == "http://a/b/c/%7Bfoo%7D"
+
+
+def test_rfc9449_figure_13_htu_matches_the_request_uri_it_was_made_for() -> None:
+    """RFC 9449 Figure 13: a proof for ``GET /protectedresource`` at resource.example.org
+    says htu "https://resource.example.org/protectedresource"; §4.3 item 9 ignores query."""
+    request = external_uri("https://resource.example.org", "/protectedresource")
+    assert normalise_htu("https://resource.example.org/protectedresource") == normalise_htu(
+        request + "?query=ignored"
+    )

@@ -65,3 +65,15 @@ def test_invalid_config_is_refused(model: Any, data: dict[str, Any], message: st
 
 def test_loopback_resource_may_use_http() -> None:
     assert ProtectedResource(resource="http://127.0.0.1:8080/mcp").resource.endswith("/mcp")
+
+
+@pytest.mark.parametrize("model", [Dpop, ClientCertificates])
+def test_an_unquoted_yaml_off_is_the_off_mode(model: Any) -> None:
+    """YAML 1.1 (PyYAML) reads ``mode: off`` as false; the README and the example config
+    write it unquoted, so false means "off" (and true, which names no mode, stays an
+    error)."""
+    import yaml
+
+    assert model.model_validate(yaml.safe_load("mode: off")).mode == "off"
+    with pytest.raises(ValidationError, match="mode"):
+        model.model_validate(yaml.safe_load("mode: on"))

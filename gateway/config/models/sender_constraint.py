@@ -1,19 +1,26 @@
 """Sender-constrained tokens (DPoP, RFC 9449; mutual-TLS bound, RFC 8705) and protected
-resource metadata (RFC 9728): the config shape, validated at load. Not wired into
-``GatewayConfig`` yet: the request path does not enforce these settings until it is."""
+resource metadata (RFC 9728): the config shape, validated at load (``defaults.dpop``,
+``routes[].dpop``, ``client_certificates``, ``resources``; compiled by ``compiler/sender``)."""
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 
 from gateway.config.models.base import Strict
 from gateway.config.types import Duration, HeaderName
 
-SenderMode = Literal["off", "optional", "required"]
+
+def _yaml_off(value: object) -> object:
+    """YAML 1.1, which PyYAML speaks, reads an unquoted ``off`` as false: ``mode: off`` is
+    how the README writes it, so false is the off mode (true names no mode: still refused)."""
+    return "off" if value is False else value
+
+
+SenderMode = Annotated[Literal["off", "optional", "required"], BeforeValidator(_yaml_off)]
 # RFC 9449 §4.2: asymmetric JWS algorithms only; never none or HS*.
 DpopAlgorithm = Literal[
     "ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"
