@@ -21,7 +21,7 @@ from gateway.listener.tls import (
     peer_certificate,
     server_context,
 )
-from tests.support.pki import Issued, TestCa, self_signed
+from tests.support.certificates import Issued, TestCA, self_signed
 
 
 class Peer(asyncio.Protocol):
@@ -50,8 +50,8 @@ async def serve() -> AsyncIterator:
         server.close()
 
 
-def client_context(ca: TestCa, client: Issued | None = None) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=ca.ca_file)
+def client_context(ca: TestCA, client: Issued | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=ca.cert_file)
     context.set_alpn_protocols(["h2", "http/1.1"])
     if client is not None:
         context.load_cert_chain(client.cert_file, client.key_file)
@@ -84,8 +84,8 @@ async def greeted(port: int, context: ssl.SSLContext) -> bool:
 
 
 async def test_serves_the_chain_with_http11_alpn_and_a_modern_version(tmp_path: Path, serve):
-    ca = TestCa(tmp_path)
-    server = ca.server()
+    ca = TestCA(tmp_path)
+    server = ca.issue("localhost", server=True)
     port = await serve(server_context(TlsFiles(server.cert_file, server.key_file)))
     subject, alpn, version = await handshake(port, client_context(ca))
     assert subject == "CN=localhost" and alpn == "http/1.1" and version == "TLSv1.3"
@@ -100,8 +100,8 @@ async def test_serves_the_chain_with_http11_alpn_and_a_modern_version(tmp_path: 
 async def test_the_minimum_version_is_enforced(
     tmp_path: Path, serve, minimum, client_max, ok
 ) -> None:
-    ca = TestCa(tmp_path)
-    server = ca.server()
+    ca = TestCA(tmp_path)
+    server = ca.issue("localhost", server=True)
     port = await serve(server_context(TlsFiles(server.cert_file, server.key_file, minimum)))
     context = client_context(ca)
     context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
@@ -115,8 +115,8 @@ async def test_the_minimum_version_is_enforced(
 
 
 async def test_tls12_offers_only_forward_secret_aead_suites(tmp_path: Path, serve) -> None:
-    ca = TestCa(tmp_path)
-    server = ca.server()
+    ca = TestCA(tmp_path)
+    server = ca.issue("localhost", server=True)
     port = await serve(server_context(TlsFiles(server.cert_file, server.key_file)))
     context = client_context(ca)
     context.maximum_version = ssl.TLSVersion.TLSv1_2
@@ -126,8 +126,8 @@ async def test_tls12_offers_only_forward_secret_aead_suites(tmp_path: Path, serv
 
 
 def test_unusable_files_are_named(tmp_path: Path) -> None:
-    ca = TestCa(tmp_path)
-    server, other = ca.server(), ca.server("other")
+    ca = TestCA(tmp_path)
+    server, other = ca.issue("localhost", server=True), ca.issue("other", server=True)
     with pytest.raises(TlsError) as missing:
         server_context(TlsFiles(server.cert_file, tmp_path / "nope.key"))
     assert missing.value.where == "key_file"
@@ -146,9 +146,11 @@ def test_unusable_files_are_named(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mode", ["optional", "required"])
 async def test_client_certificates_from_the_ca_are_seen(tmp_path: Path, serve, mode) -> None:
-    ca = TestCa(tmp_path)
-    server, client = ca.server(), ca.client()
-    files = TlsFiles(server.cert_file, server.key_file, client_auth=mode, client_ca_file=ca.ca_file)
+    ca = TestCA(tmp_path)
+    server, client = ca.issue("localhost", server=True), ca.issue("client", server=False)
+    files = TlsFiles(
+        server.cert_file, server.key_file, client_auth=mode, client_ca_file=ca.cert_file
+    )
     port = await serve(server_context(files))
     await handshake(port, client_context(ca, client))
     await asyncio.sleep(0.05)
@@ -160,44 +162,44 @@ async def test_client_certificates_from_the_ca_are_seen(tmp_path: Path, serve, m
 
 
 async def test_a_client_certificate_from_elsewhere_never_gets_in(tmp_path: Path, serve) -> None:
-    ca, stranger = TestCa(tmp_path), TestCa(tmp_path, "Other CA")
-    server = ca.server()
+    ca, stranger = TestCA(tmp_path), TestCA(tmp_path, "other-ca")
+    server = ca.issue("localhost", server=True)
     files = TlsFiles(server.cert_file, server.key_file, client_auth="optional",
-                     client_ca_file=ca.ca_file)  # fmt: skip
+                     client_ca_file=ca.cert_file)  # fmt: skip
     port = await serve(server_context(files))
-    for cert in (stranger.client(), self_signed(tmp_path, "self")):
+    for cert in (stranger.issue("client", server=False), self_signed(tmp_path, "self")):
         assert await greeted(port, client_context(ca, cert)) is False
     await asyncio.sleep(0.05)
     assert Peer.seen == []
 
 
 async def test_required_refuses_a_client_without_a_certificate(tmp_path: Path, serve) -> None:
-    ca = TestCa(tmp_path)
-    server = ca.server()
+    ca = TestCA(tmp_path)
+    server = ca.issue("localhost", server=True)
     files = TlsFiles(server.cert_file, server.key_file, client_auth="required",
-                     client_ca_file=ca.ca_file)  # fmt: skip
+                     client_ca_file=ca.cert_file)  # fmt: skip
     port = await serve(server_context(files))
     assert await greeted(port, client_context(ca)) is False
-    assert await greeted(port, client_context(ca, ca.client())) is True
+    assert await greeted(port, client_context(ca, ca.issue("client", server=False))) is True
     Peer.seen.pop()
     assert Peer.seen == []
 
 
 async def test_replace_and_refresh_change_the_next_handshake(tmp_path: Path, serve) -> None:
-    ca = TestCa(tmp_path)
-    first = ca.server("live", common_name="first")
+    ca = TestCA(tmp_path)
+    first = ca.issue("first", server=True)
     tls = ReloadingTls(TlsFiles(first.cert_file, first.key_file))
     port = await serve(tls.front)
     assert (await handshake(port, client_context(ca)))[0] == "CN=first"
     assert (await handshake(port, client_context(ca), sni=None))[0] == "CN=first"
 
-    second = ca.server("second", common_name="second")
+    second = ca.issue("second", server=True)
     tls.replace(TlsFiles(second.cert_file, second.key_file))  # a config reload
     assert (await handshake(port, client_context(ca)))[0] == "CN=second"
     assert (await handshake(port, client_context(ca), sni=None))[0] == "CN=second"
 
     assert tls.refresh() is False  # nothing changed on disk
-    renewed = ca.server("renewed", common_name="renewed")
+    renewed = ca.issue("renewed", server=True)
     second.cert_file.write_bytes(renewed.cert_file.read_bytes())  # a renewal in place:
     assert files_version(tls.files) != tls._version  # type: ignore[attr-defined]
     with pytest.raises(TlsError):  # the certificate written before its key
@@ -209,13 +211,13 @@ async def test_replace_and_refresh_change_the_next_handshake(tmp_path: Path, ser
 
 
 async def test_the_client_ca_follows_a_reload_but_the_mode_does_not(tmp_path: Path, serve):
-    old_ca, new_ca = TestCa(tmp_path, "Old CA"), TestCa(tmp_path, "New CA")
-    server = old_ca.server()
+    old_ca, new_ca = TestCA(tmp_path / "old", "old-ca"), TestCA(tmp_path / "new", "new-ca")
+    server = old_ca.issue("localhost", server=True)
     files = TlsFiles(server.cert_file, server.key_file, client_auth="required",
-                     client_ca_file=old_ca.ca_file)  # fmt: skip
+                     client_ca_file=old_ca.cert_file)  # fmt: skip
     tls = ReloadingTls(files)
     port = await serve(tls.front)
-    new_client = new_ca.client()
+    new_client = new_ca.issue("client", server=False)
     trust = client_context(old_ca, new_client)
 
     async def accepted() -> bool:
@@ -223,7 +225,7 @@ async def test_the_client_ca_follows_a_reload_but_the_mode_does_not(tmp_path: Pa
 
     assert await accepted() is False
     tls.replace(TlsFiles(server.cert_file, server.key_file, client_auth="required",
-                         client_ca_file=new_ca.ca_file))  # fmt: skip
+                         client_ca_file=new_ca.cert_file))  # fmt: skip
     assert await accepted() is True
     with pytest.raises(TlsError) as refused:
         tls.replace(TlsFiles(server.cert_file, server.key_file))
@@ -258,8 +260,8 @@ def _config(tls: str, route_extra: str = "") -> str:
 
 
 def test_listen_tls_errors_name_the_line_and_key(tmp_path: Path) -> None:
-    ca = TestCa(tmp_path)
-    server, other = ca.server(), ca.server("other")
+    ca = TestCA(tmp_path)
+    server, other = ca.issue("localhost", server=True), ca.issue("other", server=True)
     mismatch = _compile_error(
         _config(f"{{cert_file: {server.cert_file}, key_file: {other.key_file}}}")
     )
@@ -272,8 +274,8 @@ def test_listen_tls_errors_name_the_line_and_key(tmp_path: Path) -> None:
 
 
 def test_a_tls_certificate_source_needs_the_listener_to_ask_for_one(tmp_path: Path) -> None:
-    ca = TestCa(tmp_path)
-    server = ca.server()
+    ca = TestCA(tmp_path)
+    server = ca.issue("localhost", server=True)
     tls = f"{{cert_file: {server.cert_file}, key_file: {server.key_file}}}"
     route = ", client_certificates: {mode: optional, source: tls}"
     error = _compile_error(_config(tls, route).replace("auth: anonymous", "auth: required"))

@@ -125,3 +125,23 @@ class TestCA:
         if client is not None:
             context.load_cert_chain(str(client.cert_file), str(client.key_file))
         return context
+
+
+def self_signed(directory: Path, common_name: str) -> Issued:
+    """A certificate signed by its own key (the RFC 8705 §2.2 kind), chained to no CA."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / f"{common_name}.pem", directory / f"{common_name}.key"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(_pem_key(key))
+    return Issued(certificate=certificate, cert_file=cert_file, key_file=key_file)
