@@ -174,17 +174,31 @@ class DpopReplaySettings:
 
 
 def dpop_replay_settings(loaded: LoadedConfig, routes: Sequence[Any]) -> DpopReplaySettings | None:
+    """The one replay store (RFC 9449 §11.1) every DPoP route shares: ``defaults.dpop.replay``.
+
+    A proof's ``jti`` must be unique per key whichever route it is sent to, so routes cannot
+    keep separate stores; a route that writes a different ``replay`` is an error rather than
+    a setting quietly ignored or merged.
+    """
     config = loaded.config
-    sections = [
-        (route.dpop or config.defaults.dpop).replay
-        for route in config.routes
-        if (route.dpop or config.defaults.dpop).mode != "off"
-    ]
-    if not sections:
+    shared = config.defaults.dpop.replay
+    enabled = False
+    for index, route in enumerate(config.routes):
+        dpop = route.dpop or config.defaults.dpop
+        if dpop.mode == "off":
+            continue
+        enabled = True
+        own = route.dpop is not None and "replay" in route.dpop.model_fields_set
+        if own and dpop.replay != shared:
+            raise loaded.source.error(
+                ("routes", index, "dpop", "replay"),
+                "the replay store is shared by every route: set it once in defaults.dpop.replay",
+            )
+    if not enabled:
         return None
     return DpopReplaySettings(
-        max_entries=max(s.max_entries for s in sections),
-        redis=any(s.redis for s in sections),
-        fail_open=all(s.on_redis_error == "fail_open" for s in sections),
-        key_prefix=config.defaults.dpop.replay.key_prefix,
+        max_entries=shared.max_entries,
+        redis=shared.redis,
+        fail_open=shared.on_redis_error == "fail_open",
+        key_prefix=shared.key_prefix,
     )

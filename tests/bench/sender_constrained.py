@@ -101,12 +101,13 @@ def gateway_config(
     also records every proof in Redis (``replay.redis``; it is one store per gateway)."""
     external = f"http://127.0.0.1:{port}"
     replay: dict[str, Any] = {"max_entries": 2_000_000, "redis": redis is not None}
-    dpop = {"mode": "required", "external_url": external, "replay": replay}
+    dpop = {"mode": "required", "external_url": external}
     config: dict[str, Any] = {
         "logging": {"access_log": False},
         "shutdown": {"readiness_delay": "0s", "drain_timeout": "2s"},
         "listen": {"host": "127.0.0.1", "port": port},
         "admin": {"host": "127.0.0.1", "port": admin},
+        "defaults": {"dpop": {"replay": replay}},
         "upstreams": {"bench": {"url": f"http://127.0.0.1:{upstream}"}},
         "issuers": [{"name": "bench", "issuer": ISSUER, "keys": {"file": str(material.jwks_file)},
                      "audiences": [AUDIENCE], "algorithms": ["RS256"]}],

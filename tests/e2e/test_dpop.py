@@ -40,8 +40,8 @@ def dpop_config(
     """The harness gateway plus three DPoP routes; ``base`` is the URL clients use."""
     config = gateway_config(oidc, upstream, redis=redis)
     dpop: dict[str, Any] = {"mode": "required", "external_url": base}
-    if redis is not None:
-        dpop["replay"] = {"redis": True}  # replicas share the seen proofs
+    if redis is not None:  # replicas share the seen proofs (one store for every route)
+        config.setdefault("defaults", {})["dpop"] = {"replay": {"redis": True}}
     read = {"scopes": {"all": ["orders:read"]}}
     config["routes"] = [
         {"name": "dpop", "match": {"path": {"prefix": "/dpop"}}, "upstream": "orders",

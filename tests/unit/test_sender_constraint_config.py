@@ -77,3 +77,31 @@ def test_an_unquoted_yaml_off_is_the_off_mode(model: Any) -> None:
     assert model.model_validate(yaml.safe_load("mode: off")).mode == "off"
     with pytest.raises(ValidationError, match="mode"):
         model.model_validate(yaml.safe_load("mode: on"))
+
+
+def test_the_replay_store_is_set_once_for_every_route() -> None:
+    """RFC 9449 §11.1: a jti is unique per key whichever route it is sent to, so a route's
+    own replay settings would be silently merged; they are an error instead."""
+    from gateway.compiler import compile_config
+    from gateway.config.errors import ConfigError
+    from gateway.config.loader import load_config_text
+
+    text = """\
+upstreams: {app: {url: "http://127.0.0.1:9"}}
+issuers: [{issuer: "https://as.example/", audiences: [api]}]
+defaults:
+  dpop: {replay: {max_entries: 5000}}
+routes:
+  - match: {path: /a}
+    upstream: app
+    dpop: {mode: required, external_url: "https://api.example"}
+  - match: {path: /b}
+    upstream: app
+    dpop: {mode: required, external_url: "https://api.example", replay: {max_entries: 10}}
+"""
+    with pytest.raises(ConfigError) as info:
+        compile_config(load_config_text(text, "gw.yaml", {}))
+    assert str(info.value).startswith("gw.yaml:11: routes[1].dpop.replay: the replay store")
+    shared = compile_config(load_config_text(text.replace(", replay: {max_entries: 10}", ""),
+                                             "gw.yaml", {}))  # fmt: skip
+    assert shared.dpop_replay is not None and shared.dpop_replay.max_entries == 5000
