@@ -27,7 +27,11 @@ from gateway.metrics import Metrics
 from gateway.problems import AuthError, BadFraming, GatewayError
 from gateway.proxy.forward import Body, forward, request_head, response_started
 from gateway.proxy.headers import request_id_of, upstream_request_headers
-from gateway.proxy.problem_response import problem_response, resource_metadata_response
+from gateway.proxy.problem_response import (
+    problem_response,
+    reply_response,
+    resource_metadata_response,
+)
 from gateway.proxy.requests import (
     body_of,
     check_request_line,
@@ -157,6 +161,9 @@ class ProxyHandler:
             # RFC 9728 §3: the gateway answers for the resource it protects (never forwarded).
             record.route, record.decision, record.reason = "-", "metadata", "ok"
             return resource_metadata_response(document, request.headers.get("If-None-Match"))
+        if target.path in runtime.logins.paths:
+            # Browser login's own paths: callback, logout, back-channel logout (issue 18).
+            return await self._login(exchange, target.path, target.query)
         located = route_of(compiled, target, host, request.method, record)
         route = exchange.route = located.route
 
@@ -225,6 +232,21 @@ class ProxyHandler:
         record.upstream_seconds = upstream_seconds
         record.bytes_out = response.content_length
         return response  # type: ignore[return-value]  # CompleteResponse is duck-typed
+
+    async def _login(self, exchange: Exchange, path: str, query: str | None) -> web.Response:
+        request, record = exchange.request, exchange.record
+
+        async def read_body(limit: int) -> bytes:
+            exchange.send_continue()
+            return await read_whole_body(request, limit)
+
+        reply = await exchange.runtime.logins.answer(
+            request.method, path, query, request.headers, read_body, request.remote,
+            record.request_id,
+        )  # fmt: skip
+        assert reply is not None  # the path is one of runtime.logins.paths
+        record.route, record.decision, record.reason = "-", "login", reply.reason
+        return reply_response(reply)
 
     async def _form_fields(self, exchange: Exchange) -> list[tuple[str, str]] | None:
         """Read a form-encoded body for an RFC 6750 §2.2 token, only where the route allows

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from gateway.auth.sessions.settings import SessionRoute
+from gateway.compiler import compile_config
 from gateway.config.errors import ConfigError
 from gateway.config.loader import load_config_text
 from gateway.config.models.sessions import Login, RouteSession, login_reference_problems
@@ -193,7 +195,25 @@ def test_a_login_section_loads_with_line_marked_reference_errors() -> None:
     assert "gw.yaml:6: logins[0].issuer: unknown issuer 'nope' (main)" in str(caught.value)
 
 
-def test_session_routes_fail_closed_until_the_runtime_serves_them() -> None:
-    with pytest.raises(ConfigError) as caught:
-        load_config_text(textwrap.dedent(CONFIG % "session"), "gw.yaml", {})
-    assert "routes[0].auth: auth: session is not served by this build yet" in str(caught.value)
+def test_a_session_route_compiles_to_its_login_and_requires_an_identity() -> None:
+    compiled = compile_config(load_config_text(textwrap.dedent(CONFIG % "session"), "gw.yaml", {}))
+    auth = compiled.routes[0].auth
+    assert auth.required and auth.session == SessionRoute(login="main")
+    (settings,) = compiled.logins
+    assert settings.redirect_uri == "https://app.example.com/oauth2/callback"
+    assert settings.cookie.secure and settings.store.kind == "cookie"
+    assert settings.id_token.issuer == "https://as.example/" and settings.secrets == (
+        SECRET.encode(),
+    )
+    assert settings.paths == {"/oauth2/callback", "/oauth2/logout"}
+    assert "secrets" not in repr(settings) and SECRET not in repr(settings)
+
+
+def test_route_session_settings_compile_as_written() -> None:
+    text = textwrap.dedent(CONFIG % "session").replace(
+        "    auth: session", "    auth: session\n    session: {bearer: never, redirect: false}"
+    )
+    auth = compile_config(load_config_text(text, "gw.yaml", {})).routes[0].auth
+    assert auth.session == SessionRoute(login="main", bearer_when_present=False, redirect=False)
+    required = compile_config(load_config_text(CONFIG % "required", "gw.yaml", {}))
+    assert required.routes[0].auth.session is None
