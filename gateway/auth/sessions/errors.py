@@ -111,13 +111,29 @@ class StateMismatch(LoginFailed):
         )
 
 
+# RFC 6749 §4.1.2.1 and OIDC Core §3.1.2.6: the codes an authorization response may carry.
+# Anyone can send a browser to the callback with any ``error``, so only these are shown and
+# counted (an unbounded metrics label, or a page saying what an attacker chose, otherwise).
+AUTHORIZATION_ERRORS: Final = frozenset(
+    {
+        "invalid_request", "unauthorized_client", "access_denied",
+        "unsupported_response_type", "invalid_scope", "server_error",
+        "temporarily_unavailable", "interaction_required", "login_required",
+        "account_selection_required", "consent_required", "invalid_request_uri",
+        "invalid_request_object", "request_not_supported", "request_uri_not_supported",
+        "registration_not_supported",
+    }
+)  # fmt: skip
+
+
 class AuthorizationRefused(LoginFailed):
     """RFC 6749 §4.1.2.1: the authorization server answered the redirect with an error."""
 
     slug = "authorization-refused"
 
     def __init__(self, code: str | None) -> None:
-        self.error = error_code(code)
+        known = error_code(code)
+        self.error = known if known in AUTHORIZATION_ERRORS else "invalid_response"
         self.reason = f"as_{self.error}" if self.error.isidentifier() else "as_error"
         if self.error == "access_denied":
             self.status = 403
