@@ -61,7 +61,12 @@ class Fleet:
 
 @asynccontextmanager
 async def fleet(
-    tmp_path: Path, replicas: int = 1, *, redis_url: str | None = None, store: str = "cookie"
+    tmp_path: Path,
+    replicas: int = 1,
+    *,
+    redis_url: str | None = None,
+    store: str = "cookie",
+    forward: bool = False,
 ) -> AsyncIterator[Fleet]:
     issuer, upstream = TestIssuer(), RecordingUpstream(name="app")
     server = TokenServer(issuer, access_lifetime=LIFETIME)
@@ -69,7 +74,8 @@ async def fleet(
     await issuer.start()
     server.advertise()
     await upstream.start()
-    login: dict[str, Any] = {"refresh_margin": "1s", "store": {"type": store}}
+    login: dict[str, Any] = {"refresh_margin": "1s", "store": {"type": store},
+                             "forward_access_token": forward}  # fmt: skip
     cache = redis_cache(redis_url) if redis_url is not None else None
     if cache is not None:
         login["store"]["key_prefix"] = cache["key_prefix"] + "s:"
@@ -160,6 +166,21 @@ async def test_an_unreachable_token_endpoint_is_tolerated_while_the_token_lasts(
         assert (await client.get(gateway, "/app/x", API)).status == 503
         f.server.status = None
         assert (await client.get(gateway, "/app/x", API)).status == 200
+
+
+async def test_an_expired_access_token_without_a_refresh_token_ends_a_forwarding_session(
+    tmp_path: Path,
+) -> None:
+    async with fleet(tmp_path, forward=True) as f:
+        (gateway,) = f.gateways
+        f.server.issue_refresh_tokens = False
+        client = f.client()
+        await client.log_in(gateway, f.server)
+        assert (await client.get(gateway, "/app/x", API)).status == 200
+        await asyncio.sleep(LIFETIME + 0.1)
+        answer = await client.get(gateway, "/app/x", API)
+        assert answer.status == 401 and SESSION_COOKIE not in client.browser.jar
+        assert f.server.refresh_calls == 0
 
 
 # --- two replicas sharing Redis --------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -89,8 +90,8 @@ def test_bad_logins_are_refused(changes: dict[str, Any], message: str) -> None:
 def test_reference_problems_are_all_reported() -> None:
     logins = [
         login(name="a"),
-        login(name="a", redirect_path="/cb"),
-        login(name="b", issuer="nowhere", store={"type": "redis"}),
+        login(name="a", redirect_path="/cb", cookie={"name": "a2"}),
+        login(name="b", issuer="nowhere", store={"type": "redis"}, cookie={"name": "b"}),
     ]
     routes = [
         (("routes", 0), "session", None),
@@ -217,3 +218,41 @@ def test_route_session_settings_compile_as_written() -> None:
     assert auth.session == SessionRoute(login="main", bearer_when_present=False, redirect=False)
     required = compile_config(load_config_text(CONFIG % "required", "gw.yaml", {}))
     assert required.routes[0].auth.session is None
+
+
+def test_two_logins_need_their_own_cookies() -> None:
+    first = login(name="a")
+    second = login(name="b", redirect_path="/b/cb", logout_path="/b/out")
+    problems = login_reference_problems(
+        [first, second], {"main": True}, [], shared_redis=False, max_header_size=8190
+    )
+    assert problems == [
+        (("logins", 1, "cookie", "name"), "the cookie gw_session is already a cookie of logins[0]"),
+        (
+            ("logins", 1, "cookie", "name"),
+            "the cookie gw_session_login is already a cookie of logins[0]",
+        ),
+    ]
+    renamed = login(name="b", redirect_path="/b/cb", logout_path="/b/out", cookie={"name": "b"})
+    assert (
+        login_reference_problems(
+            [first, renamed], {"main": True}, [], shared_redis=False, max_header_size=8190
+        )
+        == []
+    )
+
+
+def test_the_readme_web_app_config_is_a_valid_config() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Web apps (browser login)", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    text = "upstreams:\n  dashboard: {url: 'http://127.0.0.1:9000'}\n" + block
+    env = {"DASHBOARD_CLIENT_SECRET": "x", "SESSION_SECRET": SECRET,
+           "GATEWAY_CACHE_KEY": "dGVzdC1vbmx5LWNhY2hlLWtleS0zMi1ieXRlcy1vayE="}  # fmt: skip
+    compiled = compile_config(load_config_text(text, "README.md", env))
+    assert [route.auth.session for route in compiled.routes] == [
+        None,
+        SessionRoute(login="web", redirect=False),
+        SessionRoute(login="web"),
+    ]
+    assert compiled.logins[0].store.kind == "redis" and compiled.logins[0].store.redis

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 from gateway.auth.decide import Allow, RequestFacts, RouteAuth
 from gateway.auth.policy import check
@@ -53,6 +54,9 @@ async def session_allow(
     now = time.time() if now is None else now
     cookie_fields = list(facts.headers.getall("cookie", ()))
     loaded = await service.store.load(cookie_fields, now)
+    if loaded.session is not None and loaded.session.login != service.settings.name:
+        # Two logins sharing a cookie name and secrets: a session of one is not the other's.
+        loaded = replace(loaded, session=None, problem="other_login")
     if loaded.session is None:
         reason = "no_session"
         if loaded.problem is not None:
@@ -93,6 +97,18 @@ async def _current(
     assert session is not None
     settings = service.settings
     changed = loaded.reseal
+    if (
+        settings.forward_access_token
+        and session.refresh_token is None
+        and access_expired(session, now)
+    ):
+        # The upstream would get an expired token and nothing can renew it: log in again
+        # (silently, while the provider's own session lasts).
+        service.counters.ended["access_expired"] += 1
+        clear = await service.store.delete(loaded)
+        raise _unauthenticated(
+            service, rules, facts, cookie_fields, now, clear, "session_access_expired"
+        )
     if refresh_due(session, now, margin=settings.refresh_margin):
         try:
             session = await service.refresher.refresh(session, persist=service.persist(loaded))
