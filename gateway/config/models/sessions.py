@@ -265,15 +265,15 @@ def login_reference_problems(
     for index, login in enumerate(logins):
         loc: Loc = ("logins", index)
         # One cookie name per login: the pre-login cookie is the name + "_login".
-        for name in (login.cookie.name, login.cookie.name + "_login"):
-            if name in cookies and cookies[name] != index:
+        for cookie in (login.cookie.name, login.cookie.name + "_login"):
+            if cookie in cookies and cookies[cookie] != index:
                 problems.append(
                     (
                         (*loc, "cookie", "name"),
-                        f"the cookie {name} is already a cookie of logins[{cookies[name]}]",
+                        f"the cookie {cookie} is already a cookie of logins[{cookies[cookie]}]",
                     )
                 )
-            cookies.setdefault(name, index)
+            cookies.setdefault(cookie, index)
         if login.key in seen:
             problems.append(
                 (
