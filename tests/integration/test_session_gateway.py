@@ -424,6 +424,16 @@ async def test_invalid_logout_tokens_are_refused(setup: Setup, claims: dict[str,
     assert (await client.get(setup.gateway, "/app/x", API)).status == 200
 
 
+async def test_the_callback_reads_only_a_get(setup: Setup) -> None:
+    client = setup.client()
+    params = await client.start_login(setup.gateway)
+    query = authorized(setup, params)
+    answer = await client.get(setup.gateway, "/oauth2/callback?" + query, API, method="POST")
+    assert answer.status == 405 and answer.headers["Allow"] == "GET"
+    assert setup.server.code_calls == 0
+    assert (await client.get(setup.gateway, "/oauth2/callback?" + query)).status == 302
+
+
 async def test_back_channel_requests_must_be_one_form_post(setup: Setup) -> None:
     assert (await post_logout(setup, None, "logout_token=a&logout_token=b")).status == 400
     assert (await post_logout(setup, None, "x" * (70 * 1024))).status == 413

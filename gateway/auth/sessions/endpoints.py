@@ -46,6 +46,7 @@ class CrossSiteLogout(Forbidden):
 
 async def callback(
     service: LoginService,
+    method: str,
     query: str | None,
     headers: HeaderLookup,
     now: float,
@@ -53,12 +54,16 @@ async def callback(
 ) -> Reply:
     """The authorization response: match it to this browser's pending login (RFC 6749
     §10.12), exchange the code with the PKCE verifier, validate the ID token, start a session
-    under a new id, and send the browser back where it was going - on this origin only."""
+    under a new id, and send the browser back where it was going - on this origin only. The
+    response comes in the query of a GET (``response_mode=query``, the code flow's default,
+    OIDC Core §3.1.2.5); nothing else is read."""
     accept = first(headers, "accept")
     cookie_fields = list(headers.getall("cookie", ()))
     counters = service.counters
     settings = service.settings
     try:
+        if method != "GET":
+            raise MethodNotAllowed(("GET",))
         pending = service.login_cookie.read(cookie_fields, now)
         response = parse_callback(
             query or "",

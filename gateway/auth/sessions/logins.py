@@ -67,7 +67,7 @@ class Logins:
         service, kind = found
         now = self._clock()
         if kind == "callback":
-            return await endpoints.callback(service, query, headers, now, request_id)
+            return await endpoints.callback(service, method, query, headers, now, request_id)
         if kind == "logout":
             return await endpoints.logout(service, method, headers, now, request_id)
         return await endpoints.backchannel_logout(
