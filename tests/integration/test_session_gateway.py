@@ -14,7 +14,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
+import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.app import Gateway
 from tests.support.gateway import running_gateway, wait_ready
@@ -143,6 +146,28 @@ async def test_the_access_token_goes_upstream_when_asked(tmp_path: Path) -> None
         assert (await client.get(setup.gateway, "/app/x", API)).status == 200
         scheme, _, token = (setup.upstream.last.header("Authorization") or "").partition(" ")
         assert scheme == "Bearer" and len(token) > 20
+
+
+async def test_a_session_route_sends_the_signed_identity_token_when_asked(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = tmp_path / "id.pem"
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))  # fmt: skip
+    signing = {"issuer": "https://gateway.example",
+               "keys": [{"file": str(pem), "kid": "gw-1", "alg": "ES256"}]}  # fmt: skip
+    routes = [{"name": "app", "match": {"path": {"prefix": "/app"}}, "upstream": "app",
+               "auth": "session", "identity_token": {}}]  # fmt: skip
+    (tmp_path / "gw").mkdir()
+    async for setup in started(tmp_path / "gw", routes=routes, token_signing=signing):
+        client = setup.client()
+        await client.log_in(setup.gateway, setup.server)
+        assert (await client.get(setup.gateway, "/app/x", API)).status == 200
+        signed = setup.upstream.last.header("X-Identity-Token")
+        assert signed is not None
+        claims = jwt.decode(signed, key.public_key(), algorithms=["ES256"], audience="app",
+                            issuer="https://gateway.example")  # fmt: skip
+        assert claims["sub"] == "alice" and claims["htu"].endswith("/app/x")
 
 
 async def test_a_login_rotates_the_session(setup: Setup) -> None:

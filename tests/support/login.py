@@ -33,6 +33,7 @@ def login_config(
     login: dict[str, Any] | None = None,
     cache: dict[str, Any] | None = None,
     routes: list[dict[str, Any]] | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
     """One login ("main") over ``issuer``; session routes under /app (redirects), /api (no
     redirects), /strict (bearer: never), a bearer route /bearer and an anonymous /public."""
@@ -60,6 +61,7 @@ def login_config(
     }  # fmt: skip
     if cache is not None:
         config["cache"] = cache
+    config.update(extra)
     return config
 
 
