@@ -37,6 +37,8 @@ def describe_routes(loaded: LoadedConfig) -> list[str]:
         hosts = ",".join(match.host) if match.host else "*"
         methods = ",".join(match.methods) if match.methods else "ANY"
         auth = "required" if route.auth.required else "anonymous"
+        if route.auth.session is not None:
+            auth = f"session:{route.auth.session.login}"
         scopes = ""
         if route.auth.policy.required_scopes:
             scopes = " scopes=" + " ".join(route.auth.policy.required_scopes)

@@ -9,7 +9,7 @@ them and asks each in turn, instead of collecting callbacks from everywhere.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client.core import Metric
 
@@ -18,6 +18,7 @@ from gateway.auth.identity_cache import IdentityCache
 from gateway.auth.identity_token import IdentityTokenSigner
 from gateway.auth.introspection import IssuerIntrospection
 from gateway.auth.jwks import KeySetProvider
+from gateway.auth.sessions.logins import Logins
 from gateway.metrics import counter_family, gauge_family
 from gateway.proxy.pool import UpstreamPool
 
@@ -207,3 +208,47 @@ class Pools:
     async def close(self) -> None:
         for pool in self.pools.values():
             await pool.close()
+
+
+class LoginsComponent:
+    """Browser logins: sign-ins started and their callbacks by outcome, refreshes, logouts,
+    sessions refused (by why), and the Redis clients the logins own."""
+
+    def __init__(self, logins: Logins, redis_clients: Iterable[Any] = ()) -> None:
+        self.logins = logins
+        self._redis = list(redis_clients)
+
+    def readiness(self) -> Iterable[tuple[str, bool]]:
+        return ()
+
+    def notes(self) -> Iterable[tuple[str, str]]:
+        return ()
+
+    def metric_families(self) -> Iterable[Metric]:
+        services = self.logins.services
+        yield counter_family(
+            "gateway_login_redirects", "Browsers sent to the authorization endpoint, by login.",
+            ["login"], {(name,): float(s.counters.redirects) for name, s in services.items()},
+        )  # fmt: skip
+        for metric, doc, label, attribute in _LOGIN_COUNTERS:
+            yield counter_family(
+                metric, doc, ["login", label],
+                {(name, key): float(count) for name, s in services.items()
+                 for key, count in getattr(s.counters, attribute).items()},
+            )  # fmt: skip
+
+    async def close(self) -> None:
+        await self.logins.close()
+        for client in self._redis:
+            await client.aclose()
+
+
+_LOGIN_COUNTERS = (
+    ("gateway_login_callbacks", "Login callbacks, by login and outcome (ok or the refusal).",
+     "outcome", "callbacks"),
+    ("gateway_session_refreshes", "Token refreshes at the token endpoint (ok, ended, failed).",
+     "outcome", "refreshes"),
+    ("gateway_logouts", "Logouts, by login and kind (rp, backchannel).", "kind", "logouts"),
+    ("gateway_sessions_refused", "Session cookies that named no live session, by reason.",
+     "reason", "ended"),
+)  # fmt: skip

@@ -31,6 +31,7 @@ from gateway.proxy.problem_response import (
     JWKS_PATH,
     jwks_response,
     problem_response,
+    reply_response,
     resource_metadata_response,
 )
 from gateway.proxy.requests import (
@@ -175,6 +176,9 @@ class ProxyHandler:
             # identity-token keys here (the admin listener answers the same document).
             record.route, record.decision, record.reason = "-", "jwks", "ok"
             return jwks_response(runtime.signer.jwks())
+        if target.path in runtime.logins.paths:
+            # Browser login's own paths: callback, logout, back-channel logout (issue 18).
+            return await self._login(exchange, target.path, target.query)
         located = route_of(compiled, target, host, request.method, record)
         route = exchange.route = located.route
 
@@ -247,6 +251,21 @@ class ProxyHandler:
         record.upstream_seconds = upstream_seconds
         record.bytes_out = response.content_length
         return response  # type: ignore[return-value]  # CompleteResponse is duck-typed
+
+    async def _login(self, exchange: Exchange, path: str, query: str | None) -> web.Response:
+        request, record = exchange.request, exchange.record
+
+        async def read_body(limit: int) -> bytes:
+            exchange.send_continue()
+            return await read_whole_body(request, limit)
+
+        reply = await exchange.runtime.logins.answer(
+            request.method, path, query, request.headers, read_body, request.remote,
+            record.request_id,
+        )  # fmt: skip
+        assert reply is not None  # the path is one of runtime.logins.paths
+        record.route, record.decision, record.reason = "-", "login", reply.reason
+        return reply_response(reply)
 
     async def _form_fields(self, exchange: Exchange) -> list[tuple[str, str]] | None:
         """Read a form-encoded body for an RFC 6750 §2.2 token, only where the route allows

@@ -79,6 +79,12 @@ class GatewayError(Exception):
         """Headers beyond the challenge that this status requires (e.g. ``Allow``)."""
         return {}
 
+    def response_headers(self) -> list[tuple[str, str]]:
+        """``extra_headers`` as a list, which may repeat a name (several ``Set-Cookie``, RFC
+        6265 §3: "Origin servers SHOULD NOT fold multiple Set-Cookie header fields into a
+        single header field"). Renderers read this one."""
+        return list(self.extra_headers().items())
+
     def problem(self, request_id: str | None = None) -> dict[str, object]:
         """The RFC 9457 body. ``detail`` is written for the client and never holds secrets."""
         body: dict[str, object] = {
@@ -211,7 +217,7 @@ class AuthError(GatewayError):
 
     error_code: str | None = None
 
-    def challenge(self, context: Challenge | str) -> str:
+    def challenge(self, context: Challenge | str) -> str | None:
         ctx = as_challenge(context)
         realm = [f"realm={_quoted(ctx.realm)}"]
         error = []
@@ -310,9 +316,9 @@ def render_problem(
     offered = error.challenge(challenge)
     if offered is not None:
         headers.append(("WWW-Authenticate", offered))
-    extra = error.extra_headers()
-    if isinstance(error, AuthError) and "Cache-Control" not in extra:
+    extra = error.response_headers()
+    if isinstance(error, AuthError) and all(name != "Cache-Control" for name, _ in extra):
         # RFC 6750 §5.3 / RFC 9111 §5.2.2.5: answers about credentials must not be cached.
         headers.append(("Cache-Control", "no-store"))
-    headers.extend(extra.items())
+    headers.extend(extra)
     return RenderedProblem(error.status, tuple(headers), error.problem_bytes(request_id))

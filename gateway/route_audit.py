@@ -86,7 +86,7 @@ def route_strength(config: GatewayConfig, route: Route) -> Strength:
         for name, rule in require.claims.items()
     }
     return Strength(
-        required=(route.auth or defaults.auth) == "required",
+        required=(route.auth or defaults.auth) in ("required", "session"),
         issuers=frozenset(issuers if issuers is not None else (i.key for i in config.issuers)),
         scopes_all=frozenset(require.scopes.all),
         scopes_any=frozenset(require.scopes.any),

@@ -29,9 +29,12 @@ from gateway.auth.introspection import IssuerIntrospection
 from gateway.auth.jwks import KeySetProvider
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.replay import MemoryReplayStore, RedisReplayStore, ReplayStore
+from gateway.auth.sessions.logins import Logins
+from gateway.auth.sessions.service import LoginMemory, LoginService
 from gateway.auth.settings import IssuerSettings
 from gateway.cache.memory import MemoryCache
 from gateway.cache.sealing import Sealer
+from gateway.cache.settings import RedisSettings
 from gateway.cache.tiered import TieredCache
 from gateway.compiler import CompiledConfig
 from gateway.components import (
@@ -40,6 +43,7 @@ from gateway.components import (
     IdentityTokens,
     Introspectors,
     KeySets,
+    LoginsComponent,
     Pools,
 )
 from gateway.limits import Limits
@@ -63,6 +67,7 @@ class Runtime:
     limits: Limits
     key_sets: KeySets
     components: list[Component]
+    logins: Logins = field(default_factory=lambda: Logins({}))  # browser login (issue 18)
     access_log: AccessLog | None = None
     tracing: Tracing | None = None
     in_flight: int = 0  # requests started on this runtime and not finished yet
@@ -170,6 +175,7 @@ async def start_runtime(
         retiring = previous.signer if previous is not None else None
         signer = IdentityTokenSigner.from_settings(compiled.signing, previous=retiring)
     limits = Limits(compiled, previous.limits if previous is not None else None)
+    logins, login_redis = _start_logins(compiled, providers, control, previous)
     decider = Decider(
         Authenticator(verifier, introspectors, cache),
         cache,
@@ -177,6 +183,7 @@ async def start_runtime(
         replay,
         limiter=limits.limiter,
         signer=signer,
+        sessions=logins if logins.services else None,
     )
     key_sets = KeySets(providers)
     runtime = Runtime(
@@ -195,7 +202,9 @@ async def start_runtime(
             key_sets,
             Introspectors(introspectors),
             IdentityCacheComponent(cache),
+            *([LoginsComponent(logins, login_redis)] if logins.services else []),
         ],
+        logins=logins,
         access_log=AccessLog(config.logging.format) if config.logging.access_log else None,
         tracing=make_tracing(config.tracing.enabled),
     )
@@ -235,6 +244,34 @@ def _replay_store(compiled: CompiledConfig, previous: Runtime | None) -> ReplayS
         timeout=compiled.redis.timeout,
         fail_open=settings.fail_open,
     )
+
+
+def _start_logins(
+    compiled: CompiledConfig,
+    providers: Mapping[str, KeySetProvider],
+    control: aiohttp.ClientSession,
+    previous: Runtime | None,
+) -> tuple[Logins, list[Any]]:
+    """Each login's service (sharing its issuer's key-set provider and one Redis client per
+    Redis), with the in-memory replay guards of the runtime it replaces."""
+    clients: dict[RedisSettings, Any] = {}
+    services: dict[str, LoginService] = {}
+    for settings in compiled.logins:
+        redis = None
+        if settings.store.redis is not None:
+            redis = clients.get(settings.store.redis)
+            if redis is None:
+                from gateway.cache.redis import make_client  # redis-py only where configured
+
+                redis = clients[settings.store.redis] = make_client(
+                    settings.store.redis, max_connections=32
+                )
+        old = previous.logins.services.get(settings.name) if previous is not None else None
+        memory = old.memory if old is not None else LoginMemory()
+        services[settings.name] = LoginService(
+            settings, providers[settings.issuer_key], control, redis=redis, memory=memory
+        )
+    return Logins(services), list(clients.values())
 
 
 def _metadata_of(provider: KeySetProvider) -> Callable[[], Mapping[str, Any] | None]:

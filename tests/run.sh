@@ -16,9 +16,11 @@ fi
 # Real third-party servers the tests start themselves on free loopback ports: redis-server
 # (a single one unless REDIS_URL is set, and always a Sentinel set and a three-master
 # Cluster, which need redis-cli from redis-tools; Sentinel is `redis-server --sentinel`),
-# and the host proxies of the forward-auth tests (nginx with auth_request, Caddy; Traefik
-# comes from PyPI with the dev extras). Missing ones are installed when root; under CI
-# their tests fail rather than skip.
+# the host proxies of the forward-auth tests (nginx with auth_request, Caddy; Traefik
+# comes from PyPI with the dev extras), and the browser of the login tests (Debian's
+# headless Chromium, driven by Playwright from the dev extras; never `playwright install`).
+# Missing ones are installed when root (one apt-get update); under CI their tests fail
+# rather than skip.
 in_ci=false
 case "${CI:-}" in ""|0|false|no) ;; *) in_ci=true ;; esac
 missing=()
@@ -26,6 +28,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 command -v caddy >/dev/null 2>&1 || missing+=(caddy)
+[ -x /usr/bin/chromium ] || missing+=(chromium chromium-driver)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "tests/run.sh: installing ${missing[*]} (the tests need the real servers)" >&2

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, Protocol
 
 from gateway.auth import sender
 from gateway.auth.authenticate import Authenticator, TokenRules
@@ -32,8 +32,9 @@ from gateway.auth.ratelimit_keys import RouteLimits
 from gateway.auth.ratelimiter import RateLimiter
 from gateway.auth.replay import ReplayStore
 from gateway.auth.sender import OFF, HeaderLookup, Presented, SenderRules, TokenType
+from gateway.auth.sessions.settings import SessionRoute
 from gateway.auth.trace import Trace
-from gateway.problems import Challenge, GatewayError, MissingCredentials
+from gateway.problems import Challenge, GatewayError, InvalidRequest, MissingCredentials
 
 TokenSource = Literal["header", "query", "form"]
 Header = tuple[str, str]
@@ -80,6 +81,7 @@ class RouteAuth:
     challenge: Challenge = field(default_factory=Challenge)  # what WWW-Authenticate offers
     rate_limits: RouteLimits | None = None  # applied after authentication and policy
     identity_token: SignedIdentity | None = None  # a token the gateway signs for the upstream
+    session: SessionRoute | None = None  # auth: session (browser login)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,15 @@ Decision = Allow | Deny
 ANONYMOUS = Allow(identity=None, headers=(), token_source=None, reason="anonymous")
 
 
+class Sessions(Protocol):
+    """Browser sessions (``gateway.auth.sessions.logins.Logins``): a session route's decision
+    when no token came, and the gateway's cookies taken out of every allowed request."""
+
+    async def allow(self, route: RouteAuth, facts: RequestFacts, trace: Trace | None) -> Allow: ...
+
+    def strip_cookies(self, facts: RequestFacts, allow: Allow) -> Allow: ...
+
+
 def token_digest(token: str) -> bytes:
     """How every cache names a token: its SHA-256, never the token (RFC 6750 §5.3)."""
     return hashlib.sha256(token.encode()).digest()
@@ -129,6 +140,7 @@ class Decider:
         *,
         limiter: RateLimiter | None = None,
         signer: IdentityTokenSigner | None = None,
+        sessions: Sessions | None = None,
     ) -> None:
         self._authenticator = authenticator
         self._cache = cache
@@ -136,6 +148,7 @@ class Decider:
         self._replay = replay  # DPoP proofs seen (RFC 9449 §11.1)
         self._limiter = limiter
         self._signer = signer
+        self._sessions = sessions  # None: no logins configured
 
     async def decide(
         self, route: RouteAuth, facts: RequestFacts, trace: Trace | None = None
@@ -144,15 +157,24 @@ class Decider:
         on the request path) records what each step did."""
         try:
             allow = await self._decide(route, facts, trace)
-            if route.rate_limits is None and route.identity_token is None:
-                return allow
-            return self._finish(route, facts, allow)
+            if route.rate_limits is not None or route.identity_token is not None:
+                allow = self._finish(route, facts, allow)
+            if self._sessions is not None:
+                allow = self._sessions.strip_cookies(facts, allow)
+            return allow
         except GatewayError as error:  # AuthError, or ServiceUnavailable (503)
             if trace is not None:
                 trace.add("decision", "deny", status=error.status, reason=error.reason)
             return Deny(error.with_traceback(None))
 
     async def _decide(self, route: RouteAuth, facts: RequestFacts, trace: Trace | None) -> Allow:
+        session = route.session
+        if session is not None and not session.bearer_when_present:
+            # bearer: never - only the session counts; a header it would forward unchecked
+            # is refused rather than ignored.
+            if facts.authorization:
+                raise InvalidRequest("This route takes a browser session, not a bearer token.")
+            return await self._session(route, facts, trace)
         credential = read_credential(
             facts.authorization,
             facts.query,
@@ -167,6 +189,8 @@ class Decider:
                       source=None if credential is None else credential.source,
                       required=route.required)  # fmt: skip
         if credential is None:
+            if session is not None:
+                return await self._session(route, facts, trace)
             if route.required:
                 raise MissingCredentials()
             return ANONYMOUS
@@ -221,6 +245,11 @@ class Decider:
             )
         return allow
 
+    async def _session(self, route: RouteAuth, facts: RequestFacts, trace: Trace | None) -> Allow:
+        # The compiler sets RouteAuth.session only where a login is configured.
+        assert self._sessions is not None
+        return await self._sessions.allow(route, facts, trace)
+
     def _finish(self, route: RouteAuth, facts: RequestFacts, allow: Allow) -> Allow:
         """Limit, then mutate: the rate limits (after authentication and policy, so the key
         is trustworthy and refused requests never count) and the signed identity token
@@ -238,7 +267,7 @@ class Decider:
             uri = signed.upstream_uri(facts.request_path or facts.path)
             headers = (*headers, self._signer.header(identity, signed.route, method=facts.method,
                                                      uri=uri))  # fmt: skip
-        return replace(allow, headers=headers, response_headers=fields)
+        return replace(allow, headers=headers, response_headers=(*allow.response_headers, *fields))
 
 
 class FirstValues:

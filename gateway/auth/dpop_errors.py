@@ -132,7 +132,7 @@ class DpopBoundAsBearer(InvalidToken):
         self.algs = tuple(algs)
         self.resource_metadata = resource_metadata
 
-    def challenge(self, context: Challenge | str) -> str:
+    def challenge(self, context: Challenge | str) -> str | None:
         ctx = as_challenge(context)
         meta = ctx.resource_metadata or self.resource_metadata
         return super().challenge(
@@ -157,7 +157,7 @@ class DpopMissingCredentials(MissingCredentials):
         self.bearer_allowed = bearer_allowed
         self.resource_metadata = resource_metadata
 
-    def challenge(self, context: Challenge | str) -> str:
+    def challenge(self, context: Challenge | str) -> str | None:
         ctx = as_challenge(context)
         meta = ctx.resource_metadata or self.resource_metadata
         return super().challenge(

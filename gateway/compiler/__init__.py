@@ -18,6 +18,7 @@ from gateway.auth.contexts import ValidationContext
 from gateway.auth.decide import RouteAuth
 from gateway.auth.identity_token import SigningSettings
 from gateway.auth.resource_metadata import ResourceMetadata
+from gateway.auth.sessions.settings import LoginSettings
 from gateway.auth.settings import CacheSettings, IssuerSettings
 from gateway.cache.settings import RedisSettings
 from gateway.compiler.auth import (
@@ -43,6 +44,7 @@ from gateway.compiler.sender import (
     route_challenge,
     sender_rules,
 )
+from gateway.compiler.sessions import login_settings, route_session
 from gateway.config.loader import LoadedConfig
 from gateway.config.models import GatewayConfig, TokenSources, Upstream
 from gateway.decision.settings import DecisionSettings, decision_settings
@@ -94,6 +96,7 @@ class CompiledConfig:
     rate_limiting: RateLimitingSettings
     decision: DecisionSettings | None = None  # the forward-auth service; None: off
     listen_tls: TlsFiles | None = None  # the proxy listener's certificate; None: plain HTTP
+    logins: tuple[LoginSettings, ...] = ()  # browser logins (auth: session routes)
 
     @property
     def config(self) -> GatewayConfig:
@@ -136,6 +139,7 @@ def compile_config(loaded: LoadedConfig) -> CompiledConfig:
         rate_limiting=rate_limiting_settings(loaded),
         decision=decision_settings(loaded),
         listen_tls=listener_tls(loaded),
+        logins=login_settings(loaded, issuers),
     )
 
 
@@ -210,7 +214,9 @@ def _routes(
         semantics = path_semantics(config.upstreams[route.upstream].paths, defaults.paths)
         auth = RouteAuth(
             id=index,
-            required=(route.auth or defaults.auth) == "required",
+            # A session route requires an identity too: a token when one is sent (a bad one
+            # is a 401), else the session.
+            required=(route.auth or defaults.auth) in ("required", "session"),
             identify_anonymous=_inherit(route.identify_anonymous, defaults.identify_anonymous),
             allow_query=tokens.query,
             allow_form=tokens.form,
@@ -223,6 +229,7 @@ def _routes(
             ),
             rate_limits=route_limits(loaded, index, route, names[index]),
             identity_token=signed[index],
+            session=route_session(loaded, route),
         )
         item = CompiledRoute(
             index=index,

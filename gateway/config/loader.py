@@ -202,11 +202,6 @@ def _login_issues(source: SourceDoc, config: GatewayConfig) -> Iterator[ConfigIs
     )
     for loc, message in problems:
         yield _issue(source, loc, message)
-    # Fail closed until the runtime compiles session routes (issue 18 phase 2): today it
-    # would treat every auth mode other than "required" as anonymous.
-    for loc, mode, _ in routes:
-        if mode == "session":
-            yield _issue(source, (*loc, "auth"), "auth: session is not served by this build yet")
 
 
 def _expected(names: Sequence[str]) -> str:

@@ -100,7 +100,7 @@ def problem_parts(
         headers.append((b"WWW-Authenticate", challenge.encode("latin-1")))
     if isinstance(error, AuthError):
         headers.append((b"Cache-Control", b"no-store"))
-    for name, value in error.extra_headers().items():
+    for name, value in error.response_headers():
         headers.append((name.encode("latin-1"), value.encode("latin-1")))
     return error.status, headers, body
 

@@ -4,6 +4,7 @@ set of the identity tokens."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from aiohttp import web
@@ -36,11 +37,29 @@ def problem_response(
     """The RFC 9457 response for ``error``; ``close`` ends the connection after it (framing
     the gateway could not trust)."""
     rendered = render_problem(error, challenge, request_id)
-    response = web.Response(status=rendered.status, body=rendered.body)
-    for name, value in rendered.headers:
-        response.headers[name] = value
+    response = reply_response(rendered)
     if close:
         response.force_close()
+    return response
+
+
+class Reply(Protocol):
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Sequence[tuple[str, str]]: ...
+
+    @property
+    def body(self) -> bytes: ...
+
+
+def reply_response(reply: Reply) -> web.Response:
+    """A complete answer of the gateway's own (a rendered problem, a login endpoint's reply),
+    each header field as given: a name may repeat (several ``Set-Cookie``)."""
+    response = web.Response(status=reply.status, body=reply.body)
+    for name, value in reply.headers:
+        response.headers.add(name, value)
     return response
 
 

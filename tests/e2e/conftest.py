@@ -28,7 +28,7 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def _unavailable(reason: str) -> None:
+def unavailable(reason: str) -> None:
     if _in_ci():
         pytest.fail(f"e2e: {reason}; CI must run the e2e suite, not skip it", pytrace=False)
     pytest.skip(f"e2e: {reason}")
@@ -59,7 +59,7 @@ def oidc_session(initial_keys: list[SigningKey], test_ca: TestCA) -> Iterator[Oi
     else:
         reason = None
     if reason is not None:
-        _unavailable(reason)  # outside the except block: no chained traceback in the report
+        unavailable(reason)  # outside the except block: no chained traceback in the report
     try:
         yield provider
     finally:

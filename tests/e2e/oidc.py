@@ -249,6 +249,13 @@ class OidcProvider:
         assert self.tls_port is not None, "the provider was started without TLS"
         return f"https://127.0.0.1:{self.tls_port}"
 
+    def register_client(self, metadata: Mapping[str, Any]) -> None:
+        """Register (or replace) a client, as RFC 7591 dynamic registration would; its
+        ``client_secret`` is kept for ``basic``."""
+        self._test_route("POST", "/__e2e/clients", dict(metadata))
+        if "client_secret" in metadata:
+            self.client_secrets[metadata["client_id"]] = metadata["client_secret"]
+
     def publish_keys(self, keys: list[SigningKey]) -> None:
         """Replace the signing keys; for each alg the first key listed signs new tokens."""
         self._test_route("PUT", "/__e2e/keys", jwk_set(keys))

@@ -23,6 +23,9 @@
 //   PUT  /__e2e/keys    body {"keys": [...]}: rebuild the Provider with these signing keys
 //   PUT  /__e2e/resources  body {indicator: {format, alg, ttl, scope}}: more resource servers
 //                       (an RFC 9728 resource's identifier is known only once its gateway runs)
+//   POST /__e2e/clients body: client metadata: register (or replace) a client, as dynamic
+//                       registration would; the browser-login tests register their gateway's
+//                       callback, post-logout and back-channel URIs once its port is known
 // oidc-provider reads its keys only when a Provider is constructed, so rotating keys builds a
 // new Provider behind the same listener; token storage (the in-memory adapter) is shared by
 // every Provider in the process, so tokens issued before a rotation stay known.
@@ -46,7 +49,8 @@ const RESOURCES = {
   'https://other.example/opaque': { format: 'opaque', ttl: 300 },
 };
 const RESOURCE_SCOPE = 'orders:read orders:write';
-const SCOPES = ['openid', 'offline_access', 'orders:read', 'orders:write', 'mcp:tools'];
+const SCOPES = ['openid', 'offline_access', 'email', 'profile', 'orders:read', 'orders:write',
+  'mcp:tools'];
 // The only client allowed to introspect other clients' tokens.
 const INTROSPECTING_CLIENT = 'gateway';
 // The authorization code client's redirect URI is never followed: the test stops at it.
@@ -114,7 +118,14 @@ function resourceServerInfo(_ctx, indicator) {
   return info;
 }
 
+// Clients whose id starts with this get access tokens this short (the refresh tests).
+const SHORT_LIVED_CLIENT_PREFIX = 'short-';
+const SHORT_ACCESS_TTL = 3;
+
 function tokenTTL(_ctx, token) {
+  if (token.clientId?.startsWith(SHORT_LIVED_CLIENT_PREFIX) && !token.resourceServer) {
+    return SHORT_ACCESS_TTL;
+  }
   return token.resourceServer?.accessTokenTTL ?? 300;
 }
 
@@ -124,9 +135,28 @@ function buildProvider(issuer, jwks, secrets) {
     jwks,
     cookies: { keys: ['e2e-cookie-signing-key-not-a-secret'] },
     scopes: SCOPES,
+    claims: { email: ['email', 'email_verified'], profile: ['name'] },
+    // Scope claims in the ID token too (the gateway's identity headers come from it).
+    conformIdTokenClaims: false,
+    findAccount: (_ctx, sub) => ({
+      accountId: sub,
+      claims: () => ({ sub, email: `${sub}@example.com`, email_verified: true, name: sub }),
+    }),
+    // Every refresh rotates the refresh token, and a rotated-out one presented again revokes
+    // the grant (RFC 9700 §4.14.2): the race the gateway's single-flight refresh must avoid.
+    rotateRefreshToken: () => true,
+    // Back-channel logout tokens go to the test gateways, on loopback, which oidc-provider's
+    // outgoing-request guard (no special-use addresses) refuses: a test-only provider drops
+    // that guard.
+    fetch: (url, options) => {
+      const { dispatcher: _guard, ...rest } = options;
+      return globalThis.fetch(url, rest);
+    },
     features: {
       clientCredentials: { enabled: true },
       devInteractions: { enabled: true },
+      rpInitiatedLogout: { enabled: true },
+      backchannelLogout: { enabled: true },
       // RFC 9449: DPoP-bound access tokens (JWT cnf.jkt; introspection cnf.jkt and
       // token_type DPoP) for a client that sends a proof to the token endpoint.
       dPoP: { enabled: true },
@@ -208,6 +238,13 @@ async function testRoute(req, res, state) {
     state.provider = buildProvider(state.issuer, jwks, state.secrets);
     state.handle = state.provider.callback();
     return reply(res, 200, { kids: jwks.keys.map((key) => key.kid) });
+  }
+  if (req.method === 'POST' && path === '/__e2e/clients') {
+    const metadata = JSON.parse(await readBody(req));
+    await state.provider.Client.adapter.upsert(metadata.client_id, metadata);
+    // Validated as the provider validates registrations; an error says what is wrong.
+    const client = await state.provider.Client.find(metadata.client_id);
+    return reply(res, 200, { client_id: client.clientId });
   }
   return reply(res, 404, { error: 'unknown test route' });
 }

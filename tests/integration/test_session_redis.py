@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from gateway.auth.sessions.cookies import CookiePolicy
 from gateway.auth.sessions.errors import LogoutTokenInvalid
-from gateway.auth.sessions.logout import LogoutRequest, check_replay
+from gateway.auth.sessions.logout import LogoutRequest, check_replay, refuse_replay
 from gateway.auth.sessions.redis_store import (
     MAX_SESSIONS_PER_INDEX,
     RedisReplayGuard,
@@ -276,6 +276,9 @@ async def test_cookie_store_revocations_reach_every_replica(redis_url: str, pref
         await stores[0].create(make_session(now=now + 3, subject="bob", sid=None), None, now + 3)
     )
     assert (await stores[1].load(relogin.cookie_header(), now + 4)).session is not None
+    same_sid = Browser()
+    same_sid.receive(await stores[0].create(make_session(now=now + 3, sid="op-A"), None, now + 3))
+    assert (await stores[1].load(same_sid.cookie_header(), now + 4)).session is not None
     for client in clients:
         await client.aclose()
 
@@ -286,7 +289,10 @@ async def test_a_logout_token_replayed_at_another_replica_is_refused(
     clients = [redis_client(redis_url, 1.0) for _ in range(2)]
     guards = [RedisReplayGuard(c, key_prefix=prefix, timeout=1.0, clock=time.time) for c in clients]
     request = LogoutRequest(ISSUER, "alice", "op-1", uuid.uuid4().hex, time.time() + 60)
+    await refuse_replay(request, guards[1])  # looking does not record
     await check_replay(request, guards[0])
+    with pytest.raises(LogoutTokenInvalid):
+        await refuse_replay(request, guards[1])
     with pytest.raises(LogoutTokenInvalid):
         await check_replay(request, guards[1])
     for client in clients:

@@ -67,6 +67,7 @@ class TokenServer:
         self.body: bytes | None = None  # …and this body
         self.id_token_claims: dict[str, Any] = {}  # merged into every ID token (None drops)
         self.issue_id_token_on_refresh = True
+        self.issue_refresh_tokens = True  # False: access tokens only (no offline access)
         self.refresh_calls = 0
         self.code_calls = 0
         self.requests: list[dict[str, Any]] = []
@@ -167,6 +168,8 @@ class TokenServer:
             "refresh_token": refresh,
             "scope": "openid email",
         }
+        if not self.issue_refresh_tokens:
+            del body["refresh_token"]
         if with_id_token:
             claims: dict[str, Any] = {
                 "sub": grant.subject,

@@ -158,7 +158,7 @@ SCHEMA_ERRORS = [
     ),
     pytest.param(
         VALID + "listen: {hots: x}\n",
-        "gw.yaml:9: listen.hots: unknown key 'hots' (expected one of: host, port)",
+        "gw.yaml:9: listen.hots: unknown key 'hots' (expected one of: host, port, tls)",
         id="unknown-key-flow",
     ),
     pytest.param(

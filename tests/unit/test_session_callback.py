@@ -73,7 +73,8 @@ def test_a_server_that_sends_iss_must_always_send_it() -> None:
         ("access_denied", 403, "as_access_denied"),
         ("login_required", 400, "as_login_required"),
         ("temporarily_unavailable", 400, "as_temporarily_unavailable"),
-        ("<script>", 400, "as_error"),
+        ("<script>", 400, "as_invalid_response"),
+        ("call_555_1234_for_support", 400, "as_invalid_response"),
         ("a\nb", 400, "as_invalid_response"),
     ],
 )

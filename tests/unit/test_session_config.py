@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from gateway.auth.sessions.settings import SessionRoute
+from gateway.compiler import compile_config
 from gateway.config.errors import ConfigError
 from gateway.config.loader import load_config_text
 from gateway.config.models.sessions import Login, RouteSession, login_reference_problems
@@ -87,8 +90,8 @@ def test_bad_logins_are_refused(changes: dict[str, Any], message: str) -> None:
 def test_reference_problems_are_all_reported() -> None:
     logins = [
         login(name="a"),
-        login(name="a", redirect_path="/cb"),
-        login(name="b", issuer="nowhere", store={"type": "redis"}),
+        login(name="a", redirect_path="/cb", cookie={"name": "a2"}),
+        login(name="b", issuer="nowhere", store={"type": "redis"}, cookie={"name": "b"}),
     ]
     routes = [
         (("routes", 0), "session", None),
@@ -193,7 +196,63 @@ def test_a_login_section_loads_with_line_marked_reference_errors() -> None:
     assert "gw.yaml:6: logins[0].issuer: unknown issuer 'nope' (main)" in str(caught.value)
 
 
-def test_session_routes_fail_closed_until_the_runtime_serves_them() -> None:
-    with pytest.raises(ConfigError) as caught:
-        load_config_text(textwrap.dedent(CONFIG % "session"), "gw.yaml", {})
-    assert "routes[0].auth: auth: session is not served by this build yet" in str(caught.value)
+def test_a_session_route_compiles_to_its_login_and_requires_an_identity() -> None:
+    compiled = compile_config(load_config_text(textwrap.dedent(CONFIG % "session"), "gw.yaml", {}))
+    auth = compiled.routes[0].auth
+    assert auth.required and auth.session == SessionRoute(login="main")
+    (settings,) = compiled.logins
+    assert settings.redirect_uri == "https://app.example.com/oauth2/callback"
+    assert settings.cookie.secure and settings.store.kind == "cookie"
+    assert settings.id_token.issuer == "https://as.example/" and settings.secrets == (
+        SECRET.encode(),
+    )
+    assert settings.paths == {"/oauth2/callback", "/oauth2/logout"}
+    assert "secrets" not in repr(settings) and SECRET not in repr(settings)
+
+
+def test_route_session_settings_compile_as_written() -> None:
+    text = textwrap.dedent(CONFIG % "session").replace(
+        "    auth: session", "    auth: session\n    session: {bearer: never, redirect: false}"
+    )
+    auth = compile_config(load_config_text(text, "gw.yaml", {})).routes[0].auth
+    assert auth.session == SessionRoute(login="main", bearer_when_present=False, redirect=False)
+    required = compile_config(load_config_text(CONFIG % "required", "gw.yaml", {}))
+    assert required.routes[0].auth.session is None
+
+
+def test_two_logins_need_their_own_cookies() -> None:
+    first = login(name="a")
+    second = login(name="b", redirect_path="/b/cb", logout_path="/b/out")
+    problems = login_reference_problems(
+        [first, second], {"main": True}, [], shared_redis=False, max_header_size=8190
+    )
+    assert problems == [
+        (("logins", 1, "cookie", "name"), "the cookie gw_session is already a cookie of logins[0]"),
+        (
+            ("logins", 1, "cookie", "name"),
+            "the cookie gw_session_login is already a cookie of logins[0]",
+        ),
+    ]
+    renamed = login(name="b", redirect_path="/b/cb", logout_path="/b/out", cookie={"name": "b"})
+    assert (
+        login_reference_problems(
+            [first, renamed], {"main": True}, [], shared_redis=False, max_header_size=8190
+        )
+        == []
+    )
+
+
+def test_the_readme_web_app_config_is_a_valid_config() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Web apps (browser login)", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    text = "upstreams:\n  dashboard: {url: 'http://127.0.0.1:9000'}\n" + block
+    env = {"DASHBOARD_CLIENT_SECRET": "x", "SESSION_SECRET": SECRET,
+           "GATEWAY_CACHE_KEY": "dGVzdC1vbmx5LWNhY2hlLWtleS0zMi1ieXRlcy1vayE="}  # fmt: skip
+    compiled = compile_config(load_config_text(text, "README.md", env))
+    assert [route.auth.session for route in compiled.routes] == [
+        None,
+        SessionRoute(login="web", redirect=False),
+        SessionRoute(login="web"),
+    ]
+    assert compiled.logins[0].store.kind == "redis" and compiled.logins[0].store.redis

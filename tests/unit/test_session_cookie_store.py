@@ -138,6 +138,11 @@ async def test_a_revoked_sid_or_subject_ends_sessions_created_before() -> None:
         await cookies.create(make_session(now=now + 5, sid=None, subject="bob"), None, now + 5)
     )
     assert (await cookies.load(later.cookie_header(), now + 6)).session is not None
+    # A later login under the same OP session (a logout cancelled at the OP) is a new
+    # session, not a revoked one: refusing it would loop between login and refusal.
+    again = Browser()
+    again.receive(await cookies.create(make_session(now=now + 5, sid="s1"), None, now + 5))
+    assert (await cookies.load(again.cookie_header(), now + 6)).session is not None
 
 
 async def test_revocations_are_bounded() -> None:

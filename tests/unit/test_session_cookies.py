@@ -21,6 +21,7 @@ from gateway.auth.sessions.cookies import (
     render_value,
     set_cookie,
     split_chunks,
+    without_owned,
 )
 
 TLS = CookiePolicy("gw", secure=True)
@@ -222,3 +223,28 @@ def test_overwritten_names_are_not_also_deleted() -> None:
 def test_deletion_clears_every_cookie_present_or_the_bare_name() -> None:
     assert render_deletion(TLS, set()) == [delete_cookie(TLS, "__Host-gw")]
     assert len(render_deletion(TLS, {"__Host-gw.0", "__Host-gw.1"})) == 2
+
+
+# --- what the upstream receives -------------------------------------------------------------
+
+LOGIN = CookiePolicy("gw_login", secure=True, max_chunks=1)
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ([], None),
+        (["theme=dark; lang=en"], None),  # nothing of ours: forwarded as it is
+        (["__Host-gw=abc"], ""),
+        (["theme=dark; __Host-gw=abc; lang=en"], "theme=dark; lang=en"),
+        (["__Host-gw.0=2.abcdef.x; a=1", "__Host-gw.1=2.abcdef.y"], "a=1"),
+        (["__Host-gw_login=s; __Host-gw=v; b=2"], "b=2"),
+        (["__Host-gwx=1; gw=2"], None),  # other names that merely start alike, or unprefixed
+        (["a=1;;  __Host-gw=abc ; junk"], "a=1; junk"),
+    ],
+    ids=["none", "others", "only-ours", "amid", "chunks", "login", "lookalike", "sloppy"],
+)
+def test_the_gateways_cookies_never_reach_the_upstream(
+    fields: list[str], expected: str | None
+) -> None:
+    assert without_owned(fields, (TLS, LOGIN)) == expected

@@ -17,6 +17,7 @@ from gateway.auth.sessions.logout import (
     MemoryReplayGuard,
     check_replay,
     end_session_url,
+    refuse_replay,
     validate_logout_token,
 )
 from tests.support.signing import SigningKeys
@@ -125,6 +126,21 @@ async def test_a_jti_is_accepted_once_until_its_window_ends() -> None:
     assert caught.value.reason == "logout_replayed"
     clock[0] = request.replay_until
     await check_replay(request, guard)  # forgotten once it would fail the age check anyway
+
+
+async def test_refusing_a_replay_does_not_record_the_token() -> None:
+    """The endpoint records a jti only after the sessions ended: a store that failed in
+    between leaves the provider's retry usable."""
+    clock = [NOW]
+    guard = MemoryReplayGuard(clock=lambda: clock[0])
+    request = validate(KEYS.sign(claims()))
+    await refuse_replay(request, guard)
+    await refuse_replay(request, guard)  # still unrecorded
+    await check_replay(request, guard)
+    with pytest.raises(LogoutTokenInvalid):
+        await refuse_replay(request, guard)
+    clock[0] = request.replay_until
+    await refuse_replay(request, guard)  # forgotten with its window
 
 
 async def test_the_same_jti_from_another_issuer_is_another_token() -> None:

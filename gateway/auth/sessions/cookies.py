@@ -131,6 +131,25 @@ def parse_cookie_header(fields: Sequence[str], policy: CookiePolicy) -> dict[str
     return found
 
 
+def without_owned(fields: Sequence[str], policies: Sequence[CookiePolicy]) -> str | None:
+    """The ``Cookie`` field(s) joined, without the pairs any of ``policies`` owns, for the
+    upstream: the gateway's cookies hold its sessions (a Redis session id is as good as the
+    session), so no upstream ever sees them. None when there was nothing of ours (forward the
+    field as it is); "" when nothing else is left. Everyone else's pairs pass in their order
+    and spelling."""
+    if not fields or not any(policy.name in field for field in fields for policy in policies):
+        return None
+    kept: list[str] = []
+    removed = False
+    for piece in "; ".join(fields).split(";"):
+        name = piece.strip(" \t").partition("=")[0]
+        if any(policy.owns(name) for policy in policies):
+            removed = True
+        elif piece.strip(" \t"):
+            kept.append(piece.strip(" \t"))
+    return "; ".join(kept) if removed else None
+
+
 def is_cookie_value(value: str) -> bool:
     """Only cookie-octets (checked by deleting every allowed byte in C: a value of a few KB
     costs a microsecond, where a regular expression costs ten)."""

@@ -7,6 +7,10 @@ complaint). The ``detail`` is written for the person at the browser and never ec
 callback URL carried, since anyone can craft one.
 
     GatewayError
+    ├── AuthError
+    │   ├── LoginRedirect (302)          an unauthenticated navigation: off to the login
+    │   └── MissingCredentials
+    │       └── SessionRequired (401)    no live session (and not a navigation)
     ├── LoginFailed (400)                the callback cannot complete a login
     │   ├── LoginExpired (400)           no pending login for this browser (expired, cookies off)
     │   ├── StateMismatch (400)          RFC 6749 §10.12: the callback's state is not ours
@@ -20,9 +24,10 @@ callback URL carried, since anyone can craft one.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Final
 
-from gateway.problems import GatewayError
+from gateway.problems import AuthError, Challenge, GatewayError, MissingCredentials
 
 # RFC 6749 §4.1.2.1: error = 1*( %x20-21 / %x23-5B / %x5D-7E ).
 _ERROR_CODE: Final = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]{1,64}")
@@ -34,6 +39,48 @@ def error_code(value: str | None) -> str:
     if value is not None and _ERROR_CODE.fullmatch(value) is not None:
         return value
     return "invalid_response"
+
+
+class LoginRedirect(AuthError):
+    """RFC 9110 §15.4.3 (302 Found) to the authorization endpoint, with the sealed pre-login
+    cookie. An ``AuthError`` so it counts as a denial and is never cached (RFC 6750 §5.3's
+    ``no-store``), but without a challenge: a browser follows ``Location``, it has no use
+    for ``WWW-Authenticate``."""
+
+    status = 302
+    title = "Found"
+    slug = "login-required"
+    reason = "login_redirect"
+
+    def __init__(self, location: str, set_cookies: Sequence[str]) -> None:
+        super().__init__("Sign in at the identity provider to continue.")
+        self.location = location
+        self.set_cookies = tuple(set_cookies)
+
+    def challenge(self, context: Challenge | str) -> str | None:
+        return None
+
+    def response_headers(self) -> list[tuple[str, str]]:
+        return [("Location", self.location), *(("Set-Cookie", c) for c in self.set_cookies)]
+
+
+class SessionRequired(MissingCredentials):
+    """RFC 6750 §3.1's 401 for a session route without a live session, when the request is
+    no navigation (an API call, a ``fetch()``): it gets the challenge, never a login page
+    (oauth2-proxy #2918). ``set_cookies`` delete the cookies of a session that ended."""
+
+    reason = "no_session"
+
+    def __init__(self, set_cookies: Sequence[str] = (), reason: str | None = None) -> None:
+        AuthError.__init__(
+            self, "This resource requires a signed-in session or a bearer access token."
+        )
+        self.set_cookies = tuple(set_cookies)
+        if reason is not None:
+            self.reason = reason
+
+    def response_headers(self) -> list[tuple[str, str]]:
+        return [("Set-Cookie", cookie) for cookie in self.set_cookies]
 
 
 class LoginFailed(GatewayError):
@@ -64,13 +111,29 @@ class StateMismatch(LoginFailed):
         )
 
 
+# RFC 6749 §4.1.2.1 and OIDC Core §3.1.2.6: the codes an authorization response may carry.
+# Anyone can send a browser to the callback with any ``error``, so only these are shown and
+# counted (an unbounded metrics label, or a page saying what an attacker chose, otherwise).
+AUTHORIZATION_ERRORS: Final = frozenset(
+    {
+        "invalid_request", "unauthorized_client", "access_denied",
+        "unsupported_response_type", "invalid_scope", "server_error",
+        "temporarily_unavailable", "interaction_required", "login_required",
+        "account_selection_required", "consent_required", "invalid_request_uri",
+        "invalid_request_object", "request_not_supported", "request_uri_not_supported",
+        "registration_not_supported",
+    }
+)  # fmt: skip
+
+
 class AuthorizationRefused(LoginFailed):
     """RFC 6749 §4.1.2.1: the authorization server answered the redirect with an error."""
 
     slug = "authorization-refused"
 
     def __init__(self, code: str | None) -> None:
-        self.error = error_code(code)
+        known = error_code(code)
+        self.error = known if known in AUTHORIZATION_ERRORS else "invalid_response"
         self.reason = f"as_{self.error}" if self.error.isidentifier() else "as_error"
         if self.error == "access_denied":
             self.status = 403

@@ -67,6 +67,10 @@ class ReplayGuard(Protocol):
         """True the first time ``jti_key`` is seen before ``until``; False for a replay."""
         ...
 
+    async def seen(self, jti_key: str) -> bool:
+        """Whether ``jti_key`` was used (and not forgotten yet), without recording it."""
+        ...
+
 
 def validate_logout_token(
     token: str, *, keys: KeyLookup, rules: LogoutRules, now: float
@@ -145,12 +149,22 @@ def _checked(
     return LogoutRequest(rules.issuer, subject, sid, jti, replay_until)
 
 
+def _replay_key(request: LogoutRequest) -> str:
+    return f"{request.issuer}\x00{request.jti}"
+
+
 async def check_replay(request: LogoutRequest, guard: ReplayGuard) -> None:
     """§2.6 step 8: "Optionally verify that another Logout Token with the same jti value has
     not been recently received." Not optional here: a captured token must not end sessions
     again (say, of the user's next login with the same sid)."""
-    key = f"{request.issuer}\x00{request.jti}"
-    if not await guard.first_use(key, request.replay_until):
+    if not await guard.first_use(_replay_key(request), request.replay_until):
+        raise LogoutTokenInvalid("The logout token was already used.", reason="logout_replayed")
+
+
+async def refuse_replay(request: LogoutRequest, guard: ReplayGuard) -> None:
+    """``check_replay``'s test without recording the token: the endpoint records it only
+    once the sessions are ended, so a store that failed leaves the OP's retry usable."""
+    if await guard.seen(_replay_key(request)):
         raise LogoutTokenInvalid("The logout token was already used.", reason="logout_replayed")
 
 
@@ -174,6 +188,10 @@ class MemoryReplayGuard:
             return False
         self._seen[jti_key] = until
         return True
+
+    async def seen(self, jti_key: str) -> bool:
+        expiry = self._seen.get(jti_key)
+        return expiry is not None and expiry > self._clock()
 
 
 def end_session_url(

@@ -276,10 +276,12 @@ class RedisRevocations:
         sub_key = self._sub_key(session.issuer, session.subject)
         sid_key = self._sid_key(session.issuer, session.sid) if session.sid else sub_key
         by_sid, by_sub = await self._redis.run(lambda: self._redis.client.mget(sid_key, sub_key))
-        if session.sid is not None and by_sid is not None:
-            return True
+        # As MemoryRevocations: only sessions made before the revocation are revoked.
         try:
-            return by_sub is not None and session.created_at <= float(by_sub)
+            return any(
+                value is not None and session.created_at <= float(value)
+                for value in (by_sid if session.sid else None, by_sub)
+            )
         except ValueError:
             return True  # not a value we wrote: fail closed
 
@@ -295,8 +297,15 @@ class RedisReplayGuard:
         self._prefix = key_prefix
         self._clock = clock
 
+    def _key(self, jti_key: str) -> str:
+        return f"{self._prefix}jti:{_digest(jti_key)}"
+
+    async def seen(self, jti_key: str) -> bool:
+        key = self._key(jti_key)
+        return bool(await self._redis.run(lambda: self._redis.client.exists(key)))
+
     async def first_use(self, jti_key: str, until: float) -> bool:
-        key = f"{self._prefix}jti:{_digest(jti_key)}"
+        key = self._key(jti_key)
         ttl = until - self._clock()
         if ttl <= 0:
             return True

@@ -116,13 +116,20 @@ class MemoryRevocations:
             self._entries.popitem(last=False)
 
     async def is_revoked(self, session: Session) -> bool:
+        """Whether a revocation of the session's ``sid`` or ``sub`` came after the session was
+        made: a later login (even under the same OP session, say after a logout the user
+        cancelled at the OP) is a new session, not a revoked one."""
         if not self._entries:
             return False
         now = self._clock()
-        if session.sid is not None and self._live((session.issuer, "sid", session.sid), now):
-            return True
-        found = self._live((session.issuer, "sub", session.subject), now)
-        return found is not None and session.created_at <= found
+        keys = [(session.issuer, "sub", session.subject)]
+        if session.sid is not None:
+            keys.append((session.issuer, "sid", session.sid))
+        for key in keys:
+            found = self._live(key, now)
+            if found is not None and session.created_at <= found:
+                return True
+        return False
 
     def _live(self, key: tuple[str, str, str], now: float) -> float | None:
         entry = self._entries.get(key)

@@ -261,8 +261,19 @@ def login_reference_problems(
     problems: list[tuple[Loc, str]] = []
     seen: dict[str, int] = {}
     paths: dict[str, int] = {}
+    cookies: dict[str, int] = {}
     for index, login in enumerate(logins):
         loc: Loc = ("logins", index)
+        # One cookie name per login: the pre-login cookie is the name + "_login".
+        for cookie in (login.cookie.name, login.cookie.name + "_login"):
+            if cookie in cookies and cookies[cookie] != index:
+                problems.append(
+                    (
+                        (*loc, "cookie", "name"),
+                        f"the cookie {cookie} is already a cookie of logins[{cookies[cookie]}]",
+                    )
+                )
+            cookies.setdefault(cookie, index)
         if login.key in seen:
             problems.append(
                 (
