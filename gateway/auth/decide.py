@@ -87,6 +87,7 @@ class Allow:
     reason: str = "ok"
     token_type: TokenType | None = None  # Bearer, DPoP or mTLS, for the access log
     remove: tuple[str, ...] = ()  # request headers that must not reach the upstream
+    token_digest: bytes | None = None  # the validated token's SHA-256 (what evictions name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +199,7 @@ class Decider:
             credential.source,
             token_type=token_type,
             remove=remove,
+            token_digest=digest,
         )
         unbound = sender.binding_of(identity) is sender.UNBOUND
         if unbound and credential.scheme == "bearer":  # a bound token is proved every time

@@ -1,13 +1,15 @@
 """Answers the proxy listener gives itself: problems (``gateway.problems.render_problem``)
-and RFC 9728 protected resource metadata."""
+and RFC 9728 protected resource metadata, each one complete response in one write."""
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from aiohttp import web
-
+from gateway.listener import Request, http_date
 from gateway.problems import SERVER_NAME, Challenge, GatewayError, render_problem
+
+_SERVER = SERVER_NAME.encode("ascii")
+_JSON = b"application/json"
 
 
 class Document(Protocol):
@@ -18,29 +20,37 @@ class Document(Protocol):
     def etag(self) -> str: ...
 
 
-def problem_response(
-    error: GatewayError, challenge: Challenge | str, request_id: str | None, *, close: bool = False
-) -> web.Response:
-    """The RFC 9457 response for ``error``; ``close`` ends the connection after it (framing
-    the gateway could not trust)."""
+def send_problem(
+    request: Request,
+    error: GatewayError,
+    challenge: Challenge | str,
+    request_id: str | None,
+    *,
+    close: bool = False,
+) -> int:
+    """Answer ``error`` as RFC 9457 problem details; its status. ``close`` ends the
+    connection after it (framing the gateway could not trust)."""
     rendered = render_problem(error, challenge, request_id)
-    response = web.Response(status=rendered.status, body=rendered.body)
-    for name, value in rendered.headers:
-        response.headers[name] = value
-    if close:
-        response.force_close()
-    return response
+    headers = [(name.encode("latin-1"), text.encode("latin-1")) for name, text in rendered.headers]
+    headers.append((b"Date", http_date()))
+    request.respond(rendered.status, headers, rendered.body, close=close)
+    return rendered.status
 
 
-def resource_metadata_response(document: Document, if_none_match: str | None) -> web.Response:
+def send_resource_metadata(request: Request, document: Document) -> int:
     """RFC 9728 §3.2: ``200`` with ``application/json``; cacheable (the document changes only
-    with the config), and ``304`` when the client already holds this version."""
-    headers = {
-        "Server": SERVER_NAME,
-        "Cache-Control": "public, max-age=3600",
-        "ETag": document.etag,
-    }
-    tags = if_none_match.split(",") if if_none_match is not None else ()
-    if document.etag in (tag.strip() for tag in tags):
-        return web.Response(status=304, headers=headers)
-    return web.Response(body=document.document, content_type="application/json", headers=headers)
+    with the config), and ``304`` when the client already holds this version. Its status."""
+    etag = document.etag.encode("ascii")
+    headers = [
+        (b"Server", _SERVER),
+        (b"Date", http_date()),
+        (b"Cache-Control", b"public, max-age=3600"),
+        (b"ETag", etag),
+    ]
+    tags = b",".join(request.header_values(b"If-None-Match")).split(b",")
+    if etag in (tag.strip() for tag in tags):
+        request.respond(304, headers)
+        return 304
+    headers.append((b"Content-Type", _JSON))
+    request.respond(200, headers, document.document)
+    return 200
