@@ -269,12 +269,12 @@ async def test_150_open_tunnels_do_not_starve_introspection_or_key_fetches(
                                     exp=int(time.time() + 300))  # fmt: skip
             rotated = issuer.rotate()
             fresh = issuer.mint(kid=rotated)
+            url = f"http://127.0.0.1:{gw.proxy_port}/read/x"
             async with aiohttp.ClientSession() as s:
                 for token in (opaque, fresh):
-                    async with asyncio.timeout(5):
-                        async with s.get(f"http://127.0.0.1:{gw.proxy_port}/read/x",
-                                         headers={"Authorization": f"Bearer {token}"}) as r:  # fmt: skip
-                            assert r.status == 200, await r.text()
+                    headers = {"Authorization": f"Bearer {token}"}
+                    async with asyncio.timeout(5), s.get(url, headers=headers) as r:
+                        assert r.status == 200, await r.text()
             assert introspection.calls == 1
         finally:
             for client in clients:

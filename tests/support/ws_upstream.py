@@ -68,8 +68,10 @@ class RawWebSocketUpstream:
             head = await reader.readuntil(b"\r\n\r\n")
             self.heads.append(head)
             key = field_value(head, b"Sec-WebSocket-Key") or b""
-            answer = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                      b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept_for(key) + b"\r\n")  # fmt: skip
+            answer = (
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept_for(key) + b"\r\n"
+            )
             protocol = field_value(head, b"Sec-WebSocket-Protocol")
             if protocol:
                 answer += b"Sec-WebSocket-Protocol: " + protocol.split(b",")[0].strip() + b"\r\n"
