@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway.admin.app import build_admin_app
 from gateway.auth.replay import RedisReplayStore
-from gateway.compiler import compile_config
+from gateway.compiler import CompiledConfig, compile_config
 from gateway.config.errors import ConfigError
 from gateway.config.loader import LoadedConfig
 from gateway.decision.listeners import DecisionListeners, start_decision
@@ -158,11 +158,13 @@ async def start_gateway(
     proxy_port: int | None = None,
     admin_port: int | None = None,
     relay: Relay | None = None,
+    compiled: CompiledConfig | None = None,
 ) -> Gateway:
-    """Compile and start the runtime and open both listeners (ports from config unless
-    overridden). ``relay`` carries this process's evictions to its sibling workers."""
+    """Compile (unless ``compiled`` is given) and start the runtime and open both listeners
+    (ports from config unless overridden). ``relay`` carries this process's evictions to its
+    sibling workers."""
     config = loaded.config
-    compiled = compile_config(loaded)
+    compiled = compile_config(loaded) if compiled is None else compiled
     session = _control_plane_client()
     try:
         runtime = await start_runtime(compiled, session)
