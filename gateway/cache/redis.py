@@ -10,6 +10,10 @@ the gateway uses hashes) and seal the values. A group index (a sorted set of key
 their expiry) lets a caller drop every entry of a group at once — the gateway's subject
 eviction — and stays bounded: each write trims the members that have expired.
 
+A hit costs one round trip and little Python: the GETs issued in one loop iteration leave
+as one pipeline (``GetBatcher``; measured in ``tests/bench/redis_l2.py`` at a fifth of the
+client CPU of one command each).
+
 Evictions (deletes, group deletions, publishes) are tried even while the breaker is open,
 and one that cannot reach Redis is kept (bounded) and replayed before any other command
 once Redis answers again: an entry a failed DEL left behind (a promoted replica still holds
@@ -37,6 +41,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import MaxConnectionsError
 
 from gateway.cache import redis_bus
+from gateway.cache.batching import GetBatcher
 from gateway.cache.settings import RedisSettings
 
 log = logging.getLogger(__name__)
@@ -74,6 +79,7 @@ class RedisCache:
         self._admin_timeout = settings.admin_timeout
         self._probe_interval = probe_interval
         self._client = make_client(settings)
+        self._gets = GetBatcher(self._client)  # the request path's one command
         self._healthy = True
         self._probe_at = 0.0
         self._subscriber: asyncio.Task[None] | None = None
@@ -99,10 +105,11 @@ class RedisCache:
             self._subscriber.cancel()
             await asyncio.gather(self._subscriber, return_exceptions=True)
             self._subscriber = None
+        await self._gets.close()
         await self._client.aclose()
 
     async def get(self, key: str) -> bytes | None:
-        value = await self._run(lambda: self._client.get(key))
+        value = await self._run(lambda: self._gets.get(key))
         return value if isinstance(value, bytes) else None
 
     async def set(
