@@ -79,7 +79,7 @@ class RedisCache:
         self._admin_timeout = settings.admin_timeout
         self._probe_interval = probe_interval
         self._client = make_client(settings)
-        self._gets = GetBatcher(self._client)  # the request path's one command
+        self._gets = GetBatcher(self._client, settings.timeout)  # the request path's command
         self._healthy = True
         self._probe_at = 0.0
         self._subscriber: asyncio.Task[None] | None = None
@@ -109,7 +109,7 @@ class RedisCache:
         await self._client.aclose()
 
     async def get(self, key: str) -> bytes | None:
-        value = await self._run(lambda: self._gets.get(key))
+        value = await self._run(lambda: self._gets.get(key), timed=False)
         return value if isinstance(value, bytes) else None
 
     async def set(
@@ -186,14 +186,20 @@ class RedisCache:
         probe: bool = False,
         replay: bool = True,
         limit: float | None = None,
+        timed: bool = True,
     ) -> T | None:
+        """``command`` as a miss on any failure; ``timed=False`` for one that bounds its own
+        time (a batched GET), unless evictions wait to be replayed first."""
         if not (probe or self._may_try()):
             return None
         self.commands += 1
         try:
-            async with asyncio.timeout(self._timeout if limit is None else limit):
-                if replay and self._pending:
-                    await self._replay()
+            if timed or (replay and self._pending):
+                async with asyncio.timeout(self._timeout if limit is None else limit):
+                    if replay and self._pending:
+                        await self._replay()
+                    result = await command()
+            else:
                 result = await command()
         except MaxConnectionsError:  # busy, not down: a miss, and the breaker stays closed
             self.errors += 1

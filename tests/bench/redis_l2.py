@@ -86,7 +86,7 @@ async def redis_py(url: str, variant: str) -> tuple[Get, Callable[[], Awaitable[
     if variant == "batched":
         from gateway.cache.redis import GetBatcher
 
-        batcher = GetBatcher(client)
+        batcher = GetBatcher(client, 1.0)
         return batcher.get, client.aclose
     return client.get, client.aclose
 

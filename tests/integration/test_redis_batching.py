@@ -28,7 +28,7 @@ async def test_a_burst_goes_as_one_pipeline_and_each_caller_gets_its_answer(
     server: RedisServer,
 ) -> None:
     client = Redis.from_pool(BlockingConnectionPool.from_url(server.url, max_connections=64))
-    batcher = GetBatcher(client)
+    batcher = GetBatcher(client, 1.0)
     try:
         keys = [f"k{i}" for i in range(50)] + ["missing"]
         answers = await asyncio.gather(*(batcher.get(key) for key in keys))
@@ -45,7 +45,7 @@ async def test_one_failing_get_and_one_impatient_caller_leave_the_others_alone(
     server: RedisServer,
 ) -> None:
     client = Redis.from_url(server.url)
-    batcher = GetBatcher(client)
+    batcher = GetBatcher(client, 1.0)
     try:
         impatient = asyncio.ensure_future(batcher.get("k1"))
         calls = [batcher.get("k0"), batcher.get("a-list"), batcher.get("k2")]
@@ -63,7 +63,7 @@ async def test_one_failing_get_and_one_impatient_caller_leave_the_others_alone(
 
 async def test_a_redis_that_is_gone_fails_every_caller_of_the_batch(server: RedisServer) -> None:
     client = Redis.from_url("redis://127.0.0.1:1", socket_connect_timeout=0.5)
-    batcher = GetBatcher(client)
+    batcher = GetBatcher(client, 1.0)
     try:
         results = await asyncio.gather(*(batcher.get(f"k{i}") for i in range(3)),
                                        return_exceptions=True)  # fmt: skip
@@ -71,3 +71,24 @@ async def test_a_redis_that_is_gone_fails_every_caller_of_the_batch(server: Redi
     finally:
         await batcher.close()
         await client.aclose()
+
+
+async def test_a_batch_that_gets_no_answer_fails_every_caller_at_its_time_limit() -> None:
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accepts, never answers
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    client = Redis.from_url(f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    batcher = GetBatcher(client, 0.2)
+    started = asyncio.get_running_loop().time()
+    try:
+        results = await asyncio.gather(*(batcher.get(f"k{i}") for i in range(5)),
+                                       return_exceptions=True)  # fmt: skip
+        elapsed = asyncio.get_running_loop().time() - started
+        assert all(isinstance(result, TimeoutError) for result in results), results
+        assert 0.15 < elapsed < 1.0
+    finally:
+        await batcher.close()
+        await client.aclose()
+        server.close()
