@@ -158,7 +158,10 @@ class _UpstreamLeg(_Leg):
         self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(BadGateway("The upstream closed the connection during the handshake."))
+        if not self.head.done():
+            self.head.set_exception(
+                BadGateway("The upstream closed the connection during the handshake.")
+            )
         super().connection_lost(exc)
 
 
