@@ -12,8 +12,12 @@ importing and connecting the client added to RSS. Candidates:
   client before this change), RESP2;
 - ``redis-py-resp3``: the same with ``protocol=3``;
 - ``redis-py-single``: one connection (``single_connection_client``): one GET in flight;
-- ``redis-py-batched``: ``gateway.cache.redis.GetBatcher`` over the pooled client: the GETs
-  issued in one loop iteration leave as one pipeline (what the gateway uses now);
+- ``redis-py-batched``: ``gateway.cache.batching.GetBatcher`` over the pooled client: the
+  GETs issued in one loop iteration leave as one pipeline (the gateway's way for TLS, unix
+  sockets, Sentinel and Cluster);
+- ``in-flight``: ``gateway.cache.inflight.InFlightGets``: one connection of our own, the
+  GETs of one loop iteration in one write, replies parsed by hiredis in order (the
+  gateway's way for a plain ``redis://`` URL);
 - ``valkey-glide``: GLIDE's asyncio client (a Rust core multiplexing one connection), if
   installed (``pip install valkey-glide``; not a dependency of the gateway).
 """
@@ -91,6 +95,15 @@ async def redis_py(url: str, variant: str) -> tuple[Get, Callable[[], Awaitable[
     return client.get, client.aclose
 
 
+async def in_flight(url: str) -> tuple[Get, Callable[[], Awaitable[None]]]:
+    from gateway.cache.inflight import InFlightGets, endpoint_of
+
+    endpoint = endpoint_of(url)
+    assert endpoint is not None
+    gets = InFlightGets(endpoint, 1.0)
+    return gets.get, gets.close
+
+
 async def glide(port: int) -> tuple[Get, Callable[[], Awaitable[None]]]:
     from glide import GlideClient, GlideClientConfiguration, NodeAddress
 
@@ -104,6 +117,8 @@ async def measure(name: str, port: int, seconds: float, concurrency: int) -> dic
     try:
         if name == "valkey-glide":
             get, close = await glide(port)
+        elif name == "in-flight":
+            get, close = await in_flight(url)
         else:
             get, close = await redis_py(url, name.removeprefix("redis-py").lstrip("-") or "pool")
     except ImportError as error:
@@ -130,7 +145,8 @@ def main() -> int:
     if args.child:
         child(args.child[0], int(args.child[1]), args.seconds, args.concurrency)
         return 0
-    names = ["redis-py", "redis-py-resp3", "redis-py-single", "redis-py-batched", "valkey-glide"]
+    names = ["redis-py", "redis-py-resp3", "redis-py-single", "redis-py-batched", "in-flight",
+             "valkey-glide"]  # fmt: skip
     with RedisServer() as server:
         assert server._process is not None
         subprocess.run(
