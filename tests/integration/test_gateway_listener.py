@@ -20,6 +20,7 @@ import pytest
 
 from tests.support.gateway import base_config, gateway_with_issuer, running_gateway
 from tests.support.issuer import TestIssuer
+from tests.support.raw_upstream import RawUpstream
 from tests.support.upstream import RecordingUpstream
 
 
@@ -196,3 +197,26 @@ async def test_listener_refusals_are_counted_and_logged(
         (400, "bad_request", "error"),
         (414, "uri_too_long", "error"),
     ]
+
+
+async def test_a_body_that_breaks_its_framing_mid_stream_never_ends_well_upstream(
+    tmp_path: Path,
+) -> None:
+    """The upload already streams upstream when a malformed chunk arrives: the upstream
+    connection is aborted (it never sees a last chunk), the client gets 400 and a close."""
+    upstream = RawUpstream()
+    await upstream.start()
+    try:
+        async with running_gateway(tmp_path, base_config(upstream.url)) as gw:
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy_port)
+            writer.write(b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"5\r\nhello\r\n")  # fmt: skip
+            await asyncio.sleep(0.3)  # the head and the first chunk are upstream by now
+            writer.write(b"zz\r\nnot a chunk\r\n0\r\n\r\n")
+            data, closed = await read_all(reader)
+            writer.close()
+    finally:
+        await upstream.close()
+    assert data.startswith(b"HTTP/1.1 400 "), data[:200]
+    assert closed
+    assert upstream.bodies == []  # no complete request ever reached it
