@@ -1,4 +1,8 @@
-"""``gateway run | check | explain | schema | demo | --version``."""
+"""``gateway run | check | explain | schema | demo | --version``.
+
+Each command imports what it needs when it runs: ``gateway run --workers N`` keeps its
+supervisor free of pydantic and the gateway's cores (``gateway.supervisor``).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,13 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import __version__
-from gateway.config.errors import ConfigError, format_issue
-from gateway.config.loader import LoadedConfig, load_config
-from gateway.config.models import GatewayConfig, PathRules
-from gateway.routing.semantics import path_semantics
+
+if TYPE_CHECKING:
+    from gateway.config.loader import LoadedConfig
+    from gateway.config.models import PathRules
 
 
 def _config_path(value: str | None) -> Path:
@@ -53,6 +58,8 @@ def describe_routes(loaded: LoadedConfig) -> list[str]:
 
 def _paths_note(*layers: PathRules) -> str:
     """How the route's upstream reads paths, when that is not the strict reading."""
+    from gateway.routing.semantics import path_semantics
+
     semantics = path_semantics(*layers)
     loose = [
         ("case-insensitive", semantics.case_insensitive),
@@ -65,6 +72,8 @@ def _paths_note(*layers: PathRules) -> str:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from gateway.config.errors import ConfigError, format_issue
+    from gateway.config.loader import load_config
     from gateway.route_audit import shadow_warnings
 
     path = _config_path(args.config)
@@ -99,6 +108,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
+    from gateway.config.models import GatewayConfig
+
     schema = GatewayConfig.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "OAuth gateway configuration"

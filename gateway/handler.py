@@ -5,6 +5,11 @@ holds no rules of its own: path handling is ``gateway.routing``'s, request shape
 forwarding are ``gateway.proxy``'s, the decision is ``gateway.auth``'s. It fails closed: a
 request reaches ``forward`` only after a route matched and the decision said allow, and
 every error on the way becomes one RFC 9457 problem response, never a pass-through.
+
+It serves ``gateway.listener``: each request arrives with its fields as bytes, and its answer
+goes out through the request (``respond``, ``start_response``, ``switch_protocols``). Field
+values are read as latin-1 (one character per byte) for the header rules and written back
+the same way, so no byte changes on the way (RFC 9110 §5.5).
 """
 
 from __future__ import annotations
@@ -13,31 +18,32 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl
-
-import aiohttp
-from aiohttp import web
 
 from gateway.accesslog import RequestRecord
 from gateway.auth.bearer import ACCESS_TOKEN_PARAM
 from gateway.auth.decide import Allow, Deny
+from gateway.auth.ratelimit import RateLimited
 from gateway.compiler import CompiledRoute
+from gateway.listener import Request
 from gateway.metrics import Metrics
 from gateway.problems import AuthError, BadFraming, GatewayError
-from gateway.proxy.forward import Body, forward, request_head, response_started
+from gateway.proxy.forward import Body, Relayed, forward, request_head
 from gateway.proxy.headers import request_id_of, upstream_request_headers
 from gateway.proxy.problem_response import (
     JWKS_PATH,
-    jwks_response,
-    problem_response,
-    reply_response,
-    resource_metadata_response,
+    send_jwks,
+    send_problem,
+    send_reply,
+    send_resource_metadata,
 )
 from gateway.proxy.requests import (
+    FieldLookup,
     body_of,
-    check_request_line,
-    expects_continue,
+    check_method,
     is_form,
     read_whole_body,
     upstream_target,
@@ -45,16 +51,21 @@ from gateway.proxy.requests import (
     without_parameter,
 )
 from gateway.proxy.trust import client_address
-from gateway.proxy.websocket import relay_websocket
+from gateway.proxy.tunnel import open_tunnel
+from gateway.proxy.websocket import client_key
 from gateway.request_decision import decide, request_facts, route_of, target_of
 from gateway.routing.paths import rewrite_path
 from gateway.runtime import Runtime, RuntimeHolder
+from gateway.tunnels import TunnelRegistry
 
 log = logging.getLogger("gateway.handler")
 
 # RFC 6750 §2.2: form-encoded tokens only travel in bodies with defined semantics.
 _FORM_METHODS = frozenset({"POST", "PUT", "PATCH"})
 MAX_FORM_BODY = 64 * 1024
+_UPGRADE = (("Connection", "Upgrade"), ("Upgrade", "websocket"))
+
+Header = tuple[str, str]
 
 
 def new_request_id() -> str:
@@ -65,53 +76,62 @@ def new_request_id() -> str:
 class Exchange:
     """Everything one request carries through the handler."""
 
-    request: web.BaseRequest
+    request: Request
     runtime: Runtime
-    headers: list[tuple[str, str]]
+    headers: list[Header]  # the client's fields, decoded one character per byte
+    host: str | None
     record: RequestRecord
     route: CompiledRoute | None = None
     form_body: bytes | None = field(default=None, repr=False)
-    continued: bool = False  # 100 Continue already sent
-
-    def send_continue(self) -> None:
-        """RFC 9110 §10.1.1: tell a client that waits that it may send the body, once."""
-        transport = self.request.transport
-        if not self.continued and transport is not None and expects_continue(self.request):
-            self.continued = True
-            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    relayed: Relayed | None = None
 
 
 class ProxyHandler:
-    """The proxy listener's request handler."""
+    """The proxy listener's application: one coroutine per request."""
 
-    def __init__(
-        self, holder: RuntimeHolder, metrics: Metrics, websockets: aiohttp.ClientSession
-    ) -> None:
+    def __init__(self, holder: RuntimeHolder, metrics: Metrics, tunnels: TunnelRegistry) -> None:
         self._holder = holder
         self._metrics = metrics
-        self._websockets = websockets  # data plane: never the control plane's client
+        self._tunnels = tunnels
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+    def __call__(self, request: Request) -> Coroutine[Any, Any, None]:
+        return self._serve(request)
+
+    def refused(self, error: GatewayError, remote: str | None) -> None:
+        """The listener's ``on_refusal``: a request it answered itself (bad framing, limits,
+        a head that took too long) is counted and logged like any other."""
+        status = error.status
+        self._metrics.observe_request("-", "-", status, 0.0)
+        self._metrics.observe_decision("error", error.reason)
+        access_log = self._holder.current.access_log
+        if access_log is not None:
+            record = RequestRecord(
+                request_id=new_request_id(), method="-", path="-", remote=remote,
+                status=status, decision="error", reason=error.reason,
+            )  # fmt: skip
+            access_log.write(record, 0.0)
+
+    async def _serve(self, request: Request) -> None:
         started = time.perf_counter()
         runtime = self._holder.current
         metrics = self._metrics
         metrics.in_flight += 1
         runtime.in_flight += 1
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers]
+        raw_host = request.host
         forwarding = runtime.compiled.forwarding
         request_id = request_id_of(headers, forwarding.request_id_header, new_request_id)
         record = RequestRecord(
             request_id=request_id, method=request.method, path="-", remote=request.remote
         )
-        exchange = Exchange(request, runtime, headers, record)
+        host = raw_host.decode("latin-1") if raw_host is not None else None
+        exchange = Exchange(request, runtime, headers, host, record)
         tracing = runtime.tracing
         span = tracing.start(record.method, headers) if tracing is not None else None
         try:
-            response = await self._respond(exchange)
-            record.status = response.status
-            return response
+            await self._respond(exchange)
         finally:
-            # Also for a client that went away mid-request: 499 (nginx's "client closed").
+            # A client that went away mid-request: 499 (nginx's "client closed request").
             status = record.status = record.status or 499
             metrics.in_flight -= 1
             runtime.in_flight -= 1
@@ -124,46 +144,64 @@ class ProxyHandler:
             if runtime.access_log is not None:
                 runtime.access_log.write(record, seconds)  # never raises
 
-    async def _respond(self, exchange: Exchange) -> web.StreamResponse:
+    async def _respond(self, exchange: Exchange) -> None:
         """The error boundary: expected errors render themselves; the catch-all 500 is for
         the gateway's own bugs only."""
         record = exchange.record
         request = exchange.request
         try:
-            return await self._handle(exchange)
+            await self._handle(exchange)
         except GatewayError as error:
+            decided = record.decision == "deny"  # the decision refused (not routing, framing)
+            denied = isinstance(error, (AuthError, RateLimited))
             record.reason = error.reason
-            record.decision = "deny" if isinstance(error, AuthError) else "error"
-            if isinstance(error, AuthError) or record.decision == "deny":
-                self._metrics.observe_decision("deny", error.reason)
-            if response_started(request):
-                raise ConnectionResetError("response aborted after it started") from None
-            close = isinstance(error, BadFraming)
-            route = exchange.route
-            challenge = route.auth.challenge if route else exchange.runtime.compiled.realm
-            return problem_response(error, challenge, record.request_id, close=close)
-        except (asyncio.CancelledError, ConnectionError):
-            record.decision, record.reason = "error", "client_gone"
+            record.decision = "deny" if denied else "error"
+            if decided or denied:
+                # A 503 from the decision (keys not loaded, introspection or Redis down) is
+                # counted as an error outcome, not lost.
+                self._metrics.observe_decision(record.decision, error.reason)
+            self._answer_error(exchange, error)
+        except asyncio.CancelledError:
+            record.decision, record.reason, record.status = "error", "client_gone", 499
             raise
-        except Exception:
+        except Exception as error:
+            if isinstance(error, ConnectionError) and request.disconnected:
+                record.decision, record.reason, record.status = "error", "client_gone", 499
+                return
             log.exception("unexpected error handling request %s", record.request_id)
             record.decision, record.reason = "error", "internal_error"
-            if response_started(request):
-                raise ConnectionResetError("response aborted after it started") from None
-            realm = exchange.runtime.compiled.realm
-            return problem_response(GatewayError(), realm, record.request_id)
+            self._answer_error(exchange, GatewayError())
 
-    async def _handle(self, exchange: Exchange) -> web.StreamResponse:
+    def _answer_error(self, exchange: Exchange, error: GatewayError) -> None:
+        request, record = exchange.request, exchange.record
+        if request.disconnected:
+            record.status = 499
+            return
+        if request.response_started:
+            # Part of a response went out: the connection ends unfinished (see forward).
+            request.abort(reset=False)
+            relayed = exchange.relayed
+            record.status = relayed.status if relayed is not None and relayed.status else 499
+            return
+        # Framing the gateway could not trust, or a body the client may still be sending.
+        close = isinstance(error, BadFraming) or not request.body.complete
+        route = exchange.route
+        challenge = route.auth.challenge if route else exchange.runtime.compiled.realm
+        record.status = send_problem(request, error, challenge, record.request_id, close=close)
+
+    async def _handle(self, exchange: Exchange) -> None:
         request, runtime, record = exchange.request, exchange.runtime, exchange.record
         compiled = runtime.compiled
-        check_request_line(request)
-        host = request.headers.get("Host")
-        target = target_of(request.raw_path, host, record)
+        check_method(request.method)
+        host = exchange.host
+        # The target as the normaliser reads it: UTF-8, undecodable bytes kept as escapes.
+        target = target_of(request.target.decode("utf-8", "surrogateescape"), host, record)
         document = compiled.resource_documents.get(target.path)
         if document is not None and request.method in ("GET", "HEAD"):
             # RFC 9728 §3: the gateway answers for the resource it protects (never forwarded).
             record.route, record.decision, record.reason = "-", "metadata", "ok"
-            return resource_metadata_response(document, request.headers.get("If-None-Match"))
+            record.status = send_resource_metadata(request, document)
+            return
         signing = compiled.signing
         if (
             target.path == JWKS_PATH
@@ -175,20 +213,23 @@ class ProxyHandler:
             # token_signing.jwks.on_proxy: upstreams that reach only this listener fetch the
             # identity-token keys here (the admin listener answers the same document).
             record.route, record.decision, record.reason = "-", "jwks", "ok"
-            return jwks_response(runtime.signer.jwks())
+            record.status = send_jwks(request, runtime.signer.jwks())
+            return
         if target.path in runtime.logins.paths:
             # Browser login's own paths: callback, logout, back-channel logout (issue 18).
-            return await self._login(exchange, target.path, target.query)
+            await self._login(exchange, target.path, target.query)
+            return
         located = route_of(compiled, target, host, request.method, record)
         route = exchange.route = located.route
 
         form_fields = await self._form_fields(exchange)
-        authorization = request.headers.getall("Authorization", ())
+        headers = exchange.headers
+        authorization = [v for k, v in headers if k.lower() == "authorization"]
         facts = request_facts(
             located, request.method, host, authorization, form_fields,
-            headers=request.headers, peer=request.remote,
+            headers=FieldLookup(headers), peer=request.remote,
             client_ip=client_address(
-                request.remote, request.headers.getall("X-Forwarded-For", ()),
+                request.remote, [v for k, v in headers if k.lower() == "x-forwarded-for"],
                 compiled.forwarding.trusted,
             ),
         )  # fmt: skip
@@ -201,14 +242,13 @@ class ProxyHandler:
         upstream = route.upstream
         record.upstream = upstream.name
         keep_token = route.forward_authorization
-        client_headers = exchange.headers
         if decision.remove:
-            client_headers = [(k, v) for k, v in client_headers if k.lower() not in decision.remove]
+            headers = [(k, v) for k, v in headers if k.lower() not in decision.remove]
         outbound = upstream_request_headers(
-            client_headers,
+            headers,
             peer=request.remote,
-            scheme=request.scheme,
-            http_version=(request.version.major, request.version.minor),
+            scheme="http",
+            http_version=(1, 1) if request.version == "1.1" else (1, 0),
             request_id=record.request_id,
             policy=compiled.forwarding,
             removal=route.removal,
@@ -229,43 +269,69 @@ class ProxyHandler:
             target.path, route.strip_prefix, route.add_prefix, route.path_semantics
         )
         upstream_path = upstream_target(upstream.base_path, rewritten, query)
+        # The request id, and what the decision has for the client (RateLimit fields).
+        echo_id = ((compiled.forwarding.request_id_header, record.request_id),
+                   *decision.response_headers)  # fmt: skip
 
-        if route.websocket and wants_websocket(request):
-            return await relay_websocket(
-                request, upstream, upstream_path, outbound, self._websockets
-            )
+        if route.websocket is not None and wants_websocket(request):
+            # RFC 6455 §4.2.1: the client's handshake is checked before the upstream is asked.
+            key = client_key(headers)
+            head = request_head("GET", upstream_path, [*outbound, *_UPGRADE], Body(None, None))
+            await self._tunnel(exchange, decision, head, key, route.websocket.max_connections)
+            return
 
         if form_body is not None:
             body = Body(reader=None, length=None, buffered=form_body)
         else:
             body = body_of(request)
         # Sent only now that the request passed authentication and authorisation.
-        exchange.send_continue()
+        request.send_continue()
         head = request_head(request.method, upstream_path, outbound, body)
-        # The request id, and what the decision has for the client (RateLimit fields).
-        echo_id = ((compiled.forwarding.request_id_header, record.request_id),
-                   *decision.response_headers)  # fmt: skip
+        relayed = exchange.relayed = Relayed()
         pool = runtime.pools[upstream.name]
-        response, upstream_seconds = await forward(request, pool, head, body, echo_id)
-        record.upstream_status = response.status
-        record.upstream_seconds = upstream_seconds
-        record.bytes_out = response.content_length
-        return response  # type: ignore[return-value]  # CompleteResponse is duck-typed
+        await forward(request, pool, head, body, relayed, echo_id)
+        record.status = record.upstream_status = relayed.status
+        record.upstream_seconds = relayed.upstream_seconds
+        record.bytes_out = relayed.bytes_out
 
-    async def _login(self, exchange: Exchange, path: str, query: str | None) -> web.Response:
+    async def _tunnel(
+        self, exchange: Exchange, decision: Allow, head: bytes, key: str, limit: int
+    ) -> None:
+        """Open the route's upstream WebSocket, switch the client, and keep the tunnel
+        counted (and closable by its token's expiry or eviction) until it ends."""
+        request, record, route = exchange.request, exchange.record, exchange.route
+        assert route is not None
+        echo_id = ((exchange.runtime.compiled.forwarding.request_id_header, record.request_id),)
+        self._tunnels.reserve(route.name, limit)
+        started = time.perf_counter()
+        try:
+            tunnel = await open_tunnel(request, route.upstream, head, key, echo_id)
+        except BaseException:
+            self._tunnels.release(route.name)
+            raise
+        record.status = record.upstream_status = 101
+        record.upstream_seconds = time.perf_counter() - started
+        self._tunnels.track(route.name, tunnel, decision.identity, decision.token_digest)
+        try:
+            await asyncio.shield(tunnel.closed)
+        finally:
+            tunnel.close()
+            record.bytes_out = tunnel.bytes_to_client
+
+    async def _login(self, exchange: Exchange, path: str, query: str | None) -> None:
         request, record = exchange.request, exchange.record
 
         async def read_body(limit: int) -> bytes:
-            exchange.send_continue()
+            request.send_continue()
             return await read_whole_body(request, limit)
 
         reply = await exchange.runtime.logins.answer(
-            request.method, path, query, request.headers, read_body, request.remote,
-            record.request_id,
+            request.method, path, query, FieldLookup(exchange.headers), read_body,
+            request.remote, record.request_id,
         )  # fmt: skip
         assert reply is not None  # the path is one of runtime.logins.paths
         record.route, record.decision, record.reason = "-", "login", reply.reason
-        return reply_response(reply)
+        record.status = send_reply(request, reply)
 
     async def _form_fields(self, exchange: Exchange) -> list[tuple[str, str]] | None:
         """Read a form-encoded body for an RFC 6750 §2.2 token, only where the route allows
@@ -278,7 +344,7 @@ class ProxyHandler:
             return None
         # The client holds the body back until told; the token may be in it, so the
         # decision itself needs it: the one case where 100 Continue precedes the decision.
-        exchange.send_continue()
+        request.send_continue()
         body = exchange.form_body = await read_whole_body(request, MAX_FORM_BODY)
         return parse_qsl(body.decode("latin-1"), keep_blank_values=True)
 

@@ -3,34 +3,31 @@
 Workers are separate processes that each bind the proxy and admin ports with SO_REUSEPORT,
 so the kernel spreads connections across cores with no shared state between them; each
 worker holds its own runtime, pools and caches (Redis, where configured, is the shared tier).
+
+Light at import on purpose: with ``--workers N`` this module runs in the supervisor, which
+imports only the standard library and ``gateway.supervisor``. The gateway itself (pydantic,
+aiohttp, the auth and proxy cores) is imported by ``gateway.worker.prepare``, in the process
+that loads and compiles the config: a bad config exits 2 there, before anything serves, and
+the workers forked from it share what it loaded.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import logging
 import os
-import signal
 import socket
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from gateway import boundedjson, supervisor
-from gateway.accesslog import configure_logging
-from gateway.app import Gateway, start_gateway
-from gateway.config.environment import apply_environment
-from gateway.config.errors import ConfigError
-from gateway.config.loader import LoadedConfig, load_config
+from gateway import supervisor
 
-log = logging.getLogger("gateway.server")
+if TYPE_CHECKING:
+    from gateway.worker import Prepared
 
 
 def install_uvloop() -> bool:
     """Use uvloop when installed: it roughly halves the event loop's share of each request."""
+    import asyncio
+
     try:
         import uvloop
     except ImportError:
@@ -39,151 +36,28 @@ def install_uvloop() -> bool:
     return True
 
 
-def load_for_run(config_path: Path) -> LoadedConfig:
-    """The config file with the environment's overrides (listeners, log level and format)."""
-    return apply_environment(load_config(config_path), os.environ)
-
-
-async def _watch(path: Path, on_change: Callable[[], None], interval: float = 1.0) -> None:
-    """Poll the config file's mtime and size (works for ConfigMap symlink swaps too)."""
-
-    def stamp() -> tuple[float, int] | None:
-        try:
-            info = path.stat()
-        except OSError:
-            return None
-        return info.st_mtime, info.st_size
-
-    last = stamp()
-    while True:
-        await asyncio.sleep(interval)
-        current = stamp()
-        if current is not None and current != last:
-            last = current
-            on_change()
-
-
-def _worker_channel(
-    channel: socket.socket | None,
-) -> tuple[Callable[[dict[str, Any]], None] | None, Callable[[Gateway], None]]:
-    """This worker's side of the supervisor's relay: a function that sends a message to the
-    sibling workers, and one that starts delivering theirs to the gateway."""
-    if channel is None:
-        return None, lambda _gateway: None
-    channel.setblocking(False)
-
-    def relay(message: dict[str, Any]) -> None:
-        payload = json.dumps(message, separators=(",", ":")).encode()
-        if not supervisor.send(channel, payload):
-            raise OSError("the supervisor channel did not take the message")
-
-    def listen(gateway: Gateway) -> None:
-        def readable() -> None:
-            try:
-                payload = channel.recv(supervisor.MAX_MESSAGE + 1)
-            except (BlockingIOError, InterruptedError):
-                return
-            if not payload:
-                asyncio.get_running_loop().remove_reader(channel.fileno())
-                return
-            try:
-                message = boundedjson.loads(payload, max_bytes=supervisor.MAX_MESSAGE, max_depth=2)
-            except ValueError:
-                log.warning("ignoring a malformed message from the supervisor")
-                return
-            if isinstance(message, dict):
-                gateway.receive_eviction(message)
-
-        asyncio.get_running_loop().add_reader(channel.fileno(), readable)
-
-    return relay, listen
-
-
-async def serve(
-    config_path: Path,
-    loaded: LoadedConfig,
-    *,
-    reuse_port: bool,
-    watch: bool = False,
-    channel: socket.socket | None = None,
-) -> None:
-    """Run one worker until SIGTERM/SIGINT; SIGHUP (or a changed file, with ``watch``)
-    reloads the config file. ``channel`` connects it to its sibling workers."""
-    relay, listen = _worker_channel(channel)
-    gateway = await start_gateway(loaded, reuse_port=reuse_port, relay=relay)
-    listen(gateway)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-
-    async def reload() -> None:
-        try:
-            new = load_for_run(config_path)
-        except ConfigError as error:
-            gateway.metrics.config_reloads.labels("rejected").inc()
-            log.error("config reload rejected, keeping the running config:\n%s", error)
-            return
-        try:
-            await gateway.reload(new)  # counts its own outcome
-        except ConfigError as error:
-            log.error("config reload rejected, keeping the running config:\n%s", error)
-            return
-        except Exception:
-            gateway.metrics.config_reloads.labels("rejected").inc()
-            log.exception("config reload failed, keeping the running config")
-            return
-        log.info("config reloaded from %s", config_path)
-
-    reloads: set[asyncio.Task[None]] = set()
-
-    def on_hup() -> None:
-        task = asyncio.ensure_future(reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
-    watcher = asyncio.ensure_future(_watch(config_path, on_hup)) if watch else None
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    log.info(
-        "gateway listening on %s:%d (admin %s:%d)",
-        loaded.config.listen.host, gateway.proxy_port,
-        loaded.config.admin.host, gateway.admin_port,
-    )  # fmt: skip
-    try:
-        await stop.wait()
-        log.info("stopping: readiness off, draining in-flight requests")
-        if watcher is not None:
-            watcher.cancel()
-        await gateway.shutdown(gateway.holder.current.compiled.config.shutdown.readiness_delay)
-    finally:
-        await gateway.close()
-
-
-def _run_worker(
-    config_path: Path,
-    loaded: LoadedConfig,
-    reuse_port: bool,
-    watch: bool,
-    channel: socket.socket | None = None,
-) -> None:
-    install_uvloop()
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(config_path, loaded, reuse_port=reuse_port, watch=watch, channel=channel))
-
-
 def run(config_path: Path, workers: int, *, watch: bool = False) -> int:
-    """Validate the config, then serve it with ``workers`` processes; returns an exit code."""
-    try:
-        loaded = load_for_run(config_path)
-    except ConfigError as error:
-        print(error, file=sys.stderr)
-        return 2
-    logging_config = loaded.config.logging
-    configure_logging(logging_config.level, logging_config.format)
+    """Validate the config, then serve it with ``workers`` processes; returns an exit code
+    (2 for a bad config, before anything serves)."""
     if workers <= 1:
-        _run_worker(config_path, loaded, reuse_port=False, watch=watch)
+        from gateway.worker import prepare, run_worker
+
+        prepared = prepare(config_path)
+        if prepared is None:
+            return 2
+        run_worker(prepared, reuse_port=False, watch=watch)
         return 0
-    return supervisor.fork_workers(
-        workers,
-        lambda channel: _run_worker(config_path, loaded, True, watch, channel),
+
+    def prepare_all() -> Prepared | None:
+        from gateway.worker import prepare
+
+        return prepare(config_path)
+
+    def serve_one(prepared: Prepared, channel: socket.socket) -> None:
+        from gateway.worker import run_worker
+
+        run_worker(prepared, True, watch, channel)
+
+    return supervisor.start_workers(
+        workers, prepare_all, serve_one, preload=os.environ.get("GATEWAY_PRELOAD", "1") != "0"
     )

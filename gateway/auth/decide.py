@@ -96,6 +96,7 @@ class Allow:
     token_type: TokenType | None = None  # Bearer, DPoP or mTLS, for the access log
     remove: tuple[str, ...] = ()  # request headers that must not reach the upstream
     response_headers: tuple[Header, ...] = ()  # for the client's response (RateLimit fields)
+    token_digest: bytes | None = None  # the validated token's SHA-256 (what evictions name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +238,7 @@ class Decider:
             credential.source,
             token_type=token_type,
             remove=remove,
+            token_digest=digest,
         )
         unbound = sender.binding_of(identity) is sender.UNBOUND
         if unbound and credential.scheme == "bearer":  # a bound token is proved every time

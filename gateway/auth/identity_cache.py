@@ -40,6 +40,8 @@ from gateway.cache.tiered import TieredCache
 log = logging.getLogger(__name__)
 
 Relay = Callable[[dict[str, Any]], None]
+# ("token", sha256 hex) | ("subject", subject sha256 hex) | ("all", ""): see add_eviction_listener.
+EvictionListener = Callable[[str, str], None]
 _REJECTION_BYTES: Final = 160
 _IDENTITY_OVERHEAD: Final = 768
 _MEMOS_PER_ROUTE: Final = 10_000
@@ -105,6 +107,7 @@ class IdentityCache:
         self._epoch = 0  # counts evictions: a fill that straddles one is not stored
         self._origin = secrets.token_hex(8)
         self._relays: list[Relay] = []
+        self._eviction_listeners: list[EvictionListener] = []
         self._pending: set[asyncio.Future[Any]] = set()
         self._sweeper: asyncio.Future[None] | None = None
         self.evictions_received = 0
@@ -179,6 +182,20 @@ class IdentityCache:
         """Another path to the other processes (the ``--workers`` supervisor)."""
         self._relays.append(relay)
 
+    def add_eviction_listener(self, listener: EvictionListener) -> None:
+        """Told of every eviction applied here, local or from another process, once applied:
+        ``("token", sha256 hex)``, ``("subject", subject sha256 hex)``, or ``("all", "")``
+        (a resync: anything may have been evicted). What outlives a decision (an open
+        WebSocket) ends on it. A listener that raises is logged and skipped."""
+        self._eviction_listeners.append(listener)
+
+    def _tell(self, kind: str, key: str) -> None:
+        for listener in self._eviction_listeners:
+            try:
+                listener(kind, key)
+            except Exception:
+                log.exception("an eviction listener failed")
+
     async def evict_token(self, digest: bytes) -> EvictionReport:
         """Forget one token (by SHA-256) here, in the shared tier, and everywhere else."""
         report = EvictionReport(local_entries=self._drop_token(digest))
@@ -237,6 +254,7 @@ class IdentityCache:
             self._shared.forget_local(key)
         for memos in self._memos:
             memos.pop(digest, None)
+        self._tell("token", digest.hex())
         return dropped
 
     def _drop_subject(self, hashed: str) -> int:
@@ -249,7 +267,11 @@ class IdentityCache:
                 and subject_hash(value.subject) == hashed
             )
 
-        return self._verified.delete_where(of_subject) + self._shared.forget_local_where(of_subject)
+        dropped = self._verified.delete_where(of_subject) + self._shared.forget_local_where(
+            of_subject
+        )
+        self._tell("subject", hashed)
+        return dropped
 
     def _drop_all(self) -> None:
         self._epoch += 1
@@ -257,6 +279,7 @@ class IdentityCache:
         self._shared.forget_local_where(lambda value: isinstance(value, Identity))
         for memos in self._memos:
             memos.clear()
+        self._tell("all", "")
 
     async def _drop_shared_token(self, digest: bytes) -> str:
         redis = self._shared.redis

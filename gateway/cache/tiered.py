@@ -139,11 +139,11 @@ class TieredCache(Generic[V]):
         if flight is None and self._redis is not None:
             found = await self._read_shared(shared_key, policy)
             if found is not None:
-                value, remaining = found
+                value, remaining, size = found
                 if remaining > 0:
                     self.stats["l2_hits"] += 1
                     if evictions == self._evictions:
-                        self._remember(key, value, remaining, policy)
+                        self._remember(key, value, remaining, policy, size)
                     return value
                 if not policy.negative(value) and -remaining < self._stale:
                     stale = value
@@ -188,7 +188,10 @@ class TieredCache(Generic[V]):
 
     # --- loading ---------------------------------------------------------------------------
 
-    async def _read_shared(self, shared_key: str, policy: EntryPolicy[V]) -> tuple[V, float] | None:
+    async def _read_shared(
+        self, shared_key: str, policy: EntryPolicy[V]
+    ) -> tuple[V, float, int] | None:
+        """The L2 value, the seconds it stays fresh, and the size of its encoding."""
         assert self._redis is not None and self._sealer is not None
         data = await self._redis.get(shared_key)
         if data is None:
@@ -202,7 +205,7 @@ class TieredCache(Generic[V]):
             log.warning("ignoring an L2 value that does not open, decode or re-check")
             return None
         fresh_until = _STAMP.unpack_from(plain)[0] / 1000  # type: ignore[arg-type]
-        return value, fresh_until - self._wall()
+        return value, fresh_until - self._wall(), len(plain) - _STAMP.size  # type: ignore[arg-type]
 
     async def _fill(
         self,
@@ -249,12 +252,15 @@ class TieredCache(Generic[V]):
             shared_key, sealed, ttl + grace, group=policy.group(value), group_ttl=self._group_ttl
         )
 
-    def _remember(self, key: bytes, value: V, ttl: float, policy: EntryPolicy[V]) -> None:
+    def _remember(
+        self, key: bytes, value: V, ttl: float, policy: EntryPolicy[V], size: int | None = None
+    ) -> None:
         """Into L1, for at most the policy's L1 lifetime (L1 misses evictions while pub/sub is
-        down), plus the stale-serving grace for positives."""
+        down), plus the stale-serving grace for positives. ``size``: of the value's encoding
+        when known (an L2 hit just read it), so a hit does not encode it again."""
         negative = policy.negative(value)
         ttl = min(ttl, policy.l1_ttl(value)) + (0.0 if negative else self._stale)
-        size = len(policy.encode(value)) + _ENTRY_OVERHEAD
+        size = (len(policy.encode(value)) if size is None else size) + _ENTRY_OVERHEAD
         (self._l1_negative if negative else self._l1).set(key, value, ttl, size)
 
     def _stale_value(self, key: bytes, shared: V | None) -> V | None:

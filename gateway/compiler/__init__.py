@@ -46,12 +46,13 @@ from gateway.compiler.sender import (
 )
 from gateway.compiler.sessions import login_settings, route_session
 from gateway.config.loader import LoadedConfig
-from gateway.config.models import GatewayConfig, TokenSources, Upstream
+from gateway.config.models import GatewayConfig, TokenSources, Upstream, WebSocket
 from gateway.decision.settings import DecisionSettings, decision_settings
 from gateway.listener.tls import TlsFiles
 from gateway.proxy.headers import ForwardingPolicy, Removal
 from gateway.proxy.targets import UpstreamSpec, UpstreamTarget, make_target
 from gateway.proxy.trust import TrustedProxies
+from gateway.proxy.websocket import WebSocketRoute
 from gateway.routing.semantics import PathSemantics, path_semantics
 from gateway.routing.table import RouteEntry, RouteTable
 
@@ -66,7 +67,7 @@ class CompiledRoute:
     strip_prefix: str | None
     add_prefix: str | None
     path_semantics: PathSemantics  # how the upstream reads paths (matching and stripping)
-    websocket: bool
+    websocket: WebSocketRoute | None  # None: never upgrades
     auth: RouteAuth
     forward_authorization: bool
     removal: Removal
@@ -141,6 +142,12 @@ def compile_config(loaded: LoadedConfig) -> CompiledConfig:
         listen_tls=listener_tls(loaded),
         logins=login_settings(loaded, issuers),
     )
+
+
+def _websocket(setting: bool | WebSocket) -> WebSocketRoute | None:
+    if setting is False:
+        return None
+    return WebSocketRoute((WebSocket() if setting is True else setting).max_connections)
 
 
 def _admin_token(loaded: LoadedConfig) -> str | None:
@@ -238,7 +245,7 @@ def _routes(
             strip_prefix=route.rewrite.strip_prefix if route.rewrite else None,
             add_prefix=route.rewrite.add_prefix if route.rewrite else None,
             path_semantics=semantics,
-            websocket=route.websocket,
+            websocket=_websocket(route.websocket),
             auth=auth,
             forward_authorization=_inherit(
                 route.forward_authorization, defaults.forward_authorization

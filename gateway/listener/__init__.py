@@ -48,7 +48,9 @@ Interface
       (waits while the client's socket buffer is full) and ``stream.end()``. With ``length``
       it is Content-Length framed (a short end resets the connection); else chunked for
       HTTP/1.1, close-delimited for HTTP/1.0.
-    - ``abort()``: reset the connection (RST): for a response that failed after it started.
+    - ``abort(reset=True)``: end the connection of a response that failed after it started:
+      a reset (RST), or with ``reset=False`` a close after what was written when the body's
+      framing (Content-Length, chunks) shows it unfinished (a close-delimited one is reset).
     - ``switch_protocols(protocol, headers)``: writes the ``101`` with ``headers`` and hands
       the raw transport to ``protocol`` (``connection_made(transport)``, then
       ``data_received`` of any bytes already received after the head); the listener then
@@ -61,10 +63,12 @@ Interface
     ``length`` (Content-Length or None), ``chunked``, ``framing`` ("none", "length",
     "chunked"), ``await read()`` (what arrived, waiting for more; ``b""`` at the end),
     ``await read_all(limit)`` (413 ``ContentTooLarge`` beyond it), ``complete``,
-    ``received``, ``consumed``. ``read`` raises ``MalformedBody`` (400, closes) for broken
-    framing and ``ConnectionResetError`` if the client left. Unread bytes above
-    ``body_high_water`` pause reading from the socket; a body not read when the response is
-    finished is discarded and the connection closed after a lingering read.
+    ``received``, ``consumed``, ``started`` (the application called ``read``: a response
+    then keeps the connection alive if the body is complete when it ends). ``read`` raises
+    ``MalformedBody`` (400, closes) for broken framing and ``ConnectionResetError`` if the
+    client left. Unread bytes above ``body_high_water`` pause reading from the socket; a
+    body not complete when the response is finished is discarded and the connection closed
+    after a lingering read.
 
 Behaviour worth knowing: every limit is in ``ListenerLimits`` (from ``limits`` in the
 config); a request head must be complete within ``header_timeout`` (bounded by

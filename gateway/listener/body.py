@@ -46,6 +46,7 @@ class RequestBody:
         "consumed",
         "length",
         "received",
+        "started",
     )
 
     def __init__(self, flow: BodyFlow | None, length: int | None, chunked: bool) -> None:
@@ -53,6 +54,7 @@ class RequestBody:
         self.chunked = chunked
         self.received = 0  # bytes of content the client sent so far
         self.consumed = 0  # bytes the application has read
+        self.started = False  # the application has begun reading (it answers for the rest)
         self._flow = flow
         self._chunks: list[bytes] = []
         self._buffered = 0
@@ -119,17 +121,19 @@ class RequestBody:
     async def read(self) -> bytes:
         """Everything received and not yet read, waiting for more if there is none;
         ``b""`` once the body is complete and read."""
+        self.started = True
         while not self._chunks:
             if self._error is not None:
                 raise self._error
             if self._complete:
                 return b""
             assert self._flow is not None
-            self._waiter = self._flow.loop.create_future()
+            waiter = self._waiter = self._flow.loop.create_future()
             try:
-                await self._waiter
+                await waiter
             finally:
-                self._waiter = None
+                if self._waiter is waiter:  # a reader cancelled late must not drop a new one
+                    self._waiter = None
         chunks = self._chunks
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()

@@ -213,7 +213,7 @@ class HttpConnection(ConnectionLifecycle, asyncio.Protocol):
         body = request.body
         # A body the application has not started to read when it answers: the client may
         # still be sending it (or waiting for a 100 that will never come). Close after.
-        return body.complete or body.consumed > 0
+        return body.complete or body.started
 
     def response_finished(self, request: Request, keep_alive: bool) -> None:
         if request is not self._current:
@@ -256,6 +256,13 @@ class HttpConnection(ConnectionLifecycle, asyncio.Protocol):
 
     def abort(self, request: Request) -> None:
         self._output.reset()
+
+    def cut(self, request: Request) -> None:
+        """End the connection after what was written, unfinished: nothing more is read."""
+        self._stopped = self._closing = True
+        self._output.flush()
+        if self._transport is not None:
+            self._transport.close()
 
     def hand_over(self, request: Request, protocol: asyncio.Protocol) -> None:
         """After a 101: the connection belongs to ``protocol`` from now on."""

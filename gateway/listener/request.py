@@ -53,6 +53,8 @@ class Exchange(Protocol):
 
     def abort(self, request: Request) -> None: ...
 
+    def cut(self, request: Request) -> None: ...
+
     def hand_over(self, request: Request, protocol: asyncio.Protocol) -> None: ...
 
     def application_done(self, request: Request, task: asyncio.Task[None]) -> None: ...
@@ -69,6 +71,7 @@ class Request:
     __slots__ = (
         "_continue_sent",
         "_exchange",
+        "_framed",
         "_gone",
         "_gone_waiter",
         "_state",
@@ -110,6 +113,7 @@ class Request:
         # else None: only then may ``switch_protocols()`` be called.
         self.upgrade = upgrade
         self._state = _NOT_STARTED
+        self._framed = False  # a started body whose framing shows where it ends
         self._continue_sent = False
         self._gone = False
         self._gone_waiter: asyncio.Future[bool] | None = None
@@ -223,18 +227,7 @@ class Request:
         else:
             framing = b"Content-Length: %d\r\n" % len(body)
         exchange = self._exchange
-        exchange.write(
-            b"".join(
-                [
-                    status_line(status, reason),
-                    *[b"%s: %s\r\n" % field for field in headers],
-                    framing,
-                    connection,
-                    CRLF,
-                    body,
-                ]
-            )
-        )
+        exchange.write(_message(status, reason, headers, framing + connection, body))
         self._state = _FINISHED
         if self._gone_waiter is not None:
             self._settle(False)
@@ -270,30 +263,24 @@ class Request:
             body = chunk(body) if body else b""
         else:
             mode, framing, connection = _BY_CLOSE, b"", CONNECTION_CLOSE
-        self._exchange.write(
-            b"".join(
-                [
-                    status_line(status, reason),
-                    *[b"%s: %s\r\n" % field for field in headers],
-                    framing,
-                    connection,
-                    CRLF,
-                    body,
-                ]
-            )
-        )
+        self._exchange.write(_message(status, reason, headers, framing + connection, body))
         self._state = _STREAMING
+        self._framed = mode in (_BY_LENGTH, _BY_CHUNKS)
         remaining = length - len(body) if mode == _BY_LENGTH and length is not None else 0
         return ResponseStream(self, mode, remaining, connection is not CONNECTION_CLOSE)
 
-    def abort(self) -> None:
-        """Reset the connection: for a response that cannot be finished after it started,
-        so the client never takes a truncated body for a whole one."""
+    def abort(self, *, reset: bool = True) -> None:
+        """End the connection of a response that cannot be finished, so the client never
+        takes a truncated body for a whole one: a reset (RST), or with ``reset=False`` a close
+        after what was written when the framing (length, chunks) shows the body unfinished."""
         if self._state == _FINISHED:
             return
         self._state = _FINISHED
         self._settle(False)
-        self._exchange.abort(self)
+        if not reset and self._framed:
+            self._exchange.cut(self)
+        else:
+            self._exchange.abort(self)
 
     def switch_protocols(self, protocol: asyncio.Protocol, headers: Headers = ()) -> None:
         """Answer ``101 Switching Protocols`` with ``headers`` (the application gives
@@ -343,6 +330,16 @@ class Request:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._exchange.application_done(self, task)
+
+
+def _message(
+    status: int, reason: bytes | None, headers: Headers, framing: bytes, body: bytes
+) -> bytes:
+    """A response head (and the start of its body) in one piece: one write."""
+    return b"".join(
+        [status_line(status, reason), *[b"%s: %s\r\n" % field for field in headers],
+         framing, CRLF, body]
+    )  # fmt: skip
 
 
 class ResponseStream:

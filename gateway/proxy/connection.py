@@ -6,7 +6,10 @@ whose responses are parsed by httptools (llhttp), so the upstream side is built 
 a complete response on a connection both sides agreed to keep alive.
 
 Timeouts are driven by timestamps checked from one timer per connection rather than by
-``asyncio.wait_for`` around every read, which would allocate a task per chunk.
+``asyncio.wait_for`` around every read, which would allocate a task per chunk. The read
+timeout is the upstream's silence: counted from the last byte it sent or accepted, so a
+steady upload longer than the timeout is never cut; a client whose upload stalls that long
+gets 408, an upstream that stops reading or answering 504.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from gateway.problems import BadGateway, GatewayError, GatewayTimeout
+from gateway.problems import BadGateway, GatewayError, GatewayTimeout, RequestTimeout
 
 if TYPE_CHECKING:
     from gateway.proxy.pool import UpstreamPool
@@ -74,6 +77,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._received_any = False
         self._keep_alive = False
         self._last_activity = 0.0
+        self._sending = False  # the request body is still being uploaded
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -217,12 +221,14 @@ class UpstreamConnection(asyncio.Protocol):
         """End the exchange with ``error``: whoever waits on the response receives it."""
         self._fail(error)
 
-    def begin(self, head: bytes, *, is_head_request: bool) -> None:
-        """Start an exchange: write the request head and arm the timers."""
+    def begin(self, head: bytes, *, is_head_request: bool, sending: bool = False) -> None:
+        """Start an exchange: write the request head and arm the timers. ``sending``: a body
+        follows (``write`` calls, then ``request_sent``)."""
         assert self.transport is not None
         self._reset_exchange()
         self._parser = httptools.HttpResponseParser(self)
         self._is_head_request = is_head_request
+        self._sending = sending
         now = self._loop.time()
         self._last_activity = now
         target = self._pool.target
@@ -242,6 +248,14 @@ class UpstreamConnection(asyncio.Protocol):
                 await self._drain_waiter
             finally:
                 self._drain_waiter = None
+        # The upstream took these bytes: it is not silent.
+        self._last_activity = self._loop.time()
+
+    def request_sent(self) -> None:
+        """The request body is complete (or will not be completed): from now on only the
+        upstream's silence counts."""
+        self._sending = False
+        self._last_activity = self._loop.time()
 
     async def read_head(self) -> ResponseHead:
         if self._error is not None:
@@ -325,7 +339,12 @@ class UpstreamConnection(asyncio.Protocol):
         waiting = self._head_waiter is not None or self._body_waiter is not None
         idle_for = now - self._last_activity
         if waiting and idle_for >= self._pool.target.read_timeout:
-            self._fail(GatewayTimeout("The upstream did not answer in time."))
+            if self._sending and not self._write_paused:
+                # Nothing moved because the client stopped sending its body, not because
+                # the upstream is slow (RFC 9110 §15.5.9).
+                self._fail(RequestTimeout("The request body stopped arriving."))
+            else:
+                self._fail(GatewayTimeout("The upstream did not answer in time."))
             return
         # Re-arm relative to the last activity, so a steady stream never times out.
         when = self._last_activity + self._pool.target.read_timeout

@@ -19,6 +19,32 @@ from gateway.proxy.targets import UpstreamTarget
 log = logging.getLogger("gateway.upstream")
 
 
+async def open_connection(
+    loop: asyncio.AbstractEventLoop, target: UpstreamTarget, protocol: asyncio.Protocol
+) -> None:
+    """Connect ``protocol`` to ``target`` (TCP, TLS or a unix socket) within its connect
+    timeout: 504 when that passes, 502 when the upstream refuses. The pool's keep-alive
+    connections and WebSocket tunnels both open this way."""
+    try:
+        async with asyncio.timeout(target.connect_timeout):
+            if target.unix_path is not None:
+                await loop.create_unix_connection(lambda: protocol, target.unix_path)
+            else:
+                assert target.host is not None and target.port is not None
+                await loop.create_connection(
+                    lambda: protocol,
+                    target.host,
+                    target.port,
+                    ssl=target.ssl,
+                    server_hostname=target.server_hostname,
+                )
+    except TimeoutError:
+        raise GatewayTimeout("Connecting to the upstream timed out.") from None
+    except (OSError, ssl.SSLError) as exc:
+        log.debug("connect to upstream %s failed: %s", target.name, exc)
+        raise BadGateway("The upstream refused the connection.") from None
+
+
 class UpstreamPool:
     """A bounded set of keep-alive connections to one upstream (LIFO, so warm ones are reused)."""
 
@@ -68,29 +94,10 @@ class UpstreamPool:
         return await self._connect(), False
 
     async def _connect(self) -> UpstreamConnection:
-        target = self.target
         conn = UpstreamConnection(self)
         self._open.add(conn)
         try:
-            async with asyncio.timeout(target.connect_timeout):
-                if target.unix_path is not None:
-                    await self.loop.create_unix_connection(lambda: conn, target.unix_path)
-                else:
-                    assert target.host is not None and target.port is not None
-                    await self.loop.create_connection(
-                        lambda: conn,
-                        target.host,
-                        target.port,
-                        ssl=target.ssl,
-                        server_hostname=target.server_hostname,
-                    )
-        except TimeoutError:
-            self._discard(conn)
-            raise GatewayTimeout("Connecting to the upstream timed out.") from None
-        except (OSError, ssl.SSLError) as exc:
-            self._discard(conn)
-            log.debug("connect to upstream %s failed: %s", target.name, exc)
-            raise BadGateway("The upstream refused the connection.") from None
+            await open_connection(self.loop, self.target, conn)
         except BaseException:
             self._discard(conn)
             raise

@@ -1,15 +1,20 @@
-"""Answers the proxy listener gives itself: problems (``gateway.problems.render_problem``),
-RFC 9728 protected resource metadata and (``token_signing.jwks.on_proxy``) the RFC 7517 key
-set of the identity tokens."""
+"""Answers the proxy listener gives itself, each one complete response in one write:
+problems (``gateway.problems.render_problem``), a login endpoint's reply, RFC 9728 protected
+resource metadata and (``token_signing.jwks.on_proxy``) the RFC 7517 key set of the identity
+tokens."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Protocol
 
-from aiohttp import web
-
+from gateway.listener import Request, http_date
 from gateway.problems import SERVER_NAME, Challenge, GatewayError, render_problem
+
+_SERVER = SERVER_NAME.encode("ascii")
+_JSON = b"application/json"
+
+JWKS_PATH = "/.well-known/jwks.json"
 
 
 class Document(Protocol):
@@ -31,18 +36,6 @@ class KeySetDocument(Protocol):
     def content_type(self) -> str: ...
 
 
-def problem_response(
-    error: GatewayError, challenge: Challenge | str, request_id: str | None, *, close: bool = False
-) -> web.Response:
-    """The RFC 9457 response for ``error``; ``close`` ends the connection after it (framing
-    the gateway could not trust)."""
-    rendered = render_problem(error, challenge, request_id)
-    response = reply_response(rendered)
-    if close:
-        response.force_close()
-    return response
-
-
 class Reply(Protocol):
     @property
     def status(self) -> int: ...
@@ -54,37 +47,55 @@ class Reply(Protocol):
     def body(self) -> bytes: ...
 
 
-def reply_response(reply: Reply) -> web.Response:
-    """A complete answer of the gateway's own (a rendered problem, a login endpoint's reply),
-    each header field as given: a name may repeat (several ``Set-Cookie``)."""
-    response = web.Response(status=reply.status, body=reply.body)
-    for name, value in reply.headers:
-        response.headers.add(name, value)
-    return response
+def send_reply(request: Request, reply: Reply, *, close: bool = False) -> int:
+    """A complete answer of the gateway's own (a rendered problem, a login endpoint's
+    reply), each header field as given: a name may repeat (several ``Set-Cookie``). Its
+    status."""
+    headers = [(name.encode("latin-1"), text.encode("latin-1")) for name, text in reply.headers]
+    headers.append((b"Date", http_date()))
+    request.respond(reply.status, headers, reply.body, close=close)
+    return reply.status
 
 
-def resource_metadata_response(document: Document, if_none_match: str | None) -> web.Response:
+def send_problem(
+    request: Request,
+    error: GatewayError,
+    challenge: Challenge | str,
+    request_id: str | None,
+    *,
+    close: bool = False,
+) -> int:
+    """Answer ``error`` as RFC 9457 problem details; its status. ``close`` ends the
+    connection after it (framing the gateway could not trust)."""
+    return send_reply(request, render_problem(error, challenge, request_id), close=close)
+
+
+def send_resource_metadata(request: Request, document: Document) -> int:
     """RFC 9728 §3.2: ``200`` with ``application/json``; cacheable (the document changes only
-    with the config), and ``304`` when the client already holds this version."""
-    headers = {
-        "Server": SERVER_NAME,
-        "Cache-Control": "public, max-age=3600",
-        "ETag": document.etag,
-    }
-    tags = if_none_match.split(",") if if_none_match is not None else ()
-    if document.etag in (tag.strip() for tag in tags):
-        return web.Response(status=304, headers=headers)
-    return web.Response(body=document.document, content_type="application/json", headers=headers)
+    with the config), and ``304`` when the client already holds this version. Its status."""
+    etag = document.etag.encode("ascii")
+    headers = [
+        (b"Server", _SERVER),
+        (b"Date", http_date()),
+        (b"Cache-Control", b"public, max-age=3600"),
+        (b"ETag", etag),
+    ]
+    tags = b",".join(request.header_values(b"If-None-Match")).split(b",")
+    if etag in (tag.strip() for tag in tags):
+        request.respond(304, headers)
+        return 304
+    headers.append((b"Content-Type", _JSON))
+    request.respond(200, headers, document.document)
+    return 200
 
 
-JWKS_PATH = "/.well-known/jwks.json"
-
-
-def jwks_response(document: KeySetDocument) -> web.Response:
+def send_jwks(request: Request, document: KeySetDocument) -> int:
     """The identity-token keys (RFC 7517 §5), as the admin listener serves them."""
-    headers = {
-        "Server": SERVER_NAME,
-        "Content-Type": document.content_type,
-        "Cache-Control": document.cache_control,
-    }
-    return web.Response(body=document.body, headers=headers)
+    headers = [
+        (b"Server", _SERVER),
+        (b"Date", http_date()),
+        (b"Content-Type", document.content_type.encode("ascii")),
+        (b"Cache-Control", document.cache_control.encode("ascii")),
+    ]
+    request.respond(200, headers, document.body)
+    return 200

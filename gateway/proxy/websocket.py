@@ -1,111 +1,84 @@
-"""Relay a WebSocket (RFC 6455) between the client and the upstream, both ways.
+"""The WebSocket opening handshake, both legs (RFC 6455 §4.1, §4.2): pure checks over fields.
 
-Only routes with ``websocket: true`` upgrade. The upstream leg is opened first, with the
-same vetted headers a plain request would carry (identity headers included), so the client
-is told "101 Switching Protocols" only once the upstream has accepted; the subprotocol the
-upstream chose is the one offered back to the client.
+The gateway relays a WebSocket as bytes after both sides agreed, so the only WebSocket rules
+it applies are the handshake's: the client's request must be a valid opening handshake before
+the upstream is asked anything, and the upstream's ``101`` must really accept that client's
+key before the client is told "101 Switching Protocols". Everything the two ends negotiate
+(subprotocol, extensions) passes between them unchanged.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
+import base64
+import binascii
+import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-import aiohttp
-from aiohttp import WSMsgType, web
+from gateway.problems import BadGateway, BadRequest
 
-from gateway.problems import BadGateway, BadRequest, GatewayTimeout
-from gateway.proxy.targets import UpstreamTarget
+# RFC 6455 §1.3: the GUID the server appends to the client's key.
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
-log = logging.getLogger("gateway.websocket")
-
-# Handshake headers aiohttp's client generates itself; the client's copies must not pass.
-_HANDSHAKE = frozenset(
-    {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
-     "sec-websocket-protocol", "sec-websocket-accept"}
-)  # fmt: skip
+Header = tuple[str, str]
 
 
-def _upstream_url(upstream: UpstreamTarget, path: str) -> str:
-    scheme = "wss" if upstream.ssl is not None else "ws"
-    host = upstream.host or "localhost"
-    host = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{host}:{upstream.port}{path}"
+@dataclass(frozen=True, slots=True)
+class WebSocketRoute:
+    """A route that may open WebSockets, compiled: at most ``max_connections`` open at once
+    (per process), the rest answered 503."""
+
+    max_connections: int
 
 
-async def _pump(
-    source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-    sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-) -> None:
-    async for message in source:
-        if message.type == WSMsgType.TEXT:
-            await sink.send_str(message.data)
-        elif message.type == WSMsgType.BINARY:
-            await sink.send_bytes(message.data)
-        elif message.type == WSMsgType.ERROR:
-            break
-    await sink.close()
+def _tokens(values: Sequence[str]) -> set[str]:
+    return {part.strip(" \t").lower() for value in values for part in value.split(",")}
 
 
-async def relay_websocket(
-    request: web.BaseRequest,
-    upstream: UpstreamTarget,
-    path: str,
-    headers: Sequence[tuple[str, str]],
-    session: aiohttp.ClientSession,
-) -> web.StreamResponse:
-    if upstream.unix_path is not None:
-        raise BadGateway("WebSocket relay to a unix-socket upstream is not supported.")
-    # RFC 6455 §4.2.1: check the client's handshake before the upstream is asked anything.
-    if not web.WebSocketResponse().can_prepare(request).ok:
-        raise BadRequest("The request is not a valid WebSocket handshake (RFC 6455 §4.1).")
-    protocols = [
-        p.strip()
-        for value in request.headers.getall("Sec-WebSocket-Protocol", ())
-        for p in value.split(",")
-        if p.strip()
-    ]
-    forwarded = [(k, v) for k, v in headers if k.lower() not in _HANDSHAKE and k.lower() != "host"]
+def _values(headers: Sequence[Header], name: str) -> list[str]:
+    return [value for key, value in headers if key.lower() == name]
+
+
+def client_key(headers: Sequence[Header]) -> str:
+    """The client's ``Sec-WebSocket-Key`` once its handshake is valid (RFC 6455 §4.2.1:
+    ``Upgrade`` has ``websocket``, ``Connection`` has ``Upgrade``, one key of 16 bytes in
+    base64, version 13); ``BadRequest`` otherwise."""
+    invalid = "The request is not a valid WebSocket handshake (RFC 6455 §4.1)."
+    if "websocket" not in _tokens(_values(headers, "upgrade")):
+        raise BadRequest(invalid)
+    if "upgrade" not in _tokens(_values(headers, "connection")):
+        raise BadRequest(invalid)
+    if _values(headers, "sec-websocket-version") != ["13"]:
+        raise BadRequest(invalid)
+    keys = _values(headers, "sec-websocket-key")
+    if len(keys) != 1:
+        raise BadRequest(invalid)
+    key = keys[0].strip()
     try:
-        upstream_ws = await session.ws_connect(
-            _upstream_url(upstream, path),
-            headers=forwarded,
-            protocols=protocols,
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
-            ssl=upstream.ssl if upstream.ssl is not None else True,
-            server_hostname=upstream.server_hostname,
-            autoping=True,
-            max_msg_size=0,
-        )
-    except TimeoutError:
-        raise GatewayTimeout("The upstream did not accept the WebSocket in time.") from None
-    except (aiohttp.ClientError, OSError):
-        raise BadGateway("The upstream refused the WebSocket.") from None
+        decoded = base64.b64decode(key.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise BadRequest(invalid) from None
+    if len(decoded) != 16:
+        raise BadRequest(invalid)
+    return key
 
-    client_ws = web.WebSocketResponse(
-        protocols=[upstream_ws.protocol] if upstream_ws.protocol else (),
-        autoping=True,
-        max_msg_size=0,
-    )
-    try:
-        await client_ws.prepare(request)
-        tasks = [
-            asyncio.ensure_future(_pump(client_ws, upstream_ws)),
-            asyncio.ensure_future(_pump(upstream_ws, client_ws)),
-        ]
-        try:
-            _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            # One side ended: give the other a moment to deliver the close, then stop.
-            if pending:
-                await asyncio.wait(pending, timeout=5.0)
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    await task
-    finally:
-        await upstream_ws.close()
-    return client_ws
+
+def accept_value(key: str) -> str:
+    """RFC 6455 §4.2.2: base64 of the SHA-1 of the key and the GUID."""
+    digest = hashlib.sha1(key.encode("ascii") + _GUID, usedforsecurity=False).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def check_upstream_accept(status: int, headers: Sequence[Header], key: str) -> None:
+    """RFC 6455 §4.1: the client side "MUST _Fail the WebSocket Connection_" unless the
+    answer is a 101 with ``Upgrade: websocket``, ``Connection: Upgrade`` and the right
+    ``Sec-WebSocket-Accept``. The gateway is that client towards the upstream: anything else
+    is a 502, and the real client is never switched."""
+    if status != 101:
+        raise BadGateway(f"The upstream answered {status} instead of accepting the WebSocket.")
+    if "websocket" not in _tokens(_values(headers, "upgrade")):
+        raise BadGateway("The upstream's WebSocket answer has no Upgrade: websocket.")
+    if "upgrade" not in _tokens(_values(headers, "connection")):
+        raise BadGateway("The upstream's WebSocket answer has no Connection: Upgrade.")
+    if [value.strip() for value in _values(headers, "sec-websocket-accept")] != [accept_value(key)]:
+        raise BadGateway("The upstream's Sec-WebSocket-Accept does not match the key.")

@@ -4,10 +4,10 @@
 
 SERVER is ``listener`` (gateway/listener), ``listener-task`` (the same with a coroutine
 per request, so a task per request) or ``aiohttp`` (its low-level ``web.Server``, as
-gateway/app.py uses it today). granian is started by its own CLI with ``granian_hello`` or
-``granian_proxy`` below as the RSGI target. APP is ``hello`` (a fixed 200) or ``proxy``
-(the request forwarded to the upstream with gateway/proxy/pool.py and the
-response relayed, the gateway's forwarding path without auth).
+gateway/app.py used it before the proxy port moved to gateway/listener). granian is
+started by its own CLI with ``granian_hello`` or ``granian_proxy`` below as the RSGI target.
+APP is ``hello`` (a fixed 200) or ``proxy`` (the request forwarded to the upstream with
+gateway/proxy/pool.py and the response relayed, the gateway's forwarding path without auth).
 """
 
 from __future__ import annotations
@@ -131,13 +131,37 @@ async def serve_listener(app: str, port: int, upstream: int, task_per_request: b
     await asyncio.Event().wait()
 
 
-# --- aiohttp's low-level server, as gateway/app.py runs it ---------------------------------------
+# --- aiohttp's low-level server, as gateway/app.py ran it -------------------------------------
+
+
+class _WholeResponse:
+    """The relayed response in one write, as gateway/proxy/forward.py's CompleteResponse did
+    on aiohttp's server before the proxy port moved to gateway/listener: aiohttp's handler
+    needs only ``prepare``, ``write_eof`` and ``keep_alive`` from what it is given."""
+
+    __slots__ = ("_data", "keep_alive", "status")
+
+    def __init__(self, request: Any, head: ResponseHead, headers: list[tuple[str, str]],
+                 payload: bytes) -> None:  # fmt: skip
+        from aiohttp.helpers import rfc822_formatted_time
+
+        self.status, self.keep_alive = head.status, request.keep_alive
+        fields = [*_without_length(headers), ("Content-Length", str(len(payload)))]
+        if not any(k.lower() == "date" for k, _ in fields):
+            fields.append(("Date", rfc822_formatted_time()))
+        lines = [f"HTTP/1.1 {head.status} {head.reason or 'OK'}\r\n"]
+        lines += [f"{k}: {v}\r\n" for k, v in fields]
+        self._data = ("".join(lines) + "\r\n").encode("latin-1") + payload
+
+    async def prepare(self, request: Any) -> None:
+        request.transport.write(self._data)
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
 
 
 async def serve_aiohttp(app: str, port: int, upstream: int) -> None:
     from aiohttp import web
-
-    from gateway.proxy.forward import CompleteResponse
 
     pool = make_pool(upstream)
 
@@ -146,7 +170,7 @@ async def serve_aiohttp(app: str, port: int, upstream: int) -> None:
 
     async def proxy(request: web.BaseRequest) -> Any:
         response, headers, payload = await relay(pool, request.method, request.raw_path)
-        return CompleteResponse.build(request, response, headers, payload)
+        return _WholeResponse(request, response, headers, payload)
 
     server = web.Server(
         proxy if app == "proxy" else hello,

@@ -53,6 +53,7 @@ from gateway.config.models.routes import (
     Scalar,
     ScopeRule,
     TokenSources,
+    WebSocket,
 )
 from gateway.config.models.upstreams import (
     PathRules,
@@ -116,4 +117,5 @@ __all__ = [
     "UpstreamPool",
     "UpstreamTLS",
     "UpstreamTimeouts",
+    "WebSocket",
 ]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from gateway.config.models.base import Strict
 from gateway.config.models.identity_token import RouteIdentityToken
@@ -133,12 +133,32 @@ class Rewrite(Strict):
     add_prefix: str | None = Field(None, pattern=r"^/")
 
 
+class WebSocket(Strict):
+    """``websocket: true`` with its defaults, or these settings (RFC 6455 tunnels)."""
+
+    max_connections: int = Field(
+        1000, ge=1, le=1_000_000,
+        description="WebSockets this route keeps open at once per process; 503 beyond.",
+    )  # fmt: skip
+
+
+def _websocket_form(value: Any) -> str:
+    # One branch per shape, so a wrong value gets one message (a boolean's), not two.
+    return "settings" if isinstance(value, dict | WebSocket) else "switch"
+
+
+WebSocketSetting = Annotated[
+    Annotated[bool, Tag("switch")] | Annotated[WebSocket, Tag("settings")],
+    Discriminator(_websocket_form),
+]
+
+
 class Route(Strict):
     name: str | None = None
     match: Match = Match()
     upstream: str
     rewrite: Rewrite | None = None
-    websocket: bool = False
+    websocket: WebSocketSetting = False
     # Everything below inherits from `defaults` when left out.
     auth: AuthMode | None = None
     session: RouteSession | None = None
