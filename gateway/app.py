@@ -25,9 +25,11 @@ from gateway.config.loader import LoadedConfig
 from gateway.decision.listeners import DecisionListeners, start_decision
 from gateway.handler import ProxyHandler
 from gateway.listener import HttpListener, ListenerLimits
+from gateway.listener.tls import TlsError
 from gateway.metrics import Metrics
 from gateway.problems import SERVER_NAME
 from gateway.runtime import Runtime, RuntimeHolder, start_runtime
+from gateway.tls_watch import TlsWatch, refuse_turning_tls_on
 from gateway.tunnels import TunnelRegistry
 
 log = logging.getLogger("gateway.app")
@@ -60,6 +62,7 @@ class Gateway:
     admin_port: int = 0
     relay: Relay | None = None
     decision: DecisionListeners | None = None  # the forward-auth service, when configured
+    tls: TlsWatch | None = None  # the proxy listener's certificate, with ``listen.tls``
     _old_runtimes: set[asyncio.Task[None]] = field(default_factory=set)
 
     def _attach(self, runtime: Runtime) -> None:
@@ -71,12 +74,18 @@ class Gateway:
     async def reload(self, loaded: LoadedConfig, *, wait_for_keys: float = 10.0) -> None:
         """Swap in a new config; raises ConfigError and keeps the old one if it is bad."""
         try:
+            compiled = compile_config(loaded)
+            if self.tls is None and compiled.listen_tls is not None:
+                raise refuse_turning_tls_on(loaded)
             runtime = await start_runtime(
-                compile_config(loaded),
-                self.session,
-                wait_for_keys=wait_for_keys,
-                previous=self.holder.current,
+                compiled, self.session, wait_for_keys=wait_for_keys, previous=self.holder.current
             )
+            if self.tls is not None:
+                try:
+                    self.tls.follow(loaded, compiled.listen_tls, _watch_interval(loaded))
+                except ConfigError:
+                    await runtime.close()
+                    raise
             self._attach(runtime)
         except ConfigError:
             self.metrics.config_reloads.labels("rejected").inc()
@@ -99,6 +108,8 @@ class Gateway:
     async def close(self) -> None:
         drain = self.holder.current.compiled.config.shutdown.drain_timeout
         await self.listener.close(drain)
+        if self.tls is not None:
+            await self.tls.close()
         await self.tunnels.close()
         await self.admin_runner.cleanup()
         if self.decision is not None:
@@ -129,6 +140,23 @@ async def _retire(runtime: Runtime) -> None:
     while runtime.in_flight and loop.time() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.5)
     await runtime.close()
+
+
+def _watch_interval(loaded: LoadedConfig) -> float:
+    tls = loaded.config.listen.tls
+    return 0.0 if tls is None else tls.watch_interval
+
+
+def _listener_tls(loaded: LoadedConfig, compiled: CompiledConfig) -> TlsWatch | None:
+    """The listener's TLS, loaded again now: a file replaced since the compile that no
+    longer loads is a config error with its line, like any other, not a crash."""
+    files = compiled.listen_tls
+    if files is None:
+        return None
+    try:
+        return TlsWatch(files, _watch_interval(loaded))
+    except TlsError as exc:
+        raise loaded.source.error(("listen", "tls", *exc.where.split(".")), str(exc)) from None
 
 
 def _listening_port(runner: web.BaseRunner) -> int:
@@ -165,6 +193,7 @@ async def start_gateway(
     sibling workers."""
     config = loaded.config
     compiled = compile_config(loaded) if compiled is None else compiled
+    tls = _listener_tls(loaded, compiled)
     session = _control_plane_client()
     try:
         runtime = await start_runtime(compiled, session)
@@ -186,12 +215,20 @@ async def start_gateway(
     admin_app = build_admin_app(holder, metrics)
     admin_runner = web.AppRunner(admin_app, handle_signals=False, access_log=None)
     await admin_runner.setup()
-    gateway = Gateway(holder, session, metrics, listener, admin_runner, tunnels, relay=relay)
+    gateway = Gateway(
+        holder, session, metrics, listener, admin_runner, tunnels, relay=relay, tls=tls
+    )
     gateway._attach(runtime)
     try:
         listen = config.listen
         port = listen.port if proxy_port is None else proxy_port
-        await listener.start(listen.host, port, reuse_port=reuse_port, backlog=1024)
+        await listener.start(
+            listen.host, port, reuse_port=reuse_port, backlog=1024,
+            ssl=None if tls is None else tls.tls.front,
+        )  # fmt: skip
+        if tls is not None:
+            metrics.add_source(tls.metric_families)
+            tls.start()
         admin = config.admin
         port = admin.port if admin_port is None else admin_port
         await web.TCPSite(admin_runner, admin.host, port, reuse_port=reuse_port).start()

@@ -228,6 +228,7 @@ class ProxyHandler:
         facts = request_facts(
             located, request.method, host, authorization, form_fields,
             headers=FieldLookup(headers), peer=request.remote,
+            tls_certificate=request.peer_certificate,
             client_ip=client_address(
                 request.remote, [v for k, v in headers if k.lower() == "x-forwarded-for"],
                 compiled.forwarding.trusted,
@@ -247,7 +248,7 @@ class ProxyHandler:
         outbound = upstream_request_headers(
             headers,
             peer=request.remote,
-            scheme="http",
+            scheme="https" if request.secure else "http",
             http_version=(1, 1) if request.version == "1.1" else (1, 0),
             request_id=record.request_id,
             policy=compiled.forwarding,

@@ -20,6 +20,7 @@ from gateway.listener.head import problem_parts
 from gateway.listener.lifecycle import ConnectionLifecycle
 from gateway.listener.parser import ParseFailure, RequestParser
 from gateway.listener.request import Request
+from gateway.listener.tls import peer_certificate
 from gateway.problems import GatewayError
 
 log = logging.getLogger("gateway.listener")
@@ -39,6 +40,11 @@ class HttpConnection(ConnectionLifecycle, asyncio.Protocol):
         self._transport = self._output.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if isinstance(peer, tuple) else None
+        # asyncio and uvloop call this once the TLS handshake is complete.
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.secure = True
+            self.peer_certificate = peer_certificate(ssl_object)
         now = self.loop.time()
         self._head_since = now  # a new connection owes its first head from the accept
         self._arm(now + self._head_timeout)

@@ -32,6 +32,8 @@ class ConnectionLifecycle:
         self._handler = context.handler
         self.loop = context.loop
         self.remote: str | None = None
+        self.secure = False  # the connection is TLS (the listener has ``listen.tls``)
+        self.peer_certificate: bytes | None = None  # the client certificate's DER (mTLS)
         self._transport: asyncio.Transport | None = None
         output = self._output = Output(context)
         # What requests write through, bound once (no extra call per write).

@@ -37,8 +37,9 @@ import httptools
 
 from gateway.listener.body import EMPTY_BODY, NO_BODY, BodyFlow, RequestBody
 from gateway.listener.errors import UriTooLong
+from gateway.listener.exchange import Exchange
 from gateway.listener.limits import ListenerLimits
-from gateway.listener.request import Exchange, Request
+from gateway.listener.request import Request
 from gateway.problems import (
     BadFraming,
     BadRequest,

@@ -9,7 +9,7 @@ reset, for a response that failed after it started).
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from gateway.listener.body import RequestBody
 from gateway.listener.head import (
@@ -24,40 +24,12 @@ from gateway.listener.head import (
     status_line,
 )
 
+if TYPE_CHECKING:
+    from gateway.listener.exchange import Exchange
+
 _NOT_STARTED, _STREAMING, _FINISHED = 0, 1, 2
 # How a streamed body is delimited on the wire.
 _NO_CONTENT, _BY_LENGTH, _BY_CHUNKS, _BY_CLOSE = 0, 1, 2, 3
-
-
-class Exchange(Protocol):
-    """What a request needs from its connection (``HttpConnection`` implements it)."""
-
-    @property
-    def remote(self) -> str | None: ...
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop: ...
-
-    @property
-    def write_paused(self) -> bool: ...
-
-    def write(self, data: bytes) -> None: ...
-
-    def write_now(self, data: bytes) -> None: ...
-
-    async def drain(self) -> None: ...
-
-    def keep_alive_for(self, request: Request) -> bool: ...
-
-    def response_finished(self, request: Request, keep_alive: bool) -> None: ...
-
-    def abort(self, request: Request) -> None: ...
-
-    def cut(self, request: Request) -> None: ...
-
-    def hand_over(self, request: Request, protocol: asyncio.Protocol) -> None: ...
-
-    def application_done(self, request: Request, task: asyncio.Task[None]) -> None: ...
 
 
 class Request:
@@ -125,6 +97,16 @@ class Request:
     def remote(self) -> str | None:
         """The peer's IP address."""
         return self._exchange.remote
+
+    @property
+    def secure(self) -> bool:
+        """The request came over TLS: its scheme is ``https`` (RFC 9110 §4.2.2)."""
+        return self._exchange.secure
+
+    @property
+    def peer_certificate(self) -> bytes | None:
+        """The client certificate's DER, when the TLS client sent one and it verified."""
+        return self._exchange.peer_certificate
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of a field, by case-insensitive name."""

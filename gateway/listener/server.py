@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from ssl import SSLContext
 
 from gateway.listener.connection import HttpConnection
 from gateway.listener.context import Handler, ListenerContext, RefusalHook
@@ -53,8 +54,10 @@ class HttpListener:
         *,
         reuse_port: bool = False,
         backlog: int = 1024,
+        ssl: SSLContext | None = None,
     ) -> None:
-        """Listen on ``host:port``; ``reuse_port`` lets several workers share it."""
+        """Listen on ``host:port``; ``reuse_port`` lets several workers share it; ``ssl``
+        makes it a TLS listener (``ReloadingTls.front``, whose callback follows renewals)."""
         if self._server is not None:
             raise RuntimeError("the listener is already started")
         context = self._make_context()
@@ -64,8 +67,11 @@ class HttpListener:
             return HttpConnection(context)
 
         self._server = await loop.create_server(
-            factory, host, port, reuse_port=reuse_port or None, backlog=backlog
-        )
+            factory, host, port, reuse_port=reuse_port or None, backlog=backlog, ssl=ssl,
+            # A handshake is bounded like a request head: a client that opens a connection
+            # and never finishes the handshake holds it no longer than it could idle.
+            ssl_handshake_timeout=max(self._limits.head_timeout, 1.0) if ssl is not None else None,
+        )  # fmt: skip
 
     @property
     def port(self) -> int:

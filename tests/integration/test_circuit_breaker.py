@@ -8,6 +8,7 @@ and /metrics say the breaker is open, and one probe after the open period closes
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
 from pathlib import Path
@@ -81,6 +82,12 @@ async def test_a_hanging_introspection_endpoint_opens_the_breaker_and_it_recover
                     'gateway_circuit_breaker_opens_total{endpoint="introspection",issuer="main"}'
                 )
                 assert f"{opened} 1.0" in metrics
+                # The 503s the decision gave are counted as its error outcome, not lost.
+                errors = re.findall(
+                    r'gateway_auth_decisions_total\{host_proxy="none",mode="proxy",'
+                    r'outcome="error",reason="[a-z_]+"\} ([0-9.]+)', metrics
+                )  # fmt: skip
+                assert sum(float(count) for count in errors) >= 23, metrics
                 # The server recovers; after the open period one probe closes the breaker.
                 introspection.mode = "ok"
                 token = secrets.token_urlsafe(20)
