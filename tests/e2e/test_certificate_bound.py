@@ -278,3 +278,48 @@ async def test_behind_nginx_terminating_mutual_tls_only_the_bound_certificate_ge
             children.stop_all()
     assert len(orders.received) == 1
     assert orders.received[0].header("X-Auth-X5t") == mine.x5t_s256
+
+
+# --- the gateway terminating mutual TLS itself (listen.tls) ----------------------------------
+
+
+@pytest.mark.parametrize("kind", ["jwt", "opaque"])
+async def test_over_mutual_tls_to_the_gateway_the_handshake_certificate_is_the_proof(
+    oidc: OidcProvider, test_ca: TestCA, orders: RecordingUpstream, tmp_path: Path, kind: str
+) -> None:
+    """RFC 8705 §3 with no front proxy: the client presents the same certificate to
+    oidc-provider's token endpoint and to the gateway's listener (``source: tls``)."""
+    server = test_ca.issue("gateway-server", server=True)
+    mine, other = test_ca.issue("client-t", server=False), test_ca.issue("client-u", server=False)
+    token = await bound_token(oidc, test_ca, mine, RESOURCES[kind])
+    config = gateway_config(oidc, orders.url)
+    config["listen"]["tls"] = {
+        "cert_file": str(server.cert_file), "key_file": str(server.key_file),
+        "client_auth": {"mode": "optional", "ca_file": str(test_ca.cert_file)},
+    }  # fmt: skip
+    read = {"scopes": {"all": ["orders:read"]}}
+    config["routes"] = [
+        {"name": "ledger", "match": {"path": {"prefix": "/ledger"}}, "upstream": "orders",
+         "require": read, "identity_headers": IDENTITY,
+         "client_certificates": {"mode": "required", "source": "tls"}},
+    ]  # fmt: skip
+    bearer = {"Authorization": f"Bearer {token}"}
+
+    async def over_tls(client: Issued | None, headers: dict[str, str]) -> tuple[int, str | None]:
+        connector = aiohttp.TCPConnector(ssl=test_ca.client_context(client))
+        url = f"https://127.0.0.1:{gw.proxy_port}/ledger/1"
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async with session.get(url, headers=headers) as response:
+                await response.read()
+                return response.status, response.headers.get("WWW-Authenticate")
+
+    async with gateways(tmp_path, config) as (gw,):
+        assert (await over_tls(mine, bearer))[0] == 200
+        status, challenge = await over_tls(other, bearer)
+        assert status == 401 and "bound to another client certificate" in (challenge or "")
+        # No certificate in the handshake; a header the client adds itself counts for nothing.
+        status, challenge = await over_tls(None, {**bearer, "X-Forwarded-Client-Cert": mine.xfcc})
+        assert status == 401 and "presented none" in (challenge or "")
+    assert len(orders.received) == 1
+    assert orders.received[0].header("X-Auth-X5t") == mine.x5t_s256
+    assert orders.received[0].header("X-Forwarded-Proto") == "https"
