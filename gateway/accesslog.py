@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import random
 import re
 import sys
 import time
@@ -21,6 +22,14 @@ from typing import IO, Any, Literal
 
 LogFormat = Literal["json", "text"]
 _FLUSH_AFTER = 0.5
+
+
+def new_request_id() -> str:
+    """A request id (when the client or a trusted proxy sent none): 96 random bits. They
+    correlate log lines and need not be unpredictable, so they come from the process's
+    Mersenne Twister, seeded from the OS and reseeded after a fork, not a syscall per request.
+    """
+    return f"{random.getrandbits(96):024x}"
 
 
 @dataclass(slots=True)

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from gateway.accesslog import RequestRecord
+from gateway.accesslog import RequestRecord, new_request_id
 from gateway.auth.bearer import ACCESS_TOKEN_PARAM
 from gateway.auth.decide import Allow, Deny
 from gateway.auth.ratelimit import RateLimited
@@ -66,10 +65,6 @@ MAX_FORM_BODY = 64 * 1024
 _UPGRADE = (("Connection", "Upgrade"), ("Upgrade", "websocket"))
 
 Header = tuple[str, str]
-
-
-def new_request_id() -> str:
-    return os.urandom(12).hex()
 
 
 @dataclass(slots=True)

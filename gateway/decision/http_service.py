@@ -15,14 +15,13 @@ and the kind of host proxy that asked.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.accesslog import RequestRecord
+from gateway.accesslog import RequestRecord, new_request_id
 from gateway.auth.decide import Allow, Deny
 from gateway.decision.answers import http_answer
 from gateway.decision.forwarded import (
@@ -59,10 +58,6 @@ def _forward_auth(
 
 def _envoy(request: web.BaseRequest, headers: Sequence[Header], prefix: str) -> ForwardedRequest:
     return from_envoy_http(request.method, request.raw_path, headers, prefix)
-
-
-def _new_request_id() -> str:
-    return os.urandom(12).hex()
 
 
 def record_verdict(record: RequestRecord, verdict: Verdict, metrics: Metrics) -> None:
@@ -112,7 +107,7 @@ class DecisionEndpoints:
         runtime = self._holder.current
         compiled = runtime.compiled
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
-        request_id = request_id_of(headers, compiled.forwarding.request_id_header, _new_request_id)
+        request_id = request_id_of(headers, compiled.forwarding.request_id_header, new_request_id)
         record = RequestRecord(request_id=request_id, method="-", path="-",
                                remote=request.remote, mode="decision", host_proxy=kind)  # fmt: skip
         runtime.in_flight += 1
