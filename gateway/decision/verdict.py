@@ -68,6 +68,8 @@ async def judge(
         return Verdict(decision, route)
     settings = compiled.decision
     bound = settings.max_age if settings is not None else 0.0
+    if route.auth.rate_limits is not None:
+        bound = 0.0  # a reused allow is a request no limit counted
     in_query = decision.token_source == "query"  # noqa: S105 - a place, not a secret
     return Verdict(
         decision,
@@ -105,6 +107,13 @@ def allow_max_age(allow: Allow, bound: float, cache: CacheSettings, now: float) 
     identity = allow.identity
     if identity is None:  # an anonymous allow depends on no token
         return int(bound)
+    # The host proxy's cache key holds the method, host, URI and Authorization (README
+    # "Decision caching"), nothing else. An allow that rests on more is never reusable: a
+    # browser session (its cookie), a DPoP proof (RFC 9449 §4.3: one proof, one request)
+    # or a client certificate (RFC 8705 §3: checked on every request). Reusing one would
+    # let a stolen bound token pass without its key, or one user's session serve another.
+    if allow.token_source not in ("header", "query") or allow.token_type in ("DPoP", "mTLS"):
+        return 0
     limit = min(bound, cache.max_ttl, cache.verified_max_ttl)
     if identity.expires_at is not None:
         limit = min(limit, identity.expires_at - now)

@@ -302,3 +302,48 @@ async def test_dpop_proofs_and_client_addresses_reach_the_decision(tmp_path: Pat
                  for _ in range(2)]  # fmt: skip
         other = (await raw_request(port, "GET", "/caddy", client("203.0.113.2"))).status
         assert first == [200, 429] and other == 200
+
+
+async def test_a_cached_allow_is_never_offered_for_a_bound_token_or_a_limited_route(
+    tmp_path: Path,
+) -> None:
+    """nginx's cache key is method, host, URI and Authorization: a DPoP-bound token's allow
+    reused from it would let the token pass again without a fresh proof (or with none), and
+    a rate-limited route's would let requests through that no limit counted."""
+    from tests.support.dpop import client_key, proof
+
+    external = "https://api.example"
+
+    def config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict:
+        data = forward_auth_config(upstream, issuer, cache={"max_age": "60s"})
+        data["routes"][:0] = [
+            {"name": "bound", "match": {"path": {"prefix": "/bound"}}, "upstream": "app",
+             "dpop": {"mode": "optional", "external_url": external}},
+            {"name": "limited", "match": {"path": {"prefix": "/limited"}}, "upstream": "app",
+             "rate_limits": {"limits": [
+                 {"name": "per-client", "key": ["client_id"], "limit": 100, "window": 1}]}},
+        ]  # fmt: skip
+        return data
+
+    async with forward_auth_world(tmp_path, config) as (gw, _upstream, issuer):
+        assert gw.decision is not None
+        port = gw.decision.port
+        key = client_key("ES256")
+        token = issuer.mint({"cnf": {"jkt": key.jkt}}, exp_in=3600)
+
+        def described(uri: str, *extra: tuple[str, str]) -> list[tuple[str, str]]:
+            return [("X-Original-Method", "GET"), ("X-Original-URI", uri),
+                    ("X-Forwarded-Host", "api.example"), *extra]  # fmt: skip
+
+        dpop = proof(key, htu=f"{external}/bound/x", token=token)
+        answer = await raw_request(port, "GET", "/nginx", described(
+            "/bound/x", ("Authorization", f"DPoP {token}"), ("DPoP", dpop)))  # fmt: skip
+        assert answer.status == 200
+        assert answer.header("Cache-Control") == "no-store"
+        assert answer.header("X-Accel-Expires") == "0"
+        plain = bearer(issuer.mint(scope="read", exp_in=3600))
+        unbound = await raw_request(port, "GET", "/nginx", described("/bound/x", *plain))
+        assert unbound.header("Cache-Control") == "private, max-age=60"  # still cacheable
+        limited = await raw_request(port, "GET", "/nginx", described("/limited/x", *plain))
+        assert limited.status == 200
+        assert limited.header("Cache-Control") == "no-store"
