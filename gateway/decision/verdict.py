@@ -83,15 +83,19 @@ async def judge(
 def removed_headers(route: CompiledRoute, allow: Allow, names: tuple[str, ...]) -> tuple[str, ...]:
     """The client's fields the proxy would not forward: identity names and prefixes in any
     case or with ``_`` (``Removal.removes``), and Authorization where the route keeps the
-    token from its upstream. Names the allow sets are overwritten, not removed."""
+    token from its upstream, and what the decision keeps from it (``Allow.remove``: the
+    DPoP proof, RFC 9449, unless ``forward_proof``). Names the allow sets are overwritten,
+    not removed."""
     setting = {name.lower() for name, _ in allow.headers}
     removed: dict[str, None] = {}
     for name in names:
         lname = name.lower()
         if lname in setting:
             continue
-        if route.removal.removes(lname) or (
-            lname == "authorization" and not route.forward_authorization
+        if (
+            route.removal.removes(lname)
+            or lname in allow.remove
+            or (lname == "authorization" and not route.forward_authorization)
         ):
             removed[lname] = None
     return tuple(removed)

@@ -347,3 +347,43 @@ async def test_a_cached_allow_is_never_offered_for_a_bound_token_or_a_limited_ro
         limited = await raw_request(port, "GET", "/nginx", described("/limited/x", *plain))
         assert limited.status == 200
         assert limited.header("Cache-Control") == "no-store"
+
+
+async def test_envoy_is_told_to_remove_the_dpop_proof_it_relays(tmp_path: Path) -> None:
+    """RFC 9449 proofs are for the gateway: the proxy listener drops the DPoP header unless
+    forward_proof, and Envoy (HTTP and gRPC), which can remove headers, is told the same."""
+    from tests.support.dpop import client_key, proof
+
+    external = "https://api.example"
+
+    def config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict:
+        data = forward_auth_config(upstream, issuer)
+        data["routes"][:0] = [
+            {"name": "bound", "match": {"path": {"prefix": "/bound"}}, "upstream": "app",
+             "dpop": {"mode": "required", "external_url": external}},
+            {"name": "kept", "match": {"path": {"prefix": "/kept"}}, "upstream": "app",
+             "dpop": {"mode": "required", "external_url": external, "forward_proof": True}},
+        ]  # fmt: skip
+        return data
+
+    async with forward_auth_world(tmp_path, config) as (gw, _upstream, issuer):
+        assert gw.decision is not None
+        key = client_key("ES256")
+        token = issuer.mint({"cnf": {"jkt": key.jkt}})
+
+        def with_proof(path: str) -> list[tuple[str, str]]:
+            dpop = proof(key, htu=f"{external}{path}", token=token)
+            return [("Authorization", f"DPoP {token}"), ("DPoP", dpop)]
+
+        port = gw.decision.port
+        answer = await raw_request(port, "GET", "/envoy/bound/x", with_proof("/bound/x"))
+        assert answer.status == 200
+        assert "dpop" in answer.header("x-envoy-auth-headers-to-remove").split(",")
+        checked = await grpc_check(gw.decision.grpc_port, check_request(
+            "GET", "/bound/y", "api.example", with_proof("/bound/y")))  # fmt: skip
+        assert checked.status.code == 0
+        assert "dpop" in checked.ok_response.headers_to_remove
+        kept = await grpc_check(gw.decision.grpc_port, check_request(
+            "GET", "/kept/y", "api.example", with_proof("/kept/y")))  # fmt: skip
+        assert kept.status.code == 0
+        assert "dpop" not in kept.ok_response.headers_to_remove
