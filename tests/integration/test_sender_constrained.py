@@ -227,3 +227,24 @@ async def test_a_certificate_bound_token_needs_the_certificate_from_a_trusted_pr
         assert status == 401 and 'error="invalid_token"' in headers["WWW-Authenticate"]
         assert (await call(gw, "/x", {"Authorization": f"Bearer {token}"}))[0] == 401
     assert len(upstream.received) == (1 if expected == 200 else 0)
+
+
+async def test_a_certificate_header_from_an_untrusted_client_never_reaches_the_upstream(
+    tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream
+) -> None:
+    """The gateway ignores a certificate header from a peer outside trusted_proxies; the
+    upstream must not get it either, whatever the header is called (an upstream that reads
+    it would take the certificate the client typed for one a front proxy verified)."""
+    escaped, _ = certificate()
+    certificates = {"mode": "optional", "source": "header", "header": "X-Client-Certificate",
+                    "header_format": "escaped_pem", "trusted_proxies": ["10.0.0.0/8"]}  # fmt: skip
+    routes = [{"match": {"path": {"prefix": "/"}}, "upstream": "app",
+               "client_certificates": certificates}]  # fmt: skip
+    async with running_gateway(
+        tmp_path, config(issuer, upstream, routes=routes, resources=[])
+    ) as gw:
+        await wait_ready(gw)
+        token = issuer.mint()
+        sent = {"Authorization": f"Bearer {token}", "X-Client-Certificate": escaped}
+        assert (await call(gw, "/x", sent))[0] == 200
+    assert upstream.last.header("X-Client-Certificate") is None
