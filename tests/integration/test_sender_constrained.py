@@ -248,3 +248,32 @@ async def test_a_certificate_header_from_an_untrusted_client_never_reaches_the_u
         sent = {"Authorization": f"Bearer {token}", "X-Client-Certificate": escaped}
         assert (await call(gw, "/x", sent))[0] == 200
     assert upstream.last.header("X-Client-Certificate") is None
+
+
+async def test_an_anonymous_route_under_dpop_defaults_keeps_the_proof_too(
+    tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream
+) -> None:
+    """defaults.dpop covers public routes as well: a request let through without an identity
+    (no token, or a proof that does not fit on an identify_anonymous route) does not carry
+    the client's proof to the upstream either."""
+    routes = [
+        {"name": "open", "match": {"path": {"prefix": "/open"}}, "upstream": "app",
+         "auth": "anonymous", "identify_anonymous": True},
+        {"name": "public", "match": {"path": {"prefix": "/"}}, "upstream": "app",
+         "auth": "anonymous"},
+    ]  # fmt: skip
+    defaults = {"dpop": {"mode": "optional", "external_url": EXTERNAL}}
+    async with running_gateway(
+        tmp_path, config(issuer, upstream, routes=routes, resources=[], defaults=defaults)
+    ) as gw:
+        await wait_ready(gw)
+        key = client_key("ES256")
+        token = issuer.mint({"cnf": {"jkt": key.jkt}})
+        stale = proof(key, htu=f"{EXTERNAL}/elsewhere", token=token)
+        sent = {"Authorization": f"DPoP {token}", "DPoP": stale}
+        for path in ("/open/x", "/x"):
+            assert (await call(gw, path, sent))[0] == 200
+            assert upstream.last.header("DPoP") is None, path
+            assert upstream.last.header("X-Auth-Subject") is None
+        assert (await call(gw, "/x", {"DPoP": stale}))[0] == 200
+        assert upstream.last.header("DPoP") is None
