@@ -3,6 +3,8 @@ proxies, and labels what it decides; every adapter, HTTP and gRPC, over real soc
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -387,3 +389,40 @@ async def test_envoy_is_told_to_remove_the_dpop_proof_it_relays(tmp_path: Path) 
             "GET", "/kept/y", "api.example", with_proof("/kept/y")))  # fmt: skip
         assert kept.status.code == 0
         assert "dpop" not in kept.ok_response.headers_to_remove
+
+
+async def test_the_access_log_says_how_a_checked_token_was_presented(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As on the proxy listener: token_type (bearer, dpop, mtls), never the token or proof."""
+    from tests.support.dpop import client_key, proof
+
+    external = "https://api.example"
+
+    def config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict:
+        data = forward_auth_config(upstream, issuer)
+        data["logging"] = {"access_log": True}
+        data["routes"][:0] = [
+            {"name": "bound", "match": {"path": {"prefix": "/bound"}}, "upstream": "app",
+             "dpop": {"mode": "optional", "external_url": external}},
+        ]  # fmt: skip
+        return data
+
+    async with forward_auth_world(tmp_path, config) as (gw, _upstream, issuer):
+        assert gw.decision is not None
+        key = client_key("ES256")
+        token = issuer.mint({"cnf": {"jkt": key.jkt}})
+        dpop = proof(key, htu=f"{external}/bound/x", token=token)
+        described = [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/bound/x"),
+                     ("X-Forwarded-Host", "api.example"),
+                     ("Authorization", f"DPoP {token}"), ("DPoP", dpop)]  # fmt: skip
+        assert (await raw_request(gw.decision.port, "GET", "/traefik", described)).status == 200
+        plain = bearer(issuer.mint(scope="read"))
+        described = [*described[:3], *plain]
+        assert (await raw_request(gw.decision.port, "GET", "/traefik", described)).status == 200
+        await asyncio.sleep(1.0)  # the access log flushes within half a second
+    logged = capsys.readouterr().out
+    lines = [json.loads(line) for line in logged.splitlines() if line.startswith("{")]
+    checks = [line for line in lines if line.get("mode") == "decision" and line["status"] == 200]
+    assert [line["token_type"] for line in checks] == ["dpop", "bearer"]
+    assert token not in logged and dpop not in logged
