@@ -70,6 +70,12 @@ async def judge(
     bound = settings.max_age if settings is not None else 0.0
     if route.auth.rate_limits is not None:
         bound = 0.0  # a reused allow is a request no limit counted
+    signed = route.auth.identity_token
+    if signed is not None and compiled.signing is not None:
+        # The allow carries a signed identity token, which the signer hands out until
+        # refresh_before (or half its lifetime) before its exp: reused no longer than that,
+        # it never reaches the upstream expired.
+        bound = min(bound, compiled.signing.refresh_before, signed.route.lifetime / 2)
     in_query = decision.token_source == "query"  # noqa: S105 - a place, not a secret
     return Verdict(
         decision,

@@ -426,3 +426,37 @@ async def test_the_access_log_says_how_a_checked_token_was_presented(
     checks = [line for line in lines if line.get("mode") == "decision" and line["status"] == 200]
     assert [line["token_type"] for line in checks] == ["dpop", "bearer"]
     assert token not in logged and dpop not in logged
+
+
+async def test_a_cached_allow_never_outlives_the_identity_token_it_carries(
+    tmp_path: Path,
+) -> None:
+    """An allow with a signed identity token (60 s, renewed 10 s before exp) reused for the
+    full max_age would hand the upstream an expired token; it is reusable only as long as
+    the token handed out is certain to live."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = tmp_path / "id.pem"
+    key.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))  # fmt: skip
+
+    def config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict:
+        data = forward_auth_config(upstream, issuer, cache={"max_age": "60s"})
+        data["token_signing"] = {"issuer": "https://gateway.example/",
+                                 "keys": [{"file": str(key), "kid": "gw-1"}]}  # fmt: skip
+        data["routes"][:0] = [
+            {"name": "signed", "match": {"path": {"prefix": "/signed"}}, "upstream": "app",
+             "identity_token": {"header": "X-Identity-Token"}},
+        ]  # fmt: skip
+        return data
+
+    async with forward_auth_world(tmp_path, config) as (gw, _upstream, issuer):
+        assert gw.decision is not None
+        described = [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/signed/x"),
+                     ("X-Forwarded-Host", "api.example"),
+                     *bearer(issuer.mint(scope="read", exp_in=3600))]  # fmt: skip
+        answer = await raw_request(gw.decision.port, "GET", "/traefik", described)
+        assert answer.status == 200 and answer.header("X-Identity-Token")
+        assert answer.header("Cache-Control") == "private, max-age=10"
