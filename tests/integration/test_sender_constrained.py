@@ -277,3 +277,30 @@ async def test_an_anonymous_route_under_dpop_defaults_keeps_the_proof_too(
             assert upstream.last.header("X-Auth-Subject") is None
         assert (await call(gw, "/x", {"DPoP": stale}))[0] == 200
         assert upstream.last.header("DPoP") is None
+
+
+async def test_a_reload_that_would_leave_the_replay_store_unshared_is_refused(
+    tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream
+) -> None:
+    """The replay store is kept across reloads (a proof must not become usable again). A
+    reload turning on replay.redis would keep the memory-only store, so replicas would not
+    share proofs although the config says they do: the reload is refused instead."""
+    from gateway.config.errors import ConfigError
+    from gateway.config.loader import load_config
+    from tests.support.gateway import write_config
+    from tests.support.redis import TEST_CACHE_KEY, redis_url_or_start
+
+    with redis_url_or_start() as redis_url:
+        redis = {"url": redis_url, "timeout": "500ms", "key": TEST_CACHE_KEY}
+        cfg = config(issuer, upstream, resources=[], cache={"redis": redis})
+        cfg["defaults"] = {"dpop": {"mode": "optional", "external_url": EXTERNAL}}
+        async with running_gateway(tmp_path, cfg) as gw:
+            await wait_ready(gw)
+            kept = gw.holder.current.replay
+            cfg["defaults"]["dpop"]["replay"] = {"redis": True}
+            with pytest.raises(ConfigError, match="restart"):
+                await gw.reload(load_config(write_config(tmp_path, cfg), env={}))
+            assert gw.holder.current.replay is kept
+            cfg["defaults"]["dpop"].pop("replay")
+            await gw.reload(load_config(write_config(tmp_path, cfg), env={}))  # unchanged: fine
+            assert gw.holder.current.replay is kept
