@@ -44,8 +44,15 @@ class World:
     children: Children
 
 
+EXTERNAL = "https://api.example"
+
+
 def _config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict:
-    return forward_auth_config(upstream, issuer, cache={"max_age": "30s"})
+    data = forward_auth_config(upstream, issuer, cache={"max_age": "30s"})
+    bound = {"name": "cached-bound", "match": {"path": {"prefix": "/cached/bound"}},
+             "upstream": "app", "dpop": {"mode": "optional", "external_url": EXTERNAL}}  # fmt: skip
+    data["routes"].insert(0, bound)
+    return data
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +228,25 @@ async def test_nginx_proxy_cache_reuses_an_allow_per_token(world: World, proxy: 
     for _ in range(2):
         assert (await raw_request(proxy.port, "GET", read.target)).status == 401
     assert await _checks(world, "nginx") == start + 5  # a refusal is asked again each time
+
+
+@pytest.mark.parametrize("proxy", ["nginx"], indirect=True)
+async def test_nginx_never_reuses_an_allow_for_a_dpop_bound_token(
+    world: World, proxy: HostProxy
+) -> None:
+    """nginx keys its cache on method, host, URI and Authorization. A DPoP-bound token's
+    allow reused from it would let the token through again with no proof at all: each
+    request is asked, and the one without a proof is refused."""
+    from tests.support.dpop import client_key, proof
+
+    key = client_key("ES256")
+    token = world.issuer.mint({"cnf": {"jkt": key.jkt}}, exp_in=3600)
+    target = "/cached/bound/x"
+    dpop = proof(key, htu=EXTERNAL + target, token=token)
+    before = len(world.upstream.received)
+    with_proof = [("Authorization", f"DPoP {token}"), ("DPoP", dpop)]
+    assert (await raw_request(proxy.port, "GET", target, with_proof)).status == 200
+    stolen = [("Authorization", f"DPoP {token}")]
+    assert (await raw_request(proxy.port, "GET", target, stolen)).status == 401
+    assert (await raw_request(proxy.port, "GET", target, with_proof)).status == 401  # replayed
+    assert len(world.upstream.received) == before + 1
