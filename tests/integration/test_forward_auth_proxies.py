@@ -52,6 +52,10 @@ def _config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict:
     bound = {"name": "cached-bound", "match": {"path": {"prefix": "/cached/bound"}},
              "upstream": "app", "dpop": {"mode": "optional", "external_url": EXTERNAL}}  # fmt: skip
     data["routes"].insert(0, bound)
+    nonce = {"secret": "n" * 32}
+    data["routes"].insert(0, {"name": "nonce", "match": {"path": {"prefix": "/nonce"}},
+                              "upstream": "app", "dpop": {"mode": "required",
+                              "external_url": EXTERNAL, "nonce": nonce}})  # fmt: skip
     return data
 
 
@@ -250,3 +254,25 @@ async def test_nginx_never_reuses_an_allow_for_a_dpop_bound_token(
     assert (await raw_request(proxy.port, "GET", target, stolen)).status == 401
     assert (await raw_request(proxy.port, "GET", target, with_proof)).status == 401  # replayed
     assert len(world.upstream.received) == before + 1
+
+
+@pytest.mark.parametrize("proxy", KINDS, indirect=True)
+async def test_a_dpop_nonce_reaches_the_client_through_the_host_proxy(
+    world: World, proxy: HostProxy
+) -> None:
+    """RFC 9449 §9: the 401 use_dpop_nonce is useless without its DPoP-Nonce header, and
+    nginx relays only WWW-Authenticate from a check (the README recipe adds the nonce)."""
+    from tests.support.dpop import client_key, proof
+
+    key = client_key("ES256")
+    token = world.issuer.mint({"cnf": {"jkt": key.jkt}})
+    target = "/nonce/x"
+    first = proof(key, htu=EXTERNAL + target, token=token)
+    sent = [("Authorization", f"DPoP {token}"), ("DPoP", first)]
+    asked = await raw_request(proxy.port, "GET", target, sent)
+    assert asked.status == 401 and 'error="use_dpop_nonce"' in asked.header("WWW-Authenticate")
+    nonce = asked.header("DPoP-Nonce")
+    assert nonce, proxy.log_tail()
+    retry = proof(key, htu=EXTERNAL + target, token=token, claims={"nonce": nonce})
+    sent = [("Authorization", f"DPoP {token}"), ("DPoP", retry)]
+    assert (await raw_request(proxy.port, "GET", target, sent)).status == 200
