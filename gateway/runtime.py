@@ -153,6 +153,7 @@ async def start_runtime(
     discovery, introspection), never shared with proxied traffic. ``wait_for_keys`` bounds
     how long to wait for the first key sets (reload waits, so the new config goes live
     with keys in hand; start-up does not, and readiness says so)."""
+    _check_replay_kept(compiled, previous)
     loop = asyncio.get_running_loop()
     config = compiled.config
     pools = {name: UpstreamPool(target, loop) for name, target in compiled.upstreams.items()}
@@ -222,6 +223,19 @@ async def start_runtime(
         await runtime.close()
         raise
     return runtime
+
+
+def _check_replay_kept(compiled: CompiledConfig, previous: Runtime | None) -> None:
+    """Refuse a reload that changes the replay store ``_replay_store`` keeps: kept, it would
+    go on with its old settings (say, memory only where the new config shares proofs
+    through Redis), and a proof used here would pass at another replica."""
+    if previous is None or previous.replay is None or compiled.dpop_replay is None:
+        return
+    if previous.compiled.dpop_replay != compiled.dpop_replay:
+        raise compiled.loaded.source.error(
+            ("defaults", "dpop", "replay"),
+            "the DPoP replay store is kept across reloads: restart to change it",
+        )
 
 
 def _replay_store(compiled: CompiledConfig, previous: Runtime | None) -> ReplayStore | None:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Any, Final
 
 from gateway.auth.answer_policy import Value
 from gateway.auth.contexts import ValidationContext
@@ -164,7 +165,28 @@ class Authenticator:
         if identity is None:
             # RFC 7662 §2.2: active false — revoked, expired, or never issued.
             return Rejection.of("inactive", "The access token is not active.")
+        return identity if parsed is None else _keep_binding(identity, parsed.payload)
+
+
+def _keep_binding(identity: Identity, payload: Mapping[str, Any]) -> Value:
+    """An introspected JWT keeps the binding its own ``cnf`` states (RFC 7800 §3.1).
+
+    RFC 9449 §6.2 and RFC 8705 §3.2 have the answer for a bound token carry its ``cnf``;
+    one that leaves it out must not turn the JWT into a bearer token anyone holding it can
+    use. The JWT's ``cnf`` then counts: the server just called exactly these bytes active,
+    so their claims are its own (and an unsigned claim here can only add a check). An
+    answer that names another binding contradicts the token and is refused.
+    """
+    stated = payload.get("cnf")
+    if stated is None:
         return identity
+    answered = identity.claims.get("cnf")
+    if answered is None:
+        return replace(identity, claims=MappingProxyType({**identity.claims, "cnf": stated}))
+    if answered != stated:
+        return Rejection.of("bad_confirmation", "The introspection answer binds the token to "
+                            "another key than the token itself names.")  # fmt: skip
+    return identity
 
 
 def _opaque_plan(rules: TokenRules, token: str) -> IssuerPlan | None:

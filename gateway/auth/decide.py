@@ -112,6 +112,7 @@ class Deny:
 
 Decision = Allow | Deny
 ANONYMOUS = Allow(identity=None, headers=(), token_source=None, reason="anonymous")
+_PROOF = ("dpop",)  # the request header a DPoP route keeps from its upstream
 
 
 class Sessions(Protocol):
@@ -158,6 +159,11 @@ class Decider:
         on the request path) records what each step did."""
         try:
             allow = await self._decide(route, facts, trace)
+            dpop = route.sender.dpop
+            if dpop is not None and not dpop.forward_proof and not allow.remove:
+                # An anonymous allow too: the proof was for the gateway (RFC 9449 §4.3), and
+                # a route that lets a request through without checking it forwards it no more.
+                allow = replace(allow, remove=_PROOF)
             if route.rate_limits is not None or route.identity_token is not None:
                 allow = self._finish(route, facts, allow)
             if self._sessions is not None:
@@ -231,7 +237,7 @@ class Decider:
             return Allow(None, (), credential.source, reason="anonymous")
         dpop = route.sender.dpop
         # The proof was for the gateway; the upstream gets it only where configured.
-        remove = ("dpop",) if dpop is not None and not dpop.forward_proof else ()
+        remove = _PROOF if dpop is not None and not dpop.forward_proof else ()
         allow = Allow(
             identity,
             tuple(route.identity_headers.render(identity)),

@@ -72,7 +72,7 @@ class VerifiedProof:
     jkt: str
     jti: str
     replay_key: bytes  # SHA-256 over (jkt, jti): the store never sees the client's values
-    replay_ttl: float  # seconds until the proof could no longer be accepted anyway
+    replay_ttl: float  # seconds until no replica could accept the proof any more
 
 
 _ALGORITHMS: Final[Mapping[str, Algorithm]] = get_default_algorithms()
@@ -294,6 +294,8 @@ def validate_proof(
     if bound_jkt is not None and not _equal(jkt, bound_jkt):
         raise InvalidDpopToken("Invalid DPoP key binding", reason="dpop_binding",
                                algs=policy.algorithms)  # fmt: skip
-    return VerifiedProof(
-        jkt=jkt, jti=jti, replay_key=replay_key(jkt, jti), replay_ttl=iat + policy.max_age - now
-    )
+    # §11.1: the store keeps a proof for "the time window in which the respective DPoP proof
+    # JWT would be accepted" - by any replica sharing it, whose clock may be behind this
+    # one's by as much as the leeway tolerates for a client's.
+    ttl = iat + policy.max_age + policy.leeway - now
+    return VerifiedProof(jkt=jkt, jti=jti, replay_key=replay_key(jkt, jti), replay_ttl=ttl)

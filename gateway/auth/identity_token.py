@@ -199,13 +199,18 @@ class IdentityTokenSigner:
         if previous is not None:
             keep = previous.longest_lifetime + RETIRE_LEEWAY
             ring = ring.succeeding(previous.ring, now=clock(), max_lifetime=keep)
-        return cls(
+        signer = cls(
             ring,
             issuer=settings.issuer,
             max_entries=settings.cache_entries,
             refresh_before=settings.refresh_before,
             clock=clock,
         )
+        if previous is not None:
+            # Tokens of earlier signers (with a key this config may still list) are still in
+            # flight: a later reload that drops the key must wait for them too.
+            signer.longest_lifetime = previous.longest_lifetime
+        return signer
 
     @property
     def ring(self) -> KeyRing:

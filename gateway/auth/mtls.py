@@ -102,12 +102,18 @@ def _unescape(value: str) -> str:
 
 def split_xfcc(value: str) -> list[list[tuple[str, str]]]:
     """Envoy XFCC: elements separated by ``,``, each ``key=value`` pairs separated by ``;``;
-    a value holding ``,``, ``;`` or ``=`` is double-quoted, with ``\\"`` for a quote."""
+    a value holding ``,``, ``;`` or ``=`` is double-quoted, with ``\\"`` for a quote.
+
+    Strict about quotes: one opens only a whole value and only ``;``, ``,`` or the end may
+    follow the one that closes it. With APPEND_FORWARD the proxy appends to what the client
+    sent, and a lenient reading would let a quote the client left open swallow the proxy's
+    separator and make the client's own element the last one.
+    """
     elements: list[list[tuple[str, str]]] = []
     pairs: list[tuple[str, str]] = []
     field: list[str] = []
     key: str | None = None
-    quoted = False
+    quoted = closed = False
     at = 0
     while at < len(value):
         char = value[at]
@@ -117,19 +123,21 @@ def split_xfcc(value: str) -> list[list[tuple[str, str]]]:
                 field.append('"')
                 at += 1
             elif char == '"':
-                quoted = False
+                quoted, closed = False, True
             else:
                 field.append(char)
-        elif char == '"' and key is not None and not field:
-            quoted = True
-        elif char == "=" and key is None:
-            key, field = "".join(field).strip(" "), []
         elif char in ";,":
             pairs.append(_pair(key, field))
-            key, field = None, []
+            key, field, closed = None, [], False
             if char == ",":
                 elements.append(pairs)
                 pairs = []
+        elif closed or (char == '"' and (key is None or field)):
+            raise _bad("The X-Forwarded-Client-Cert header has a stray quote.")
+        elif char == '"':
+            quoted = True
+        elif char == "=" and key is None:
+            key, field = "".join(field).strip(" "), []
         else:
             field.append(char)
     if quoted:

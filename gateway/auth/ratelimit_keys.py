@@ -61,12 +61,20 @@ def client_address(ip: str) -> str:
     return f"{int(address) >> 64:016x}::/64"
 
 
+def _issued(identity: Identity, value: str | None) -> str:
+    """OpenID Connect Core §5.7: "The sub (subject) and iss (issuer) Claims, used together,
+    are the only Claims that an RP can rely upon as a stable identifier"; a client id is
+    its issuer's too. Keyed without the issuer, a user of one issuer could spend the quota
+    of another issuer's user who happens to have the same value."""
+    return _bounded(f"{identity.issuer}\x1f{value}") if value else ""
+
+
 def _client_id(identity: Identity | None, ip: str, headers: HeaderGetter) -> str:
-    return _bounded(identity.client_id or "") if identity is not None else ""
+    return _issued(identity, identity.client_id) if identity is not None else ""
 
 
 def _subject(identity: Identity | None, ip: str, headers: HeaderGetter) -> str:
-    return _bounded(identity.subject or "") if identity is not None else ""
+    return _issued(identity, identity.subject) if identity is not None else ""
 
 
 def _address(identity: Identity | None, ip: str, headers: HeaderGetter) -> str:

@@ -307,7 +307,17 @@ def _forwarding_policy(loaded: LoadedConfig) -> ForwardingPolicy:
             forwarded=fwd.forwarded,
             via=fwd.via,
             request_id_header=fwd.request_id_header,
-            proxy_only_headers=frozenset(fwd.proxy_only_headers),
+            proxy_only_headers=frozenset(fwd.proxy_only_headers) | _certificate_headers(loaded),
         )
     except ValueError as exc:
         raise loaded.source.error(("forwarding",), str(exc)) from None
+
+
+def _certificate_headers(loaded: LoadedConfig) -> frozenset[str]:
+    """The front proxy's client-certificate headers the routes read (RFC 8705 behind a
+    TLS-terminating proxy): from anyone but a trusted proxy they are a certificate the
+    client typed, so they never reach an upstream either, whatever their name."""
+    config = loaded.config
+    sections = [config.defaults.client_certificates]
+    sections += [r.client_certificates for r in config.routes if r.client_certificates]
+    return frozenset(s.header for s in sections if s.mode != "off" and s.source == "header")

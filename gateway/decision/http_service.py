@@ -69,6 +69,8 @@ def record_verdict(record: RequestRecord, verdict: Verdict, metrics: Metrics) ->
         record.reason = "ok"
         if identity is not None:
             record.client_id, record.subject = identity.client_id, identity.subject
+            if decision.token_type is not None:  # as the proxy logs it (issue 16)
+                record.token_type = decision.token_type.lower()
     else:
         error = decision.error
         record.reason = error.reason

@@ -68,6 +68,14 @@ async def judge(
         return Verdict(decision, route)
     settings = compiled.decision
     bound = settings.max_age if settings is not None else 0.0
+    if route.auth.rate_limits is not None:
+        bound = 0.0  # a reused allow is a request no limit counted
+    signed = route.auth.identity_token
+    if signed is not None and compiled.signing is not None:
+        # The allow carries a signed identity token, which the signer hands out until
+        # refresh_before (or half its lifetime) before its exp: reused no longer than that,
+        # it never reaches the upstream expired.
+        bound = min(bound, compiled.signing.refresh_before, signed.route.lifetime / 2)
     in_query = decision.token_source == "query"  # noqa: S105 - a place, not a secret
     return Verdict(
         decision,
@@ -81,15 +89,19 @@ async def judge(
 def removed_headers(route: CompiledRoute, allow: Allow, names: tuple[str, ...]) -> tuple[str, ...]:
     """The client's fields the proxy would not forward: identity names and prefixes in any
     case or with ``_`` (``Removal.removes``), and Authorization where the route keeps the
-    token from its upstream. Names the allow sets are overwritten, not removed."""
+    token from its upstream, and what the decision keeps from it (``Allow.remove``: the
+    DPoP proof, RFC 9449, unless ``forward_proof``). Names the allow sets are overwritten,
+    not removed."""
     setting = {name.lower() for name, _ in allow.headers}
     removed: dict[str, None] = {}
     for name in names:
         lname = name.lower()
         if lname in setting:
             continue
-        if route.removal.removes(lname) or (
-            lname == "authorization" and not route.forward_authorization
+        if (
+            route.removal.removes(lname)
+            or lname in allow.remove
+            or (lname == "authorization" and not route.forward_authorization)
         ):
             removed[lname] = None
     return tuple(removed)
@@ -105,6 +117,13 @@ def allow_max_age(allow: Allow, bound: float, cache: CacheSettings, now: float) 
     identity = allow.identity
     if identity is None:  # an anonymous allow depends on no token
         return int(bound)
+    # The host proxy's cache key holds the method, host, URI and Authorization (README
+    # "Decision caching"), nothing else. An allow that rests on more is never reusable: a
+    # browser session (its cookie), a DPoP proof (RFC 9449 §4.3: one proof, one request)
+    # or a client certificate (RFC 8705 §3: checked on every request). Reusing one would
+    # let a stolen bound token pass without its key, or one user's session serve another.
+    if allow.token_source not in ("header", "query") or allow.token_type in ("DPoP", "mTLS"):
+        return 0
     limit = min(bound, cache.max_ttl, cache.verified_max_ttl)
     if identity.expires_at is not None:
         limit = min(limit, identity.expires_at - now)

@@ -3,6 +3,8 @@ proxies, and labels what it decides; every adapter, HTTP and gRPC, over real soc
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -302,3 +304,159 @@ async def test_dpop_proofs_and_client_addresses_reach_the_decision(tmp_path: Pat
                  for _ in range(2)]  # fmt: skip
         other = (await raw_request(port, "GET", "/caddy", client("203.0.113.2"))).status
         assert first == [200, 429] and other == 200
+
+
+async def test_a_cached_allow_is_never_offered_for_a_bound_token_or_a_limited_route(
+    tmp_path: Path,
+) -> None:
+    """nginx's cache key is method, host, URI and Authorization: a DPoP-bound token's allow
+    reused from it would let the token pass again without a fresh proof (or with none), and
+    a rate-limited route's would let requests through that no limit counted."""
+    from tests.support.dpop import client_key, proof
+
+    external = "https://api.example"
+
+    def config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict:
+        data = forward_auth_config(upstream, issuer, cache={"max_age": "60s"})
+        data["routes"][:0] = [
+            {"name": "bound", "match": {"path": {"prefix": "/bound"}}, "upstream": "app",
+             "dpop": {"mode": "optional", "external_url": external}},
+            {"name": "limited", "match": {"path": {"prefix": "/limited"}}, "upstream": "app",
+             "rate_limits": {"limits": [
+                 {"name": "per-client", "key": ["client_id"], "limit": 100, "window": 1}]}},
+        ]  # fmt: skip
+        return data
+
+    async with forward_auth_world(tmp_path, config) as (gw, _upstream, issuer):
+        assert gw.decision is not None
+        port = gw.decision.port
+        key = client_key("ES256")
+        token = issuer.mint({"cnf": {"jkt": key.jkt}}, exp_in=3600)
+
+        def described(uri: str, *extra: tuple[str, str]) -> list[tuple[str, str]]:
+            return [("X-Original-Method", "GET"), ("X-Original-URI", uri),
+                    ("X-Forwarded-Host", "api.example"), *extra]  # fmt: skip
+
+        dpop = proof(key, htu=f"{external}/bound/x", token=token)
+        answer = await raw_request(port, "GET", "/nginx", described(
+            "/bound/x", ("Authorization", f"DPoP {token}"), ("DPoP", dpop)))  # fmt: skip
+        assert answer.status == 200
+        assert answer.header("Cache-Control") == "no-store"
+        assert answer.header("X-Accel-Expires") == "0"
+        plain = bearer(issuer.mint(scope="read", exp_in=3600))
+        unbound = await raw_request(port, "GET", "/nginx", described("/bound/x", *plain))
+        assert unbound.header("Cache-Control") == "private, max-age=60"  # still cacheable
+        limited = await raw_request(port, "GET", "/nginx", described("/limited/x", *plain))
+        assert limited.status == 200
+        assert limited.header("Cache-Control") == "no-store"
+
+
+async def test_envoy_is_told_to_remove_the_dpop_proof_it_relays(tmp_path: Path) -> None:
+    """RFC 9449 proofs are for the gateway: the proxy listener drops the DPoP header unless
+    forward_proof, and Envoy (HTTP and gRPC), which can remove headers, is told the same."""
+    from tests.support.dpop import client_key, proof
+
+    external = "https://api.example"
+
+    def config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict:
+        data = forward_auth_config(upstream, issuer)
+        data["routes"][:0] = [
+            {"name": "bound", "match": {"path": {"prefix": "/bound"}}, "upstream": "app",
+             "dpop": {"mode": "required", "external_url": external}},
+            {"name": "kept", "match": {"path": {"prefix": "/kept"}}, "upstream": "app",
+             "dpop": {"mode": "required", "external_url": external, "forward_proof": True}},
+        ]  # fmt: skip
+        return data
+
+    async with forward_auth_world(tmp_path, config) as (gw, _upstream, issuer):
+        assert gw.decision is not None
+        key = client_key("ES256")
+        token = issuer.mint({"cnf": {"jkt": key.jkt}})
+
+        def with_proof(path: str) -> list[tuple[str, str]]:
+            dpop = proof(key, htu=f"{external}{path}", token=token)
+            return [("Authorization", f"DPoP {token}"), ("DPoP", dpop)]
+
+        port = gw.decision.port
+        answer = await raw_request(port, "GET", "/envoy/bound/x", with_proof("/bound/x"))
+        assert answer.status == 200
+        assert "dpop" in answer.header("x-envoy-auth-headers-to-remove").split(",")
+        checked = await grpc_check(gw.decision.grpc_port, check_request(
+            "GET", "/bound/y", "api.example", with_proof("/bound/y")))  # fmt: skip
+        assert checked.status.code == 0
+        assert "dpop" in checked.ok_response.headers_to_remove
+        kept = await grpc_check(gw.decision.grpc_port, check_request(
+            "GET", "/kept/y", "api.example", with_proof("/kept/y")))  # fmt: skip
+        assert kept.status.code == 0
+        assert "dpop" not in kept.ok_response.headers_to_remove
+
+
+async def test_the_access_log_says_how_a_checked_token_was_presented(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As on the proxy listener: token_type (bearer, dpop, mtls), never the token or proof."""
+    from tests.support.dpop import client_key, proof
+
+    external = "https://api.example"
+
+    def config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict:
+        data = forward_auth_config(upstream, issuer)
+        data["logging"] = {"access_log": True}
+        data["routes"][:0] = [
+            {"name": "bound", "match": {"path": {"prefix": "/bound"}}, "upstream": "app",
+             "dpop": {"mode": "optional", "external_url": external}},
+        ]  # fmt: skip
+        return data
+
+    async with forward_auth_world(tmp_path, config) as (gw, _upstream, issuer):
+        assert gw.decision is not None
+        key = client_key("ES256")
+        token = issuer.mint({"cnf": {"jkt": key.jkt}})
+        dpop = proof(key, htu=f"{external}/bound/x", token=token)
+        described = [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/bound/x"),
+                     ("X-Forwarded-Host", "api.example"),
+                     ("Authorization", f"DPoP {token}"), ("DPoP", dpop)]  # fmt: skip
+        assert (await raw_request(gw.decision.port, "GET", "/traefik", described)).status == 200
+        plain = bearer(issuer.mint(scope="read"))
+        described = [*described[:3], *plain]
+        assert (await raw_request(gw.decision.port, "GET", "/traefik", described)).status == 200
+        await asyncio.sleep(1.0)  # the access log flushes within half a second
+    logged = capsys.readouterr().out
+    lines = [json.loads(line) for line in logged.splitlines() if line.startswith("{")]
+    checks = [line for line in lines if line.get("mode") == "decision" and line["status"] == 200]
+    assert [line["token_type"] for line in checks] == ["dpop", "bearer"]
+    assert token not in logged and dpop not in logged
+
+
+async def test_a_cached_allow_never_outlives_the_identity_token_it_carries(
+    tmp_path: Path,
+) -> None:
+    """An allow with a signed identity token (60 s, renewed 10 s before exp) reused for the
+    full max_age would hand the upstream an expired token; it is reusable only as long as
+    the token handed out is certain to live."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = tmp_path / "id.pem"
+    key.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))  # fmt: skip
+
+    def config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict:
+        data = forward_auth_config(upstream, issuer, cache={"max_age": "60s"})
+        data["token_signing"] = {"issuer": "https://gateway.example/",
+                                 "keys": [{"file": str(key), "kid": "gw-1"}]}  # fmt: skip
+        data["routes"][:0] = [
+            {"name": "signed", "match": {"path": {"prefix": "/signed"}}, "upstream": "app",
+             "identity_token": {"header": "X-Identity-Token"}},
+        ]  # fmt: skip
+        return data
+
+    async with forward_auth_world(tmp_path, config) as (gw, _upstream, issuer):
+        assert gw.decision is not None
+        described = [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/signed/x"),
+                     ("X-Forwarded-Host", "api.example"),
+                     *bearer(issuer.mint(scope="read", exp_in=3600))]  # fmt: skip
+        answer = await raw_request(gw.decision.port, "GET", "/traefik", described)
+        assert answer.status == 200 and answer.header("X-Identity-Token")
+        assert answer.header("Cache-Control") == "private, max-age=10"

@@ -44,8 +44,19 @@ class World:
     children: Children
 
 
+EXTERNAL = "https://api.example"
+
+
 def _config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict:
-    return forward_auth_config(upstream, issuer, cache={"max_age": "30s"})
+    data = forward_auth_config(upstream, issuer, cache={"max_age": "30s"})
+    bound = {"name": "cached-bound", "match": {"path": {"prefix": "/cached/bound"}},
+             "upstream": "app", "dpop": {"mode": "optional", "external_url": EXTERNAL}}  # fmt: skip
+    data["routes"].insert(0, bound)
+    nonce = {"secret": "n" * 32}
+    data["routes"].insert(0, {"name": "nonce", "match": {"path": {"prefix": "/nonce"}},
+                              "upstream": "app", "dpop": {"mode": "required",
+                              "external_url": EXTERNAL, "nonce": nonce}})  # fmt: skip
+    return data
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +232,47 @@ async def test_nginx_proxy_cache_reuses_an_allow_per_token(world: World, proxy: 
     for _ in range(2):
         assert (await raw_request(proxy.port, "GET", read.target)).status == 401
     assert await _checks(world, "nginx") == start + 5  # a refusal is asked again each time
+
+
+@pytest.mark.parametrize("proxy", ["nginx"], indirect=True)
+async def test_nginx_never_reuses_an_allow_for_a_dpop_bound_token(
+    world: World, proxy: HostProxy
+) -> None:
+    """nginx keys its cache on method, host, URI and Authorization. A DPoP-bound token's
+    allow reused from it would let the token through again with no proof at all: each
+    request is asked, and the one without a proof is refused."""
+    from tests.support.dpop import client_key, proof
+
+    key = client_key("ES256")
+    token = world.issuer.mint({"cnf": {"jkt": key.jkt}}, exp_in=3600)
+    target = "/cached/bound/x"
+    dpop = proof(key, htu=EXTERNAL + target, token=token)
+    before = len(world.upstream.received)
+    with_proof = [("Authorization", f"DPoP {token}"), ("DPoP", dpop)]
+    assert (await raw_request(proxy.port, "GET", target, with_proof)).status == 200
+    stolen = [("Authorization", f"DPoP {token}")]
+    assert (await raw_request(proxy.port, "GET", target, stolen)).status == 401
+    assert (await raw_request(proxy.port, "GET", target, with_proof)).status == 401  # replayed
+    assert len(world.upstream.received) == before + 1
+
+
+@pytest.mark.parametrize("proxy", KINDS, indirect=True)
+async def test_a_dpop_nonce_reaches_the_client_through_the_host_proxy(
+    world: World, proxy: HostProxy
+) -> None:
+    """RFC 9449 §9: the 401 use_dpop_nonce is useless without its DPoP-Nonce header, and
+    nginx relays only WWW-Authenticate from a check (the README recipe adds the nonce)."""
+    from tests.support.dpop import client_key, proof
+
+    key = client_key("ES256")
+    token = world.issuer.mint({"cnf": {"jkt": key.jkt}})
+    target = "/nonce/x"
+    first = proof(key, htu=EXTERNAL + target, token=token)
+    sent = [("Authorization", f"DPoP {token}"), ("DPoP", first)]
+    asked = await raw_request(proxy.port, "GET", target, sent)
+    assert asked.status == 401 and 'error="use_dpop_nonce"' in asked.header("WWW-Authenticate")
+    nonce = asked.header("DPoP-Nonce")
+    assert nonce, proxy.log_tail()
+    retry = proof(key, htu=EXTERNAL + target, token=token, claims={"nonce": nonce})
+    sent = [("Authorization", f"DPoP {token}"), ("DPoP", retry)]
+    assert (await raw_request(proxy.port, "GET", target, sent)).status == 200

@@ -301,3 +301,24 @@ async def test_without_l1_every_request_reaches_the_shared_tiers(
         for _ in range(3):
             assert (await get(gw, "/x", token))[0] == 200
     assert introspection.calls == 3
+
+
+@pytest.mark.parametrize("answer_cnf", [None, {"jkt": "B" * 42 + "A"}], ids=["left-out", "other"])
+@pytest.mark.parametrize("mode", ["auto", "introspection"])
+async def test_an_introspection_answer_never_unbinds_a_bound_jwt(
+    tmp_path: Path, issuer, introspection, upstream, mode: str, answer_cnf: Any
+):
+    """RFC 9449 §6.2: the answer for a DPoP-bound token carries its cnf. One that leaves it
+    out (or names another key) must not turn the JWT, whose own cnf.jkt says it is bound,
+    into a bearer token anyone holding it can use: here, on a route without DPoP."""
+    token = issuer.mint({"cnf": {"jkt": "A" * 43}}, scope="read")
+    introspection.add_token(token, sub="user-1", scope="read", aud="api://default",
+                            exp=int(time.time() + 300), cnf=answer_cnf)  # fmt: skip
+    cfg = config(issuer, introspection, upstream, introspect_jwts=True)
+    cfg["issuers"][0]["mode"] = mode
+    async with running_gateway(tmp_path, cfg) as gw:
+        await wait_ready(gw)
+        status, headers, _ = await get(gw, "/x", token)
+    assert introspection.calls == 1
+    assert status == 401 and 'error="invalid_token"' in headers["WWW-Authenticate"]
+    assert upstream.received == []

@@ -227,3 +227,80 @@ async def test_a_certificate_bound_token_needs_the_certificate_from_a_trusted_pr
         assert status == 401 and 'error="invalid_token"' in headers["WWW-Authenticate"]
         assert (await call(gw, "/x", {"Authorization": f"Bearer {token}"}))[0] == 401
     assert len(upstream.received) == (1 if expected == 200 else 0)
+
+
+async def test_a_certificate_header_from_an_untrusted_client_never_reaches_the_upstream(
+    tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream
+) -> None:
+    """The gateway ignores a certificate header from a peer outside trusted_proxies; the
+    upstream must not get it either, whatever the header is called (an upstream that reads
+    it would take the certificate the client typed for one a front proxy verified)."""
+    escaped, _ = certificate()
+    certificates = {"mode": "optional", "source": "header", "header": "X-Client-Certificate",
+                    "header_format": "escaped_pem", "trusted_proxies": ["10.0.0.0/8"]}  # fmt: skip
+    routes = [{"match": {"path": {"prefix": "/"}}, "upstream": "app",
+               "client_certificates": certificates}]  # fmt: skip
+    async with running_gateway(
+        tmp_path, config(issuer, upstream, routes=routes, resources=[])
+    ) as gw:
+        await wait_ready(gw)
+        token = issuer.mint()
+        sent = {"Authorization": f"Bearer {token}", "X-Client-Certificate": escaped}
+        assert (await call(gw, "/x", sent))[0] == 200
+    assert upstream.last.header("X-Client-Certificate") is None
+
+
+async def test_an_anonymous_route_under_dpop_defaults_keeps_the_proof_too(
+    tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream
+) -> None:
+    """defaults.dpop covers public routes as well: a request let through without an identity
+    (no token, or a proof that does not fit on an identify_anonymous route) does not carry
+    the client's proof to the upstream either."""
+    routes = [
+        {"name": "open", "match": {"path": {"prefix": "/open"}}, "upstream": "app",
+         "auth": "anonymous", "identify_anonymous": True},
+        {"name": "public", "match": {"path": {"prefix": "/"}}, "upstream": "app",
+         "auth": "anonymous"},
+    ]  # fmt: skip
+    defaults = {"dpop": {"mode": "optional", "external_url": EXTERNAL}}
+    async with running_gateway(
+        tmp_path, config(issuer, upstream, routes=routes, resources=[], defaults=defaults)
+    ) as gw:
+        await wait_ready(gw)
+        key = client_key("ES256")
+        token = issuer.mint({"cnf": {"jkt": key.jkt}})
+        stale = proof(key, htu=f"{EXTERNAL}/elsewhere", token=token)
+        sent = {"Authorization": f"DPoP {token}", "DPoP": stale}
+        for path in ("/open/x", "/x"):
+            assert (await call(gw, path, sent))[0] == 200
+            assert upstream.last.header("DPoP") is None, path
+            assert upstream.last.header("X-Auth-Subject") is None
+        assert (await call(gw, "/x", {"DPoP": stale}))[0] == 200
+        assert upstream.last.header("DPoP") is None
+
+
+async def test_a_reload_that_would_leave_the_replay_store_unshared_is_refused(
+    tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream
+) -> None:
+    """The replay store is kept across reloads (a proof must not become usable again). A
+    reload turning on replay.redis would keep the memory-only store, so replicas would not
+    share proofs although the config says they do: the reload is refused instead."""
+    from gateway.config.errors import ConfigError
+    from gateway.config.loader import load_config
+    from tests.support.gateway import write_config
+    from tests.support.redis import TEST_CACHE_KEY, redis_url_or_start
+
+    with redis_url_or_start() as redis_url:
+        redis = {"url": redis_url, "timeout": "500ms", "key": TEST_CACHE_KEY}
+        cfg = config(issuer, upstream, resources=[], cache={"redis": redis})
+        cfg["defaults"] = {"dpop": {"mode": "optional", "external_url": EXTERNAL}}
+        async with running_gateway(tmp_path, cfg) as gw:
+            await wait_ready(gw)
+            kept = gw.holder.current.replay
+            cfg["defaults"]["dpop"]["replay"] = {"redis": True}
+            with pytest.raises(ConfigError, match="restart"):
+                await gw.reload(load_config(write_config(tmp_path, cfg), env={}))
+            assert gw.holder.current.replay is kept
+            cfg["defaults"]["dpop"].pop("replay")
+            await gw.reload(load_config(write_config(tmp_path, cfg), env={}))  # unchanged: fine
+            assert gw.holder.current.replay is kept

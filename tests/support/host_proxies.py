@@ -95,6 +95,8 @@ http {{
     location / {{
       auth_request /_gateway_check;
 {sets}
+      auth_request_set $gw_dpop_nonce $upstream_http_dpop_nonce;
+      add_header DPoP-Nonce $gw_dpop_nonce always;
       error_page 500 =503 /_gateway_unavailable;
       proxy_pass http://127.0.0.1:{upstream};
     }}

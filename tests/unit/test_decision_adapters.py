@@ -271,3 +271,20 @@ def test_grpc_allow_and_deny_shapes() -> None:
     assert check_response(deny(MissingCredentials()), "r", "i").status.code == (
         code_pb2.UNAUTHENTICATED
     )
+
+
+@pytest.mark.parametrize(
+    ("source", "token_type"),
+    [(None, None), ("form", "Bearer"), ("header", "DPoP"), ("header", "mTLS")],
+    ids=["session-cookie", "form-body", "dpop-bound", "certificate-bound"],
+)
+def test_an_allow_resting_on_more_than_the_cache_key_is_never_reusable(
+    source: str | None, token_type: str | None
+) -> None:
+    """The host proxy keys a cached allow on method, host, URI and Authorization: a session
+    cookie, a form token, a DPoP proof or a client certificate is not in that key, so such
+    an allow reused would serve another user or a stolen bound token without its key."""
+    allow = Allow(identity(300), (), source, token_type=token_type)  # type: ignore[arg-type]
+    assert allow_max_age(allow, 60, CACHE, time.time()) == 0
+    bearer = Allow(identity(300), (), "header", token_type="Bearer")
+    assert allow_max_age(bearer, 60, CACHE, time.time()) == 60

@@ -66,7 +66,7 @@ def test_rfc_token_request_proof_verifies() -> None:
         jkt=RFC_JKT,
         jti="-BwC3ESc6acc2lTc",
         replay_key=replay_key(RFC_JKT, "-BwC3ESc6acc2lTc"),
-        replay_ttl=POLICY.max_age,
+        replay_ttl=POLICY.max_age + POLICY.leeway,
     )
 
 
@@ -80,7 +80,7 @@ def test_rfc_resource_request_proof_verifies_with_ath_and_jkt() -> None:
         policy=POLICY,
         now=1562262618 + 10,
     )
-    assert (result.jkt, result.jti, result.replay_ttl) == (RFC_JKT, "e1j3V_bKic8-LAEB", 50.0)
+    assert (result.jkt, result.jti, result.replay_ttl) == (RFC_JKT, "e1j3V_bKic8-LAEB", 55.0)
 
 
 def test_rfc_ath_example() -> None:
@@ -134,7 +134,7 @@ def test_a_fresh_proof_returns_what_to_record(key: ClientKey) -> None:
     result = check([proof(key, jti="j-1", iat=now - 20)], key, now=now)
     assert result.jti == "j-1"
     assert result.replay_key == replay_key(key.jkt, "j-1")
-    assert result.replay_ttl == pytest.approx(40.0)
+    assert result.replay_ttl == pytest.approx(45.0)
 
 
 def test_uri_comparison_is_normalised_and_ignores_the_query(key: ClientKey) -> None:
@@ -372,7 +372,7 @@ def test_iat_window_edges(key: ClientKey) -> None:
     check([proof(key, iat=now - 60)], key, now=now)
     check([proof(key, iat=now + 5)], key, now=now)
     result = check([proof(key, iat=now + 5.0)], key, now=now)
-    assert result.replay_ttl == pytest.approx(65.0)
+    assert result.replay_ttl == pytest.approx(70.0)
 
 
 json_values = st.recursive(
@@ -467,3 +467,22 @@ async def test_a_replayed_proof_is_caught_by_recording_what_validation_returns(
     assert await store.record(again.replay_key, again.replay_ttl) is False
     other = check([proof(key)], key)  # a fresh jti from the same key is no replay
     assert await store.record(other.replay_key, other.replay_ttl) is True
+
+
+async def test_a_replica_whose_clock_is_behind_still_finds_the_proof_in_the_shared_store(
+    key: ClientKey,
+) -> None:
+    """Replicas share one store (Redis); the one that recorded a proof may run ahead of
+    another by up to the leeway. The entry must outlive the last moment any of them could
+    still accept the proof, or the slower replica takes a replay."""
+    now = 1_700_000_000.0
+    clock = [0.0]
+    store = MemoryReplayStore(100, clock=lambda: clock[0])
+    signed = proof(key, iat=now - 10)
+    first = check([signed], key, now=now)  # replica A, on time
+    assert await store.record(first.replay_key, first.replay_ttl) is True
+    behind = POLICY.leeway - 1  # replica B's clock, that far behind A's
+    last = POLICY.max_age - 10 - 0.5  # on B's clock, just before the proof is too old
+    clock[0] = last + behind  # the same moment, on the store's (A's) clock
+    again = check([signed], key, now=now + last)  # B: the proof is still acceptable
+    assert await store.record(again.replay_key, again.replay_ttl) is False

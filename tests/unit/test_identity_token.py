@@ -288,3 +288,22 @@ def test_tokens_verify_against_the_published_key(tmp_path: Path, make: Any) -> N
     decoded = jwt.decode(value.removeprefix("Bearer "), jwk.key, algorithms=[keys.active.alg],
                          audience="orders", issuer=ISSUER)  # fmt: skip
     assert decoded["sub"] == "alice"
+
+
+def test_a_retired_key_outlives_its_tokens_across_several_reloads(tmp_path: Path) -> None:
+    """A reload that keeps the key makes a signer that has signed nothing yet; a later
+    reload that drops the key must still publish it for as long as the first signer's
+    tokens live, not only for the leeway."""
+    clock = Clock()
+    old_ring, new_ring = ring(tmp_path, "old"), ring(tmp_path, "new")
+    first = IdentityTokenSigner(old_ring, issuer=ISSUER, clock=clock)
+    first.header(who(), settings(bind_request=False, lifetime=600))
+    same = IdentityTokenSigner.from_settings(
+        SigningSettings(ISSUER, old_ring, 10, 10.0, False), previous=first, clock=clock
+    )
+    clock.now += 1
+    rotated = IdentityTokenSigner.from_settings(
+        SigningSettings(ISSUER, new_ring, 10, 10.0, False), previous=same, clock=clock
+    )
+    clock.now += 300  # the first signer's token is still valid
+    assert [key.kid for key in rotated.ring.published(clock.now)] == ["new", "old"]

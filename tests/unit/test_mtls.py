@@ -168,3 +168,18 @@ def test_binding_matches_or_is_invalid_token() -> None:
     with pytest.raises(InvalidToken) as missing:
         check_certificate_binding(X5T, None)
     assert missing.value.reason == "mtls_missing"
+
+
+def test_a_client_quote_cannot_swallow_the_element_the_proxy_appended() -> None:
+    """Envoy's APPEND_FORWARD appends its element to whatever XFCC the client sent. A client
+    value that opens a quote must not swallow the proxy's separator so that the client's
+    own Hash (a victim's certificate) ends up in the last element."""
+    victim = hashlib.sha256(OTHER.public_bytes(serialization.Encoding.DER)).hexdigest()
+    client_part = f'Hash={victim};URI="'
+    appended = f'By=spiffe://gw;Hash={HASH};Subject="CN=client-a";URI=spiffe://client-a'
+    with pytest.raises(InvalidClientCertificate):
+        certificate_from_xfcc([f"{client_part},{appended}"])
+    with pytest.raises(InvalidClientCertificate):
+        split_xfcc('URI="a"b')  # text after a closing quote
+    with pytest.raises(InvalidClientCertificate):
+        split_xfcc('URI=a"b"')  # a quote inside an unquoted value

@@ -3,6 +3,7 @@ the fallback share, fields on allowed and refused requests, and counters."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -142,6 +143,14 @@ def test_a_client_loop_honouring_retry_after_is_always_admitted_on_retry() -> No
         pytest.param(["client_id", "sub"], who("a", "x"), who("a", "y"), False,
                      id="combination"),
         pytest.param([], who("a"), who("b"), True, id="no-key-one-bucket-per-route"),
+        # OpenID Connect Core §5.7: only iss and sub together identify a user (and a client
+        # id is its issuer's): one issuer's user must not spend another issuer's quota.
+        pytest.param(["sub"], who("a", "alice"),
+                     replace(who("a", "alice"), issuer="https://other.example/"), False,
+                     id="same-subject-other-issuer"),
+        pytest.param(["client_id"], who("a"),
+                     replace(who("a"), issuer="https://other.example/"), False,
+                     id="same-client-other-issuer"),
     ],
 )  # fmt: skip
 def test_keys(key: list[str], first: Identity, second: Identity, shared: bool) -> None:
