@@ -133,6 +133,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason += status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head is not None:
+            # A trailer field of a chunked body: llhttp reports it like a header, but RFC
+            # 9110 §6.5.1 forbids merging it into the header section (a Set-Cookie sent as a
+            # trailer is no header), and RFC 9112 §7.1.2 lets the de-chunking gateway drop it.
+            return
         # One character per byte, so forward.py relays the field value exactly (RFC 9110 §5.5).
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
