@@ -43,6 +43,26 @@ class ResponseHead:
     complete: bool
 
 
+class _Unrelayable(Exception):
+    """Raised in a parser callback to stop llhttp on a response the gateway cannot relay."""
+
+
+def _unrelayable(status: int, codings: list[str]) -> str | None:
+    """Why a final response head cannot be relayed as it is, or None.
+
+    RFC 9110 §15: status codes outside 100..599 are invalid, and "a client that receives a
+    response with an invalid status code SHOULD process the response as if it had a 5xx
+    (Server Error) status code". RFC 9112 §6.1: the gateway removes the transfer codings
+    it decodes, and llhttp decodes only chunked; a body in any other transfer coding (``gzip,
+    chunked``) would reach the client still coded with nothing saying so.
+    """
+    if not 100 <= status <= 599:
+        return "The upstream sent an invalid status code."
+    if codings and codings != ["chunked"]:
+        return "The upstream used a transfer coding other than chunked."
+    return None
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One connection to an upstream, carrying one request/response exchange at a time."""
 
@@ -133,6 +153,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason += status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head is not None:
+            # A trailer field of a chunked body: llhttp reports it like a header, but RFC
+            # 9110 §6.5.1 forbids merging it into the header section (a Set-Cookie sent as a
+            # trailer is no header), and RFC 9112 §7.1.2 lets the de-chunking gateway drop it.
+            return
         # One character per byte, so forward.py relays the field value exactly (RFC 9110 §5.5).
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
@@ -149,10 +174,17 @@ class UpstreamConnection(asyncio.Protocol):
         version = self._parser.get_http_version()
         major, _, minor = version.partition(".")
         framed = False
+        codings: list[str] = []
         for name, value in self._headers:
             lname = name.lower()
             if lname == "content-length" or (lname == "transfer-encoding" and value):
                 framed = True
+            if lname == "transfer-encoding":
+                codings.extend(part.strip(" \t").lower() for part in value.split(","))
+        refusal = _unrelayable(status, codings)
+        if refusal is not None:
+            self._fail(BadGateway(refusal))
+            raise _Unrelayable  # stops llhttp; the exchange already failed with ``refusal``
         no_body = self._is_head_request or status in (204, 304)
         self._close_delimited = not framed and not no_body
         self._head = ResponseHead(
