@@ -289,7 +289,15 @@ class ProxyHandler:
         head = request_head(request.method, upstream_path, outbound, body)
         relayed = exchange.relayed = Relayed()
         pool = runtime.pools[upstream.name]
-        await forward(request, pool, head, body, relayed, echo_id)
+        await forward(
+            request,
+            pool,
+            head,
+            body,
+            relayed,
+            echo_id,
+            runtime.logins.response_filter(upstream.name),
+        )
         record.status = record.upstream_status = relayed.status
         record.upstream_seconds = relayed.upstream_seconds
         record.bytes_out = relayed.bytes_out
@@ -305,7 +313,10 @@ class ProxyHandler:
         self._tunnels.reserve(route.name, limit)
         started = time.perf_counter()
         try:
-            tunnel = await open_tunnel(request, route.upstream, head, key, echo_id)
+            tunnel = await open_tunnel(
+                request, route.upstream, head, key, echo_id,
+                exchange.runtime.logins.response_filter(route.upstream.name),
+            )  # fmt: skip
         except BaseException:
             self._tunnels.release(route.name)
             raise

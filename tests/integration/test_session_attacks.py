@@ -1,0 +1,194 @@
+"""An attacker's review of browser login (issue 18), through the running gateway: what an
+upstream, a hostile page or a tampered cookie can and cannot do to a session. Each test is
+the regression test of a defect found in that review, or pins a refusal it checked."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.app import Gateway
+from tests.support.gateway import running_gateway, wait_ready
+from tests.support.issuer import TestIssuer
+from tests.support.login import (
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    LoginClient,
+    login_config,
+    metric,
+)
+from tests.support.token_server import TokenServer
+
+API = {"Accept": "application/json"}
+# What an application may set beside the gateway's cookies, spelled oddly on purpose: these
+# must reach the browser byte for byte and in order.
+THEIRS = [
+    "theme=dark; Path=/; SameSite=Strict",
+    "spaced =  v ;Max-Age=5",
+    "__Host-gw_session_other=1; Path=/; Secure",
+    "gw_session=not-ours-without-the-prefix; Path=/",
+]
+# Every spelling under which a browser would store (and send back) one of the gateway's
+# cookies: the bare name, chunks, the pre-login cookie, whitespace around the name, and the
+# nameless forms a browser sends as the bare value (RFC 6265bis §5.6, §5.8.3).
+OURS = [
+    f"{SESSION_COOKIE}=planted; Path=/; Secure; HttpOnly; SameSite=Lax",
+    f"{SESSION_COOKIE}.0=2.abcdef.planted; Path=/; Secure",
+    f"{SESSION_COOKIE}.7=x; Path=/app; Secure",
+    f"{LOGIN_COOKIE}=planted; Path=/; Secure",
+    f" \t{SESSION_COOKIE} =planted; Path=/",
+    f"={SESSION_COOKIE}=planted; Path=/",
+    f"{SESSION_COOKIE}; Path=/",
+]
+
+
+class CookieUpstream:
+    """A real aiohttp application that sets ``cookies`` on every answer, HTTP or WebSocket."""
+
+    def __init__(self, cookies: list[str]) -> None:
+        self.cookies = cookies
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/ws/{tail:.*}", self._websocket)
+        app.router.add_route("*", "/{tail:.*}", self._page)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def _page(self, request: web.Request) -> web.Response:
+        response = web.Response(text="page\n")
+        for cookie in self.cookies:
+            response.headers.add("Set-Cookie", cookie)
+        return response
+
+    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        for cookie in self.cookies:
+            ws.headers.add("Set-Cookie", cookie)
+        await ws.prepare(request)
+        async for _ in ws:
+            pass
+        return ws
+
+
+@dataclass
+class Setup:
+    gateway: Gateway
+    issuer: TestIssuer
+    server: TokenServer
+    upstream: CookieUpstream
+    http: aiohttp.ClientSession
+
+    def client(self) -> LoginClient:
+        return LoginClient(self.http)
+
+
+ROUTES: list[dict[str, Any]] = [
+    {"name": "app", "match": {"path": {"prefix": "/app"}}, "upstream": "app", "auth": "session"},
+    {"name": "ws", "match": {"path": {"prefix": "/ws"}}, "upstream": "app", "auth": "anonymous",
+     "websocket": True},
+    {"name": "public", "match": {"path": {"prefix": "/public"}}, "upstream": "app",
+     "auth": "anonymous"},
+]  # fmt: skip
+
+
+async def started(tmp_path: Path, cookies: list[str], **config: Any) -> AsyncIterator[Setup]:
+    issuer, upstream = TestIssuer(), CookieUpstream(cookies)
+    server = TokenServer(issuer)
+    await issuer.start()
+    server.advertise()
+    await upstream.start()
+    try:
+        config.setdefault("routes", ROUTES)
+        async with (
+            running_gateway(tmp_path, login_config(upstream.url, issuer, **config)) as gateway,
+            aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
+        ):
+            await wait_ready(gateway)
+            yield Setup(gateway, issuer, server, upstream, http)
+    finally:
+        await upstream.close()
+        await issuer.close()
+
+
+async def raw_set_cookies(port: int, request: bytes) -> list[bytes]:
+    """The ``Set-Cookie`` field values of the answer's head, exactly as they were sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    finally:
+        writer.close()
+    lines = head.split(b"\r\n")[1:]
+    return [line.split(b":", 1)[1].lstrip(b" ") for line in lines
+            if line.split(b":", 1)[0].lower() == b"set-cookie"]  # fmt: skip
+
+
+# --- an upstream must not set the gateway's cookies ---------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/public/x", "/app/x"])
+async def test_an_upstream_cannot_set_the_gateways_cookies(
+    tmp_path: Path, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: an upstream's Set-Cookie for the session (or pre-login) cookie was relayed,
+    so the upstream - or anything that can inject a header into its answers - could fixate a
+    session of its choosing or log the user out, on any route of the host."""
+    caplog.set_level(logging.DEBUG)
+    async for setup in started(tmp_path, THEIRS + OURS + THEIRS[:1]):
+        client = setup.client()
+        await client.log_in(setup.gateway, setup.server)
+        session = client.browser.jar[SESSION_COOKIE]
+        cookie = f"{SESSION_COOKIE}={session}".encode()
+        request = (
+            b"GET %b HTTP/1.1\r\nHost: app.example\r\nAccept: application/json\r\n"
+            % (path.encode())
+            + b"Cookie: %b\r\nConnection: close\r\n\r\n" % cookie
+        )
+        sent = await raw_set_cookies(setup.gateway.proxy_port, request)
+        # The application's cookies, byte for byte and in order; none it set for us (the
+        # gateway may write its own session cookie, a touch, beside them).
+        assert not any(v == c.encode() for v in sent for c in OURS)
+        own = [
+            v for v in sent if v.startswith(SESSION_COOKIE.encode() + b"=") and b"planted" not in v
+        ]
+        assert [v for v in sent if v not in own] == [c.encode() for c in THEIRS + THEIRS[:1]]
+        answer = await client.get(setup.gateway, path, API)
+        assert answer.status == 200
+        assert client.browser.jar[SESSION_COOKIE] == session  # still the user's own session
+        assert LOGIN_COOKIE not in client.browser.jar
+        samples = await metric(setup.gateway, setup.http, "gateway_upstream_cookies")
+        assert samples['gateway_upstream_cookies_dropped_total{upstream="app"}'] == 2 * len(OURS)
+        logged = "\n".join(record.getMessage() for record in caplog.records)
+        assert "planted" not in logged and "abcdef" not in logged
+        assert f"upstream app set the gateway's cookie {SESSION_COOKIE}" in logged
+
+
+async def test_a_websocket_upstream_cannot_set_the_gateways_cookies(tmp_path: Path) -> None:
+    async for setup in started(tmp_path, OURS + THEIRS):
+        request = (
+            b"GET /ws/x HTTP/1.1\r\nHost: app.example\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        sent = await raw_set_cookies(setup.gateway.proxy_port, request)
+        assert sent == [c.encode() for c in THEIRS]
