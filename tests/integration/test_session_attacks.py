@@ -192,3 +192,46 @@ async def test_a_websocket_upstream_cannot_set_the_gateways_cookies(tmp_path: Pa
         )
         sent = await raw_set_cookies(setup.gateway.proxy_port, request)
         assert sent == [c.encode() for c in THEIRS]
+
+
+# --- logout only from this origin ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"},
+        {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "navigate"},
+        {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},
+        {"Sec-Fetch-Site": "SAME-SITE"},
+        {"Sec-Fetch-Site": "same-origin", "Origin": "https://sub.app.example"},
+        {"Sec-Fetch-Site": "same-origin", "Origin": "null"},
+    ],
+    ids=["cross-site", "sibling-link", "sibling-img", "case", "sibling-origin", "null-origin"],
+)
+async def test_a_logout_from_another_origin_is_refused(
+    tmp_path: Path, headers: dict[str, str]
+) -> None:
+    """Regression (sibling-link, sibling-img, case): a GET from a sibling subdomain
+    (``Sec-Fetch-Site: same-site``, no ``Origin`` on a GET) signed the user out, while the
+    same page's POST was refused by the ``Origin`` check."""
+    async for setup in started(tmp_path, []):
+        client = setup.client()
+        await client.log_in(setup.gateway, setup.server)
+        answer = await client.get(setup.gateway, "/oauth2/logout", headers)
+        assert answer.status == 403 and "Location" not in answer.headers
+        assert answer.set_cookies() == []
+        assert (await client.get(setup.gateway, "/app/x", API)).status == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"}, {}],
+    ids=["same-origin", "typed", "no-fetch-metadata"],
+)
+async def test_a_logout_from_this_origin_signs_out(tmp_path: Path, headers: dict[str, str]) -> None:
+    async for setup in started(tmp_path, []):
+        client = setup.client()
+        await client.log_in(setup.gateway, setup.server)
+        assert (await client.get(setup.gateway, "/oauth2/logout", headers)).status == 302
+        assert (await client.get(setup.gateway, "/app/x", API)).status == 401
