@@ -235,3 +235,35 @@ async def test_a_logout_from_this_origin_signs_out(tmp_path: Path, headers: dict
         await client.log_in(setup.gateway, setup.server)
         assert (await client.get(setup.gateway, "/oauth2/logout", headers)).status == 302
         assert (await client.get(setup.gateway, "/app/x", API)).status == 401
+
+
+# --- a copy of a cookie-store session ends with it ----------------------------------------
+
+
+async def test_a_copy_of_the_cookie_is_refused_after_logout_without_a_sid(tmp_path: Path) -> None:
+    """Regression: with an ID token without ``sid`` (Google, many others), a logout in the
+    cookie store only cleared this browser's cookies: a stolen copy stayed good for the
+    whole absolute timeout."""
+    async for setup in started(tmp_path, []):
+        setup.server.id_token_claims = {"sid": None}
+        client = setup.client()
+        await client.log_in(setup.gateway, setup.server)
+        copy = LoginClient(setup.http)
+        copy.browser.jar.update(client.browser.jar)
+        assert (await client.get(setup.gateway, "/oauth2/logout")).status == 302
+        assert (await copy.get(setup.gateway, "/app/x", API)).status == 401
+        # A second tab's login completing over the first one's session replaces it: the
+        # replaced session's copy is refused as well.
+        await client.log_in(setup.gateway, setup.server)
+        old = LoginClient(setup.http)
+        old.browser.jar.update(client.browser.jar)
+        first = client.browser.jar.pop(SESSION_COOKIE)
+        params = await client.start_login(setup.gateway)
+        client.browser.jar[SESSION_COOKIE] = first
+        query = setup.server.authorize(
+            state=params["state"], nonce=params["nonce"], challenge=params["code_challenge"],
+            redirect_uri=params["redirect_uri"], subject="alice", sid="ignored",
+        )  # fmt: skip
+        assert (await client.get(setup.gateway, "/oauth2/callback?" + query)).status == 302
+        assert (await old.get(setup.gateway, "/app/x", API)).status == 401
+        assert (await client.get(setup.gateway, "/app/x", API)).status == 200

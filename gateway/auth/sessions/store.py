@@ -88,8 +88,18 @@ class SessionStore(Protocol):
 
 class Revocations(Protocol):
     async def revoke(
-        self, issuer: str, *, sid: str | None, subject: str | None, now: float, ttl: float
-    ) -> None: ...
+        self,
+        issuer: str,
+        *,
+        sid: str | None,
+        subject: str | None,
+        now: float,
+        ttl: float,
+        handle: str | None = None,
+    ) -> None:
+        """Revoke one session (its ``handle``), else every session of the ``sid``, else of
+        the ``subject``, made up to ``now``."""
+        ...
 
     async def is_revoked(self, session: Session) -> bool: ...
 
@@ -107,22 +117,37 @@ class MemoryRevocations:
         self._clock = clock
 
     async def revoke(
-        self, issuer: str, *, sid: str | None, subject: str | None, now: float, ttl: float
+        self,
+        issuer: str,
+        *,
+        sid: str | None,
+        subject: str | None,
+        now: float,
+        ttl: float,
+        handle: str | None = None,
     ) -> None:
-        key = (issuer, "sid", sid) if sid is not None else (issuer, "sub", subject or "")
+        if handle is not None:
+            key = (issuer, "handle", handle)
+        elif sid is not None:
+            key = (issuer, "sid", sid)
+        else:
+            key = (issuer, "sub", subject or "")
         self._entries.pop(key, None)
         self._entries[key] = (now, now + ttl)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
 
     async def is_revoked(self, session: Session) -> bool:
-        """Whether a revocation of the session's ``sid`` or ``sub`` came after the session was
-        made: a later login (even under the same OP session, say after a logout the user
-        cancelled at the OP) is a new session, not a revoked one."""
+        """Whether a revocation of the session itself, its ``sid`` or its ``sub`` came after
+        the session was made: a later login (even under the same OP session, say after a
+        logout the user cancelled at the OP) is a new session, not a revoked one."""
         if not self._entries:
             return False
         now = self._clock()
-        keys = [(session.issuer, "sub", session.subject)]
+        keys = [
+            (session.issuer, "sub", session.subject),
+            (session.issuer, "handle", session.handle),
+        ]
         if session.sid is not None:
             keys.append((session.issuer, "sid", session.sid))
         for key in keys:
@@ -181,15 +206,31 @@ class CookieSessionStore:
         return Loaded(session, present, reseal=not self._sealer.is_current(sealed))
 
     async def create(self, session: Session, previous: Loaded | None, now: float) -> list[str]:
-        # The old session's cookies are overwritten or deleted by render_value; nothing else
-        # of it survives, since it lived only in them.
+        # The old session's cookies are overwritten or deleted by render_value, and the old
+        # session revoked (a copy of its cookie must not outlive the new login either).
+        if previous is not None and previous.session is not None:
+            await self._revoke(previous.session)
         return self._render(session, previous.present if previous else frozenset(), now)
 
     async def update(self, session: Session, loaded: Loaded, now: float) -> list[str]:
         return self._render(session, loaded.present, now)
 
     async def delete(self, loaded: Loaded) -> list[str]:
+        """The cookies cleared, and the session revoked: the browser may drop them, but a
+        copy elsewhere (a stolen cookie, another device's sync) holds the same sealed
+        session, which only a revocation of its handle refuses (a ``sid`` may be absent)."""
+        if loaded.session is not None:
+            await self._revoke(loaded.session)
         return render_deletion(self.policy, loaded.present)
+
+    async def _revoke(self, session: Session) -> None:
+        """Revoke this one session (by its handle, new at every login) until it would have
+        ended anyway."""
+        ttl = session.created_at + self._lifetimes.absolute - session.last_seen
+        await self._revocations.revoke(
+            session.issuer, sid=None, subject=None, handle=session.handle,
+            now=session.last_seen, ttl=max(1.0, ttl),
+        )  # fmt: skip
 
     async def end_sessions(
         self, issuer: str, *, sid: str | None, subject: str | None, now: float
