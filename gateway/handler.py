@@ -309,7 +309,10 @@ class ProxyHandler:
         counted (and closable by its token's expiry or eviction) until it ends."""
         request, record, route = exchange.request, exchange.record, exchange.route
         assert route is not None
-        echo_id = ((exchange.runtime.compiled.forwarding.request_id_header, record.request_id),)
+        # The request id, and what the decision has for the client: RateLimit fields and a
+        # session's Set-Cookie (a refresh made by this upgrade is lost without it).
+        echo_id = ((exchange.runtime.compiled.forwarding.request_id_header, record.request_id),
+                   *decision.response_headers)  # fmt: skip
         self._tunnels.reserve(route.name, limit)
         started = time.perf_counter()
         try:

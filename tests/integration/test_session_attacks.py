@@ -267,3 +267,29 @@ async def test_a_copy_of_the_cookie_is_refused_after_logout_without_a_sid(tmp_pa
         assert (await client.get(setup.gateway, "/oauth2/callback?" + query)).status == 302
         assert (await old.get(setup.gateway, "/app/x", API)).status == 401
         assert (await client.get(setup.gateway, "/app/x", API)).status == 200
+
+
+# --- a WebSocket on a session route keeps the session's writes ----------------------------
+
+
+async def test_a_websocket_upgrade_stores_the_refreshed_session(tmp_path: Path) -> None:
+    """Regression: the 101 of a WebSocket on a session route went out without the gateway's
+    own Set-Cookie, so a refresh made by the upgrade was lost to the cookie store: the
+    browser kept the spent refresh token, which a rotating server answers, once the grace
+    minute is over, by revoking the grant (a logout)."""
+    routes = [{"name": "live", "match": {"path": {"prefix": "/ws"}}, "upstream": "app",
+               "auth": "session", "websocket": True}]  # fmt: skip
+    # A margin longer than the access token's life: every request refreshes.
+    async for setup in started(tmp_path, [], routes=routes, login={"refresh_margin": "400s"}):
+        client = setup.client()
+        await client.log_in(setup.gateway, setup.server, "/ws/x")
+        cookie = f"{SESSION_COOKIE}={client.browser.jar[SESSION_COOKIE]}".encode()
+        request = (
+            b"GET /ws/x HTTP/1.1\r\nHost: app.example\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: %b\r\n\r\n" % cookie
+        )
+        sent = await raw_set_cookies(setup.gateway.proxy_port, request)
+        assert setup.server.refresh_calls == 1
+        (stored,) = [v for v in sent if v.startswith(SESSION_COOKIE.encode() + b"=")]
+        assert stored.split(b";")[0] != cookie  # the refreshed session
