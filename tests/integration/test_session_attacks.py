@@ -5,6 +5,7 @@ the regression test of a defect found in that review, or pins a refusal it check
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -293,3 +294,50 @@ async def test_a_websocket_upgrade_stores_the_refreshed_session(tmp_path: Path) 
         assert setup.server.refresh_calls == 1
         (stored,) = [v for v in sent if v.startswith(SESSION_COOKIE.encode() + b"=")]
         assert stored.split(b";")[0] != cookie  # the refreshed session
+
+
+# --- a cookie of another deployment is no session here ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"external_url": "https://other.example"},
+        {"client": {"client_id": "other-app", "client_secret": "web-secret"}},
+        {"issuer": "second"},
+    ],
+    ids=["another-origin", "another-client", "another-issuer"],
+)
+async def test_a_cookie_from_a_deployment_sharing_the_secrets_is_no_session(
+    tmp_path: Path, change: dict[str, Any]
+) -> None:
+    """Regression: two deployments configured with the same secrets (staging copied into
+    production, two applications at one provider) opened each other's cookies, so a user of
+    the other client, origin or provider - one the identity provider never let in here -
+    pasted their cookie and was signed in."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async for setup in started(tmp_path / "a", []):
+        client, starting = setup.client(), setup.client()
+        await client.log_in(setup.gateway, setup.server)
+        state = (await starting.start_login(setup.gateway))["state"]
+        second = TestIssuer()
+        await second.start()
+        config = login_config(setup.upstream.url, setup.issuer, routes=ROUTES)
+        config["issuers"].append({**config["issuers"][0], "name": "second", "issuer": second.url})
+        config["logins"][0].update(change)
+        if "issuer" in change:
+            config["logins"][0]["name"] = "main"  # the same login name, another provider
+        try:
+            async with running_gateway(tmp_path / "b", config) as other:
+                await wait_ready(other)
+                thief = LoginClient(setup.http)
+                thief.browser.jar.update(client.browser.jar)
+                assert (await thief.get(other, "/app/x", API)).status == 401
+                # A pre-login cookie opens no pending login there either.
+                thief.browser.jar = dict(starting.browser.jar)
+                answer = await thief.get(other, f"/oauth2/callback?code=c&state={state}", API)
+                assert answer.status == 400
+                assert json.loads(answer.body)["type"].endswith("login-expired")
+        finally:
+            await second.close()

@@ -203,3 +203,15 @@ async def test_a_deleted_or_replaced_session_is_refused_from_a_copy() -> None:
         else:
             await cookies.create(make_session(now=now + 1, sid=None), loaded, now + 1)
         assert (await cookies.load(copy, now + 2)).problem == "revoked"
+
+
+async def test_a_cookie_sealed_for_another_login_binding_is_no_session() -> None:
+    """The same secrets and cookie name, another origin, issuer or client: no session."""
+    here = CookieSessionStore(POLICY, Sealer([SECRET]), LIFETIMES, MemoryRevocations(),
+                              binding="https://a.example\x00https://as\x00app")  # fmt: skip
+    there = CookieSessionStore(POLICY, Sealer([SECRET]), LIFETIMES, MemoryRevocations(),
+                               binding="https://a.example\x00https://as\x00other")  # fmt: skip
+    now, browser = time.time(), Browser()
+    browser.receive(await there.create(make_session(now=now), None, now))
+    assert (await here.load(browser.cookie_header(), now)).problem == "tampered"
+    assert (await there.load(browser.cookie_header(), now)).session is not None

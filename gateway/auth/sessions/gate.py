@@ -54,8 +54,12 @@ async def session_allow(
     now = time.time() if now is None else now
     cookie_fields = list(facts.headers.getall("cookie", ()))
     loaded = await service.store.load(cookie_fields, now)
-    if loaded.session is not None and loaded.session.login != service.settings.name:
-        # Two logins sharing a cookie name and secrets: a session of one is not the other's.
+    found = loaded.session
+    if found is not None and (
+        found.login != service.settings.name or found.issuer != service.settings.id_token.issuer
+    ):
+        # Secrets (or a Redis) shared with another login: a session of one is not the
+        # other's. The cookie store's seal binds origin, issuer and client already.
         loaded = replace(loaded, session=None, problem="other_login")
     if loaded.session is None:
         reason = "no_session"

@@ -23,7 +23,7 @@ from gateway.auth.sessions.cookies import (
     render_deletion,
     render_value,
 )
-from gateway.auth.sessions.sealing import Sealer, SealError
+from gateway.auth.sessions.sealing import Sealer, SealError, bound_purpose
 from gateway.auth.sessions.session import Session, decode_session, encode_session, ended, ends_at
 from gateway.problems import GatewayError
 
@@ -167,7 +167,8 @@ class MemoryRevocations:
 
 
 class CookieSessionStore:
-    """The whole session, sealed (AEAD) for the cookie's name and split into chunks."""
+    """The whole session, sealed (AEAD) for the cookie's name - and the ``binding`` (the
+    login's origin, issuer and client, ``sealing.bound_purpose``) - and split into chunks."""
 
     def __init__(
         self,
@@ -177,8 +178,10 @@ class CookieSessionStore:
         revocations: Revocations,
         *,
         persistent: bool = True,
+        binding: str = "",
     ) -> None:
         self.policy = policy
+        self._purpose = bound_purpose(policy.name, binding)
         self._sealer = sealer
         self._lifetimes = lifetimes
         self._revocations = revocations
@@ -192,7 +195,7 @@ class CookieSessionStore:
         try:
             sealed = join_chunks(self.policy, cookies)
             assert sealed is not None  # cookies is not empty
-            payload = self._sealer.open(self.policy.name, sealed, now, max_bytes=MAX_SEALED_BYTES)
+            payload = self._sealer.open(self._purpose, sealed, now, max_bytes=MAX_SEALED_BYTES)
             session = decode_session(payload)
         except (ChunkError, SealError) as exc:
             return Loaded(None, present, problem=exc.reason)
@@ -246,7 +249,7 @@ class CookieSessionStore:
         for candidate in (session, replace(session, id_token=None)):
             # The ID token only serves as the logout hint (RP-Initiated Logout §2, which only
             # RECOMMENDS it): the first thing to give up when the cookies would overflow.
-            sealed = self._sealer.seal(self.policy.name, encode_session(candidate), expires_at)
+            sealed = self._sealer.seal(self._purpose, encode_session(candidate), expires_at)
             try:
                 return render_value(
                     self.policy, sealed, max_age if self._persistent else None, present
