@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import aiohttp
 import pytest
@@ -24,6 +25,7 @@ from tests.support.login import (
     SESSION_COOKIE,
     LoginClient,
     login_config,
+    logout_token,
     metric,
 )
 from tests.support.token_server import TokenServer
@@ -341,3 +343,85 @@ async def test_a_cookie_from_a_deployment_sharing_the_secrets_is_no_session(
                 assert json.loads(answer.body)["type"].endswith("login-expired")
         finally:
             await second.close()
+
+
+# --- checked and found sound: pinned -------------------------------------------------------
+
+
+def answered(setup: Setup, params: dict[str, str], **changes: str) -> str:
+    values = {"state": params["state"], "nonce": params["nonce"],
+              "challenge": params["code_challenge"], "redirect_uri": params["redirect_uri"],
+              **changes}  # fmt: skip
+    return setup.server.authorize(**values)
+
+
+async def test_an_attackers_callback_in_the_victims_browser_is_refused(tmp_path: Path) -> None:
+    """Login CSRF: the attacker's own code and state, delivered to the victim's browser (which
+    has a sign-in of its own pending), never log the victim in as the attacker, and leave the
+    victim's pending sign-in intact."""
+    async for setup in started(tmp_path, []):
+        victim, attacker = setup.client(), setup.client()
+        mine = await victim.start_login(setup.gateway)
+        theirs = await attacker.start_login(setup.gateway)
+        forged = answered(setup, theirs, subject="mallory")
+        for query in (forged, forged + f"&state={mine['state']}", forged.replace(
+            theirs["state"], mine["state"] + "x")):  # fmt: skip
+            answer = await victim.get(setup.gateway, "/oauth2/callback?" + query, API)
+            assert answer.status == 400 and SESSION_COOKIE not in victim.browser.jar
+        assert setup.server.code_calls == 0
+        landed = await victim.get(setup.gateway, "/oauth2/callback?" + answered(setup, mine))
+        assert landed.status == 302
+        assert (await victim.get(setup.gateway, "/app/x", API)).status == 200
+
+
+@pytest.mark.parametrize(
+    ("claims", "detail"),
+    [
+        ({"aud": "someone-else"}, "not meant for this client"),
+        ({"aud": ["web-app", "api://elsewhere"], "azp": "web-app"}, "not trusted"),
+        ({"azp": "someone-else"}, "another party"),
+        ({"iss": "https://evil.example"}, "another issuer"),
+        ({"nonce": None}, "nonce"),
+        ({"exp": 1_000_000}, "expired"),
+    ],
+    ids=["aud", "extra-aud", "azp", "iss", "no-nonce", "expired"],
+)
+async def test_an_id_token_that_fails_a_check_makes_no_session(
+    tmp_path: Path, claims: dict[str, Any], detail: str
+) -> None:
+    async for setup in started(tmp_path, []):
+        client = setup.client()
+        params = await client.start_login(setup.gateway)
+        setup.server.id_token_claims = claims
+        answer = await client.get(setup.gateway, "/oauth2/callback?" + answered(setup, params), API)
+        assert answer.status == 502 and detail in json.loads(answer.body)["detail"]
+        assert SESSION_COOKIE not in client.browser.jar
+
+
+async def test_no_code_token_or_session_reaches_a_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Login, refresh, logout and back-channel logout, with every log record and the access
+    log searched for the code, state, nonce, cookies, tokens and the logout token."""
+    caplog.set_level(logging.DEBUG)
+    async for setup in started(tmp_path, [], login={"refresh_margin": "400s"}):
+        client = setup.client()
+        params = await client.start_login(setup.gateway)
+        query = answered(setup, params)
+        await client.get(setup.gateway, "/oauth2/callback?" + query)
+        await client.get(setup.gateway, "/app/x", API)  # a refresh
+        assert setup.server.refresh_calls == 1
+        secrets = [parse_qs(query)["code"][0], params["state"], params["nonce"]]
+        secrets += [value for value in client.browser.jar.values()]
+        # The refresh token spent, and the access token and refresh token issued for it.
+        secrets += [r["form"]["refresh_token"] for r in setup.server.requests
+                    if "refresh_token" in r["form"]]  # fmt: skip
+        assert len(secrets) == 5
+        token = logout_token(setup.issuer, sid="op-session-1")
+        url = f"http://127.0.0.1:{setup.gateway.proxy_port}/oauth2/backchannel"
+        async with setup.http.post(url, data={"logout_token": token}) as response:
+            assert response.status == 200
+        await client.get(setup.gateway, "/oauth2/logout")
+        logged = "\n".join(r.getMessage() for r in caplog.records) + capsys.readouterr().out
+        for secret in [*secrets, token]:
+            assert secret and secret not in logged
