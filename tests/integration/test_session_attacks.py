@@ -425,3 +425,34 @@ async def test_no_code_token_or_session_reaches_a_log_line(
         logged = "\n".join(r.getMessage() for r in caplog.records) + capsys.readouterr().out
         for secret in [*secrets, token]:
             assert secret and secret not in logged
+
+
+@pytest.mark.parametrize(
+    ("fields", "status"),
+    [
+        (["; ".join(f"{SESSION_COOKIE}.{i}=2.abcdef.x" for i in range(60))], 401),
+        ([f"{SESSION_COOKIE}.0=99.abcdef.x; {SESSION_COOKIE}.1=99.abcdef.y"], 401),
+        ([f"{SESSION_COOKIE}.00=2.abcdef.x; {SESSION_COOKIE}.1=2.abcdef.y"], 401),
+        ([f"{SESSION_COOKIE}=a; {SESSION_COOKIE}.0=2.abcdef.x"], 401),
+        ([f"{SESSION_COOKIE}=a", f"{SESSION_COOKIE}=b"], 400),
+        (["; ".join([f"{SESSION_COOKIE}=x", *(f"c{i}=v" for i in range(250))])], 400),
+        ([f"{SESSION_COOKIE}=x; pad=" + "p" * 7000 for _ in range(5)], 400),
+    ],
+    ids=["60-chunks", "count-99", "index-00", "bare-and-chunk", "twice", "250-pairs", "35kb"],
+)
+async def test_unreadable_session_cookies_are_refused_precisely(
+    tmp_path: Path, fields: list[str], status: int
+) -> None:
+    """Many chunks, impossible counts and indexes, a bare cookie beside chunks: no session
+    (401, the cookies deleted); our cookie twice or a Cookie header past its bounds: 400.
+    Never a 500, never a session."""
+    async for setup in started(tmp_path, []):
+        headers = [("Accept", "application/json"), *(("Cookie", f) for f in fields)]
+        url = f"http://127.0.0.1:{setup.gateway.proxy_port}/app/x"
+        async with setup.http.get(url, headers=headers, allow_redirects=False) as response:
+            body = await response.read()
+            assert response.status == status, body
+            assert response.headers["Content-Type"] == "application/problem+json"
+            deleted = response.headers.getall("Set-Cookie", [])
+        if status == 401:
+            assert deleted and all("Max-Age=0" in cookie for cookie in deleted)
