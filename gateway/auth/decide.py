@@ -159,7 +159,16 @@ class Decider:
         try:
             allow = await self._decide(route, facts, trace)
             if route.rate_limits is not None or route.identity_token is not None:
-                allow = self._finish(route, facts, allow)
+                try:
+                    allow = self._finish(route, facts, allow)
+                except GatewayError as error:
+                    # A session refreshed for this request is stored even though it is
+                    # refused (RateLimited): the browser must not keep spent tokens.
+                    error.set_cookies = (
+                        *error.set_cookies,
+                        *(v for k, v in allow.response_headers if k.lower() == "set-cookie"),
+                    )
+                    raise
             if self._sessions is not None:
                 allow = self._sessions.strip_cookies(facts, allow)
             return allow

@@ -456,3 +456,39 @@ async def test_unreadable_session_cookies_are_refused_precisely(
             deleted = response.headers.getall("Set-Cookie", [])
         if status == 401:
             assert deleted and all("Max-Age=0" in cookie for cookie in deleted)
+
+
+# --- a refusal after a refresh still stores the refreshed session -------------------------
+
+
+@pytest.mark.parametrize("path", ["/admin/x", "/limited/x"], ids=["policy", "rate-limit"])
+async def test_a_request_refused_after_a_refresh_still_stores_the_session(
+    tmp_path: Path, path: str
+) -> None:
+    """Regression: a request whose session was refreshed and that the route's policy (403)
+    or rate limit (429) then refused went out without the refreshed cookie: the cookie store
+    lost the new tokens, the browser kept the spent refresh token, and the next request
+    after the grace minute spent it again - a logout at a server that rotates them."""
+    routes = [
+        {"name": "app", "match": {"path": {"prefix": "/app"}}, "upstream": "app",
+         "auth": "session"},
+        {"name": "admin", "match": {"path": {"prefix": "/admin"}}, "upstream": "app",
+         "auth": "session", "require": {"scopes": {"all": ["admin"]}}},
+        {"name": "limited", "match": {"path": {"prefix": "/limited"}}, "upstream": "app",
+         "auth": "session", "rate_limits": {"limits": [
+             {"name": "per-user", "key": ["sub"], "limit": 1, "window": 60}]}},
+    ]  # fmt: skip
+    async for setup in started(tmp_path, [], routes=routes, login={"refresh_margin": "400s"}):
+        client = setup.client()
+        await client.log_in(setup.gateway, setup.server)
+        if path.startswith("/limited"):
+            assert (await client.get(setup.gateway, path, API)).status == 200
+        before = client.browser.jar[SESSION_COOKIE]
+        calls = setup.server.refresh_calls
+        answer = await client.get(setup.gateway, path, API)
+        assert answer.status in (403, 429)
+        assert setup.server.refresh_calls == calls + 1
+        assert client.browser.jar[SESSION_COOKIE] != before  # the refreshed session, stored
+        # The stored session holds the new refresh token: the next refresh spends that one.
+        assert (await client.get(setup.gateway, "/app/x", API)).status == 200
+        assert setup.server.refresh_calls == calls + 2

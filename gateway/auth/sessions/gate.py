@@ -74,7 +74,11 @@ async def session_allow(
     identity = session_identity(session, service.client.client_id)
     if trace is not None:
         trace.add("session", "found", login=service.settings.name, ref=session.ref)
-    check(route.policy, identity)
+    try:
+        check(route.policy, identity)
+    except GatewayError as error:
+        error.set_cookies = (*error.set_cookies, *set_cookies)  # a refresh is kept even so
+        raise
     headers = route.identity_headers.render(identity)
     if service.settings.forward_access_token:
         headers.append(("Authorization", f"{session.token_type} {session.access_token}"))
