@@ -277,7 +277,11 @@ class ProxyHandler:
             # RFC 6455 §4.2.1: the client's handshake is checked before the upstream is asked.
             key = client_key(headers)
             head = request_head("GET", upstream_path, [*outbound, *_UPGRADE], Body(None, None))
-            await self._tunnel(exchange, decision, head, key, route.websocket.max_connections)
+            try:
+                await self._tunnel(exchange, decision, head, key, route.websocket.max_connections)
+            except GatewayError as error:
+                error.carry_cookies(decision.response_headers)  # a refreshed session
+                raise
             return
 
         if form_body is not None:
@@ -289,15 +293,16 @@ class ProxyHandler:
         head = request_head(request.method, upstream_path, outbound, body)
         relayed = exchange.relayed = Relayed()
         pool = runtime.pools[upstream.name]
-        await forward(
-            request,
-            pool,
-            head,
-            body,
-            relayed,
-            echo_id,
-            runtime.logins.response_filter(upstream.name),
-        )
+        try:
+            await forward(
+                request, pool, head, body, relayed, echo_id,
+                runtime.logins.response_filter(upstream.name),
+            )  # fmt: skip
+        except GatewayError as error:
+            # 502/504 before anything was sent: a session this request refreshed is stored
+            # all the same (the cookie store would lose its new tokens otherwise).
+            error.carry_cookies(decision.response_headers)
+            raise
         record.status = record.upstream_status = relayed.status
         record.upstream_seconds = relayed.upstream_seconds
         record.bytes_out = relayed.bytes_out

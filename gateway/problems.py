@@ -82,6 +82,14 @@ class GatewayError(Exception):
         """Headers beyond the challenge that this status requires (e.g. ``Allow``)."""
         return {}
 
+    def carry_cookies(self, headers: Iterable[tuple[str, str]]) -> None:
+        """Keep the ``Set-Cookie`` fields among ``headers`` (an allowed decision's response
+        fields) in this refusal of the same request."""
+        self.set_cookies = (
+            *self.set_cookies,
+            *(value for name, value in headers if name.lower() == "set-cookie"),
+        )
+
     def response_headers(self) -> list[tuple[str, str]]:
         """``extra_headers`` as a list, which may repeat a name (several ``Set-Cookie``, RFC
         6265 §3: "Origin servers SHOULD NOT fold multiple Set-Cookie header fields into a

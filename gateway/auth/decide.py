@@ -164,10 +164,7 @@ class Decider:
                 except GatewayError as error:
                     # A session refreshed for this request is stored even though it is
                     # refused (RateLimited): the browser must not keep spent tokens.
-                    error.set_cookies = (
-                        *error.set_cookies,
-                        *(v for k, v in allow.response_headers if k.lower() == "set-cookie"),
-                    )
+                    error.carry_cookies(allow.response_headers)
                     raise
             if self._sessions is not None:
                 allow = self._sessions.strip_cookies(facts, allow)

@@ -113,7 +113,9 @@ ROUTES: list[dict[str, Any]] = [
 ]  # fmt: skip
 
 
-async def started(tmp_path: Path, cookies: list[str], **config: Any) -> AsyncIterator[Setup]:
+async def started(
+    tmp_path: Path, cookies: list[str], down: bool = False, **config: Any
+) -> AsyncIterator[Setup]:
     issuer, upstream = TestIssuer(), CookieUpstream(cookies)
     server = TokenServer(issuer)
     await issuer.start()
@@ -121,8 +123,14 @@ async def started(tmp_path: Path, cookies: list[str], **config: Any) -> AsyncIte
     await upstream.start()
     try:
         config.setdefault("routes", ROUTES)
+        settings = login_config(upstream.url, issuer, **config)
+        if down:  # an upstream nothing listens on (port 9 on loopback: discard, never served)
+            settings["upstreams"]["down"] = {
+                "url": "http://127.0.0.1:9",
+                "timeouts": {"connect": "1s", "read": "1s"},
+            }
         async with (
-            running_gateway(tmp_path, login_config(upstream.url, issuer, **config)) as gateway,
+            running_gateway(tmp_path, settings) as gateway,
             aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
         ):
             await wait_ready(gateway)
@@ -492,3 +500,25 @@ async def test_a_request_refused_after_a_refresh_still_stores_the_session(
         # The stored session holds the new refresh token: the next refresh spends that one.
         assert (await client.get(setup.gateway, "/app/x", API)).status == 200
         assert setup.server.refresh_calls == calls + 2
+
+
+async def test_an_upstream_failure_after_a_refresh_still_stores_the_session(
+    tmp_path: Path,
+) -> None:
+    """Regression: as above, for a 502 from an upstream that is down."""
+    routes = [
+        {"name": "app", "match": {"path": {"prefix": "/app"}}, "upstream": "app",
+         "auth": "session"},
+        {"name": "down", "match": {"path": {"prefix": "/down"}}, "upstream": "down",
+         "auth": "session"},
+    ]  # fmt: skip
+    login = {"refresh_margin": "400s"}
+    async for setup in started(tmp_path, [], down=True, routes=routes, login=login):
+        client = setup.client()
+        await client.log_in(setup.gateway, setup.server)
+        before = client.browser.jar[SESSION_COOKIE]
+        answer = await client.get(setup.gateway, "/down/x", API)
+        assert answer.status == 502 and setup.server.refresh_calls == 1
+        assert client.browser.jar[SESSION_COOKIE] != before
+        assert (await client.get(setup.gateway, "/app/x", API)).status == 200
+        assert setup.server.refresh_calls == 2
