@@ -230,6 +230,12 @@ class LoginsComponent:
             "gateway_login_redirects", "Browsers sent to the authorization endpoint, by login.",
             ["login"], {(name,): float(s.counters.redirects) for name, s in services.items()},
         )  # fmt: skip
+        yield counter_family(
+            "gateway_upstream_cookies_dropped",
+            "Upstream Set-Cookie fields for the gateway's own cookies, dropped, by upstream.",
+            ["upstream"],
+            {(name,): float(count) for name, count in self.logins.dropped_cookies.items()},
+        )
         for metric, doc, label, attribute in _LOGIN_COUNTERS:
             yield counter_family(
                 metric, doc, ["login", label],

@@ -273,7 +273,11 @@ class ProxyHandler:
             # RFC 6455 §4.2.1: the client's handshake is checked before the upstream is asked.
             key = client_key(headers)
             head = request_head("GET", upstream_path, [*outbound, *_UPGRADE], Body(None, None))
-            await self._tunnel(exchange, decision, head, key, route.websocket.max_connections)
+            try:
+                await self._tunnel(exchange, decision, head, key, route.websocket.max_connections)
+            except GatewayError as error:
+                error.carry_cookies(decision.response_headers)  # a refreshed session
+                raise
             return
 
         if form_body is not None:
@@ -285,7 +289,16 @@ class ProxyHandler:
         head = request_head(request.method, upstream_path, outbound, body)
         relayed = exchange.relayed = Relayed()
         pool = runtime.pools[upstream.name]
-        await forward(request, pool, head, body, relayed, echo_id)
+        try:
+            await forward(
+                request, pool, head, body, relayed, echo_id,
+                runtime.logins.response_filter(upstream.name),
+            )  # fmt: skip
+        except GatewayError as error:
+            # 502/504 before anything was sent: a session this request refreshed is stored
+            # all the same (the cookie store would lose its new tokens otherwise).
+            error.carry_cookies(decision.response_headers)
+            raise
         record.status = record.upstream_status = relayed.status
         record.upstream_seconds = relayed.upstream_seconds
         record.bytes_out = relayed.bytes_out
@@ -297,11 +310,17 @@ class ProxyHandler:
         counted (and closable by its token's expiry or eviction) until it ends."""
         request, record, route = exchange.request, exchange.record, exchange.route
         assert route is not None
-        echo_id = ((exchange.runtime.compiled.forwarding.request_id_header, record.request_id),)
+        # The request id, and what the decision has for the client: RateLimit fields and a
+        # session's Set-Cookie (a refresh made by this upgrade is lost without it).
+        echo_id = ((exchange.runtime.compiled.forwarding.request_id_header, record.request_id),
+                   *decision.response_headers)  # fmt: skip
         self._tunnels.reserve(route.name, limit)
         started = time.perf_counter()
         try:
-            tunnel = await open_tunnel(request, route.upstream, head, key, echo_id)
+            tunnel = await open_tunnel(
+                request, route.upstream, head, key, echo_id,
+                exchange.runtime.logins.response_filter(route.upstream.name),
+            )  # fmt: skip
         except BaseException:
             self._tunnels.release(route.name)
             raise

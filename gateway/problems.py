@@ -63,6 +63,9 @@ class GatewayError(Exception):
     title: str = "Internal Server Error"
     slug: str = "internal-error"
     reason: str = "internal_error"
+    # Set-Cookie values the refusal still carries: a browser session the request refreshed
+    # before a later check said no (losing it would lose the refreshed tokens).
+    set_cookies: tuple[str, ...] = ()
 
     def __init__(self, detail: str | None = None, *, reason: str | None = None) -> None:
         super().__init__(detail or self.title)
@@ -79,11 +82,19 @@ class GatewayError(Exception):
         """Headers beyond the challenge that this status requires (e.g. ``Allow``)."""
         return {}
 
+    def carry_cookies(self, headers: Iterable[tuple[str, str]]) -> None:
+        """Keep the ``Set-Cookie`` fields among ``headers`` (an allowed decision's response
+        fields) in this refusal of the same request."""
+        self.set_cookies = (
+            *self.set_cookies,
+            *(value for name, value in headers if name.lower() == "set-cookie"),
+        )
+
     def response_headers(self) -> list[tuple[str, str]]:
         """``extra_headers`` as a list, which may repeat a name (several ``Set-Cookie``, RFC
         6265 §3: "Origin servers SHOULD NOT fold multiple Set-Cookie header fields into a
         single header field"). Renderers read this one."""
-        return list(self.extra_headers().items())
+        return [*self.extra_headers().items(), *(("Set-Cookie", c) for c in self.set_cookies)]
 
     def problem(self, request_id: str | None = None) -> dict[str, object]:
         """The RFC 9457 body. ``detail`` is written for the client and never holds secrets."""

@@ -51,7 +51,7 @@ def run(config_path: Path, workers: int, *, watch: bool = False) -> int:
     def prepare_all() -> Prepared | None:
         from gateway.worker import prepare
 
-        return prepare(config_path)
+        return prepare(config_path, workers)
 
     def serve_one(prepared: Prepared, channel: socket.socket) -> None:
         from gateway.worker import run_worker

@@ -48,11 +48,33 @@ class Prepared:
     path: Path
     loaded: LoadedConfig
     compiled: CompiledConfig
+    workers: int = 1
 
 
-def prepare(config_path: Path) -> Prepared | None:
+def unshared_logins(loaded: LoadedConfig, workers: int) -> str | None:
+    """Why ``workers`` processes cannot serve this config, or None. Without a Redis a
+    browser login keeps in memory, per process, what every process of a replica must share:
+    the one refresh of a session (a browser's parallel connections land on different
+    workers, and two refreshes with a rotating refresh token revoke the grant), the
+    revocations of a logout (honoured by one worker, ignored by the others) and the logout
+    tokens seen. Refused rather than served half-working."""
+    config = loaded.config
+    alone = [
+        login.key for login in config.logins if (login.store.redis or config.cache.redis) is None
+    ]
+    if workers <= 1 or not alone:
+        return None
+    return (
+        f"logins {', '.join(alone)}: with --workers {workers}, refreshes, logouts and logout "
+        "tokens must be shared through Redis; configure cache.redis (or the login's "
+        "store.redis), or run one worker"
+    )
+
+
+def prepare(config_path: Path, workers: int = 1) -> Prepared | None:
     """Import the gateway, load and compile the config, set up logging and the event loop
-    policy; None (the error printed) when the config is bad."""
+    policy; None (the error printed) when the config is bad, or cannot be served by
+    ``workers`` processes."""
     from gateway.accesslog import configure_logging
     from gateway.app import start_gateway  # noqa: F401 - imported here, shared by the workers
     from gateway.compiler import compile_config
@@ -64,12 +86,16 @@ def prepare(config_path: Path) -> Prepared | None:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return None
+    problem = unshared_logins(loaded, workers)
+    if problem is not None:
+        print(f"{config_path}: {problem}", file=sys.stderr)
+        return None
     if compiled.redis is not None:
         import gateway.cache.redis  # noqa: F401 - redis-py, only where configured
     logging_config = loaded.config.logging
     configure_logging(logging_config.level, logging_config.format)
     install_uvloop()
-    return Prepared(config_path, loaded, compiled)
+    return Prepared(config_path, loaded, compiled, workers)
 
 
 async def _watch(path: Path, on_change: Callable[[], None], interval: float = 1.0) -> None:
@@ -154,6 +180,11 @@ async def serve(
         except ConfigError as error:
             gateway.metrics.config_reloads.labels("rejected").inc()
             log.error("config reload rejected, keeping the running config:\n%s", error)
+            return
+        problem = unshared_logins(new, prepared.workers)
+        if problem is not None:
+            gateway.metrics.config_reloads.labels("rejected").inc()
+            log.error("config reload rejected, keeping the running config: %s", problem)
             return
         try:
             await gateway.reload(new)  # counts its own outcome

@@ -165,7 +165,13 @@ class Decider:
                 # a route that lets a request through without checking it forwards it no more.
                 allow = replace(allow, remove=_PROOF)
             if route.rate_limits is not None or route.identity_token is not None:
-                allow = self._finish(route, facts, allow)
+                try:
+                    allow = self._finish(route, facts, allow)
+                except GatewayError as error:
+                    # A session refreshed for this request is stored even though it is
+                    # refused (RateLimited): the browser must not keep spent tokens.
+                    error.carry_cookies(allow.response_headers)
+                    raise
             if self._sessions is not None:
                 allow = self._sessions.strip_cookies(facts, allow)
             return allow

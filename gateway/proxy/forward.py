@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.listener import MalformedBody, Request, RequestBody, ResponseStream, http_date
@@ -33,6 +33,9 @@ _DISCARD_BYTES = 1 << 20
 _DISCARD_SECONDS = 2.0
 
 ByteHeaders = list[tuple[bytes, bytes]]
+# Applied to the upstream's end-to-end fields before they go to the client (the gateway's
+# own cookies are taken out of them, ``Logins.response_filter``).
+ResponseFilter = Callable[[list[tuple[str, str]]], list[tuple[str, str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +207,7 @@ async def forward(
     body: Body,
     relayed: Relayed,
     extra_response_headers: Sequence[tuple[str, str]] = (),
+    response_filter: ResponseFilter | None = None,
 ) -> None:
     """Relay one exchange; the caller has already decided the request may pass. ``relayed``
     gets the status sent, the body bytes relayed and the seconds from sending the request to
@@ -213,9 +217,10 @@ async def forward(
     relayed.upstream_seconds = pool.loop.time() - sent_at
     released = False
     try:
-        headers, length = _client_headers(
-            downstream_response_headers(upstream.headers), extra_response_headers
-        )
+        fields = downstream_response_headers(upstream.headers)
+        if response_filter is not None:
+            fields = response_filter(fields)
+        headers, length = _client_headers(fields, extra_response_headers)
         status, reason = upstream.status, _reason(upstream)
         if upstream.complete and (upload is None or upload.done()):
             payload = conn.take_buffered_body()

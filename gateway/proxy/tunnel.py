@@ -17,7 +17,7 @@ finished closing within a grace period.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import httptools
@@ -227,6 +227,7 @@ async def open_tunnel(
     head: bytes,
     key: str,
     extra_response_headers: Sequence[Header] = (),
+    response_filter: Callable[[list[Header]], list[Header]] | None = None,
 ) -> Tunnel:
     """Send ``head`` (the vetted ``GET`` with ``Connection: Upgrade``) to ``target``, check its
     ``101`` against ``key``, switch the client and start relaying. 502/504 (nothing sent to
@@ -243,8 +244,11 @@ async def open_tunnel(
         except TimeoutError:
             raise GatewayTimeout("The upstream did not accept the WebSocket in time.") from None
         check_upstream_accept(status, fields, key)
+        kept = downstream_response_headers(fields)
+        if response_filter is not None:
+            kept = response_filter(kept)
         headers = [
-            *downstream_response_headers(fields),
+            *kept,
             ("Upgrade", "websocket"),
             ("Connection", "Upgrade"),
             *extra_response_headers,

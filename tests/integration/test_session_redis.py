@@ -313,3 +313,29 @@ async def test_a_value_sealed_with_a_retired_key_opens_and_is_marked_for_reseali
     await after.update(loaded.session, loaded, now)
     assert not (await after.load(browser.cookie_header(), now)).reseal
     await client.aclose()
+
+
+async def test_a_deleted_cookie_store_session_is_refused_on_every_replica(
+    redis_url: str, prefix: str
+) -> None:
+    """Regression: a logout (or a new login) in the cookie store only cleared the browser's
+    cookies; a copy of the cookie - of a session without a ``sid`` - stayed good."""
+    clients = [redis_client(redis_url, 1.0) for _ in range(2)]
+    stores = [
+        CookieSessionStore(
+            POLICY, Sealer([SECRET]), LIFETIMES, RedisRevocations(c, key_prefix=prefix, timeout=1.0)
+        )
+        for c in clients
+    ]
+    now, browser, other = time.time(), Browser(), Browser()
+    browser.receive(await stores[0].create(make_session(now=now, sid=None), None, now))
+    other.receive(await stores[0].create(make_session(now=now, sid=None), None, now))
+    copy = browser.cookie_header()
+    loaded = await stores[0].load(copy, now + 1)
+    assert loaded.session is not None
+    await stores[0].delete(loaded)
+    assert (await stores[1].load(copy, now + 2)).problem == "revoked"
+    # Only that session: the same user's other session lives on.
+    assert (await stores[1].load(other.cookie_header(), now + 2)).session is not None
+    for client in clients:
+        await client.aclose()

@@ -104,3 +104,35 @@ def test_a_bad_config_exits_2_before_anything_serves(tmp_path: Path, workers: st
     assert result.returncode == 2
     assert f"{config}:4: routes[0]: auth is required but no issuer" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_login_without_redis_is_refused_under_several_workers(tmp_path: Path) -> None:
+    """Regression: with --workers 2 and a login without Redis, each process kept its own
+    refresh single-flight, revocations and seen logout tokens: a browser's parallel
+    connections (on different workers) refreshed twice - a revoked grant with rotating
+    refresh tokens - and a back-channel or RP logout ended the session on one worker only."""
+    port = free_port()
+    config = tmp_path / "login.yaml"
+    config.write_text(
+        f"listen: {{host: 127.0.0.1, port: {port}}}\n"
+        "upstreams:\n  app: {url: 'http://127.0.0.1:1'}\n"
+        "issuers: [{name: main, issuer: 'https://as.example', keys: {discovery: true},"
+        " audiences: [api]}]\n"
+        "logins: [{issuer: main, external_url: 'https://app.example', client: {client_id: web,"
+        " client_secret: s}, secrets: ['0123456789abcdef0123456789abcdef']}]\n"
+        "routes: [{upstream: app, auth: session}]\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", "-c", str(config), "--workers", "2"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        _, stderr = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the supervisor and the workers it forked
+        process.communicate()
+        pytest.fail("two workers served a login without Redis")
+    assert process.returncode == 2
+    assert "logins main: with --workers 2" in stderr and "cache.redis" in stderr
+    assert "Traceback" not in stderr

@@ -186,3 +186,32 @@ async def test_a_session_sealed_with_a_retired_key_is_marked_for_resealing() -> 
     again = await rotated.load(browser.cookie_header(), now)
     assert again.session is not None and not again.reseal
     assert (await store(sealer=Sealer([SECRET])).load(browser.cookie_header(), now)).session
+
+
+async def test_a_deleted_or_replaced_session_is_refused_from_a_copy() -> None:
+    """Regression: deleting a cookie-store session (logout) or replacing it (a new login)
+    left every copy of its cookie good when the session had no ``sid`` to revoke."""
+    cookies, now = store(), time.time()
+    for ending in ("delete", "create"):
+        browser = Browser()
+        browser.receive(await cookies.create(make_session(now=now, sid=None), None, now))
+        copy = browser.cookie_header()
+        loaded = await cookies.load(copy, now + 1)
+        assert loaded.session is not None
+        if ending == "delete":
+            await cookies.delete(loaded)
+        else:
+            await cookies.create(make_session(now=now + 1, sid=None), loaded, now + 1)
+        assert (await cookies.load(copy, now + 2)).problem == "revoked"
+
+
+async def test_a_cookie_sealed_for_another_login_binding_is_no_session() -> None:
+    """The same secrets and cookie name, another origin, issuer or client: no session."""
+    here = CookieSessionStore(POLICY, Sealer([SECRET]), LIFETIMES, MemoryRevocations(),
+                              binding="https://a.example\x00https://as\x00app")  # fmt: skip
+    there = CookieSessionStore(POLICY, Sealer([SECRET]), LIFETIMES, MemoryRevocations(),
+                               binding="https://a.example\x00https://as\x00other")  # fmt: skip
+    now, browser = time.time(), Browser()
+    browser.receive(await there.create(make_session(now=now), None, now))
+    assert (await here.load(browser.cookie_header(), now)).problem == "tampered"
+    assert (await there.load(browser.cookie_header(), now)).session is not None

@@ -20,6 +20,7 @@ from gateway.auth.sessions.cookies import (
     render_deletion,
     render_value,
     set_cookie,
+    set_cookie_name,
     split_chunks,
     without_owned,
 )
@@ -248,3 +249,20 @@ def test_the_gateways_cookies_never_reach_the_upstream(
     fields: list[str], expected: str | None
 ) -> None:
     assert without_owned(fields, (TLS, LOGIN)) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [
+        ("a=1; Path=/", "a"),
+        (" a =1", "a"),
+        ("a", "a"),  # no "=": stored nameless, sent back as "a"
+        ("=a=1; Path=/", "a"),  # nameless: sent back as "a=1"
+        ("= a =1", "a"),
+        ("a.0=2.x.y;Secure", "a.0"),
+        ("=", ""),
+        ("", ""),
+    ],
+)
+def test_set_cookie_name_is_the_name_a_browser_sends_back(value: str, name: str) -> None:
+    assert set_cookie_name(value) == name

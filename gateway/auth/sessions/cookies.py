@@ -150,6 +150,23 @@ def without_owned(fields: Sequence[str], policies: Sequence[CookiePolicy]) -> st
     return "; ".join(kept) if removed else None
 
 
+def set_cookie_name(value: str) -> str:
+    """The name a ``Set-Cookie`` field value claims, as the server will read it back.
+
+    RFC 6265bis §5.6 steps 1-5: the name-value-pair is what precedes the first ";", the name
+    what precedes its first "=", both trimmed of whitespace; without a name (``=n=v``, or no
+    "=" at all) the cookie is stored nameless and §5.8.3 sends it as its bare value, which a
+    server parses as the cookie ``n=v``. So the name claimed is the value's own name then:
+    ``=__Host-x=v`` claims ``__Host-x`` (browsers refuse that spelling for the prefixes, but
+    not for a name without one)."""
+    pair = value.partition(";")[0]
+    name, equals, rest = pair.partition("=")
+    name = name.strip(" \t")
+    if equals and not name:
+        return rest.strip(" \t").partition("=")[0].strip(" \t")
+    return name
+
+
 def is_cookie_value(value: str) -> bool:
     """Only cookie-octets (checked by deleting every allowed byte in C: a value of a few KB
     costs a microsecond, where a regular expression costs ten)."""

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 BodyReader = Callable[[int], Awaitable[bytes]]
 MAX_LOGOUT_BODY: Final = 64 * 1024
 _FORM: Final = "application/x-www-form-urlencoded"
+# Fetch Metadata §2.1 Sec-Fetch-Site values of a request this origin started (or the user
+# did, typing the URL: "none"); "" when the browser sends none (it predates Fetch Metadata).
+_SAME_ORIGIN: Final = frozenset({"same-origin", "none", ""})
 
 
 class CrossSiteLogout(Forbidden):
@@ -111,8 +114,10 @@ async def logout(
 ) -> Reply:
     """End the session here and, when the issuer has an ``end_session_endpoint``, at the OP
     (RP-Initiated Logout 1.0 §2: ``id_token_hint`` RECOMMENDED, ``post_logout_redirect_uri``
-    where it sends the browser afterwards). Only from this site (Fetch Metadata, ``Origin``):
-    a cross-site link must not sign anyone out."""
+    where it sends the browser afterwards). Only from this origin (Fetch Metadata,
+    ``Origin``): a link or form elsewhere must not sign anyone out - not even on a sibling
+    subdomain (``Sec-Fetch-Site: same-site``), which is another origin that may well host
+    someone else's pages, and whose ``POST`` the ``Origin`` check refuses anyway."""
     accept = first(headers, "accept")
     settings = service.settings
     try:
@@ -120,7 +125,7 @@ async def logout(
             raise MethodNotAllowed(("GET", "POST"))
         site = (first(headers, "sec-fetch-site") or "").strip().lower()
         origin = first(headers, "origin")
-        if site == "cross-site" or (origin is not None and origin != settings.external_url):
+        if site not in _SAME_ORIGIN or (origin is not None and origin != settings.external_url):
             raise CrossSiteLogout()
         loaded = await service.store.load(list(headers.getall("cookie", ())), now)
         clear = await service.store.delete(loaded) if loaded.present else []

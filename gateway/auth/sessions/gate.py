@@ -54,8 +54,12 @@ async def session_allow(
     now = time.time() if now is None else now
     cookie_fields = list(facts.headers.getall("cookie", ()))
     loaded = await service.store.load(cookie_fields, now)
-    if loaded.session is not None and loaded.session.login != service.settings.name:
-        # Two logins sharing a cookie name and secrets: a session of one is not the other's.
+    found = loaded.session
+    if found is not None and (
+        found.login != service.settings.name or found.issuer != service.settings.id_token.issuer
+    ):
+        # Secrets (or a Redis) shared with another login: a session of one is not the
+        # other's. The cookie store's seal binds origin, issuer and client already.
         loaded = replace(loaded, session=None, problem="other_login")
     if loaded.session is None:
         reason = "no_session"
@@ -70,7 +74,11 @@ async def session_allow(
     identity = session_identity(session, service.client.client_id)
     if trace is not None:
         trace.add("session", "found", login=service.settings.name, ref=session.ref)
-    check(route.policy, identity)
+    try:
+        check(route.policy, identity)
+    except GatewayError as error:
+        error.set_cookies = (*error.set_cookies, *set_cookies)  # a refresh is kept even so
+        raise
     headers = route.identity_headers.render(identity)
     if service.settings.forward_access_token:
         headers.append(("Authorization", f"{session.token_type} {session.access_token}"))

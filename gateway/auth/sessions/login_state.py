@@ -28,7 +28,7 @@ from gateway.auth.sessions.cookies import (
     render_deletion,
     render_value,
 )
-from gateway.auth.sessions.sealing import Sealer, SealError
+from gateway.auth.sessions.sealing import Sealer, SealError, bound_purpose
 
 # RFC 7636 §4.1: "code-verifier = 43*128unreserved"; unreserved = ALPHA / DIGIT / "-" / "." /
 # "_" / "~".
@@ -135,10 +135,13 @@ class LoginCookie:
     Anything that does not open (tampered, expired, sealed for another cookie, unreadable)
     is no pending login at all, which the callback reports as an expired sign-in."""
 
-    def __init__(self, policy: CookiePolicy, sealer: Sealer, lifetime: float) -> None:
+    def __init__(
+        self, policy: CookiePolicy, sealer: Sealer, lifetime: float, *, binding: str = ""
+    ) -> None:
         if policy.max_chunks != 1:
             raise ValueError("the pre-login cookie is a single cookie")
         self.policy = policy
+        self._purpose = bound_purpose(policy.name, binding)
         self._sealer = sealer
         self._lifetime = lifetime
 
@@ -148,7 +151,7 @@ class LoginCookie:
         if value is None:
             return None
         try:
-            payload = self._sealer.open(self.policy.name, value, now, max_bytes=_MAX_STATE_BYTES)
+            payload = self._sealer.open(self._purpose, value, now, max_bytes=_MAX_STATE_BYTES)
             return PendingLogins.decode(payload)
         except (SealError, ValueError):
             return None
@@ -160,7 +163,7 @@ class LoginCookie:
         while logins:
             kept = PendingLogins(logins)
             sealed = self._sealer.seal(
-                self.policy.name, kept.encode(), kept.expires_at(self._lifetime)
+                self._purpose, kept.encode(), kept.expires_at(self._lifetime)
             )
             max_age = max(1, round(kept.expires_at(self._lifetime) - now))
             try:

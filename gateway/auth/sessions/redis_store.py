@@ -261,10 +261,22 @@ class RedisRevocations:
     def _sub_key(self, issuer: str, subject: str) -> str:
         return f"{self._prefix}rv:sub:{_digest(issuer, subject)}"
 
+    def _handle_key(self, issuer: str, handle: str) -> str:
+        return f"{self._prefix}rv:h:{_digest(issuer, handle)}"
+
     async def revoke(
-        self, issuer: str, *, sid: str | None, subject: str | None, now: float, ttl: float
+        self,
+        issuer: str,
+        *,
+        sid: str | None,
+        subject: str | None,
+        now: float,
+        ttl: float,
+        handle: str | None = None,
     ) -> None:
-        if sid is not None:
+        if handle is not None:
+            key = self._handle_key(issuer, handle)
+        elif sid is not None:
             key = self._sid_key(issuer, sid)
         elif subject is not None:
             key = self._sub_key(issuer, subject)
@@ -275,12 +287,15 @@ class RedisRevocations:
     async def is_revoked(self, session: Session) -> bool:
         sub_key = self._sub_key(session.issuer, session.subject)
         sid_key = self._sid_key(session.issuer, session.sid) if session.sid else sub_key
-        by_sid, by_sub = await self._redis.run(lambda: self._redis.client.mget(sid_key, sub_key))
+        handle_key = self._handle_key(session.issuer, session.handle)
+        by_sid, by_sub, by_handle = await self._redis.run(
+            lambda: self._redis.client.mget(sid_key, sub_key, handle_key)
+        )
         # As MemoryRevocations: only sessions made before the revocation are revoked.
         try:
             return any(
                 value is not None and session.created_at <= float(value)
-                for value in (by_sid if session.sid else None, by_sub)
+                for value in (by_sid if session.sid else None, by_sub, by_handle)
             )
         except ValueError:
             return True  # not a value we wrote: fail closed

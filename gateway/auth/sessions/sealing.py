@@ -127,6 +127,20 @@ class Sealer:
         )
 
 
+def bound_purpose(name: str, binding: str) -> str:
+    """The purpose a cookie's value is sealed for: its ``name`` and, when given, the
+    ``binding`` of the login that wrote it (``login_binding``). Secrets copied from one
+    deployment to another (staging and production, two applications at one provider) then
+    still open no cookie of the other, whose holder could paste it in: a user of another
+    client or provider must not become a user here."""
+    return f"{name}\x00{binding}" if binding else name
+
+
+def login_binding(external_url: str, issuer: str, client_id: str) -> str:
+    """What a login's cookies are bound to: the origin, the issuer and the client."""
+    return "\x00".join((external_url, issuer, client_id))
+
+
 def sealed_length(payload_bytes: int) -> int:
     """The length of a sealed value's text for a payload of this many bytes."""
     raw = payload_bytes + _OVERHEAD

@@ -40,7 +40,7 @@ from gateway.auth.sessions.redis_store import (
     RedisSessionStore,
 )
 from gateway.auth.sessions.refresh import Persist, SessionRefresher, refresh_tokens
-from gateway.auth.sessions.sealing import Sealer
+from gateway.auth.sessions.sealing import Sealer, login_binding
 from gateway.auth.sessions.session import Session
 from gateway.auth.sessions.settings import LoginSettings
 from gateway.auth.sessions.store import CookieSessionStore, Loaded, MemoryRevocations, SessionStore
@@ -115,7 +115,12 @@ class LoginService:
             cookie.name + LOGIN_COOKIE_SUFFIX, cookie.secure, max_chunks=1
         )
         cookie_sealer = Sealer(settings.secrets)
-        self.login_cookie = LoginCookie(self.login_policy, cookie_sealer, settings.login_timeout)
+        binding = login_binding(
+            settings.external_url, settings.id_token.issuer, settings.client.client_id
+        )
+        self.login_cookie = LoginCookie(
+            self.login_policy, cookie_sealer, settings.login_timeout, binding=binding
+        )
         self.client = LoginClient(
             name=settings.name,
             issuer=settings.id_token.issuer,
@@ -151,7 +156,7 @@ class LoginService:
             )
             self.store = CookieSessionStore(
                 self.session_policy, cookie_sealer, settings.lifetimes, revocations,
-                persistent=cookie.persistent,
+                persistent=cookie.persistent, binding=binding,
             )  # fmt: skip
         self.refresher = SessionRefresher(
             self._refresh_once,

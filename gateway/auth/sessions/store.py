@@ -23,7 +23,7 @@ from gateway.auth.sessions.cookies import (
     render_deletion,
     render_value,
 )
-from gateway.auth.sessions.sealing import Sealer, SealError
+from gateway.auth.sessions.sealing import Sealer, SealError, bound_purpose
 from gateway.auth.sessions.session import Session, decode_session, encode_session, ended, ends_at
 from gateway.problems import GatewayError
 
@@ -88,8 +88,18 @@ class SessionStore(Protocol):
 
 class Revocations(Protocol):
     async def revoke(
-        self, issuer: str, *, sid: str | None, subject: str | None, now: float, ttl: float
-    ) -> None: ...
+        self,
+        issuer: str,
+        *,
+        sid: str | None,
+        subject: str | None,
+        now: float,
+        ttl: float,
+        handle: str | None = None,
+    ) -> None:
+        """Revoke one session (its ``handle``), else every session of the ``sid``, else of
+        the ``subject``, made up to ``now``."""
+        ...
 
     async def is_revoked(self, session: Session) -> bool: ...
 
@@ -107,22 +117,37 @@ class MemoryRevocations:
         self._clock = clock
 
     async def revoke(
-        self, issuer: str, *, sid: str | None, subject: str | None, now: float, ttl: float
+        self,
+        issuer: str,
+        *,
+        sid: str | None,
+        subject: str | None,
+        now: float,
+        ttl: float,
+        handle: str | None = None,
     ) -> None:
-        key = (issuer, "sid", sid) if sid is not None else (issuer, "sub", subject or "")
+        if handle is not None:
+            key = (issuer, "handle", handle)
+        elif sid is not None:
+            key = (issuer, "sid", sid)
+        else:
+            key = (issuer, "sub", subject or "")
         self._entries.pop(key, None)
         self._entries[key] = (now, now + ttl)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
 
     async def is_revoked(self, session: Session) -> bool:
-        """Whether a revocation of the session's ``sid`` or ``sub`` came after the session was
-        made: a later login (even under the same OP session, say after a logout the user
-        cancelled at the OP) is a new session, not a revoked one."""
+        """Whether a revocation of the session itself, its ``sid`` or its ``sub`` came after
+        the session was made: a later login (even under the same OP session, say after a
+        logout the user cancelled at the OP) is a new session, not a revoked one."""
         if not self._entries:
             return False
         now = self._clock()
-        keys = [(session.issuer, "sub", session.subject)]
+        keys = [
+            (session.issuer, "sub", session.subject),
+            (session.issuer, "handle", session.handle),
+        ]
         if session.sid is not None:
             keys.append((session.issuer, "sid", session.sid))
         for key in keys:
@@ -142,7 +167,8 @@ class MemoryRevocations:
 
 
 class CookieSessionStore:
-    """The whole session, sealed (AEAD) for the cookie's name and split into chunks."""
+    """The whole session, sealed (AEAD) for the cookie's name - and the ``binding`` (the
+    login's origin, issuer and client, ``sealing.bound_purpose``) - and split into chunks."""
 
     def __init__(
         self,
@@ -152,8 +178,10 @@ class CookieSessionStore:
         revocations: Revocations,
         *,
         persistent: bool = True,
+        binding: str = "",
     ) -> None:
         self.policy = policy
+        self._purpose = bound_purpose(policy.name, binding)
         self._sealer = sealer
         self._lifetimes = lifetimes
         self._revocations = revocations
@@ -167,7 +195,7 @@ class CookieSessionStore:
         try:
             sealed = join_chunks(self.policy, cookies)
             assert sealed is not None  # cookies is not empty
-            payload = self._sealer.open(self.policy.name, sealed, now, max_bytes=MAX_SEALED_BYTES)
+            payload = self._sealer.open(self._purpose, sealed, now, max_bytes=MAX_SEALED_BYTES)
             session = decode_session(payload)
         except (ChunkError, SealError) as exc:
             return Loaded(None, present, problem=exc.reason)
@@ -181,15 +209,31 @@ class CookieSessionStore:
         return Loaded(session, present, reseal=not self._sealer.is_current(sealed))
 
     async def create(self, session: Session, previous: Loaded | None, now: float) -> list[str]:
-        # The old session's cookies are overwritten or deleted by render_value; nothing else
-        # of it survives, since it lived only in them.
+        # The old session's cookies are overwritten or deleted by render_value, and the old
+        # session revoked (a copy of its cookie must not outlive the new login either).
+        if previous is not None and previous.session is not None:
+            await self._revoke(previous.session)
         return self._render(session, previous.present if previous else frozenset(), now)
 
     async def update(self, session: Session, loaded: Loaded, now: float) -> list[str]:
         return self._render(session, loaded.present, now)
 
     async def delete(self, loaded: Loaded) -> list[str]:
+        """The cookies cleared, and the session revoked: the browser may drop them, but a
+        copy elsewhere (a stolen cookie, another device's sync) holds the same sealed
+        session, which only a revocation of its handle refuses (a ``sid`` may be absent)."""
+        if loaded.session is not None:
+            await self._revoke(loaded.session)
         return render_deletion(self.policy, loaded.present)
+
+    async def _revoke(self, session: Session) -> None:
+        """Revoke this one session (by its handle, new at every login) until it would have
+        ended anyway."""
+        ttl = session.created_at + self._lifetimes.absolute - session.last_seen
+        await self._revocations.revoke(
+            session.issuer, sid=None, subject=None, handle=session.handle,
+            now=session.last_seen, ttl=max(1.0, ttl),
+        )  # fmt: skip
 
     async def end_sessions(
         self, issuer: str, *, sid: str | None, subject: str | None, now: float
@@ -205,7 +249,7 @@ class CookieSessionStore:
         for candidate in (session, replace(session, id_token=None)):
             # The ID token only serves as the logout hint (RP-Initiated Logout §2, which only
             # RECOMMENDS it): the first thing to give up when the cookies would overflow.
-            sealed = self._sealer.seal(self.policy.name, encode_session(candidate), expires_at)
+            sealed = self._sealer.seal(self._purpose, encode_session(candidate), expires_at)
             try:
                 return render_value(
                     self.policy, sealed, max_age if self._persistent else None, present
