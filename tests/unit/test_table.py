@@ -420,3 +420,30 @@ def test_indexed_match_equals_linear_scan(
     except ValueError:
         return  # e.g. a generated glob with "//": not a normalised path
     assert _indexed_match(table, host, path, method) == _linear_match(entries, host, path, method)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path"),
+    [
+        pytest.param(r"/admin(/.*)?|/internal(/.*)?", "/internal/x", id="bar-after-closed-group"),
+        pytest.param(r"/admin(/.*)?|/internal(/.*)?", "/admin", id="first-branch-bare"),
+        pytest.param(r"/api/v\d|/internal", "/internal", id="bar-after-escape"),
+        pytest.param(r"/api/v\d|/internal", "/api/v2", id="escape-branch"),
+        pytest.param(r"/[^x]dmin|/internal", "/internal", id="bar-after-negated-class"),
+        pytest.param(r"/[^x]dmin|/internal", "/admin", id="negated-class-branch"),
+        pytest.param(r"/a[(]b|/internal", "/internal", id="class-holding-a-parenthesis"),
+        pytest.param(r"/a[(]b|/internal", "/a(b", id="parenthesis-branch"),
+        pytest.param(r"/a\(|/internal", "/internal", id="escaped-parenthesis"),
+        pytest.param(r"(/admin|/internal)/.*", "/internal/x", id="alternation-in-a-group"),
+    ],
+)
+def test_an_alternating_protected_regex_is_never_skipped_for_a_later_catch_all(
+    pattern: str, path: str
+) -> None:
+    """Every branch of a regex route with "|" is indexed under a prefix the path starts with:
+    an alternation read as anchored by its first branch would index "/internal/x" under
+    "/admin" only, and the anonymous "/" after it would serve it."""
+    table = RouteTable([route("protected", pattern, kind="regex"), route("anonymous", "/")])
+    assert table.match(None, path, "GET") == "protected"
+    assert 0 in table.candidates(path)
+    assert table.match(None, "/other", "GET") == "anonymous"
