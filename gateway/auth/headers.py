@@ -132,14 +132,20 @@ def _confirmation(member: str) -> Source:
     return read
 
 
-_FIELD_SOURCES: dict[str, Source] = {
-    "cnf_jkt": _confirmation("jkt"),
-    "cnf_x5t": _confirmation("x5t#S256"),
-    "sub": _field(lambda i: i.subject),
-    "client_id": _field(lambda i: i.client_id),
-    "iss": _field(lambda i: i.issuer),
-    "scope": lambda identity: _text(sorted(identity.scopes), " "),
-    "token_kind": _field(lambda i: i.token_kind),
+def _scope(identity: Identity) -> str:
+    return _text(sorted(identity.scopes), " ")
+
+
+# Each source is built when a template is compiled, not at import (a source built at import
+# would also escape mutation testing: tests/mutation/README.md).
+_FIELD_SOURCES: dict[str, Callable[[], Source]] = {
+    "cnf_jkt": lambda: _confirmation("jkt"),
+    "cnf_x5t": lambda: _confirmation("x5t#S256"),
+    "sub": lambda: _field(lambda i: i.subject),
+    "client_id": lambda: _field(lambda i: i.client_id),
+    "iss": lambda: _field(lambda i: i.issuer),
+    "scope": lambda: _scope,
+    "token_kind": lambda: _field(lambda i: i.token_kind),
 }
 _CLAIM_SOURCES = ("azp", "scp", "aud", "exp", "iat", "nbf", "jti", "email", "name",
                   "preferred_username", "groups", "roles")  # fmt: skip
@@ -153,7 +159,7 @@ _KNOWN = ", ".join(
 
 def _source(name: str) -> Source:
     if name in _FIELD_SOURCES:
-        return _FIELD_SOURCES[name]
+        return _FIELD_SOURCES[name]()
     if name in _CLAIM_SOURCES:
         return _claim(name)
     if name == _ALL_CLAIMS:

@@ -646,8 +646,11 @@ async def test_an_entry_copied_to_another_contexts_key_is_refused(
 def test_the_context_tag_names_every_rule_that_decides_the_answer(
     changes: dict[str, Any], same: bool
 ) -> None:
-    audiences = changes.pop("audiences", (ORDERS,))
-    other = context_for(issuer_settings(audiences, **changes), "introspection")
+    # The parameter's dict is shared by every run of the test in a process (mutmut runs it
+    # again after collecting stats): read it, never pop from it.
+    rest = {name: value for name, value in changes.items() if name != "audiences"}
+    audiences = changes.get("audiences", (ORDERS,))
+    other = context_for(issuer_settings(audiences, **rest), "introspection")
     assert (other.tag == CONTEXT.tag) is same
     assert context_for(issuer_settings(), "jwt+introspection").tag != CONTEXT.tag
 

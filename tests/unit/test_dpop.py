@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.auth import dpop
 from gateway.auth.dpop import (
     DpopPolicy,
     VerifiedProof,
@@ -486,3 +487,65 @@ async def test_a_replica_whose_clock_is_behind_still_finds_the_proof_in_the_shar
     clock[0] = last + behind  # the same moment, on the store's (A's) clock
     again = check([signed], key, now=now + last)  # B: the proof is still acceptable
     assert await store.record(again.replay_key, again.replay_ttl) is False
+
+
+# mutmut does not mutate module-level constants: each member is named here instead.
+@pytest.mark.parametrize("member", ["d", "p", "q", "dp", "dq", "qi", "oth", "k"])
+def test_every_private_key_member_in_the_jwk_is_refused(member: str, key: ClientKey) -> None:
+    assert member in dpop.PRIVATE_MEMBERS
+    with pytest.raises(InvalidToken) as refused:
+        check([proof(key, header={"jwk": {**key.jwk, member: "AAAA"}})], key)
+    assert refused.value.reason == "dpop_key"
+
+
+def test_the_private_members_are_exactly_those_tested() -> None:
+    assert {"d", "p", "q", "dp", "dq", "qi", "oth", "k"} == dpop.PRIVATE_MEMBERS
+
+
+@pytest.mark.parametrize(
+    "typ", ["dpop+jwt", "application/dpop+jwt", "DPoP+JWT", "Application/DPoP+jwt"]
+)
+def test_every_accepted_typ_verifies(typ: str, key: ClientKey) -> None:
+    assert check([proof(key, header={"typ": typ})], key).jkt == key.jkt
+
+
+@pytest.mark.parametrize(
+    "typ", ["jwt", "dpop", "application/jwt", "dpop+jwt ", "application/dpop+jwt;x=1", ""]
+)
+def test_lookalike_typ_is_refused(typ: str, key: ClientKey) -> None:
+    with pytest.raises(InvalidToken) as refused:
+        check([proof(key, header={"typ": typ})], key)
+    assert refused.value.reason == "dpop_type"
+
+
+@pytest.mark.parametrize(
+    ("alg", "kty", "curves"),
+    [
+        *((alg, "RSA", None) for alg in ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")),
+        ("ES256", "EC", {"P-256"}),
+        ("ES384", "EC", {"P-384"}),
+        ("ES512", "EC", {"P-521"}),
+        ("ES256K", "EC", {"secp256k1"}),
+        ("EdDSA", "OKP", {"Ed25519", "Ed448"}),
+    ],
+)
+def test_every_algorithm_names_its_key_type_and_curves(
+    alg: str, kty: str, curves: set[str] | None
+) -> None:
+    assert dpop.KEY_TYPES[alg] == (kty, None if curves is None else frozenset(curves))
+
+
+def test_the_key_type_table_is_exactly_the_algorithms_tested() -> None:
+    assert set(dpop.KEY_TYPES) == {
+        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+        "ES256", "ES384", "ES512", "ES256K", "EdDSA",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(("alg", "other"), [("ES256", "ES384"), ("ES384", "ES512")])
+def test_an_ec_key_on_another_curve_is_refused(alg: str, other: str) -> None:
+    signer = client_key(other)
+    policy = DpopPolicy(algorithms=(alg, other))
+    with pytest.raises(InvalidToken) as refused:
+        check([proof(signer, header={"alg": alg})], signer, policy=policy)
+    assert refused.value.reason in {"dpop_key", "dpop_signature"}

@@ -219,3 +219,9 @@ HMAC_ONLY = JwtVerifier([hmac_issuer()], {})
 def test_parse_fails_only_with_its_own_errors(token: str) -> None:
     with contextlib.suppress(NotMine, InvalidToken):
         HMAC_ONLY.parse(token)
+
+
+def test_the_accepted_access_token_types_are_exactly_those_tested() -> None:
+    from gateway.auth import jwt as module
+
+    assert {"at+jwt", "application/at+jwt"} == module._AT_JWT_TYPES

@@ -149,6 +149,9 @@ REJECTED = [
     pytest.param("/a/.;x/b", id="tomcat-dot-semicolon"),
     pytest.param("/;x/admin", id="tomcat-empty-segment-with-params"),
     pytest.param("/a/..;", id="tomcat-trailing-dotdot-semicolon"),
+    pytest.param("/public/..;a;b/admin", id="tomcat-dotdot-two-parameters"),
+    pytest.param("/public/.;a;b/admin", id="tomcat-dot-two-parameters"),
+    pytest.param("/;a;b/admin", id="tomcat-empty-segment-two-parameters"),
     # --- an encoded ";" (issue 13, item 10): servlet stacks that decode, then cut ";..." ----
     pytest.param("/api/read/..%3B/admin/x", id="dotdot-encoded-semicolon"),
     pytest.param("/api/read/..%3b/admin/x", id="dotdot-encoded-semicolon-lowercase"),

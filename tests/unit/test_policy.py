@@ -158,3 +158,35 @@ def test_empty_require_compiles_to_allow_all() -> None:
 def test_scope_that_no_token_can_carry_is_refused_at_compile(scope: str) -> None:
     with pytest.raises(ValueError, match="scope token"):
         policy(scopes={"any": [scope]})
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        pytest.param("tenant", True, id="plain"),
+        pytest.param("https://example.com/roles", True, id="uri-claim-name"),
+        pytest.param("a b", True, id="space-is-describable"),
+        pytest.param("~!#[]", True, id="printable-ascii-edges"),
+        pytest.param('a"b', False, id="double-quote-would-end-the-challenge-string"),
+        pytest.param("a\\b", False, id="backslash"),
+        pytest.param("a\r\nb", False, id="crlf"),
+        pytest.param("a\x7fb", False, id="del"),
+        pytest.param("t\u00e9nant", False, id="non-ascii"),
+        pytest.param("", False, id="empty"),
+    ],
+)
+def test_a_claim_name_is_quoted_in_the_challenge_only_when_it_is_safe_there(
+    name: str, shown: bool
+) -> None:
+    """RFC 6750 §3: error_description is %x20-21 / %x23-5B / %x5D-7E; anything else would
+    break (or inject into) the WWW-Authenticate header, so the name is left out."""
+    from gateway.auth.policy import compile_policy
+
+    rule = compile_policy((), (), {name: ("equals", ("x",))})
+    with pytest.raises(Forbidden) as caught:
+        check(rule, identity(**{name: "y"}))
+    challenge = caught.value.challenge("gw")
+    assert (f"'{name}'" in caught.value.detail) is shown
+    assert "\r" not in challenge and "\n" not in challenge
+    if not shown:
+        assert "a claim" in caught.value.detail

@@ -755,3 +755,21 @@ def test_no_spoofed_identity_or_hop_by_hop_header_reaches_upstream(
         ("x-client-id", "web"),
     ]
     assert not [n for n, _ in out if n.lower() in HOP_BY_HOP]
+
+
+# mutmut does not mutate module-level constants: every member is named here.
+_HOP_BY_HOP_NAMES = [
+    "Connection", "Keep-Alive", "Proxy-Connection", "TE", "Trailer", "Transfer-Encoding",
+    "Upgrade", "Proxy-Authenticate", "Proxy-Authorization",
+]  # fmt: skip
+
+
+def test_the_hop_by_hop_set_is_exactly_the_named_fields() -> None:
+    assert {name.lower() for name in _HOP_BY_HOP_NAMES} == HOP_BY_HOP
+
+
+@pytest.mark.parametrize("name", _HOP_BY_HOP_NAMES)
+def test_every_hop_by_hop_field_is_dropped_from_responses(name: str) -> None:
+    value = "chunked" if name == "Transfer-Encoding" else "x"
+    headers = [(name, value), ("X-Kept", "1")]
+    assert downstream_response_headers(headers) == [("X-Kept", "1")]

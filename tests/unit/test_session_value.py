@@ -178,3 +178,20 @@ def test_session_ids_are_random_256_bit_and_stored_hashed() -> None:
     assert len(ids) == 100 and all(len(i) == 43 for i in ids)
     some = next(iter(ids))
     assert len(session_id_hash(some)) == 32 and some.encode() not in session_id_hash(some)
+
+
+_PROTOCOL = ["nonce", "at_hash", "c_hash", "s_hash", "jti", "iat", "nbf", "exp", "auth_time", "typ"]
+
+
+@pytest.mark.parametrize("name", _PROTOCOL)
+def test_every_protocol_claim_is_left_out_of_the_session(name: str) -> None:
+    from gateway.auth.sessions.session import identity_claims
+
+    kept = identity_claims({name: "x", "sub": "alice", "email": "a@example.com"})
+    assert dict(kept) == {"sub": "alice", "email": "a@example.com"}
+
+
+def test_the_protocol_claims_are_exactly_those_tested() -> None:
+    from gateway.auth.sessions import session
+
+    assert set(_PROTOCOL) == session._PROTOCOL_CLAIMS

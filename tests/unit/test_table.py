@@ -25,21 +25,25 @@ def route(
     return RouteEntry(hosts, kind, path, methods_set, name, semantics)
 
 
-TABLE = RouteTable(
-    [
-        route("health", "/health", kind="exact", methods=("GET",)),
-        route("admin-host", "/", hosts=("admin.example.com",)),
-        route("tenant", "/t", hosts=("*.tenants.example.com",)),
-        route("orders-read", "/orders/**", kind="glob", methods=("GET",)),
-        route("orders-write", "/orders/**", kind="glob", methods=("POST", "PUT")),
-        route("user", r"/users/\d+", kind="regex", methods=("GET", "DELETE")),
-        route("api-first", "/api"),
-        route("api-shadowed", "/api/x", kind="exact"),
-        route("head-only", "/probe", kind="exact", methods=("HEAD",)),
-        route("files", "/files/*/raw", kind="glob", methods=("GET",)),
-        route("any-method-later", "/files/a/raw", kind="exact"),
-    ]
+ENTRIES = (
+    route("health", "/health", kind="exact", methods=("GET",)),
+    route("admin-host", "/", hosts=("admin.example.com",)),
+    route("tenant", "/t", hosts=("*.tenants.example.com",)),
+    route("orders-read", "/orders/**", kind="glob", methods=("GET",)),
+    route("orders-write", "/orders/**", kind="glob", methods=("POST", "PUT")),
+    route("user", r"/users/\d+", kind="regex", methods=("GET", "DELETE")),
+    route("api-first", "/api"),
+    route("api-shadowed", "/api/x", kind="exact"),
+    route("head-only", "/probe", kind="exact", methods=("HEAD",)),
+    route("files", "/files/*/raw", kind="glob", methods=("GET",)),
+    route("any-method-later", "/files/a/raw", kind="exact"),
 )
+
+
+@pytest.fixture
+def table() -> RouteTable[str]:
+    """Built per test, never at import: mutmut switches a mutant on after the import."""
+    return RouteTable(list(ENTRIES))
 
 
 @pytest.mark.parametrize(
@@ -65,8 +69,10 @@ TABLE = RouteTable(
         pytest.param("other.example.com", "/api", "GET", "api-first", id="other-host-any-route"),
     ],
 )
-def test_match(host: str | None, path: str, method: str, expected: str) -> None:
-    assert TABLE.match(host, path, method) == expected
+def test_match(
+    table: RouteTable[str], host: str | None, path: str, method: str, expected: str
+) -> None:
+    assert table.match(host, path, method) == expected
 
 
 @pytest.mark.parametrize(
@@ -81,9 +87,9 @@ def test_match(host: str | None, path: str, method: str, expected: str) -> None:
         pytest.param("admin.example.com.evil", "/x", id="host-suffix-trick"),
     ],
 )
-def test_not_found(host: str | None, path: str) -> None:
+def test_not_found(table: RouteTable[str], host: str | None, path: str) -> None:
     with pytest.raises(NotFound) as caught:
-        TABLE.match(host, path, "GET")
+        table.match(host, path, "GET")
     assert caught.value.status == 404
 
 
@@ -105,10 +111,10 @@ def test_not_found(host: str | None, path: str) -> None:
     ],
 )
 def test_method_not_allowed(
-    host: str | None, path: str, method: str, allowed: tuple[str, ...]
+    table: RouteTable[str], host: str | None, path: str, method: str, allowed: tuple[str, ...]
 ) -> None:
     with pytest.raises(MethodNotAllowed) as caught:
-        TABLE.match(host, path, method)
+        table.match(host, path, method)
     assert caught.value.status == 405
     assert caught.value.allowed == allowed
     assert caught.value.extra_headers() == {"Allow": ", ".join(allowed)}
@@ -136,9 +142,9 @@ def test_allow_ignores_routes_of_other_hosts() -> None:
         pytest.param("\u212admin.example.com", id="kelvin-sign"),
     ],
 )
-def test_junk_host_is_a_bad_request(host: str) -> None:
+def test_junk_host_is_a_bad_request(table: RouteTable[str], host: str) -> None:
     with pytest.raises(BadRequest) as caught:
-        TABLE.match(host, "/health", "GET")
+        table.match(host, "/health", "GET")
     assert caught.value.status == 400
 
 
@@ -420,3 +426,30 @@ def test_indexed_match_equals_linear_scan(
     except ValueError:
         return  # e.g. a generated glob with "//": not a normalised path
     assert _indexed_match(table, host, path, method) == _linear_match(entries, host, path, method)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path"),
+    [
+        pytest.param(r"/admin(/.*)?|/internal(/.*)?", "/internal/x", id="bar-after-closed-group"),
+        pytest.param(r"/admin(/.*)?|/internal(/.*)?", "/admin", id="first-branch-bare"),
+        pytest.param(r"/api/v\d|/internal", "/internal", id="bar-after-escape"),
+        pytest.param(r"/api/v\d|/internal", "/api/v2", id="escape-branch"),
+        pytest.param(r"/[^x]dmin|/internal", "/internal", id="bar-after-negated-class"),
+        pytest.param(r"/[^x]dmin|/internal", "/admin", id="negated-class-branch"),
+        pytest.param(r"/a[(]b|/internal", "/internal", id="class-holding-a-parenthesis"),
+        pytest.param(r"/a[(]b|/internal", "/a(b", id="parenthesis-branch"),
+        pytest.param(r"/a\(|/internal", "/internal", id="escaped-parenthesis"),
+        pytest.param(r"(/admin|/internal)/.*", "/internal/x", id="alternation-in-a-group"),
+    ],
+)
+def test_an_alternating_protected_regex_is_never_skipped_for_a_later_catch_all(
+    pattern: str, path: str
+) -> None:
+    """Every branch of a regex route with "|" is indexed under a prefix the path starts with:
+    an alternation read as anchored by its first branch would index "/internal/x" under
+    "/admin" only, and the anonymous "/" after it would serve it."""
+    table = RouteTable([route("protected", pattern, kind="regex"), route("anonymous", "/")])
+    assert table.match(None, path, "GET") == "protected"
+    assert 0 in table.candidates(path)
+    assert table.match(None, "/other", "GET") == "anonymous"
