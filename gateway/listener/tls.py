@@ -17,7 +17,9 @@ change rather than pretending); the CA file does follow.
 Choices, after RFC 9325 §4 and Mozilla's "intermediate" profile: TLS 1.2 at least (1.3 by
 choice), on 1.2 only ECDHE/DHE with AEAD ciphers, no compression, no renegotiation (a client
 could otherwise make the event loop do a handshake per request), ALPN ``http/1.1`` (the
-listener speaks nothing else, RFC 7301 §3.2).
+listener speaks nothing else). A client offering only ``h2`` completes the handshake with
+no protocol selected: Python's ``ssl`` cannot send RFC 7301 §3.2's no_application_protocol
+alert; its HTTP/2 preface is then refused by the listener (505).
 """
 
 from __future__ import annotations
