@@ -72,7 +72,7 @@ MODULES: dict[str, tuple[str, ...]] = {
 }
 
 # What the copy needs to import the package and run the tests; never the e2e Node modules.
-_COPY = ("gateway", "tests", "pyproject.toml", "deploy", "config", "README.md", "gw.yaml")
+_COPY = ("gateway", "tests", "pyproject.toml", "deploy", "config", "README.md")
 _SKIP = shutil.ignore_patterns(
     "__pycache__", "node_modules", ".hypothesis", "bench", "faults", "fuzz", "e2e", "mutation"
 )
