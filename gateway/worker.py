@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -226,5 +227,9 @@ async def serve(
 def run_worker(
     prepared: Prepared, reuse_port: bool, watch: bool, channel: socket.socket | None = None
 ) -> None:
+    # Everything prepared so far (imports, the compiled config) lives as long as the
+    # process. Frozen, the collector no longer walks it: a full collection over it took
+    # ~25 ms, 18 times in a 12 s bench run, and set the p99 (tests/bench/README.md).
+    gc.freeze()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(prepared, reuse_port=reuse_port, watch=watch, channel=channel))
