@@ -229,7 +229,9 @@ def run_worker(
 ) -> None:
     # Everything prepared so far (imports, the compiled config) lives as long as the
     # process. Frozen, the collector no longer walks it: a full collection over it took
-    # ~25 ms, 18 times in a 12 s bench run, and set the p99 (tests/bench/README.md).
+    # ~25 ms, 18 times in a 12 s bench run, and set the p99 (tests/bench/README.md). The
+    # cost: if a reload replaces this first config, its reference cycles are never
+    # collected (once; later configs are not frozen).
     gc.freeze()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(prepared, reuse_port=reuse_port, watch=watch, channel=channel))
