@@ -32,9 +32,11 @@ from gateway.metrics import Metrics
 from gateway.problems import AuthError, BadFraming, GatewayError
 from gateway.proxy.forward import Body, Relayed, forward, request_head
 from gateway.proxy.headers import request_id_of, upstream_request_headers
+from gateway.proxy.max_forwards import allow_value, next_hop_fields
 from gateway.proxy.problem_response import (
     JWKS_PATH,
     send_jwks,
+    send_options,
     send_problem,
     send_reply,
     send_resource_metadata,
@@ -234,6 +236,15 @@ class ProxyHandler:
             record.decision = "deny"
             raise decision.error
         self._record_allow(record, decision)
+        # The request id, and what the decision has for the client (RateLimit fields).
+        echo_id = ((compiled.forwarding.request_id_header, record.request_id),
+                   *decision.response_headers)  # fmt: skip
+        hop_fields = next_hop_fields(request.method, headers)  # RFC 9110 §7.6.2
+        if hop_fields is None:
+            allow = allow_value(compiled.table.allowed(host, located.path))
+            record.status = send_options(request, allow, echo_id)
+            return
+        headers = hop_fields
 
         upstream = route.upstream
         record.upstream = upstream.name
@@ -265,9 +276,6 @@ class ProxyHandler:
             target.path, route.strip_prefix, route.add_prefix, route.path_semantics
         )
         upstream_path = upstream_target(upstream.base_path, rewritten, query)
-        # The request id, and what the decision has for the client (RateLimit fields).
-        echo_id = ((compiled.forwarding.request_id_header, record.request_id),
-                   *decision.response_headers)  # fmt: skip
 
         if route.websocket is not None and wants_websocket(request):
             # RFC 6455 §4.2.1: the client's handshake is checked before the upstream is asked.

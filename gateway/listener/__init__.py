@@ -36,6 +36,8 @@ Interface
     Answering, exactly once:
     - ``send_continue()``: writes ``100 Continue`` if the client waits for it and nothing
       was sent; never automatic, so the gateway sends it only after its decision.
+    - ``send_interim(status, headers, reason=)``: an interim 102..199 (a relayed 103 Early
+      Hints), before the final response; never to an HTTP/1.0 client (RFC 9110 §15.2).
     - ``respond(status, headers, body, reason=, length=, close=)``: a complete response in one
       write, queued with the connection's other output until the end of the loop
       iteration. ``headers`` are ``(bytes, bytes)`` pairs without framing fields

@@ -3,7 +3,8 @@
 A ``Request`` carries what the client sent, byte for byte, and is answered exactly once:
 ``respond`` (a complete response, one write), ``start_response`` (a streamed one, with
 backpressure), ``switch_protocols`` (101 and a hand-over of the raw connection) or ``abort`` (a
-reset, for a response that failed after it started).
+reset, for a response that failed after it started). Interim responses may come first
+(``send_continue``, ``send_interim``).
 """
 
 from __future__ import annotations
@@ -172,6 +173,20 @@ class Request:
             return False
         self._continue_sent = True
         self._exchange.write(CONTINUE)
+        return True
+
+    def send_interim(
+        self, status: int, headers: Headers = (), *, reason: bytes | None = None
+    ) -> bool:
+        """Send an interim response (a 102, a 103 Early Hints, RFC 9110 §15.2) before the
+        final one, ``headers`` as given; True if it was sent. Not to an HTTP/1.0 client ("a
+        server MUST NOT send a 1xx response to an HTTP/1.0 client"), nor once the final
+        response started. 100 and 101 have their own calls."""
+        if not 102 <= status <= 199:
+            raise ValueError("100 goes through send_continue, 101 through switch_protocols")
+        if self.version != "1.1" or self._state != _NOT_STARTED:
+            return False
+        self._exchange.write(_message(status, reason, headers, b"", b""))
         return True
 
     def _begin(self, status: int, close: bool) -> bytes:

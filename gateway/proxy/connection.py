@@ -17,12 +17,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 import httptools
 
 from gateway.problems import BadGateway, GatewayError, GatewayTimeout, RequestTimeout
+from gateway.proxy.response_head import (
+    MAX_INTERIM,
+    InterimSink,
+    ResponseHead,
+    interim_refusal,
+    relays_interim,
+    unrelayable,
+)
 
 if TYPE_CHECKING:
     from gateway.proxy.pool import UpstreamPool
@@ -33,34 +40,8 @@ _HIGH_WATER = 256 * 1024  # pause reading from the upstream above this many buff
 _LOW_WATER = 64 * 1024
 
 
-@dataclass(slots=True)
-class ResponseHead:
-    status: int
-    reason: str
-    version: tuple[int, int]
-    headers: list[tuple[str, str]]
-    # True when the whole body already arrived with the head (small responses).
-    complete: bool
-
-
 class _Unrelayable(Exception):
     """Raised in a parser callback to stop llhttp on a response the gateway cannot relay."""
-
-
-def _unrelayable(status: int, codings: list[str]) -> str | None:
-    """Why a final response head cannot be relayed as it is, or None.
-
-    RFC 9110 §15: status codes outside 100..599 are invalid, and "a client that receives a
-    response with an invalid status code SHOULD process the response as if it had a 5xx
-    (Server Error) status code". RFC 9112 §6.1: the gateway removes the transfer codings
-    it decodes, and llhttp decodes only chunked; a body in any other transfer coding (``gzip,
-    chunked``) would reach the client still coded with nothing saying so.
-    """
-    if not 100 <= status <= 599:
-        return "The upstream sent an invalid status code."
-    if codings and codings != ["chunked"]:
-        return "The upstream used a transfer coding other than chunked."
-    return None
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -90,6 +71,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._body_waiter: asyncio.Future[None] | None = None
         self._complete = False
         self._interim = False
+        self._on_interim: InterimSink | None = None
+        self._interims_relayed = 0
         self._is_head_request = False
         self._close_delimited = False
         self._error: BaseException | None = None
@@ -165,12 +148,21 @@ class UpstreamConnection(asyncio.Protocol):
         assert self._parser is not None
         status = self._parser.get_status_code()
         if 100 <= status < 200:
-            # RFC 9110 §15.2: interim responses precede the final one; the client side of this
-            # gateway answers Expect itself, so they are consumed here, not relayed.
+            # RFC 9110 §15.2: interim responses precede the final one; those the gateway
+            # did not ask for go to the client (``relays_interim``), up to MAX_INTERIM.
             self._interim = True
+            refusal = interim_refusal(self._headers)
+            if refusal is not None:
+                self._fail(BadGateway(refusal))
+                raise _Unrelayable
+            sink = self._on_interim
+            if sink and relays_interim(status) and self._interims_relayed < MAX_INTERIM:
+                self._interims_relayed += 1
+                sink(status, self._reason, self._headers)
             self._headers = []
             self._reason = ""
             return
+        self._on_interim = None  # none follows a final head; an idle connection holds no client
         version = self._parser.get_http_version()
         major, _, minor = version.partition(".")
         framed = False
@@ -181,7 +173,7 @@ class UpstreamConnection(asyncio.Protocol):
                 framed = True
             if lname == "transfer-encoding":
                 codings.extend(part.strip(" \t").lower() for part in value.split(","))
-        refusal = _unrelayable(status, codings)
+        refusal = unrelayable(status, codings)
         if refusal is not None:
             self._fail(BadGateway(refusal))
             raise _Unrelayable  # stops llhttp; the exchange already failed with ``refusal``
@@ -253,14 +245,23 @@ class UpstreamConnection(asyncio.Protocol):
         """End the exchange with ``error``: whoever waits on the response receives it."""
         self._fail(error)
 
-    def begin(self, head: bytes, *, is_head_request: bool, sending: bool = False) -> None:
+    def begin(
+        self,
+        head: bytes,
+        *,
+        is_head_request: bool,
+        sending: bool = False,
+        on_interim: InterimSink | None = None,
+    ) -> None:
         """Start an exchange: write the request head and arm the timers. ``sending``: a body
-        follows (``write`` calls, then ``request_sent``)."""
+        follows (``write`` calls, then ``request_sent``). ``on_interim`` is given each 1xx
+        to relay, as it is parsed (it must not raise)."""
         assert self.transport is not None
         self._reset_exchange()
         self._parser = httptools.HttpResponseParser(self)
         self._is_head_request = is_head_request
         self._sending = sending
+        self._on_interim = on_interim
         now = self._loop.time()
         self._last_activity = now
         target = self._pool.target

@@ -3,8 +3,10 @@
 What the upstream receives always carries exactly one framing: the client's Content-Length
 when it sent one, chunked when it sent chunked, none when it sent no body. The response is
 relayed as it arrives, with backpressure both ways; a small response that arrived whole with
-its head is sent in one write. Upstream failures become 502/504 only while nothing has been
-sent to the client; after that the client connection is reset, never given a made-up end.
+its head is sent in one write. Interim (1xx) responses the gateway did not ask for go to the
+client as they arrive, ahead of it (RFC 9110 §15.2). Upstream failures become 502/504 only
+while nothing has been sent to the client; after that the client connection is reset, never
+given a made-up end.
 
 Header field values pass byte for byte both ways (RFC 9110 §5.5): header text holds one
 character per byte received (decoded as latin-1) or ASCII the gateway made, and is encoded
@@ -21,9 +23,10 @@ from dataclasses import dataclass
 
 from gateway.listener import MalformedBody, Request, RequestBody, ResponseStream, http_date
 from gateway.problems import BadGateway, GatewayError
-from gateway.proxy.connection import ResponseHead, UpstreamConnection
+from gateway.proxy.connection import UpstreamConnection
 from gateway.proxy.headers import downstream_response_headers
 from gateway.proxy.pool import UpstreamPool
+from gateway.proxy.response_head import InterimSink, ResponseHead
 
 _CHUNK_END = b"0\r\n\r\n"
 _REASON_SAFE = frozenset(range(0x20, 0x7F)) | {0x09}
@@ -109,14 +112,14 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
 async def _exchange(
-    pool: UpstreamPool, head: bytes, body: Body, method: str
+    pool: UpstreamPool, head: bytes, body: Body, method: str, on_interim: InterimSink
 ) -> tuple[UpstreamConnection, ResponseHead, asyncio.Task[None] | None]:
     """Send the request and wait for the response head; retry once on a stale keep-alive."""
     is_head = method == "HEAD"
     uploads = body.reader is not None or bool(body.buffered)
     for attempt in (1, 2):
         conn, reused = await pool.acquire()
-        conn.begin(head, is_head_request=is_head, sending=uploads)
+        conn.begin(head, is_head_request=is_head, sending=uploads, on_interim=on_interim)
         upload: asyncio.Task[None] | None = None
         if uploads:
             upload = asyncio.ensure_future(_send_body(conn, body))
@@ -150,12 +153,35 @@ async def _exchange(
     raise AssertionError("unreachable")
 
 
-def _reason(head: ResponseHead) -> bytes | None:
+def _reason(reason: str) -> bytes | None:
     """The upstream's reason phrase when it is plain text, else the standard one."""
-    reason = head.reason
     if reason and all(ord(c) in _REASON_SAFE for c in reason):
         return reason.encode("ascii")
     return None
+
+
+def _end_to_end(
+    headers: list[tuple[str, str]], response_filter: ResponseFilter | None
+) -> list[tuple[str, str]]:
+    """The upstream's fields the client may see: hop-by-hop and Connection-named ones out
+    (RFC 9110 §7.6.1), then the gateway's own cookies."""
+    fields = downstream_response_headers(headers)
+    return response_filter(fields) if response_filter is not None else fields
+
+
+def _interim_relay(request: Request, response_filter: ResponseFilter | None) -> InterimSink:
+    """Where the upstream connection sends the 1xx it relays (RFC 9110 §15.2): to the client
+    at once, its fields filtered as a final response's are (``Request.send_interim`` leaves
+    out an HTTP/1.0 client, and a client whose final response started)."""
+
+    def relay(status: int, reason: str, headers: list[tuple[str, str]]) -> None:
+        fields = [
+            (name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in _end_to_end(headers, response_filter)
+        ]
+        request.send_interim(status, fields, reason=_reason(reason))
+
+    return relay
 
 
 def _client_headers(
@@ -213,15 +239,14 @@ async def forward(
     gets the status sent, the body bytes relayed and the seconds from sending the request to
     its response head."""
     sent_at = pool.loop.time()
-    conn, upstream, upload = await _exchange(pool, head, body, request.method)
+    relay = _interim_relay(request, response_filter)
+    conn, upstream, upload = await _exchange(pool, head, body, request.method, relay)
     relayed.upstream_seconds = pool.loop.time() - sent_at
     released = False
     try:
-        fields = downstream_response_headers(upstream.headers)
-        if response_filter is not None:
-            fields = response_filter(fields)
+        fields = _end_to_end(upstream.headers, response_filter)
         headers, length = _client_headers(fields, extra_response_headers)
-        status, reason = upstream.status, _reason(upstream)
+        status, reason = upstream.status, _reason(upstream.reason)
         if upstream.complete and (upload is None or upload.done()):
             payload = conn.take_buffered_body()
             released = True

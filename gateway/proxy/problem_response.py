@@ -1,7 +1,7 @@
 """Answers the proxy listener gives itself, each one complete response in one write:
 problems (``gateway.problems.render_problem``), a login endpoint's reply, RFC 9728 protected
-resource metadata and (``token_signing.jwks.on_proxy``) the RFC 7517 key set of the identity
-tokens."""
+resource metadata, (``token_signing.jwks.on_proxy``) the RFC 7517 key set of the identity
+tokens, and an OPTIONS whose Max-Forwards ran out here (RFC 9110 §7.6.2)."""
 
 from __future__ import annotations
 
@@ -98,4 +98,15 @@ def send_jwks(request: Request, document: KeySetDocument) -> int:
         (b"Cache-Control", document.cache_control.encode("ascii")),
     ]
     request.respond(200, headers, document.body)
+    return 200
+
+
+def send_options(request: Request, allow: str, extra: Sequence[tuple[str, str]]) -> int:
+    """RFC 9110 §9.3.7: ``200`` to an OPTIONS the gateway answers as its final recipient,
+    with ``Allow`` and, as "A server MUST generate a Content-Length field with a value of
+    "0" if no content is to be sent", an empty body (``respond`` frames it); ``extra`` are
+    the fields the decision has for the client (request id, RateLimit, a session cookie)."""
+    headers = [(b"Server", _SERVER), (b"Date", http_date()), (b"Allow", allow.encode("latin-1"))]
+    headers += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in extra]
+    request.respond(200, headers)
     return 200

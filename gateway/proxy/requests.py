@@ -16,14 +16,15 @@ from gateway.problems import MethodNotAllowed, PayloadTooLarge
 from gateway.proxy.forward import NO_BODY, Body
 
 FORM_TYPE = b"application/x-www-form-urlencoded"
+# Not an open proxy (CONNECT), and no reflection of credentials (TRACE, RFC 9110 §9.3.8).
+NEVER_RELAYED = frozenset({"CONNECT", "TRACE"})
 
 Header = tuple[str, str]
 
 
 def check_method(method: str) -> None:
     """Methods never relayed, however a request arrived (the forward-auth service asks too)."""
-    if method in ("CONNECT", "TRACE"):
-        # Not an open proxy (CONNECT), and no reflection of credentials (TRACE).
+    if method in NEVER_RELAYED:
         raise MethodNotAllowed(())
 
 

@@ -149,6 +149,22 @@ class RouteTable(Generic[T]):
             raise MethodNotAllowed(allowed)
         raise NotFound()
 
+    def allowed(self, host: str | None, path: str) -> frozenset[str] | None:
+        """The methods ``match`` accepts for host and path: the union of every matching
+        entry's, as a 405's ``Allow`` lists them (RFC 9110 §10.2.1), or None when an entry
+        accepts any method. Empty when nothing matches."""
+        host = _request_host(host)
+        views = (path,) if self._strict else self._views(host, path)
+        allowed: set[str] = set()
+        for position in self._candidates(host, views):
+            entry = self._entries[position]
+            view = path if self._strict else views[entry.group]
+            if entry.host_matches(host) and entry.path.matches(view):
+                if entry.methods is None:
+                    return None
+                allowed |= entry.methods
+        return frozenset(allowed)
+
     def candidates(self, path: str, host: str | None = None) -> tuple[int, ...]:
         """Positions of the entries ``match`` would test, in order: shows the index at work."""
         host = _request_host(host)

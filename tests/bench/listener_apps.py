@@ -22,9 +22,9 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from gateway.proxy.connection import ResponseHead  # noqa: E402
 from gateway.proxy.headers import downstream_response_headers  # noqa: E402
 from gateway.proxy.pool import UpstreamPool  # noqa: E402
+from gateway.proxy.response_head import ResponseHead  # noqa: E402
 from gateway.proxy.targets import UpstreamTarget  # noqa: E402
 
 HELLO = b"hello\n"

@@ -118,6 +118,25 @@ def test_method_not_allowed(
     assert caught.value.status == 405
     assert caught.value.allowed == allowed
     assert caught.value.extra_headers() == {"Allow": ", ".join(allowed)}
+    # What an OPTIONS answered by the gateway lists (RFC 9110 §7.6.2) is this same set.
+    assert table.allowed(host, path) == frozenset(allowed)
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "allowed"),
+    [
+        pytest.param(None, "/orders/1", {"GET", "HEAD", "POST", "PUT"}, id="union-of-matches"),
+        pytest.param(None, "/probe", {"HEAD"}, id="one-route"),
+        pytest.param(None, "/api/x", None, id="any-method-route"),
+        pytest.param(None, "/files/a/raw", None, id="later-any-method-route"),
+        pytest.param("admin.example.com", "/health", None, id="any-method-host-route"),
+        pytest.param("other.example.com", "/t/1", set(), id="no-route"),
+    ],
+)
+def test_allowed(
+    table: RouteTable[str], host: str | None, path: str, allowed: set[str] | None
+) -> None:
+    assert table.allowed(host, path) == (None if allowed is None else frozenset(allowed))
 
 
 def test_allow_ignores_routes_of_other_hosts() -> None:
