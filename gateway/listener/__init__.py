@@ -62,7 +62,8 @@ Interface
 ``RequestBody``
     ``length`` (Content-Length or None), ``chunked``, ``framing`` ("none", "length",
     "chunked"), ``await read()`` (what arrived, waiting for more; ``b""`` at the end),
-    ``await read_all(limit)`` (413 ``ContentTooLarge`` beyond it), ``complete``,
+    ``await read_all(limit)`` (413 ``ContentTooLarge`` beyond it; ``check_length(limit)``
+    refuses a declared length from the head alone, before any 100 Continue), ``complete``,
     ``received``, ``consumed``, ``started`` (the application called ``read``: a response
     then keeps the connection alive if the body is complete when it ends). ``read`` raises
     ``MalformedBody`` (400, closes) for broken framing and ``ConnectionResetError`` if the

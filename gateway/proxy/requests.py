@@ -1,9 +1,10 @@
 """The shape of a client request as the upstream will get it (RFC 9112 §6, RFC 9110 §10.1.1).
 
 Pure decisions about framing and bodies, taken once per request, plus the one place a body
-is read in full before forwarding (a form that may carry an RFC 6750 §2.2 token): all of it
-HTTP-level, none of it about OAuth. The listener already refused every framing the gateway
-will not relay (CL+TE, a coding other than chunked, HTTP/1.0 with Transfer-Encoding).
+is read in full before forwarding or answering (a form that may carry an RFC 6750 §2.2
+token, a back-channel logout): all of it HTTP-level, none of it about OAuth. The listener
+already refused every framing the gateway will not relay (CL+TE, a coding other than
+chunked, HTTP/1.0 with Transfer-Encoding).
 """
 
 from __future__ import annotations
@@ -44,13 +45,22 @@ def is_form(request: Request) -> bool:
 
 
 async def read_whole_body(request: Request, limit: int) -> bytes:
-    """The whole body, however many pieces it arrives in, or 413 past ``limit`` bytes."""
+    """The whole body, however many pieces it arrives in, or 413 past ``limit`` bytes.
+
+    A client that sent ``Expect: 100-continue`` holds the body back until told, and the
+    gateway needs the body (a form token, a logout token) before it can answer: the one case
+    where ``100 Continue`` precedes the decision. A declared Content-Length over ``limit``
+    gets its 413 instead of the 100 (RFC 9110 §10.1.1: a server that already knows it will
+    refuse answers the final status; the 100 would only make the client send a body that is
+    then thrown away), and the connection closes with the body unread.
+    """
+    body = request.body
     try:
-        return await request.body.read_all(limit)
+        body.check_length(limit)
+        request.send_continue()
+        return await body.read_all(limit)
     except ContentTooLarge:
-        raise PayloadTooLarge(
-            f"A form body that may carry a token is limited to {limit} bytes."
-        ) from None
+        raise PayloadTooLarge(f"This request's body is limited to {limit} bytes.") from None
 
 
 def wants_websocket(request: Request) -> bool:
