@@ -342,7 +342,7 @@ class ProxyHandler:
         )  # fmt: skip
         assert reply is not None  # the path is one of runtime.logins.paths
         record.route, record.decision, record.reason = "-", "login", reply.reason
-        # A body refused unread or part read (413): as ``_answer_error``.
+        # A body refused unread (413) or that stopped arriving (408): as ``_answer_error``.
         close = not request.body.complete
         record.status = send_reply(request, reply, close=close)
 

@@ -30,7 +30,8 @@ Interface
     surrounding whitespace RFC 9110 §5.5 excludes; obs-text kept byte for byte), ``host``
     (the one Host value, or None), ``remote`` (peer IP), ``keep_alive`` (what the client
     asked), ``body`` (``RequestBody``), ``expects_continue``, ``upgrade`` (the Upgrade value
-    of a GET that may switch protocols, else None); ``header(name)``, ``header_values(name)``.
+    of a GET that may switch protocols, else None), ``body_timeout`` (how long a body read
+    whole may take once asked for); ``header(name)``, ``header_values(name)``.
     Presence: ``disconnected`` (bool) and ``wait_disconnected()`` (a future: True when the
     client left before the response was finished, False once it was finished).
     Answering, exactly once:

@@ -1,14 +1,18 @@
 """Bodies the gateway reads whole before it can answer: a form that may carry an RFC 6750
 §2.2 token and a back-channel logout (OIDC Back-Channel Logout §2.5).
 
-Raw sockets against the real gateway and a recording upstream. A declared Content-Length
-over the body limit gets 413 from the head alone, with no ``100 Continue`` before it
-(RFC 9110 §10.1.1).
+Raw sockets against the real gateway and a recording upstream. Such a body must be all there
+within ``limits.header_timeout`` of being asked for, like a head: a client that trickles it,
+stalls, or never sends it after ``100 Continue`` gets 408 and a close, and the upstream sees
+nothing (the gateway waited for ever before). A declared Content-Length over the body limit
+gets 413 from the head alone, with no ``100 Continue`` before it (RFC 9110 §10.1.1).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -76,6 +80,46 @@ async def until_closed(reader: asyncio.StreamReader, limit: float) -> tuple[byte
     except ConnectionError:
         pass
     return b"".join(chunks), time.monotonic() - started
+
+
+async def trickle(writer: asyncio.StreamWriter) -> None:
+    """One byte every 200 ms: never silent for long, never done."""
+    with contextlib.suppress(ConnectionError):
+        while True:
+            writer.write(b"a")
+            await writer.drain()
+            await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize("client", ["stalled", "trickled", "silent-after-100"])
+async def test_a_body_that_does_not_arrive_in_time_gets_408(
+    site: tuple[Gateway, RecordingUpstream, bytes], client: str
+) -> None:
+    gw, upstream, path = site
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy_port)
+    dripping: asyncio.Task[None] | None = None
+    if client == "stalled":
+        writer.write(HEAD % (path, 100, b"") + b"logout_token=ab")
+    elif client == "trickled":
+        writer.write(HEAD % (path, 100, b""))
+        dripping = asyncio.ensure_future(trickle(writer))
+    else:
+        writer.write(HEAD % (path, 100, EXPECT))
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3) == (
+            b"HTTP/1.1 100 Continue\r\n\r\n"
+        )
+    data, waited = await until_closed(reader, 4.0)
+    if dripping is not None:
+        dripping.cancel()
+    writer.close()
+    assert data.startswith(b"HTTP/1.1 408 "), data[:200]
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"Content-Type: application/problem+json" in head
+    assert b"Connection: close" in head
+    assert json.loads(body)["status"] == 408
+    # Counted from the ask (the 100, or the head without an expectation): 1 s, not for ever.
+    assert waited is not None and 0.8 < waited < 2.0, waited
+    assert upstream.received == []
 
 
 async def test_a_declared_length_over_the_limit_gets_413_without_100_continue(
