@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -343,18 +344,15 @@ class ProxyHandler:
 
     async def _login(self, exchange: Exchange, path: str, query: str | None) -> None:
         request, record = exchange.request, exchange.record
-
-        async def read_body(limit: int) -> bytes:
-            request.send_continue()
-            return await read_whole_body(request, limit)
-
         reply = await exchange.runtime.logins.answer(
-            request.method, path, query, FieldLookup(exchange.headers), read_body,
-            request.remote, record.request_id,
+            request.method, path, query, FieldLookup(exchange.headers),
+            partial(read_whole_body, request), request.remote, record.request_id,
         )  # fmt: skip
         assert reply is not None  # the path is one of runtime.logins.paths
         record.route, record.decision, record.reason = "-", "login", reply.reason
-        record.status = send_reply(request, reply)
+        # A body refused unread (413) or that stopped arriving (408): as ``_answer_error``.
+        close = not request.body.complete
+        record.status = send_reply(request, reply, close=close)
 
     async def _form_fields(self, exchange: Exchange) -> list[tuple[str, str]] | None:
         """Read a form-encoded body for an RFC 6750 §2.2 token, only where the route allows
@@ -365,9 +363,8 @@ class ProxyHandler:
             return None
         if not is_form(request):
             return None
-        # The client holds the body back until told; the token may be in it, so the
-        # decision itself needs it: the one case where 100 Continue precedes the decision.
-        request.send_continue()
+        # The token may be in the body, so the decision itself needs it (and 100 Continue
+        # precedes the decision: see read_whole_body).
         body = exchange.form_body = await read_whole_body(request, MAX_FORM_BODY)
         return parse_qsl(body.decode("latin-1"), keep_blank_values=True)
 

@@ -30,7 +30,8 @@ Interface
     surrounding whitespace RFC 9110 §5.5 excludes; obs-text kept byte for byte), ``host``
     (the one Host value, or None), ``remote`` (peer IP), ``keep_alive`` (what the client
     asked), ``body`` (``RequestBody``), ``expects_continue``, ``upgrade`` (the Upgrade value
-    of a GET that may switch protocols, else None); ``header(name)``, ``header_values(name)``.
+    of a GET that may switch protocols, else None), ``body_timeout`` (how long a body read
+    whole may take once asked for); ``header(name)``, ``header_values(name)``.
     Presence: ``disconnected`` (bool) and ``wait_disconnected()`` (a future: True when the
     client left before the response was finished, False once it was finished).
     Answering, exactly once:
@@ -64,7 +65,8 @@ Interface
 ``RequestBody``
     ``length`` (Content-Length or None), ``chunked``, ``framing`` ("none", "length",
     "chunked"), ``await read()`` (what arrived, waiting for more; ``b""`` at the end),
-    ``await read_all(limit)`` (413 ``ContentTooLarge`` beyond it), ``complete``,
+    ``await read_all(limit)`` (413 ``ContentTooLarge`` beyond it; ``check_length(limit)``
+    refuses a declared length from the head alone, before any 100 Continue), ``complete``,
     ``received``, ``consumed``, ``started`` (the application called ``read``: a response
     then keeps the connection alive if the body is complete when it ends). ``read`` raises
     ``MalformedBody`` (400, closes) for broken framing and ``ConnectionResetError`` if the

@@ -144,10 +144,16 @@ class RequestBody:
         self._flow.body_released(size)
         return data
 
-    async def read_all(self, limit: int) -> bytes:
-        """The whole body, or ``ContentTooLarge`` once it is known to exceed ``limit``."""
+    def check_length(self, limit: int) -> None:
+        """``ContentTooLarge`` when the declared Content-Length exceeds ``limit``: the one
+        place that decides it from the head, so a caller can refuse before it asks for the
+        body with ``100 Continue`` (RFC 9110 §10.1.1)."""
         if self.length is not None and self.length > limit:
             raise ContentTooLarge(f"The request body is larger than {limit} bytes.")
+
+    async def read_all(self, limit: int) -> bytes:
+        """The whole body, or ``ContentTooLarge`` once it is known to exceed ``limit``."""
+        self.check_length(limit)
         parts: list[bytes] = []
         size = 0
         while data := await self.read():

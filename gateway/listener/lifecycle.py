@@ -61,6 +61,7 @@ class ConnectionLifecycle:
         self._low = limits.body_low_water
         self._max_pipeline = limits.max_pipeline
         self._linger_timeout = limits.linger_timeout
+        self.body_timeout = limits.body_timeout  # for a body read whole (``Request``)
 
     # --- closing -----------------------------------------------------------------------------
 

@@ -19,8 +19,9 @@ class ListenerLimits:
     ``max_request_line`` bounds the request target (414 beyond); ``max_header_size`` a
     field's name plus value (431 beyond); ``max_headers`` the number of fields (431).
     ``header_timeout`` is how long a request head may take, counted from the accept for a
-    connection's first request and from the head's first byte after that (408);
-    ``keepalive_timeout`` how long an idle connection is kept between requests.
+    connection's first request and from the head's first byte after that (408), and also
+    how long a body read whole may take (``body_timeout``); ``keepalive_timeout`` how long
+    an idle connection is kept between requests.
     """
 
     max_request_line: int = 8190
@@ -43,6 +44,14 @@ class ListenerLimits:
     def head_timeout(self) -> float:
         """A head never takes longer than an idle connection would be kept."""
         return min(self.header_timeout, self.keepalive_timeout)
+
+    @property
+    def body_timeout(self) -> float:
+        """How long a body the application reads whole before it can answer may take,
+        counted from when it is asked for (408 beyond, RFC 9110 §15.5.9). Like a head it is
+        bounded in size and nothing is decided before all of it is there, so it gets the
+        head's time: a client cannot hold a request by trickling it, or by never sending it."""
+        return self.header_timeout
 
     @property
     def max_line(self) -> int:

@@ -109,6 +109,11 @@ class Request:
         """The client certificate's DER, when the TLS client sent one and it verified."""
         return self._exchange.peer_certificate
 
+    @property
+    def body_timeout(self) -> float:
+        """Seconds a body read whole may take from when it is asked for (``ListenerLimits``)."""
+        return self._exchange.body_timeout
+
     def header(self, name: bytes) -> bytes | None:
         """The first value of a field, by case-insensitive name."""
         lname = name.lower()

@@ -1,18 +1,20 @@
 """The shape of a client request as the upstream will get it (RFC 9112 §6, RFC 9110 §10.1.1).
 
 Pure decisions about framing and bodies, taken once per request, plus the one place a body
-is read in full before forwarding (a form that may carry an RFC 6750 §2.2 token): all of it
-HTTP-level, none of it about OAuth. The listener already refused every framing the gateway
-will not relay (CL+TE, a coding other than chunked, HTTP/1.0 with Transfer-Encoding).
+is read in full before forwarding or answering (a form that may carry an RFC 6750 §2.2
+token, a back-channel logout): all of it HTTP-level, none of it about OAuth. The listener
+already refused every framing the gateway will not relay (CL+TE, a coding other than
+chunked, HTTP/1.0 with Transfer-Encoding).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from urllib.parse import unquote_plus
 
 from gateway.listener import ContentTooLarge, Request
-from gateway.problems import MethodNotAllowed, PayloadTooLarge
+from gateway.problems import MethodNotAllowed, PayloadTooLarge, RequestTimeout
 from gateway.proxy.forward import NO_BODY, Body
 
 FORM_TYPE = b"application/x-www-form-urlencoded"
@@ -45,13 +47,29 @@ def is_form(request: Request) -> bool:
 
 
 async def read_whole_body(request: Request, limit: int) -> bytes:
-    """The whole body, however many pieces it arrives in, or 413 past ``limit`` bytes."""
+    """The whole body, however many pieces it arrives in: 413 past ``limit`` bytes, 408 if
+    it is not all there within the listener's ``body_timeout``.
+
+    A client that sent ``Expect: 100-continue`` holds the body back until told, and the
+    gateway needs the body (a form token, a logout token) before it can answer: the one case
+    where ``100 Continue`` precedes the decision. A declared Content-Length over ``limit``
+    gets its 413 instead of the 100 (RFC 9110 §10.1.1: a server that already knows it will
+    refuse answers the final status; the 100 would only make the client send a body that is
+    then thrown away), and the connection closes with the body unread. The time is counted
+    from here, the 100 when one is sent: before it, a client that expects one sends nothing.
+    """
+    body = request.body
     try:
-        return await request.body.read_all(limit)
+        body.check_length(limit)
+        request.send_continue()
+        async with asyncio.timeout(request.body_timeout):
+            return await body.read_all(limit)
     except ContentTooLarge:
-        raise PayloadTooLarge(
-            f"A form body that may carry a token is limited to {limit} bytes."
-        ) from None
+        raise PayloadTooLarge(f"This request's body is limited to {limit} bytes.") from None
+    except TimeoutError:
+        # RFC 9110 §15.5.9: not "a complete request message within the time that it
+        # [the server] was prepared to wait".
+        raise RequestTimeout("The request body did not arrive in time.") from None
 
 
 def wants_websocket(request: Request) -> bool:

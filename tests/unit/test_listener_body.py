@@ -115,3 +115,11 @@ async def test_shared_empty_bodies_are_complete(body: RequestBody, framing: str)
     body.discard()
     body.fail(ConnectionResetError())
     assert await body.read() == b""
+
+
+def test_check_length_decides_from_the_head_alone() -> None:
+    """What lets a caller refuse before asking for the body with 100 Continue."""
+    with pytest.raises(ContentTooLarge):
+        RequestBody(None, 100, False).check_length(99)
+    RequestBody(None, 99, False).check_length(99)
+    RequestBody(None, None, True).check_length(0)  # chunked: only reading tells
