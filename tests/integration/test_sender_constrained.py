@@ -50,8 +50,12 @@ def config(issuer: TestIssuer, upstream: RecordingUpstream, **extra: Any) -> dic
     return base
 
 
-async def call(gw: Any, path: str, headers: dict[str, str]) -> tuple[int, CIMultiDict[str], bytes]:
-    async with aiohttp.ClientSession() as session:
+async def call(
+    gw: Any, path: str, headers: dict[str, str], local: str | None = None
+) -> tuple[int, CIMultiDict[str], bytes]:
+    """A GET from 127.0.0.1, or from ``local`` (another loopback address: another peer)."""
+    connector = aiohttp.TCPConnector(local_addr=(local, 0)) if local else None
+    async with aiohttp.ClientSession(connector=connector) as session:
         async with session.get(f"http://127.0.0.1:{gw.proxy_port}{path}", headers=headers) as r:
             return r.status, CIMultiDict(r.headers), await r.read()
 
@@ -248,6 +252,36 @@ async def test_a_certificate_header_from_an_untrusted_client_never_reaches_the_u
         sent = {"Authorization": f"Bearer {token}", "X-Client-Certificate": escaped}
         assert (await call(gw, "/x", sent))[0] == 200
     assert upstream.last.header("X-Client-Certificate") is None
+
+
+async def test_a_peer_trusted_for_forwarding_only_cannot_vouch_for_a_certificate(
+    tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream
+) -> None:
+    """The certificate header's own list (client_certificates.trusted_proxies) decides who may
+    set it, for the gateway and for the upstream alike: a peer trusted for X-Forwarded-For
+    only neither binds a token with it nor passes it on; the certificate proxy does both."""
+    escaped, thumbprint = certificate()
+    certificates = {"mode": "optional", "source": "header", "header": "X-SSL-Client-Cert",
+                    "header_format": "escaped_pem",
+                    "trusted_proxies": ["127.0.0.2/32"]}  # fmt: skip
+    routes = [{"match": {"path": {"prefix": "/"}}, "upstream": "app",
+               "client_certificates": certificates}]  # fmt: skip
+    forwarding = {"trusted_proxies": ["127.0.0.1/32"]}
+    cfg = config(issuer, upstream, routes=routes, resources=[], forwarding=forwarding)
+    async with running_gateway(tmp_path, cfg) as gw:
+        await wait_ready(gw)
+        bound = issuer.mint({"cnf": {"x5t#S256": thumbprint}})
+        sent = {"Authorization": f"Bearer {issuer.mint()}", "X-SSL-Client-Cert": escaped,
+                "X-Forwarded-For": "198.51.100.7"}  # fmt: skip
+        assert (await call(gw, "/x", sent))[0] == 200
+        assert "198.51.100.7" in (upstream.last.header("X-Forwarded-For") or "")  # believed
+        assert upstream.last.header("X-SSL-Client-Cert") is None  # not believed: removed
+        injected = {"Authorization": f"Bearer {bound}", "X-SSL-Client-Cert": escaped}
+        status, headers, _ = await call(gw, "/x", injected)
+        assert status == 401 and 'error="invalid_token"' in headers["WWW-Authenticate"]
+        assert (await call(gw, "/x", injected, local="127.0.0.2"))[0] == 200
+        assert upstream.last.header("X-SSL-Client-Cert") == escaped  # its proxy's: passed on
+    assert len(upstream.received) == 2
 
 
 async def test_an_anonymous_route_under_dpop_defaults_keeps_the_proof_too(
