@@ -338,3 +338,46 @@ async def test_a_reload_that_would_leave_the_replay_store_unshared_is_refused(
             cfg["defaults"]["dpop"].pop("replay")
             await gw.reload(load_config(write_config(tmp_path, cfg), env={}))  # unchanged: fine
             assert gw.holder.current.replay is kept
+
+
+async def test_a_reload_that_moves_the_replay_stores_redis_is_refused(
+    tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream
+) -> None:
+    """The shared replay store keeps its Redis client across reloads. A reload naming another
+    cache.redis would leave it recording proofs where the config no longer says (and a
+    store started afresh there would let every proof still alive be used once more), so it
+    is refused with the line of cache.redis, and proofs keep going to the first Redis."""
+    import redis.asyncio as aioredis
+
+    from gateway.config.errors import ConfigError
+    from gateway.config.loader import load_config
+    from tests.support.gateway import write_config
+    from tests.support.redis import TEST_CACHE_KEY, RedisServer
+
+    def redis_of(server: RedisServer) -> dict[str, Any]:
+        return {"url": server.url, "timeout": "500ms", "key": TEST_CACHE_KEY}
+
+    async def proof_keys(server: RedisServer) -> list[bytes]:
+        client = aioredis.Redis.from_url(server.url)
+        try:
+            return [key async for key in client.scan_iter(match="gw:dpop:*")]
+        finally:
+            await client.aclose()
+
+    with RedisServer() as first, RedisServer() as second:
+        cfg = config(issuer, upstream, resources=[], cache={"redis": redis_of(first)})
+        cfg["defaults"] = {"dpop": {"mode": "optional", "external_url": EXTERNAL,
+                                    "replay": {"redis": True}}}  # fmt: skip
+        async with running_gateway(tmp_path, cfg) as gw:
+            await wait_ready(gw)
+            kept = gw.holder.current.replay
+            cfg["cache"] = {"redis": redis_of(second)}
+            with pytest.raises(ConfigError, match=r"gateway\.yaml:\d+: cache\.redis: .*restart"):
+                await gw.reload(load_config(write_config(tmp_path, cfg), env={}))
+            assert gw.holder.current.replay is kept
+            key = client_key("ES256")
+            token = issuer.mint({"cnf": {"jkt": key.jkt}})
+            sent = {"Authorization": f"DPoP {token}",
+                    "DPoP": proof(key, htu=f"{EXTERNAL}/dpop/x", token=token)}  # fmt: skip
+            assert (await call(gw, "/dpop/x", sent))[0] == 200
+        assert len(await proof_keys(first)) == 1 and await proof_keys(second) == []
