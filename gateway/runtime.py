@@ -257,7 +257,7 @@ def _replay_store(compiled: CompiledConfig, previous: Runtime | None) -> ReplayS
         return None
     if previous is not None and previous.replay is not None:
         return previous.replay
-    memory = MemoryReplayStore(settings.max_entries)
+    memory = MemoryReplayStore(settings.max_entries, max_per_key=settings.max_entries_per_key)
     if not settings.redis or compiled.redis is None:
         return memory
     from gateway.cache.redis import make_client  # redis-py only where configured

@@ -381,3 +381,33 @@ async def test_a_reload_that_moves_the_replay_stores_redis_is_refused(
                     "DPoP": proof(key, htu=f"{EXTERNAL}/dpop/x", token=token)}  # fmt: skip
             assert (await call(gw, "/dpop/x", sent))[0] == 200
         assert len(await proof_keys(first)) == 1 and await proof_keys(second) == []
+
+
+async def test_one_key_signing_proofs_fast_fills_its_share_not_everyones_store(
+    tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream
+) -> None:
+    """One client with one DPoP-bound token can sign a fresh proof per request; each stays in
+    the replay store for the proof lifetime. Past its key's share it gets 429 with
+    Retry-After, and another client's proofs still fit (without the share the first client
+    fills the store and every DPoP request on the replica gets 503)."""
+    defaults = {"dpop": {"mode": "optional", "external_url": EXTERNAL,
+                         "replay": {"max_entries": 8, "max_entries_per_key": 3}}}  # fmt: skip
+    cfg = config(issuer, upstream, resources=[], defaults=defaults)
+    async with running_gateway(tmp_path, cfg) as gw:
+        await wait_ready(gw)
+
+        async def send(key: Any, token: str) -> tuple[int, CIMultiDict[str], bytes]:
+            dpop = proof(key, htu=f"{EXTERNAL}/dpop/x", token=token)
+            return await call(gw, "/dpop/x", {"Authorization": f"DPoP {token}", "DPoP": dpop})
+
+        hog = client_key("ES256")
+        hog_token = issuer.mint({"cnf": {"jkt": hog.jkt}})
+        assert [(await send(hog, hog_token))[0] for _ in range(3)] == [200, 200, 200]
+        status, headers, body = await send(hog, hog_token)
+        assert status == 429 and 1 <= int(headers["Retry-After"]) <= 70  # iat + 60s + 5s
+        assert json.loads(body)["type"].endswith("dpop-proofs-exceeded")
+        assert "WWW-Authenticate" not in headers  # not a credential problem
+        for _ in range(5):  # the rest of the store is everyone else's
+            other = client_key("ES256")
+            assert (await send(other, issuer.mint({"cnf": {"jkt": other.jkt}})))[0] == 200
+    assert len(upstream.received) == 8
