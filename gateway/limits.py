@@ -1,5 +1,6 @@
 """The started rate limiter of a runtime (issue 17): one in-memory limiter, kept across
-reloads while the limits are held the same way, and its cluster sync through Redis.
+reloads while the limits are held the same way, and its cluster sync through Redis, kept
+with it while ``cache.redis`` stays the same and started afresh on the new one when not.
 
 A component like the others: its readiness note says when replicas cannot share counts
 (each then enforces its local share), its metrics count allowed and limited requests by
@@ -42,9 +43,13 @@ class Limits:
         if self.limiter is None or not compiled.rate_limiting.shared:
             return
         if previous is not None and previous.limiter is self.limiter and previous.sync:
-            self.sync = previous.sync  # one sync per limiter
-            previous.sync = None
-            return
+            sync, previous.sync = previous.sync, None  # one sync per limiter
+            if previous._compiled.redis == compiled.redis:
+                self.sync = sync
+                return
+            # cache.redis changed: the counts stay with the limiter, its sharing moves to
+            # the new Redis (pending admissions are pushed there by the new sync).
+            await sync.close()
         from gateway.auth.ratelimit_sync import ClusterSync
 
         assert compiled.redis is not None  # the compile step requires cache.redis

@@ -228,13 +228,24 @@ async def start_runtime(
 def _check_replay_kept(compiled: CompiledConfig, previous: Runtime | None) -> None:
     """Refuse a reload that changes the replay store ``_replay_store`` keeps: kept, it would
     go on with its old settings (say, memory only where the new config shares proofs
-    through Redis), and a proof used here would pass at another replica."""
+    through Redis, or the old Redis where the new config names another), and a proof used
+    here would pass at another replica.
+
+    Refused rather than rebuilt, like a change of ``replay`` itself: a store started afresh
+    on the new Redis would not know the proofs the old one holds, so each of them could be
+    used once more during their lifetime; a restart makes that an operator's choice."""
     if previous is None or previous.replay is None or compiled.dpop_replay is None:
         return
     if previous.compiled.dpop_replay != compiled.dpop_replay:
         raise compiled.loaded.source.error(
             ("defaults", "dpop", "replay"),
             "the DPoP replay store is kept across reloads: restart to change it",
+        )
+    if compiled.dpop_replay.redis and previous.compiled.redis != compiled.redis:
+        raise compiled.loaded.source.error(
+            ("cache", "redis"),
+            "the DPoP replay store (defaults.dpop.replay.redis) keeps its Redis across "
+            "reloads: restart to move it to another Redis",
         )
 
 
@@ -246,7 +257,7 @@ def _replay_store(compiled: CompiledConfig, previous: Runtime | None) -> ReplayS
         return None
     if previous is not None and previous.replay is not None:
         return previous.replay
-    memory = MemoryReplayStore(settings.max_entries)
+    memory = MemoryReplayStore(settings.max_entries, max_per_key=settings.max_entries_per_key)
     if not settings.redis or compiled.redis is None:
         return memory
     from gateway.cache.redis import make_client  # redis-py only where configured

@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import __version__, boundedjson
-from gateway.auth.decide import token_digest
+from gateway.auth.digests import token_digest
 from gateway.auth.identity_cache import EvictionReport
 from gateway.metrics import Metrics
 from gateway.problems import (

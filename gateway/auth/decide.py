@@ -15,7 +15,6 @@ It knows nothing about HTTP servers: no aiohttp, no proxy.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
@@ -23,6 +22,7 @@ from typing import Literal, Protocol
 from gateway.auth import sender
 from gateway.auth.authenticate import Authenticator, TokenRules
 from gateway.auth.bearer import read_credential
+from gateway.auth.digests import token_digest
 from gateway.auth.headers import IdentityHeaders
 from gateway.auth.identity import Identity
 from gateway.auth.identity_cache import IdentityCache, Memo
@@ -122,11 +122,6 @@ class Sessions(Protocol):
     async def allow(self, route: RouteAuth, facts: RequestFacts, trace: Trace | None) -> Allow: ...
 
     def strip_cookies(self, facts: RequestFacts, allow: Allow) -> Allow: ...
-
-
-def token_digest(token: str) -> bytes:
-    """How every cache names a token: its SHA-256, never the token (RFC 6750 §5.3)."""
-    return hashlib.sha256(token.encode()).digest()
 
 
 class Decider:

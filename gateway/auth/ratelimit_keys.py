@@ -6,6 +6,11 @@ the request (``ip``: the client address the handler resolved through ``trusted_p
 authentication. Every part is bounded (a long value is replaced by its SHA-256), so memory
 per key is bounded whatever a client sends; an absent part is the empty string, so clients
 without it share one bucket rather than escaping the limit.
+
+A ``header:NAME`` or ``claim:NAME`` part may be a credential (``header:Authorization``, a
+``sid`` claim), so it is kept only as its SHA-256 (``digests.token_digest``, as the identity
+cache names tokens), whatever its length: no bucket, here or in Redis through the cluster
+sync, holds a token, a code, a session id or a proof as sent (RFC 6750 §5.3).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from gateway.auth.digests import token_digest
 from gateway.auth.identity import Identity
 from gateway.auth.ratelimit import Rate
 
@@ -37,6 +43,11 @@ def _bounded(value: str) -> str:
     if len(value) <= MAX_PART_CHARS:
         return value
     return "#" + hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()
+
+
+def _digested(value: str) -> str:
+    """A part that may be a secret: its SHA-256 in hex, never the value ("" stays "")."""
+    return token_digest(value).hex() if value else ""
 
 
 def _claim_text(value: Any) -> str:
@@ -83,14 +94,14 @@ def _address(identity: Identity | None, ip: str, headers: HeaderGetter) -> str:
 
 def _header(name: str) -> Part:
     def read(identity: Identity | None, ip: str, headers: HeaderGetter) -> str:
-        return _bounded(headers.get(name) or "")
+        return _digested(headers.get(name) or "")
 
     return read
 
 
 def _claim(name: str) -> Part:
     def read(identity: Identity | None, ip: str, headers: HeaderGetter) -> str:
-        return _bounded(_claim_text(identity.claims.get(name))) if identity is not None else ""
+        return _digested(_claim_text(identity.claims.get(name))) if identity is not None else ""
 
     return read
 

@@ -159,8 +159,11 @@ async def _check_proof(
         now=now,
         nonces=nonces,
     )
-    # RFC 9449 §11.1: a proof is accepted once; the store keeps its hash until it expires.
-    if replay is not None and not await replay.record(proof.replay_key, proof.replay_ttl):
+    # RFC 9449 §11.1: a proof is accepted once; the store keeps its hash until it expires,
+    # counted against its key's share of the store (the key matched the token's cnf.jkt).
+    if replay is not None and not await replay.record(
+        proof.replay_key, proof.replay_ttl, proof.jkt
+    ):
         raise InvalidDpopProof(
             "The DPoP proof was already used.", reason="dpop_replay", algs=dpop.policy.algorithms
         )

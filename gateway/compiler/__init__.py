@@ -307,17 +307,32 @@ def _forwarding_policy(loaded: LoadedConfig) -> ForwardingPolicy:
             forwarded=fwd.forwarded,
             via=fwd.via,
             request_id_header=fwd.request_id_header,
-            proxy_only_headers=frozenset(fwd.proxy_only_headers) | _certificate_headers(loaded),
+            proxy_only_headers=frozenset(fwd.proxy_only_headers),
+            guarded_headers=_certificate_headers(loaded),
         )
     except ValueError as exc:
         raise loaded.source.error(("forwarding",), str(exc)) from None
 
 
-def _certificate_headers(loaded: LoadedConfig) -> frozenset[str]:
+def _certificate_headers(loaded: LoadedConfig) -> tuple[tuple[str, TrustedProxies], ...]:
     """The front proxy's client-certificate headers the routes read (RFC 8705 behind a
-    TLS-terminating proxy): from anyone but a trusted proxy they are a certificate the
-    client typed, so they never reach an upstream either, whatever their name."""
+    TLS-terminating proxy), each with the peers that may set it: those of the
+    ``client_certificates.trusted_proxies`` naming it (``forwarding.trusted_proxies`` where a
+    section lists none), whatever ``forwarding.trusted_proxies`` says. From anyone else the
+    header is a certificate the client typed (or a proxy trusted only for X-Forwarded-For
+    let through), which the gateway does not believe, so no upstream gets it either. A
+    header two routes read with different lists passes from a peer in either: each is a
+    proxy the operator says sets it (RFC 9440 §2: such a proxy "MUST" sanitize it), while
+    each route believes only its own list (``sender_rules``)."""
     config = loaded.config
     sections = [config.defaults.client_certificates]
     sections += [r.client_certificates for r in config.routes if r.client_certificates]
-    return frozenset(s.header for s in sections if s.mode != "off" and s.source == "header")
+    peers: dict[str, list[str]] = {}
+    for section in sections:
+        if section.mode == "off" or section.source != "header":
+            continue
+        trusted = section.trusted_proxies
+        if trusted is None:
+            trusted = config.forwarding.trusted_proxies
+        peers.setdefault(section.header.lower(), []).extend(trusted)
+    return tuple((name, TrustedProxies(networks)) for name, networks in sorted(peers.items()))

@@ -168,6 +168,7 @@ class DpopReplaySettings:
     if every route allows it."""
 
     max_entries: int
+    max_entries_per_key: int  # one proof key's share of max_entries
     redis: bool
     fail_open: bool
     key_prefix: str
@@ -196,8 +197,10 @@ def dpop_replay_settings(loaded: LoadedConfig, routes: Sequence[Any]) -> DpopRep
             )
     if not enabled:
         return None
+    per_key = shared.max_entries_per_key
     return DpopReplaySettings(
         max_entries=shared.max_entries,
+        max_entries_per_key=max(1, shared.max_entries // 10) if per_key is None else per_key,
         redis=shared.redis,
         fail_open=shared.on_redis_error == "fail_open",
         key_prefix=shared.key_prefix,

@@ -18,7 +18,9 @@ that some frameworks route on (``X-Original-URL`` and ``X-Rewrite-URL`` in IIS a
 ``X-HTTP-Method-Override`` and its siblings) are dropped from everyone (``NEVER_FORWARDED``):
 the gateway chose the route and its policy from the real path and method, and front proxies
 rarely strip these, so a client behind a trusted proxy could still send them. Any other
-routing header an upstream honours must be added there.
+routing header an upstream honours must be added there. A header with peers of its own
+(``guarded_headers``: a front proxy's client-certificate header, RFC 9440 §2) passes only
+from those peers, whatever ``trusted`` says of them.
 
 Everything that depends only on configuration is compiled when ``ForwardingPolicy`` and
 ``Removal`` are built. Per request the work is one pass over the header list with dict and
@@ -78,6 +80,7 @@ _CONNECTION = 1
 _HOST = 2
 _AUTHORIZATION = 3
 _COLLECT = 4  # forwarding chains (X-Forwarded-*, Forwarded, Via) extended at the end
+_GUARDED = 5  # kept only from a peer on the header's own list (guarded_headers)
 
 
 def _canonical(name: str) -> str:
@@ -100,6 +103,10 @@ class ForwardingPolicy:
     request_id_header: str = "X-Request-Id"
     # Site-specific names believed only from trusted proxies, like PROXY_ONLY.
     proxy_only_headers: frozenset[str] = frozenset()
+    # Names believed only from peers of their own (a front proxy's client-certificate
+    # header: client_certificates.trusted_proxies), whether or not ``trusted`` has the peer.
+    guarded_headers: tuple[tuple[str, TrustedProxies], ...] = ()
+    _guards: dict[str, TrustedProxies] = field(init=False, repr=False, compare=False)
     _trusted_actions: dict[str, int] = field(init=False, repr=False, compare=False)
     _untrusted_actions: dict[str, int] = field(init=False, repr=False, compare=False)
 
@@ -114,12 +121,14 @@ class ForwardingPolicy:
         if self.request_id_header.lower() in _RESERVED:
             raise ValueError(f"{self.request_id_header!r} is managed by the proxy itself")
         names = frozenset(name.lower() for name in self.proxy_only_headers)
-        for name in sorted(names):
+        guards = {name.lower(): peers for name, peers in self.guarded_headers}
+        for name in sorted(names | guards.keys()):
             if not _is_token(name):
                 raise ValueError(f"proxy-only header {name!r} is not a header name")
             if name in _RESERVED or name == self.request_id_header.lower():
                 raise ValueError(f"proxy-only header {name!r} is managed by the proxy itself")
         object.__setattr__(self, "proxy_only_headers", names)
+        object.__setattr__(self, "_guards", guards)
         object.__setattr__(self, "_trusted_actions", self._actions(trusted=True))
         object.__setattr__(self, "_untrusted_actions", self._actions(trusted=False))
 
@@ -142,6 +151,8 @@ class ForwardingPolicy:
             # A trusted proxy's header we do not extend passes through untouched.
         if not trusted:
             actions.update(dict.fromkeys(PROXY_ONLY | self.proxy_only_headers, _DROP))
+        # Their own list decides, for peers trusted with X-Forwarded-For and the rest alike.
+        actions.update(dict.fromkeys(self._guards, _GUARDED))
         actions.update(dict.fromkeys(NEVER_FORWARDED, _DROP))
         return actions
 
@@ -279,7 +290,7 @@ def upstream_request_headers(
             _refuse(name)
         lname = name.lower()
         action = actions.get(lname)
-        if action is None:
+        if action is None or (action == _GUARDED and policy._guards[lname].is_trusted(peer)):
             # Any '_' is refused outright (nginx's underscores_in_headers off): CGI/WSGI
             # upstreams fold it into '-', so X_User_Id would arrive as X-User-Id.
             if not (

@@ -50,8 +50,12 @@ def config(issuer: TestIssuer, upstream: RecordingUpstream, **extra: Any) -> dic
     return base
 
 
-async def call(gw: Any, path: str, headers: dict[str, str]) -> tuple[int, CIMultiDict[str], bytes]:
-    async with aiohttp.ClientSession() as session:
+async def call(
+    gw: Any, path: str, headers: dict[str, str], local: str | None = None
+) -> tuple[int, CIMultiDict[str], bytes]:
+    """A GET from 127.0.0.1, or from ``local`` (another loopback address: another peer)."""
+    connector = aiohttp.TCPConnector(local_addr=(local, 0)) if local else None
+    async with aiohttp.ClientSession(connector=connector) as session:
         async with session.get(f"http://127.0.0.1:{gw.proxy_port}{path}", headers=headers) as r:
             return r.status, CIMultiDict(r.headers), await r.read()
 
@@ -250,6 +254,36 @@ async def test_a_certificate_header_from_an_untrusted_client_never_reaches_the_u
     assert upstream.last.header("X-Client-Certificate") is None
 
 
+async def test_a_peer_trusted_for_forwarding_only_cannot_vouch_for_a_certificate(
+    tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream
+) -> None:
+    """The certificate header's own list (client_certificates.trusted_proxies) decides who may
+    set it, for the gateway and for the upstream alike: a peer trusted for X-Forwarded-For
+    only neither binds a token with it nor passes it on; the certificate proxy does both."""
+    escaped, thumbprint = certificate()
+    certificates = {"mode": "optional", "source": "header", "header": "X-SSL-Client-Cert",
+                    "header_format": "escaped_pem",
+                    "trusted_proxies": ["127.0.0.2/32"]}  # fmt: skip
+    routes = [{"match": {"path": {"prefix": "/"}}, "upstream": "app",
+               "client_certificates": certificates}]  # fmt: skip
+    forwarding = {"trusted_proxies": ["127.0.0.1/32"]}
+    cfg = config(issuer, upstream, routes=routes, resources=[], forwarding=forwarding)
+    async with running_gateway(tmp_path, cfg) as gw:
+        await wait_ready(gw)
+        bound = issuer.mint({"cnf": {"x5t#S256": thumbprint}})
+        sent = {"Authorization": f"Bearer {issuer.mint()}", "X-SSL-Client-Cert": escaped,
+                "X-Forwarded-For": "198.51.100.7"}  # fmt: skip
+        assert (await call(gw, "/x", sent))[0] == 200
+        assert "198.51.100.7" in (upstream.last.header("X-Forwarded-For") or "")  # believed
+        assert upstream.last.header("X-SSL-Client-Cert") is None  # not believed: removed
+        injected = {"Authorization": f"Bearer {bound}", "X-SSL-Client-Cert": escaped}
+        status, headers, _ = await call(gw, "/x", injected)
+        assert status == 401 and 'error="invalid_token"' in headers["WWW-Authenticate"]
+        assert (await call(gw, "/x", injected, local="127.0.0.2"))[0] == 200
+        assert upstream.last.header("X-SSL-Client-Cert") == escaped  # its proxy's: passed on
+    assert len(upstream.received) == 2
+
+
 async def test_an_anonymous_route_under_dpop_defaults_keeps_the_proof_too(
     tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream
 ) -> None:
@@ -304,3 +338,76 @@ async def test_a_reload_that_would_leave_the_replay_store_unshared_is_refused(
             cfg["defaults"]["dpop"].pop("replay")
             await gw.reload(load_config(write_config(tmp_path, cfg), env={}))  # unchanged: fine
             assert gw.holder.current.replay is kept
+
+
+async def test_a_reload_that_moves_the_replay_stores_redis_is_refused(
+    tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream
+) -> None:
+    """The shared replay store keeps its Redis client across reloads. A reload naming another
+    cache.redis would leave it recording proofs where the config no longer says (and a
+    store started afresh there would let every proof still alive be used once more), so it
+    is refused with the line of cache.redis, and proofs keep going to the first Redis."""
+    import redis.asyncio as aioredis
+
+    from gateway.config.errors import ConfigError
+    from gateway.config.loader import load_config
+    from tests.support.gateway import write_config
+    from tests.support.redis import TEST_CACHE_KEY, RedisServer
+
+    def redis_of(server: RedisServer) -> dict[str, Any]:
+        return {"url": server.url, "timeout": "500ms", "key": TEST_CACHE_KEY}
+
+    async def proof_keys(server: RedisServer) -> list[bytes]:
+        client = aioredis.Redis.from_url(server.url)
+        try:
+            return [key async for key in client.scan_iter(match="gw:dpop:*")]
+        finally:
+            await client.aclose()
+
+    with RedisServer() as first, RedisServer() as second:
+        cfg = config(issuer, upstream, resources=[], cache={"redis": redis_of(first)})
+        cfg["defaults"] = {"dpop": {"mode": "optional", "external_url": EXTERNAL,
+                                    "replay": {"redis": True}}}  # fmt: skip
+        async with running_gateway(tmp_path, cfg) as gw:
+            await wait_ready(gw)
+            kept = gw.holder.current.replay
+            cfg["cache"] = {"redis": redis_of(second)}
+            with pytest.raises(ConfigError, match=r"gateway\.yaml:\d+: cache\.redis: .*restart"):
+                await gw.reload(load_config(write_config(tmp_path, cfg), env={}))
+            assert gw.holder.current.replay is kept
+            key = client_key("ES256")
+            token = issuer.mint({"cnf": {"jkt": key.jkt}})
+            sent = {"Authorization": f"DPoP {token}",
+                    "DPoP": proof(key, htu=f"{EXTERNAL}/dpop/x", token=token)}  # fmt: skip
+            assert (await call(gw, "/dpop/x", sent))[0] == 200
+        assert len(await proof_keys(first)) == 1 and await proof_keys(second) == []
+
+
+async def test_one_key_signing_proofs_fast_fills_its_share_not_everyones_store(
+    tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream
+) -> None:
+    """One client with one DPoP-bound token can sign a fresh proof per request; each stays in
+    the replay store for the proof lifetime. Past its key's share it gets 429 with
+    Retry-After, and another client's proofs still fit (without the share the first client
+    fills the store and every DPoP request on the replica gets 503)."""
+    defaults = {"dpop": {"mode": "optional", "external_url": EXTERNAL,
+                         "replay": {"max_entries": 8, "max_entries_per_key": 3}}}  # fmt: skip
+    cfg = config(issuer, upstream, resources=[], defaults=defaults)
+    async with running_gateway(tmp_path, cfg) as gw:
+        await wait_ready(gw)
+
+        async def send(key: Any, token: str) -> tuple[int, CIMultiDict[str], bytes]:
+            dpop = proof(key, htu=f"{EXTERNAL}/dpop/x", token=token)
+            return await call(gw, "/dpop/x", {"Authorization": f"DPoP {token}", "DPoP": dpop})
+
+        hog = client_key("ES256")
+        hog_token = issuer.mint({"cnf": {"jkt": hog.jkt}})
+        assert [(await send(hog, hog_token))[0] for _ in range(3)] == [200, 200, 200]
+        status, headers, body = await send(hog, hog_token)
+        assert status == 429 and 1 <= int(headers["Retry-After"]) <= 70  # iat + 60s + 5s
+        assert json.loads(body)["type"].endswith("dpop-proofs-exceeded")
+        assert "WWW-Authenticate" not in headers  # not a credential problem
+        for _ in range(5):  # the rest of the store is everyone else's
+            other = client_key("ES256")
+            assert (await send(other, issuer.mint({"cnf": {"jkt": other.jkt}})))[0] == 200
+    assert len(upstream.received) == 8

@@ -271,6 +271,28 @@ SITE_CASES = [
          policy=policy(proxy_only_headers=SITE_NAMES)),
 ]  # fmt: skip
 
+# A front proxy's client-certificate header with its own peers (client_certificates.
+# trusted_proxies): they alone decide, whether or not forwarding trusts the peer.
+CERTIFICATE_PROXY = "192.0.2.10"
+GUARDED = policy(guarded_headers=(("X-SSL-Client-Cert", TrustedProxies([CERTIFICATE_PROXY])),
+                                  ("X-Own-Cert", TrustedProxies([CERTIFICATE_PROXY]))))  # fmt: skip
+GUARDED_CASES = [
+    case("certificate-from-forwarding-trusted-peer-dropped", [("X-SSL-Client-Cert", "pem")],
+         "x-ssl-client-cert", [], peer=TRUSTED, policy=GUARDED),
+    case("certificate-from-untrusted-peer-dropped", [("x-ssl-client-cert", "pem")],
+         "x-ssl-client-cert", [], policy=GUARDED),
+    case("certificate-from-its-proxy-kept", [("X-SSL-Client-Cert", "pem")],
+         "x-ssl-client-cert", ["pem"], peer=CERTIFICATE_PROXY, policy=GUARDED),
+    case("site-certificate-name-from-its-proxy-kept", [("X-Own-Cert", "pem")],
+         "x-own-cert", ["pem"], peer=CERTIFICATE_PROXY, policy=GUARDED),
+    case("site-certificate-name-from-forwarding-trusted-peer-dropped", [("X-Own-Cert", "pem")],
+         "x-own-cert", [], peer=TRUSTED, policy=GUARDED),
+    case("other-proxy-only-names-still-follow-forwarding", [("X-Real-IP", "1")], "x-real-ip",
+         [], peer=CERTIFICATE_PROXY, policy=GUARDED),
+    case("unguarded-certificate-name-follows-forwarding", [("X-Client-Cert", "pem")],
+         "x-client-cert", ["pem"], peer=TRUSTED, policy=GUARDED),
+]  # fmt: skip
+
 
 X_FORWARDED_CASES = [
     case(
@@ -509,6 +531,7 @@ REQUEST_ID_CASES = [
         *AUTHORIZATION_CASES,
         *PROXY_ONLY_CASES,
         *SITE_CASES,
+        *GUARDED_CASES,
         *X_FORWARDED_CASES,
         *FORWARDED_CASES,
         *VIA_CASES,
@@ -714,6 +737,10 @@ def test_connection_tokens(values_in: list[str], expected: set[str]) -> None:
         pytest.param(
             lambda: policy(request_id_header="X-Corr", proxy_only_headers=frozenset({"x-corr"})),
             id="proxy-only-custom-request-id-header",
+        ),
+        pytest.param(
+            lambda: policy(guarded_headers=(("Authorization", TrustedProxies([TRUSTED])),)),
+            id="guarded-reserved-authorization",
         ),
         pytest.param(
             lambda: policy(proxy_only_headers=frozenset({"X Bad"})), id="proxy-only-not-a-token"

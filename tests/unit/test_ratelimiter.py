@@ -173,6 +173,21 @@ def test_ip_and_header_keys() -> None:
     assert max(len(part) for key in limiter._buckets for part in key) <= 128
 
 
+def test_header_and_claim_parts_are_held_as_digests_however_short() -> None:
+    """A header or a claim may be a credential (``Authorization``, a ``sid``): no bucket
+    keeps it as sent, and distinct values still count apart."""
+    limiter = RateLimiter(clock=Clock())
+    route = route_limits(
+        limits=[{"name": "l", "key": ["header:Authorization", "claim:sid"], "limit": 1}]
+    )
+    sent = [("Bearer tok-1", "sid-1"), ("Bearer tok-2", "sid-1"), ("Bearer tok-1", "sid-2")]
+    for token, sid in sent:
+        assert admitted(limiter, route, 2, who(sid=sid), IP, {"Authorization": token}) == 1
+    assert len(limiter) == 3
+    parts = [part for key in limiter._buckets for part in key]
+    assert not [p for p in parts for secret in ("tok-", "sid-") if secret in p]
+
+
 @pytest.mark.parametrize(
     ("address", "expected"),
     [

@@ -44,6 +44,8 @@ def test_durations_and_nested_sections_parse() -> None:
         (Dpop, {"mode": "sometimes"}, "mode"),
         (Dpop, {"unknown": 1}, "unknown"),
         (DpopNonce, {"secret": "short"}, "32 bytes"),
+        (Dpop, {"replay": {"max_entries": 10, "max_entries_per_key": 11}}, "per_key"),
+        (Dpop, {"replay": {"max_entries_per_key": 0}}, "max_entries_per_key"),
         (ClientCertificates, {"trusted_proxies": ["10.0.0.1/8"]}, "CIDR"),
         (ClientCertificates, {"header_format": "pem"}, "header_format"),
         (ProtectedResource, {"resource": "http://api.example.com"}, "https"),
@@ -55,6 +57,7 @@ def test_durations_and_nested_sections_parse() -> None:
     ],
     ids=["dpop-without-origin", "hs256", "none", "no-algs", "max-age-too-long",
          "origin-with-query", "origin-relative", "bad-mode", "unknown-key", "short-secret",
+         "share-over-store", "share-zero",
          "cidr-host-bits", "bad-header-format", "resource-http", "resource-fragment",
          "signing-none", "bearer-cookie"],
 )  # fmt: skip

@@ -56,11 +56,22 @@ class DpopReplay(Strict):
     """RFC 9449 §11.1 jti replay store: in-process, plus Redis (``cache.redis``) if asked."""
 
     max_entries: int = Field(100_000, ge=1, description="Full (all live) → 503, never evict.")
+    max_entries_per_key: int | None = Field(
+        None, ge=1, description="One proof key's share; past it that key gets 429 "
+        "(default: a tenth of max_entries, so filling the store takes ten tokens' keys).",
+    )  # fmt: skip
     redis: bool = Field(False, description="Share seen proofs with other replicas via Redis.")
     on_redis_error: Literal["fail_closed", "fail_open"] = Field(
         "fail_closed", description="fail_closed: 503; fail_open: this replica's memory only."
     )
     key_prefix: str = "gw:dpop:"
+
+    @model_validator(mode="after")
+    def _share_fits(self) -> DpopReplay:
+        share = self.max_entries_per_key
+        if share is not None and share > self.max_entries:
+            raise ValueError("max_entries_per_key cannot be more than max_entries")
+        return self
 
 
 class Dpop(Strict):
