@@ -39,9 +39,6 @@ class TunnelRegistry:
     def __len__(self) -> int:
         return len(self._open)
 
-    def open_on(self, route: str) -> int:
-        return self._per_route.get(route, 0)
-
     def reserve(self, route: str, limit: int) -> None:
         """Hold a place for a tunnel on ``route`` while its handshake runs; 503 when the
         route's ``websocket.max_connections`` are all taken."""

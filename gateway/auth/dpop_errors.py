@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from gateway.problems import Challenge, InvalidToken, MissingCredentials, as_challenge
+from gateway.problems import Challenge, InvalidToken, as_challenge
 
 
 def quoted(value: str) -> str:
@@ -138,29 +138,3 @@ class DpopBoundAsBearer(InvalidToken):
         return super().challenge(
             replace(ctx, dpop_algs=ctx.dpop_algs or self.algs, bearer=True, resource_metadata=meta)
         )
-
-
-class DpopMissingCredentials(MissingCredentials):
-    """RFC 6750 §3.1 / RFC 9449 §7.2: a request without credentials gets challenges without
-    error information: ``DPoP algs="…"`` alone where DPoP is required, and ``Bearer, DPoP
-    algs="…"`` (RFC 9449 Figure 17) where it is optional."""
-
-    def __init__(
-        self,
-        *,
-        algs: Sequence[str],
-        bearer_allowed: bool,
-        resource_metadata: str | None = None,
-    ) -> None:
-        super().__init__()
-        self.algs = tuple(algs)
-        self.bearer_allowed = bearer_allowed
-        self.resource_metadata = resource_metadata
-
-    def challenge(self, context: Challenge | str) -> str | None:
-        ctx = as_challenge(context)
-        meta = ctx.resource_metadata or self.resource_metadata
-        return super().challenge(
-            replace(ctx, dpop_algs=ctx.dpop_algs or self.algs, bearer=self.bearer_allowed,
-                    resource_metadata=meta)
-        )  # fmt: skip

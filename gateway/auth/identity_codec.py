@@ -67,13 +67,6 @@ def decode(data: bytes) -> Identity | Rejection:
     return _identity(fields)
 
 
-def decode_identity(data: bytes) -> Identity:
-    value = decode(data)
-    if not isinstance(value, Identity):
-        raise ValueError("not a cached identity")
-    return value
-
-
 def _identity(fields: list[Any]) -> Identity:
     if len(fields) != 9:
         raise ValueError("not a cached identity of this version")

@@ -181,10 +181,6 @@ class Tunnel:
     def bytes_to_client(self) -> int:
         return self.upstream.received
 
-    @property
-    def bytes_to_upstream(self) -> int:
-        return self.client.received
-
     def close_after(self, seconds: float) -> None:
         """End the tunnel ``seconds`` from now (the token that opened it expires then)."""
         if self._deadline is not None:

@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
 
 from gateway.app import Gateway
+from tests.support.dpop import ClientKey, client_key, proof
 from tests.support.forward_auth import (
     CASES,
     IDENTITY,
@@ -36,6 +38,43 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 SPOOFED = [("X-Auth-Subject", "evil"), ("X_Auth_Scopes", "admin"), ("X-Auth-Role", "root")]
 HTTP_KINDS = ("nginx", "traefik", "caddy", "envoy-http")
+EXTERNAL = "https://api.example"  # the external URL DPoP proofs are checked against
+Header = tuple[str, str]
+ConfigMaker = Callable[[RecordingUpstream, TestIssuer], dict[str, Any]]
+
+
+def with_routes(
+    *routes: dict[str, Any], decision: dict[str, Any] | None = None, **sections: Any
+) -> ConfigMaker:
+    """``forward_auth_config`` (its decision section given ``decision``) with ``routes``
+    matched before its own, and the top-level ``sections`` set."""
+
+    def make(upstream: RecordingUpstream, issuer: TestIssuer) -> dict[str, Any]:
+        data = forward_auth_config(upstream, issuer, **(decision or {}))
+        data["routes"][:0] = list(routes)
+        data.update(sections)
+        return data
+
+    return make
+
+
+def dpop_route(name: str, mode: str, **dpop: Any) -> dict[str, Any]:
+    """A route under ``/name`` whose DPoP proofs (RFC 9449 §4.3) are checked against
+    ``EXTERNAL``."""
+    return {"name": name, "match": {"path": {"prefix": f"/{name}"}}, "upstream": "app",
+            "dpop": {"mode": mode, "external_url": EXTERNAL, **dpop}}  # fmt: skip
+
+
+def forwarded(uri: str, *extra: Header, host: str = "api.example") -> list[Header]:
+    """How Traefik and Caddy describe ``GET uri`` to the decision service."""
+    return [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", uri),
+            ("X-Forwarded-Host", host), *extra]  # fmt: skip
+
+
+def dpop_bound(issuer: TestIssuer, **mint: Any) -> tuple[ClientKey, str]:
+    """A client key and an access token bound to it (RFC 9449 §6.1 ``cnf.jkt``)."""
+    key = client_key("ES256")
+    return key, issuer.mint({"cnf": {"jkt": key.jkt}}, **mint)
 
 
 @dataclass
@@ -186,14 +225,11 @@ async def test_decisions_are_labelled_by_mode_and_host_proxy(world: World) -> No
 
 
 async def test_allows_carry_a_bounded_max_age_only_when_enabled(tmp_path: Path) -> None:
-    def config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict:
-        return forward_auth_config(upstream, issuer, cache={"max_age": "60s"})
-
+    config = with_routes(decision={"cache": {"max_age": "60s"}})
     async with forward_auth_world(tmp_path, config) as (gw, _upstream, issuer):
         assert gw.decision is not None
         port = gw.decision.port
-        described = [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/api/x"),
-                     ("X-Forwarded-Host", "h")]  # fmt: skip
+        described = forwarded("/api/x", host="h")
         long_lived = bearer(issuer.mint(scope="read", exp_in=3600))
         short = bearer(issuer.mint(scope="read", exp_in=20))
         answer = await raw_request(port, "GET", "/traefik", described + long_lived)
@@ -219,8 +255,7 @@ async def test_trust_follows_a_reload(tmp_path: Path) -> None:
         async with running_gateway(tmp_path, config) as gw:
             assert gw.decision is not None
             port = gw.decision.port
-            described = [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/public/x"),
-                         ("X-Forwarded-Host", "h")]  # fmt: skip
+            described = forwarded("/public/x", host="h")
             assert (await raw_request(port, "GET", "/caddy", described)).status == 400
             ok = await raw_request(port, "GET", "/caddy", described, local="127.0.0.2")
             assert ok.status == 200
@@ -242,23 +277,16 @@ async def test_trust_follows_a_reload(tmp_path: Path) -> None:
 async def test_limits_are_the_proxy_listeners(tmp_path: Path) -> None:
     """A target the proxy's parser refuses as too long (414), and a header field over its
     bound, are refused by the decision service too (the latter by aiohttp's parser, 400)."""
-
-    def config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict:
-        data = forward_auth_config(upstream, issuer)
-        data["limits"] = {"max_request_line": 1024, "max_header_size": 2048}
-        return data
-
+    config = with_routes(limits={"max_request_line": 1024, "max_header_size": 2048})
     async with forward_auth_world(tmp_path, config) as (gw, _upstream, _issuer):
         assert gw.decision is not None
         long_target = "/public/" + "a" * 1100
         proxied = await raw_request(gw.proxy_port, "GET", long_target)
         assert proxied.status == 414
-        described = [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", long_target),
-                     ("X-Forwarded-Host", "h")]  # fmt: skip
+        described = forwarded(long_target, host="h")
         checked = await raw_request(gw.decision.port, "GET", "/traefik", described)
         assert checked.status == 414
-        huge = [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/public/x"),
-                ("X-Forwarded-Host", "h"), ("X-Big", "b" * 3000)]  # fmt: skip
+        huge = forwarded("/public/x", ("X-Big", "b" * 3000), host="h")
         assert (await raw_request(gw.decision.port, "GET", "/traefik", huge)).status == 400
 
 
@@ -266,39 +294,24 @@ async def test_dpop_proofs_and_client_addresses_reach_the_decision(tmp_path: Pat
     """A forward-auth check sees the original request's DPoP proof (RFC 9449 §4.3 checked
     against the external URL, as on the proxy) and counts the client the host proxy reports
     in X-Forwarded-For, not the host proxy itself, for a per-IP limit."""
-    from tests.support.dpop import client_key, proof
-
-    external = "https://api.example"
-
-    def config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict:
-        data = forward_auth_config(upstream, issuer)
-        data["routes"][:0] = [
-            {"name": "bound", "match": {"path": {"prefix": "/bound"}}, "upstream": "app",
-             "dpop": {"mode": "required", "external_url": external}},
-            {"name": "open", "match": {"path": {"prefix": "/open"}}, "upstream": "app",
-             "auth": "anonymous", "rate_limits": {"anonymous": [
-                 {"name": "per-ip", "key": ["ip"], "limit": 1, "window": 60}]}},
-        ]  # fmt: skip
-        return data
-
+    config = with_routes(
+        dpop_route("bound", "required"),
+        {"name": "open", "match": {"path": {"prefix": "/open"}}, "upstream": "app",
+         "auth": "anonymous", "rate_limits": {"anonymous": [
+             {"name": "per-ip", "key": ["ip"], "limit": 1, "window": 60}]}},
+    )  # fmt: skip
     async with forward_auth_world(tmp_path, config) as (gw, _upstream, issuer):
         assert gw.decision is not None
         port = gw.decision.port
-        key = client_key("ES256")
-        token = issuer.mint({"cnf": {"jkt": key.jkt}})
-
-        def described(uri: str, *extra: tuple[str, str]) -> list[tuple[str, str]]:
-            return [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", uri),
-                    ("X-Forwarded-Host", "api.example"), *extra]  # fmt: skip
-
-        dpop = proof(key, htu=f"{external}/bound/x", token=token)
-        with_proof = described("/bound/x", ("Authorization", f"DPoP {token}"), ("DPoP", dpop))
+        key, token = dpop_bound(issuer)
+        dpop = proof(key, htu=f"{EXTERNAL}/bound/x", token=token)
+        with_proof = forwarded("/bound/x", ("Authorization", f"DPoP {token}"), ("DPoP", dpop))
         assert (await raw_request(port, "GET", "/traefik", with_proof)).status == 200
-        no_proof = described("/bound/x", ("Authorization", f"DPoP {token}"))
+        no_proof = forwarded("/bound/x", ("Authorization", f"DPoP {token}"))
         assert (await raw_request(port, "GET", "/traefik", no_proof)).status == 401
 
-        def client(ip: str) -> list[tuple[str, str]]:
-            return described("/open/x", ("X-Forwarded-For", ip))
+        def client(ip: str) -> list[Header]:
+            return forwarded("/open/x", ("X-Forwarded-For", ip))
 
         first = [(await raw_request(port, "GET", "/caddy", client("203.0.113.1"))).status
                  for _ in range(2)]  # fmt: skip
@@ -312,32 +325,23 @@ async def test_a_cached_allow_is_never_offered_for_a_bound_token_or_a_limited_ro
     """nginx's cache key is method, host, URI and Authorization: a DPoP-bound token's allow
     reused from it would let the token pass again without a fresh proof (or with none), and
     a rate-limited route's would let requests through that no limit counted."""
-    from tests.support.dpop import client_key, proof
-
-    external = "https://api.example"
-
-    def config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict:
-        data = forward_auth_config(upstream, issuer, cache={"max_age": "60s"})
-        data["routes"][:0] = [
-            {"name": "bound", "match": {"path": {"prefix": "/bound"}}, "upstream": "app",
-             "dpop": {"mode": "optional", "external_url": external}},
-            {"name": "limited", "match": {"path": {"prefix": "/limited"}}, "upstream": "app",
-             "rate_limits": {"limits": [
-                 {"name": "per-client", "key": ["client_id"], "limit": 100, "window": 1}]}},
-        ]  # fmt: skip
-        return data
-
+    config = with_routes(
+        dpop_route("bound", "optional"),
+        {"name": "limited", "match": {"path": {"prefix": "/limited"}}, "upstream": "app",
+         "rate_limits": {"limits": [
+             {"name": "per-client", "key": ["client_id"], "limit": 100, "window": 1}]}},
+        decision={"cache": {"max_age": "60s"}},
+    )  # fmt: skip
     async with forward_auth_world(tmp_path, config) as (gw, _upstream, issuer):
         assert gw.decision is not None
         port = gw.decision.port
-        key = client_key("ES256")
-        token = issuer.mint({"cnf": {"jkt": key.jkt}}, exp_in=3600)
+        key, token = dpop_bound(issuer, exp_in=3600)
 
-        def described(uri: str, *extra: tuple[str, str]) -> list[tuple[str, str]]:
+        def described(uri: str, *extra: Header) -> list[Header]:
             return [("X-Original-Method", "GET"), ("X-Original-URI", uri),
                     ("X-Forwarded-Host", "api.example"), *extra]  # fmt: skip
 
-        dpop = proof(key, htu=f"{external}/bound/x", token=token)
+        dpop = proof(key, htu=f"{EXTERNAL}/bound/x", token=token)
         answer = await raw_request(port, "GET", "/nginx", described(
             "/bound/x", ("Authorization", f"DPoP {token}"), ("DPoP", dpop)))  # fmt: skip
         assert answer.status == 200
@@ -354,27 +358,15 @@ async def test_a_cached_allow_is_never_offered_for_a_bound_token_or_a_limited_ro
 async def test_envoy_is_told_to_remove_the_dpop_proof_it_relays(tmp_path: Path) -> None:
     """RFC 9449 proofs are for the gateway: the proxy listener drops the DPoP header unless
     forward_proof, and Envoy (HTTP and gRPC), which can remove headers, is told the same."""
-    from tests.support.dpop import client_key, proof
-
-    external = "https://api.example"
-
-    def config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict:
-        data = forward_auth_config(upstream, issuer)
-        data["routes"][:0] = [
-            {"name": "bound", "match": {"path": {"prefix": "/bound"}}, "upstream": "app",
-             "dpop": {"mode": "required", "external_url": external}},
-            {"name": "kept", "match": {"path": {"prefix": "/kept"}}, "upstream": "app",
-             "dpop": {"mode": "required", "external_url": external, "forward_proof": True}},
-        ]  # fmt: skip
-        return data
-
+    config = with_routes(
+        dpop_route("bound", "required"), dpop_route("kept", "required", forward_proof=True)
+    )
     async with forward_auth_world(tmp_path, config) as (gw, _upstream, issuer):
         assert gw.decision is not None
-        key = client_key("ES256")
-        token = issuer.mint({"cnf": {"jkt": key.jkt}})
+        key, token = dpop_bound(issuer)
 
-        def with_proof(path: str) -> list[tuple[str, str]]:
-            dpop = proof(key, htu=f"{external}{path}", token=token)
+        def with_proof(path: str) -> list[Header]:
+            dpop = proof(key, htu=f"{EXTERNAL}{path}", token=token)
             return [("Authorization", f"DPoP {token}"), ("DPoP", dpop)]
 
         port = gw.decision.port
@@ -395,27 +387,12 @@ async def test_the_access_log_says_how_a_checked_token_was_presented(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """As on the proxy listener: token_type (bearer, dpop, mtls), never the token or proof."""
-    from tests.support.dpop import client_key, proof
-
-    external = "https://api.example"
-
-    def config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict:
-        data = forward_auth_config(upstream, issuer)
-        data["logging"] = {"access_log": True}
-        data["routes"][:0] = [
-            {"name": "bound", "match": {"path": {"prefix": "/bound"}}, "upstream": "app",
-             "dpop": {"mode": "optional", "external_url": external}},
-        ]  # fmt: skip
-        return data
-
+    config = with_routes(dpop_route("bound", "optional"), logging={"access_log": True})
     async with forward_auth_world(tmp_path, config) as (gw, _upstream, issuer):
         assert gw.decision is not None
-        key = client_key("ES256")
-        token = issuer.mint({"cnf": {"jkt": key.jkt}})
-        dpop = proof(key, htu=f"{external}/bound/x", token=token)
-        described = [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/bound/x"),
-                     ("X-Forwarded-Host", "api.example"),
-                     ("Authorization", f"DPoP {token}"), ("DPoP", dpop)]  # fmt: skip
+        key, token = dpop_bound(issuer)
+        dpop = proof(key, htu=f"{EXTERNAL}/bound/x", token=token)
+        described = forwarded("/bound/x", ("Authorization", f"DPoP {token}"), ("DPoP", dpop))
         assert (await raw_request(gw.decision.port, "GET", "/traefik", described)).status == 200
         plain = bearer(issuer.mint(scope="read"))
         described = [*described[:3], *plain]
@@ -441,22 +418,16 @@ async def test_a_cached_allow_never_outlives_the_identity_token_it_carries(
     key.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))  # fmt: skip
-
-    def config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict:
-        data = forward_auth_config(upstream, issuer, cache={"max_age": "60s"})
-        data["token_signing"] = {"issuer": "https://gateway.example/",
-                                 "keys": [{"file": str(key), "kid": "gw-1"}]}  # fmt: skip
-        data["routes"][:0] = [
-            {"name": "signed", "match": {"path": {"prefix": "/signed"}}, "upstream": "app",
-             "identity_token": {"header": "X-Identity-Token"}},
-        ]  # fmt: skip
-        return data
-
+    config = with_routes(
+        {"name": "signed", "match": {"path": {"prefix": "/signed"}}, "upstream": "app",
+         "identity_token": {"header": "X-Identity-Token"}},
+        decision={"cache": {"max_age": "60s"}},
+        token_signing={"issuer": "https://gateway.example/",
+                       "keys": [{"file": str(key), "kid": "gw-1"}]},
+    )  # fmt: skip
     async with forward_auth_world(tmp_path, config) as (gw, _upstream, issuer):
         assert gw.decision is not None
-        described = [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/signed/x"),
-                     ("X-Forwarded-Host", "api.example"),
-                     *bearer(issuer.mint(scope="read", exp_in=3600))]  # fmt: skip
+        described = forwarded("/signed/x", *bearer(issuer.mint(scope="read", exp_in=3600)))
         answer = await raw_request(gw.decision.port, "GET", "/traefik", described)
         assert answer.status == 200 and answer.header("X-Identity-Token")
         assert answer.header("Cache-Control") == "private, max-age=10"

@@ -30,6 +30,17 @@ from tests.support.issuer import TestIssuer
 from tests.support.upstream import RecordingUpstream
 
 
+@pytest.fixture
+def ca(tmp_path: Path) -> TestCA:
+    return TestCA(tmp_path / "ca")
+
+
+@pytest.fixture
+def server(ca: TestCA) -> Issued:
+    """The listener's certificate, for the name clients connect to."""
+    return ca.issue("localhost", server=True)
+
+
 def tls_section(server: Issued, **extra: Any) -> dict[str, Any]:
     return {"cert_file": str(server.cert_file), "key_file": str(server.key_file), **extra}
 
@@ -83,10 +94,8 @@ def s_client(port: int, ca: TestCA, *options: str) -> str:
 
 
 async def test_https_reaches_the_upstream_as_https(
-    tmp_path: Path, upstream: RecordingUpstream
+    tmp_path: Path, upstream: RecordingUpstream, ca: TestCA, server: Issued
 ) -> None:
-    ca = TestCA(tmp_path / "ca")
-    server = ca.issue("localhost", server=True)
     async with running_gateway(tmp_path, tls_config(upstream, tls_section(server))) as gw:
         status, _ = await get(gw.proxy_port, ca.client_context(), "/orders?a=1")
         assert status == 200
@@ -103,10 +112,8 @@ async def test_https_reaches_the_upstream_as_https(
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 async def test_openssl_sees_http11_alpn_and_no_version_below_the_minimum(
-    tmp_path: Path, upstream: RecordingUpstream
+    tmp_path: Path, upstream: RecordingUpstream, ca: TestCA, server: Issued
 ) -> None:
-    ca = TestCA(tmp_path / "ca")
-    server = ca.issue("localhost", server=True)
     async with running_gateway(tmp_path, tls_config(upstream, tls_section(server))) as gw:
         port = gw.proxy_port
         report = await asyncio.to_thread(s_client, port, ca)
@@ -125,10 +132,9 @@ async def test_openssl_sees_http11_alpn_and_no_version_below_the_minimum(
 
 
 async def test_a_renewed_certificate_is_served_without_dropping_open_connections(
-    tmp_path: Path, upstream: RecordingUpstream
+    tmp_path: Path, upstream: RecordingUpstream, ca: TestCA, server: Issued
 ) -> None:
-    ca = TestCA(tmp_path / "ca")
-    first = ca.issue("localhost", server=True)
+    first = server
     live = tmp_path / "live"
     live.mkdir()
     cert_file, key_file = live / "tls.crt", live / "tls.key"
@@ -179,10 +185,9 @@ async def admin_metrics(port: int) -> str:
 
 
 async def test_a_reload_serves_new_files_and_refuses_what_needs_a_restart(
-    tmp_path: Path, upstream: RecordingUpstream
+    tmp_path: Path, upstream: RecordingUpstream, ca: TestCA, server: Issued
 ) -> None:
-    ca = TestCA(tmp_path / "ca")
-    first, second = ca.issue("localhost", server=True), ca.issue("second", server=True)
+    first, second = server, ca.issue("second", server=True)
     config = tls_config(upstream, tls_section(first))
     async with running_gateway(tmp_path, config) as gw:
         context = ca.client_context()
@@ -212,10 +217,8 @@ async def test_a_reload_serves_new_files_and_refuses_what_needs_a_restart(
 
 
 async def test_turning_tls_on_by_reload_is_refused(
-    tmp_path: Path, upstream: RecordingUpstream
+    tmp_path: Path, upstream: RecordingUpstream, ca: TestCA, server: Issued
 ) -> None:
-    ca = TestCA(tmp_path / "ca")
-    server = ca.issue("localhost", server=True)
     config = base_config(upstream.url)
     async with running_gateway(tmp_path, config) as gw:
         config["listen"]["tls"] = tls_section(server)
@@ -228,10 +231,8 @@ async def test_turning_tls_on_by_reload_is_refused(
 
 
 async def test_a_client_that_never_finishes_the_handshake_is_dropped(
-    tmp_path: Path, upstream: RecordingUpstream
+    tmp_path: Path, upstream: RecordingUpstream, ca: TestCA, server: Issued
 ) -> None:
-    ca = TestCA(tmp_path / "ca")
-    server = ca.issue("localhost", server=True)
     config = tls_config(upstream, tls_section(server),
                         limits={"header_timeout": "1s"})  # fmt: skip
     async with running_gateway(tmp_path, config) as gw:
@@ -264,10 +265,8 @@ def mtls_config(
 
 
 async def test_required_client_certificates_and_a_bound_token(
-    tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream
+    tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream, ca: TestCA, server: Issued
 ) -> None:
-    ca = TestCA(tmp_path / "ca")
-    server = ca.issue("localhost", server=True)
     alice, mallory = ca.issue("alice", server=False), ca.issue("mallory", server=False)
     outsider = TestCA(tmp_path / "other").issue("outsider", server=False)
     config = mtls_config(issuer, upstream, server, ca, "required")
@@ -292,10 +291,8 @@ async def test_required_client_certificates_and_a_bound_token(
 
 
 async def test_optional_client_certificates(
-    tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream
+    tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream, ca: TestCA, server: Issued
 ) -> None:
-    ca = TestCA(tmp_path / "ca")
-    server = ca.issue("localhost", server=True)
     alice = ca.issue("alice", server=False)
     config = mtls_config(issuer, upstream, server, ca, "optional")
     async with running_gateway(tmp_path, config) as gw:
@@ -313,10 +310,8 @@ async def test_optional_client_certificates(
     assert [r.raw_path for r in upstream.received] == ["/x", "/z"]
 
 
-def test_the_example_in_the_readme_loads(tmp_path: Path) -> None:
+def test_the_example_in_the_readme_loads(tmp_path: Path, ca: TestCA, server: Issued) -> None:
     """README's listen.tls example is a config the gateway accepts (with real files)."""
-    ca = TestCA(tmp_path / "ca")
-    server = ca.issue("localhost", server=True)
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     block = readme.split("<!-- listen.tls example -->", 1)[1].split("```yaml", 1)[1]
     section = yaml.safe_load(block.split("```", 1)[0])

@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 from multidict import CIMultiDict
 
 from tests.support.dpop import client_key, proof
-from tests.support.gateway import running_gateway, wait_ready
+from tests.support.gateway import ready_gateway
 from tests.support.issuer import TestIssuer
 from tests.support.upstream import RecordingUpstream
 
@@ -62,8 +62,7 @@ async def call(
 
 @pytest.fixture
 async def world(tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream):
-    async with running_gateway(tmp_path, config(issuer, upstream)) as gw:
-        await wait_ready(gw)
+    async with ready_gateway(tmp_path, config(issuer, upstream)) as gw:
         yield gw, issuer, upstream
 
 
@@ -209,20 +208,23 @@ def certificate() -> tuple[str, str]:
     return quote(pem, safe=""), thumbprint
 
 
+def certificate_header_routes(header: str, trusted: list[str]) -> list[dict[str, Any]]:
+    """One catch-all route taking the client certificate (RFC 8705 §3) from a front proxy's
+    ``header``, URL-escaped PEM, believed only from a peer in ``trusted``."""
+    certificates = {"mode": "optional", "source": "header", "header": header,
+                    "header_format": "escaped_pem", "trusted_proxies": trusted}  # fmt: skip
+    return [{"match": {"path": {"prefix": "/"}}, "upstream": "app",
+             "client_certificates": certificates}]  # fmt: skip
+
+
 @pytest.mark.parametrize(("trusted", "expected"), [(["127.0.0.1/32"], 200), (["10.0.0.0/8"], 401)])
 async def test_a_certificate_bound_token_needs_the_certificate_from_a_trusted_proxy(
     tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream, trusted, expected
 ) -> None:
     escaped, thumbprint = certificate()
     other, _ = certificate()
-    certificates = {"mode": "optional", "source": "header", "header": "X-SSL-Client-Cert",
-                    "header_format": "escaped_pem", "trusted_proxies": trusted}  # fmt: skip
-    routes = [{"match": {"path": {"prefix": "/"}}, "upstream": "app",
-               "client_certificates": certificates}]  # fmt: skip
-    async with running_gateway(
-        tmp_path, config(issuer, upstream, routes=routes, resources=[])
-    ) as gw:
-        await wait_ready(gw)
+    routes = certificate_header_routes("X-SSL-Client-Cert", trusted)
+    async with ready_gateway(tmp_path, config(issuer, upstream, routes=routes, resources=[])) as gw:
         token = issuer.mint({"cnf": {"x5t#S256": thumbprint}})
         good = {"Authorization": f"Bearer {token}", "X-SSL-Client-Cert": escaped}
         assert (await call(gw, "/x", good))[0] == expected
@@ -240,14 +242,8 @@ async def test_a_certificate_header_from_an_untrusted_client_never_reaches_the_u
     upstream must not get it either, whatever the header is called (an upstream that reads
     it would take the certificate the client typed for one a front proxy verified)."""
     escaped, _ = certificate()
-    certificates = {"mode": "optional", "source": "header", "header": "X-Client-Certificate",
-                    "header_format": "escaped_pem", "trusted_proxies": ["10.0.0.0/8"]}  # fmt: skip
-    routes = [{"match": {"path": {"prefix": "/"}}, "upstream": "app",
-               "client_certificates": certificates}]  # fmt: skip
-    async with running_gateway(
-        tmp_path, config(issuer, upstream, routes=routes, resources=[])
-    ) as gw:
-        await wait_ready(gw)
+    routes = certificate_header_routes("X-Client-Certificate", ["10.0.0.0/8"])
+    async with ready_gateway(tmp_path, config(issuer, upstream, routes=routes, resources=[])) as gw:
         token = issuer.mint()
         sent = {"Authorization": f"Bearer {token}", "X-Client-Certificate": escaped}
         assert (await call(gw, "/x", sent))[0] == 200
@@ -297,10 +293,9 @@ async def test_an_anonymous_route_under_dpop_defaults_keeps_the_proof_too(
          "auth": "anonymous"},
     ]  # fmt: skip
     defaults = {"dpop": {"mode": "optional", "external_url": EXTERNAL}}
-    async with running_gateway(
+    async with ready_gateway(
         tmp_path, config(issuer, upstream, routes=routes, resources=[], defaults=defaults)
     ) as gw:
-        await wait_ready(gw)
         key = client_key("ES256")
         token = issuer.mint({"cnf": {"jkt": key.jkt}})
         stale = proof(key, htu=f"{EXTERNAL}/elsewhere", token=token)
@@ -328,8 +323,7 @@ async def test_a_reload_that_would_leave_the_replay_store_unshared_is_refused(
         redis = {"url": redis_url, "timeout": "500ms", "key": TEST_CACHE_KEY}
         cfg = config(issuer, upstream, resources=[], cache={"redis": redis})
         cfg["defaults"] = {"dpop": {"mode": "optional", "external_url": EXTERNAL}}
-        async with running_gateway(tmp_path, cfg) as gw:
-            await wait_ready(gw)
+        async with ready_gateway(tmp_path, cfg) as gw:
             kept = gw.holder.current.replay
             cfg["defaults"]["dpop"]["replay"] = {"redis": True}
             with pytest.raises(ConfigError, match="restart"):

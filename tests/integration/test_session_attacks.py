@@ -8,27 +8,25 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.app import Gateway
 from tests.support.gateway import running_gateway, wait_ready
 from tests.support.issuer import TestIssuer
 from tests.support.login import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
     LoginClient,
+    LoginSetup,
     login_config,
+    login_world,
     logout_token,
     metric,
 )
-from tests.support.token_server import TokenServer
 
 API = {"Accept": "application/json"}
 # What an application may set beside the gateway's cookies, spelled oddly on purpose: these
@@ -92,16 +90,7 @@ class CookieUpstream:
         return ws
 
 
-@dataclass
-class Setup:
-    gateway: Gateway
-    issuer: TestIssuer
-    server: TokenServer
-    upstream: CookieUpstream
-    http: aiohttp.ClientSession
-
-    def client(self) -> LoginClient:
-        return LoginClient(self.http)
+Setup = LoginSetup[CookieUpstream]
 
 
 ROUTES: list[dict[str, Any]] = [
@@ -116,28 +105,18 @@ ROUTES: list[dict[str, Any]] = [
 async def started(
     tmp_path: Path, cookies: list[str], down: bool = False, **config: Any
 ) -> AsyncIterator[Setup]:
-    issuer, upstream = TestIssuer(), CookieUpstream(cookies)
-    server = TokenServer(issuer)
-    await issuer.start()
-    server.advertise()
-    await upstream.start()
-    try:
-        config.setdefault("routes", ROUTES)
-        settings = login_config(upstream.url, issuer, **config)
-        if down:  # an upstream nothing listens on (port 9 on loopback: discard, never served)
-            settings["upstreams"]["down"] = {
-                "url": "http://127.0.0.1:9",
-                "timeouts": {"connect": "1s", "read": "1s"},
-            }
-        async with (
-            running_gateway(tmp_path, settings) as gateway,
-            aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
-        ):
-            await wait_ready(gateway)
-            yield Setup(gateway, issuer, server, upstream, http)
-    finally:
-        await upstream.close()
-        await issuer.close()
+    config.setdefault("routes", ROUTES)
+
+    def add_down(settings: dict[str, Any]) -> None:
+        # An upstream nothing listens on (port 9 on loopback: discard, never served).
+        settings["upstreams"]["down"] = {
+            "url": "http://127.0.0.1:9",
+            "timeouts": {"connect": "1s", "read": "1s"},
+        }
+
+    upstream = CookieUpstream(cookies)
+    async with login_world(tmp_path, upstream, edit=add_down if down else None, **config) as setup:
+        yield setup
 
 
 async def raw_set_cookies(port: int, request: bytes) -> list[bytes]:
@@ -271,10 +250,7 @@ async def test_a_copy_of_the_cookie_is_refused_after_logout_without_a_sid(tmp_pa
         first = client.browser.jar.pop(SESSION_COOKIE)
         params = await client.start_login(setup.gateway)
         client.browser.jar[SESSION_COOKIE] = first
-        query = setup.server.authorize(
-            state=params["state"], nonce=params["nonce"], challenge=params["code_challenge"],
-            redirect_uri=params["redirect_uri"], subject="alice", sid="ignored",
-        )  # fmt: skip
+        query = setup.authorized(params, subject="alice", sid="ignored")
         assert (await client.get(setup.gateway, "/oauth2/callback?" + query)).status == 302
         assert (await old.get(setup.gateway, "/app/x", API)).status == 401
         assert (await client.get(setup.gateway, "/app/x", API)).status == 200
@@ -356,13 +332,6 @@ async def test_a_cookie_from_a_deployment_sharing_the_secrets_is_no_session(
 # --- checked and found sound: pinned -------------------------------------------------------
 
 
-def answered(setup: Setup, params: dict[str, str], **changes: str) -> str:
-    values = {"state": params["state"], "nonce": params["nonce"],
-              "challenge": params["code_challenge"], "redirect_uri": params["redirect_uri"],
-              **changes}  # fmt: skip
-    return setup.server.authorize(**values)
-
-
 async def test_an_attackers_callback_in_the_victims_browser_is_refused(tmp_path: Path) -> None:
     """Login CSRF: the attacker's own code and state, delivered to the victim's browser (which
     has a sign-in of its own pending), never log the victim in as the attacker, and leave the
@@ -371,13 +340,13 @@ async def test_an_attackers_callback_in_the_victims_browser_is_refused(tmp_path:
         victim, attacker = setup.client(), setup.client()
         mine = await victim.start_login(setup.gateway)
         theirs = await attacker.start_login(setup.gateway)
-        forged = answered(setup, theirs, subject="mallory")
+        forged = setup.authorized(theirs, subject="mallory")
         for query in (forged, forged + f"&state={mine['state']}", forged.replace(
             theirs["state"], mine["state"] + "x")):  # fmt: skip
             answer = await victim.get(setup.gateway, "/oauth2/callback?" + query, API)
             assert answer.status == 400 and SESSION_COOKIE not in victim.browser.jar
         assert setup.server.code_calls == 0
-        landed = await victim.get(setup.gateway, "/oauth2/callback?" + answered(setup, mine))
+        landed = await victim.get(setup.gateway, "/oauth2/callback?" + setup.authorized(mine))
         assert landed.status == 302
         assert (await victim.get(setup.gateway, "/app/x", API)).status == 200
 
@@ -401,7 +370,9 @@ async def test_an_id_token_that_fails_a_check_makes_no_session(
         client = setup.client()
         params = await client.start_login(setup.gateway)
         setup.server.id_token_claims = claims
-        answer = await client.get(setup.gateway, "/oauth2/callback?" + answered(setup, params), API)
+        answer = await client.get(
+            setup.gateway, "/oauth2/callback?" + setup.authorized(params), API
+        )
         assert answer.status == 502 and detail in json.loads(answer.body)["detail"]
         assert SESSION_COOKIE not in client.browser.jar
 
@@ -415,7 +386,7 @@ async def test_no_code_token_or_session_reaches_a_log_line(
     async for setup in started(tmp_path, [], login={"refresh_margin": "400s"}):
         client = setup.client()
         params = await client.start_login(setup.gateway)
-        query = answered(setup, params)
+        query = setup.authorized(params)
         await client.get(setup.gateway, "/oauth2/callback?" + query)
         await client.get(setup.gateway, "/app/x", API)  # a refresh
         assert setup.server.refresh_calls == 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -19,54 +18,30 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.app import Gateway
-from tests.support.gateway import running_gateway, wait_ready
-from tests.support.issuer import TestIssuer
 from tests.support.login import (
     EXTERNAL,
     LOGIN_COOKIE,
     NAVIGATE,
     SESSION_COOKIE,
     LoginClient,
-    login_config,
+    LoginSetup,
+    login_world,
     logout_token,
     metric,
 )
-from tests.support.token_server import TokenServer
 from tests.support.upstream import RecordingUpstream
 
 API = {"Accept": "application/json"}
+# RFC 9207: the issuer says it sends ``iss`` with the authorization response.
+ISS_PARAMETER = {"authorization_response_iss_parameter_supported": True}
 
-
-@dataclass
-class Setup:
-    gateway: Gateway
-    issuer: TestIssuer
-    server: TokenServer
-    upstream: RecordingUpstream
-    http: aiohttp.ClientSession
-
-    def client(self) -> LoginClient:
-        return LoginClient(self.http)
+Setup = LoginSetup[RecordingUpstream]
 
 
 async def started(tmp_path: Path, **config: Any) -> AsyncIterator[Setup]:
-    issuer, upstream = TestIssuer(), RecordingUpstream(name="app")
-    server = TokenServer(issuer)
-    await issuer.start()
-    server.advertise()
-    issuer.metadata_overrides["authorization_response_iss_parameter_supported"] = True
-    await upstream.start()
-    try:
-        async with (
-            running_gateway(tmp_path, login_config(upstream.url, issuer, **config)) as gateway,
-            aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
-        ):
-            await wait_ready(gateway)
-            yield Setup(gateway, issuer, server, upstream, http)
-    finally:
-        await upstream.close()
-        await issuer.close()
+    upstream = RecordingUpstream(name="app")
+    async with login_world(tmp_path, upstream, metadata=ISS_PARAMETER, **config) as setup:
+        yield setup
 
 
 @pytest.fixture
@@ -176,7 +151,7 @@ async def test_a_login_rotates_the_session(setup: Setup) -> None:
     first = client.browser.jar.pop(SESSION_COOKIE)
     params = await client.start_login(setup.gateway)
     client.browser.jar[SESSION_COOKIE] = first  # carried into the callback (or planted)
-    query = authorized(setup, params, subject="bob")
+    query = setup.authorized(params, subject="bob")
     assert (await client.get(setup.gateway, "/oauth2/callback?" + query)).status == 302
     assert client.browser.jar[SESSION_COOKIE] != first
     assert (await client.get(setup.gateway, "/app/x", API)).status == 200
@@ -260,17 +235,10 @@ async def refused(client: LoginClient, setup: Setup, query: str) -> tuple[int, d
     return answer.status, json.loads(answer.body)
 
 
-def authorized(setup: Setup, params: dict[str, str], **changes: str) -> str:
-    values = {"state": params["state"], "nonce": params["nonce"],
-              "challenge": params["code_challenge"], "redirect_uri": params["redirect_uri"],
-              **changes}  # fmt: skip
-    return setup.server.authorize(**values)
-
-
 async def test_a_callback_with_another_state_is_refused(setup: Setup) -> None:
     client = setup.client()
     params = await client.start_login(setup.gateway)
-    query = authorized(setup, params).replace(params["state"], "forged-state-" + "x" * 30)
+    query = setup.authorized(params).replace(params["state"], "forged-state-" + "x" * 30)
     status, body = await refused(client, setup, query)
     assert status == 400 and body["type"].endswith("login-state-mismatch")
     assert setup.server.code_calls == 0  # the code never left the gateway
@@ -280,14 +248,14 @@ async def test_a_callback_without_the_pre_login_cookie_is_refused(setup: Setup) 
     client = setup.client()
     params = await client.start_login(setup.gateway)
     client.browser.jar.clear()  # another browser, or cookies blocked
-    status, body = await refused(client, setup, authorized(setup, params))
+    status, body = await refused(client, setup, setup.authorized(params))
     assert status == 400 and body["type"].endswith("login-expired")
 
 
 async def test_a_replayed_callback_is_refused(setup: Setup) -> None:
     client = setup.client()
     params = await client.start_login(setup.gateway)
-    query = authorized(setup, params)
+    query = setup.authorized(params)
     assert (await client.get(setup.gateway, "/oauth2/callback?" + query)).status == 302
     status, body = await refused(client, setup, query)
     assert status == 400 and body["type"].endswith(("login-expired", "login-state-mismatch"))
@@ -297,7 +265,7 @@ async def test_a_replayed_callback_is_refused(setup: Setup) -> None:
 async def test_a_reused_code_is_refused_by_the_authorization_server(setup: Setup) -> None:
     client = setup.client()
     first = await client.start_login(setup.gateway)
-    query = authorized(setup, first)
+    query = setup.authorized(first)
     assert (await client.get(setup.gateway, "/oauth2/callback?" + query)).status == 302
     # A new login in this browser, answered with the old (spent) code.
     client.browser.jar.pop(SESSION_COOKIE)
@@ -310,7 +278,7 @@ async def test_a_reused_code_is_refused_by_the_authorization_server(setup: Setup
 async def test_an_id_token_with_another_nonce_is_refused(setup: Setup) -> None:
     client = setup.client()
     params = await client.start_login(setup.gateway)
-    status, body = await refused(client, setup, authorized(setup, params, nonce="replayed"))
+    status, body = await refused(client, setup, setup.authorized(params, nonce="replayed"))
     assert status == 502 and body["type"].endswith("id-token-invalid")
     assert "nonce" in body["detail"]
 
@@ -319,14 +287,14 @@ async def test_an_id_token_whose_at_hash_does_not_match_is_refused(setup: Setup)
     client = setup.client()
     params = await client.start_login(setup.gateway)
     setup.server.id_token_claims = {"at_hash": "AAAAAAAAAAAAAAAAAAAAAA"}
-    status, body = await refused(client, setup, authorized(setup, params))
+    status, body = await refused(client, setup, setup.authorized(params))
     assert status == 502 and "at_hash" in body["detail"]
 
 
 async def test_a_response_from_another_issuer_is_refused(setup: Setup) -> None:
     client = setup.client()
     params = await client.start_login(setup.gateway)
-    query = authorized(setup, params).replace(setup.issuer.url, "https://evil.example")
+    query = setup.authorized(params).replace(setup.issuer.url, "https://evil.example")
     status, body = await refused(client, setup, query)
     assert status == 400 and "another issuer" in body["detail"]
 
@@ -452,7 +420,7 @@ async def test_invalid_logout_tokens_are_refused(setup: Setup, claims: dict[str,
 async def test_the_callback_reads_only_a_get(setup: Setup) -> None:
     client = setup.client()
     params = await client.start_login(setup.gateway)
-    query = authorized(setup, params)
+    query = setup.authorized(params)
     answer = await client.get(setup.gateway, "/oauth2/callback?" + query, API, method="POST")
     assert answer.status == 405 and answer.headers["Allow"] == "GET"
     assert setup.server.code_calls == 0
@@ -475,7 +443,7 @@ async def test_metrics_count_and_logs_never_name_a_secret(
     caplog.set_level(logging.DEBUG)
     client = setup.client()
     params = await client.start_login(setup.gateway)
-    query = authorized(setup, params)
+    query = setup.authorized(params)
     await client.get(setup.gateway, "/oauth2/callback?" + query)
     await client.get(setup.gateway, "/oauth2/callback?" + query)  # refused: state spent
     await client.get(setup.gateway, "/oauth2/logout")

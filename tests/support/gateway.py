@@ -85,6 +85,16 @@ async def wait_ready(gw: Gateway, timeout: float = 5.0) -> None:
 
 
 @asynccontextmanager
+async def ready_gateway(
+    directory: Path, config: dict[str, Any], env: dict[str, str] | None = None
+) -> AsyncIterator[Gateway]:
+    """``running_gateway``, once every issuer's keys are loaded (``wait_ready``)."""
+    async with running_gateway(directory, config, env) as gw:
+        await wait_ready(gw)
+        yield gw
+
+
+@asynccontextmanager
 async def gateway_with_issuer(
     directory: Path,
     make_config: Callable[[RecordingUpstream, TestIssuer], dict[str, Any]],
@@ -94,8 +104,7 @@ async def gateway_with_issuer(
     await upstream.start()
     await issuer.start()
     try:
-        async with running_gateway(directory, make_config(upstream, issuer)) as gw:
-            await wait_ready(gw)
+        async with ready_gateway(directory, make_config(upstream, issuer)) as gw:
             yield gw, upstream, issuer
     finally:
         await upstream.close()

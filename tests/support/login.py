@@ -1,20 +1,25 @@
 """Browser login against a running gateway, without a browser: a gateway config with a login
-over a ``TestIssuer`` + ``TokenServer``, and a client that keeps cookies as RFC 6265 §5.3
-says (``Browser``) and walks the authorization code flow the way a browser's redirects do.
-The real-browser tests are in tests/e2e/test_browser_login.py."""
+over a ``TestIssuer`` + ``TokenServer``, the whole setup started (``login_world``), and a
+client that keeps cookies as RFC 6265 §5.3 says (``Browser``) and walks the authorization
+code flow the way a browser's redirects do. The real-browser tests are in
+tests/e2e/test_browser_login.py."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 from multidict import CIMultiDictProxy
 
 from gateway.app import Gateway
+from tests.support.gateway import running_gateway, wait_ready
 from tests.support.issuer import TestIssuer
 from tests.support.sessions import Browser
 from tests.support.token_server import TokenServer
@@ -135,11 +140,81 @@ class LoginClient:
     ) -> Answer:
         """The whole flow, the authorization server's login form standing in for a person."""
         params = await self.start_login(gateway, target)
-        query = server.authorize(
-            state=params["state"], nonce=params["nonce"], challenge=params["code_challenge"],
-            redirect_uri=params["redirect_uri"], subject=subject, sid=sid,
-        )  # fmt: skip
+        query = authorization_answer(server, params, subject=subject, sid=sid)
         return await self.get(gateway, "/oauth2/callback?" + query)
+
+
+def authorization_answer(server: TokenServer, params: dict[str, str], **changes: str) -> str:
+    """The callback query the authorization server answers the request ``params`` with (as
+    ``start_login`` returned them); ``changes`` alter what it answers (subject, sid, nonce)."""
+    values = {"state": params["state"], "nonce": params["nonce"],
+              "challenge": params["code_challenge"], "redirect_uri": params["redirect_uri"],
+              **changes}  # fmt: skip
+    return server.authorize(**values)
+
+
+class Served(Protocol):
+    """An upstream a test starts and closes: ``RecordingUpstream`` or one of its own."""
+
+    url: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+U = TypeVar("U", bound=Served)
+
+
+@dataclass
+class LoginSetup(Generic[U]):
+    """A ready gateway with a login, the issuer and token endpoint behind it, the upstream,
+    and an HTTP session that keeps no cookies itself (each ``LoginClient`` has its jar)."""
+
+    gateway: Gateway
+    issuer: TestIssuer
+    server: TokenServer
+    upstream: U
+    http: aiohttp.ClientSession
+
+    def client(self) -> LoginClient:
+        return LoginClient(self.http)
+
+    def authorized(self, params: dict[str, str], **changes: str) -> str:
+        return authorization_answer(self.server, params, **changes)
+
+
+@asynccontextmanager
+async def login_world(
+    directory: Path,
+    upstream: U,
+    *,
+    metadata: dict[str, Any] | None = None,
+    edit: Callable[[dict[str, Any]], None] | None = None,
+    **config: Any,
+) -> AsyncIterator[LoginSetup[U]]:
+    """Issuer (with ``metadata`` in its discovery document), token endpoint, ``upstream``
+    and a gateway configured by ``login_config(upstream.url, issuer, **config)`` - then
+    ``edit``, for what needs more than its keywords - ready."""
+    issuer = TestIssuer()
+    server = TokenServer(issuer)
+    await issuer.start()
+    server.advertise()
+    issuer.metadata_overrides.update(metadata or {})
+    await upstream.start()
+    try:
+        settings = login_config(upstream.url, issuer, **config)
+        if edit is not None:
+            edit(settings)
+        async with (
+            running_gateway(directory, settings) as gateway,
+            aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
+        ):
+            await wait_ready(gateway)
+            yield LoginSetup(gateway, issuer, server, upstream, http)
+    finally:
+        await upstream.close()
+        await issuer.close()
 
 
 def logout_token(issuer: TestIssuer, **claims: Any) -> str:

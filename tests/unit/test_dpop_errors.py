@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from gateway.auth.dpop_errors import (
     DpopBoundAsBearer,
-    DpopMissingCredentials,
     InvalidDpopProof,
     InvalidDpopToken,
     UseDpopNonce,
     dpop_challenge,
 )
-from gateway.problems import InvalidToken, MissingCredentials
+from gateway.problems import Challenge, InvalidToken, MissingCredentials
 
 ALGS = ("ES256", "PS256")
 META = "https://api.example.com/.well-known/oauth-protected-resource/mcp"
@@ -53,20 +52,24 @@ def test_bound_token_as_bearer_reports_in_bearer_and_offers_dpop() -> None:
 
 
 def test_missing_credentials_without_error_information() -> None:
-    required = DpopMissingCredentials(algs=ALGS, bearer_allowed=False)
-    optional = DpopMissingCredentials(algs=ALGS, bearer_allowed=True)
-    assert isinstance(required, MissingCredentials) and required.status == 401
-    assert required.challenge("gw") == 'DPoP realm="gw", algs="ES256 PS256"'
-    assert optional.challenge("gw") == 'Bearer realm="gw", DPoP realm="gw", algs="ES256 PS256"'
-    assert "error" not in optional.challenge("gw")
+    """A DPoP route's answer to a request without credentials: the plain
+    ``MissingCredentials`` (RFC 6750 §3.1), rendered with the route's ``Challenge``, which
+    carries the schemes (RFC 9449 §7.1 and Figure 17)."""
+    missing = MissingCredentials()
+    required = Challenge(realm="gw", dpop_algs=ALGS, bearer=False)
+    optional = Challenge(realm="gw", dpop_algs=ALGS, bearer=True)
+    assert missing.status == 401
+    assert missing.challenge(required) == 'DPoP realm="gw", algs="ES256 PS256"'
+    assert missing.challenge(optional) == 'Bearer realm="gw", DPoP realm="gw", algs="ES256 PS256"'
+    assert "error" not in (missing.challenge(optional) or "")
 
 
 def test_resource_metadata_parameter_in_every_challenge() -> None:
     assert dpop_challenge("gw", ALGS, resource_metadata=META).endswith(
         f'algs="ES256 PS256", resource_metadata="{META}"'
     )
-    both = DpopMissingCredentials(algs=ALGS, bearer_allowed=True, resource_metadata=META)
-    assert both.challenge("gw").count(f'resource_metadata="{META}"') == 2
+    both = Challenge(realm="gw", resource_metadata=META, dpop_algs=ALGS, bearer=True)
+    assert (MissingCredentials().challenge(both) or "").count(f'resource_metadata="{META}"') == 2
     proof = InvalidDpopProof("x", reason="r", algs=ALGS, resource_metadata=META)
     assert proof.challenge("gw").endswith(f'resource_metadata="{META}"')
 

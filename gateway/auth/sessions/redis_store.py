@@ -40,7 +40,7 @@ from gateway.auth.sessions.session import (
     new_session_id,
     session_id_hash,
 )
-from gateway.auth.sessions.store import Lifetimes, Loaded
+from gateway.auth.sessions.store import Lifetimes, Loaded, RevocationKind, Revocations
 from gateway.problems import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ MAX_SESSIONS_PER_INDEX: Final = 64
 MAX_VALUE_BYTES: Final = 96 * 1024
 _SESSION_ID: Final = re.compile(r"[A-Za-z0-9_-]{43}")
 _ENDED_MARK: Final = b"\x00ended"
+_REVOCATION_TAGS: Final[dict[RevocationKind, str]] = {"handle": "h", "sid": "sid", "sub": "sub"}
 # Delete the lock only if we still hold it: a holder whose lease ran out must not delete the
 # lease someone else took since.
 _RELEASE: Final = """
@@ -247,7 +248,7 @@ class RedisSessionStore:
         return self._sealer.open(key, text, now, max_bytes=MAX_VALUE_BYTES)
 
 
-class RedisRevocations:
+class RedisRevocations(Revocations):
     """The cookie store's revocations, shared by every replica: a key per ``sid`` and per
     ``sub``, expiring with the longest session; one ``MGET`` per session read."""
 
@@ -255,39 +256,21 @@ class RedisRevocations:
         self._redis = _Commands(client, timeout, _unavailable)
         self._prefix = key_prefix
 
-    def _sid_key(self, issuer: str, sid: str) -> str:
-        return f"{self._prefix}rv:sid:{_digest(issuer, sid)}"
+    def _key(self, kind: RevocationKind, issuer: str, value: str) -> str:
+        return f"{self._prefix}rv:{_REVOCATION_TAGS[kind]}:{_digest(issuer, value)}"
 
-    def _sub_key(self, issuer: str, subject: str) -> str:
-        return f"{self._prefix}rv:sub:{_digest(issuer, subject)}"
-
-    def _handle_key(self, issuer: str, handle: str) -> str:
-        return f"{self._prefix}rv:h:{_digest(issuer, handle)}"
-
-    async def revoke(
-        self,
-        issuer: str,
-        *,
-        sid: str | None,
-        subject: str | None,
-        now: float,
-        ttl: float,
-        handle: str | None = None,
+    async def _record(
+        self, issuer: str, kind: RevocationKind, value: str | None, now: float, ttl: float
     ) -> None:
-        if handle is not None:
-            key = self._handle_key(issuer, handle)
-        elif sid is not None:
-            key = self._sid_key(issuer, sid)
-        elif subject is not None:
-            key = self._sub_key(issuer, subject)
-        else:
+        if value is None:
             return
+        key = self._key(kind, issuer, value)
         await self._redis.run(lambda: self._redis.client.set(key, repr(now), px=_ms(ttl)))
 
     async def is_revoked(self, session: Session) -> bool:
-        sub_key = self._sub_key(session.issuer, session.subject)
-        sid_key = self._sid_key(session.issuer, session.sid) if session.sid else sub_key
-        handle_key = self._handle_key(session.issuer, session.handle)
+        sub_key = self._key("sub", session.issuer, session.subject)
+        sid_key = self._key("sid", session.issuer, session.sid) if session.sid else sub_key
+        handle_key = self._key("handle", session.issuer, session.handle)
         by_sid, by_sub, by_handle = await self._redis.run(
             lambda: self._redis.client.mget(sid_key, sub_key, handle_key)
         )

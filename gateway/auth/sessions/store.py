@@ -10,10 +10,11 @@ until the longest session could have lived anyway.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol
 
 from gateway.auth.sessions.cookies import (
     ChunkError,
@@ -29,6 +30,8 @@ from gateway.problems import GatewayError
 
 MAX_SEALED_BYTES: Final = 64 * 1024
 MAX_REVOCATIONS: Final = 100_000
+
+RevocationKind = Literal["handle", "sid", "sub"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +89,12 @@ class SessionStore(Protocol):
         ...
 
 
-class Revocations(Protocol):
+class Revocations(ABC):
+    """What refuses cookie-store sessions the server cannot delete. A revocation names the
+    most precise thing it was given - one session's ``handle``, else the OP session's
+    ``sid``, else the ``sub`` (Back-Channel Logout §2.4: a logout token names one or both) -
+    and only sessions made up to then are refused: a later login is a new session."""
+
     async def revoke(
         self,
         issuer: str,
@@ -98,13 +106,28 @@ class Revocations(Protocol):
         handle: str | None = None,
     ) -> None:
         """Revoke one session (its ``handle``), else every session of the ``sid``, else of
-        the ``subject``, made up to ``now``."""
-        ...
+        the ``subject``, made up to ``now``, for ``ttl`` seconds."""
+        if handle is not None:
+            await self._record(issuer, "handle", handle, now, ttl)
+        elif sid is not None:
+            await self._record(issuer, "sid", sid, now, ttl)
+        else:
+            await self._record(issuer, "sub", subject, now, ttl)
 
-    async def is_revoked(self, session: Session) -> bool: ...
+    @abstractmethod
+    async def _record(
+        self, issuer: str, kind: RevocationKind, value: str | None, now: float, ttl: float
+    ) -> None:
+        """Keep that ``kind``'s ``value`` revoked as of ``now`` for ``ttl`` seconds (``value``
+        is ``None`` only for a ``sub`` revocation given no subject)."""
+
+    @abstractmethod
+    async def is_revoked(self, session: Session) -> bool:
+        """Whether a revocation of the session itself, its ``sid`` or its ``sub`` came after
+        the session was made."""
 
 
-class MemoryRevocations:
+class MemoryRevocations(Revocations):
     """One process's revocations (a single replica). Bounded: past ``max_entries`` the oldest
     revocation is forgotten, the one closest to not mattering any more."""
 
@@ -116,22 +139,10 @@ class MemoryRevocations:
         self._max = max_entries
         self._clock = clock
 
-    async def revoke(
-        self,
-        issuer: str,
-        *,
-        sid: str | None,
-        subject: str | None,
-        now: float,
-        ttl: float,
-        handle: str | None = None,
+    async def _record(
+        self, issuer: str, kind: RevocationKind, value: str | None, now: float, ttl: float
     ) -> None:
-        if handle is not None:
-            key = (issuer, "handle", handle)
-        elif sid is not None:
-            key = (issuer, "sid", sid)
-        else:
-            key = (issuer, "sub", subject or "")
+        key = (issuer, kind, value or "")
         self._entries.pop(key, None)
         self._entries[key] = (now, now + ttl)
         while len(self._entries) > self._max:
