@@ -264,8 +264,7 @@ async def test_a_peer_trusted_for_forwarding_only_cannot_vouch_for_a_certificate
                "client_certificates": certificates}]  # fmt: skip
     forwarding = {"trusted_proxies": ["127.0.0.1/32"]}
     cfg = config(issuer, upstream, routes=routes, resources=[], forwarding=forwarding)
-    async with running_gateway(tmp_path, cfg) as gw:
-        await wait_ready(gw)
+    async with ready_gateway(tmp_path, cfg) as gw:
         bound = issuer.mint({"cnf": {"x5t#S256": thumbprint}})
         sent = {"Authorization": f"Bearer {issuer.mint()}", "X-SSL-Client-Cert": escaped,
                 "X-Forwarded-For": "198.51.100.7"}  # fmt: skip
@@ -362,8 +361,7 @@ async def test_a_reload_that_moves_the_replay_stores_redis_is_refused(
         cfg = config(issuer, upstream, resources=[], cache={"redis": redis_of(first)})
         cfg["defaults"] = {"dpop": {"mode": "optional", "external_url": EXTERNAL,
                                     "replay": {"redis": True}}}  # fmt: skip
-        async with running_gateway(tmp_path, cfg) as gw:
-            await wait_ready(gw)
+        async with ready_gateway(tmp_path, cfg) as gw:
             kept = gw.holder.current.replay
             cfg["cache"] = {"redis": redis_of(second)}
             with pytest.raises(ConfigError, match=r"gateway\.yaml:\d+: cache\.redis: .*restart"):
@@ -387,8 +385,7 @@ async def test_one_key_signing_proofs_fast_fills_its_share_not_everyones_store(
     defaults = {"dpop": {"mode": "optional", "external_url": EXTERNAL,
                          "replay": {"max_entries": 8, "max_entries_per_key": 3}}}  # fmt: skip
     cfg = config(issuer, upstream, resources=[], defaults=defaults)
-    async with running_gateway(tmp_path, cfg) as gw:
-        await wait_ready(gw)
+    async with ready_gateway(tmp_path, cfg) as gw:
 
         async def send(key: Any, token: str) -> tuple[int, CIMultiDict[str], bytes]:
             dpop = proof(key, htu=f"{EXTERNAL}/dpop/x", token=token)
