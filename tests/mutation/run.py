@@ -14,9 +14,9 @@ script adds the module (``only_mutate``) and its tests (``pytest_add_cli_args_te
 Survivors are classified before scoring (see README.md):
 
 - *message-only*: the mutant differs from the original only in a string literal that is
-  the wording of an error or a log line (a positional argument of the call in a ``raise``
-  statement, of a call to one of ``message_calls`` in equivalent.toml, or of a logger
-  method). Error wording is not part of the contract, so no test asserts it.
+  the wording of an error or a log line (the first positional argument of the call in a
+  ``raise`` statement, of a call to one of ``message_calls`` in equivalent.toml, or of a
+  logger method). Error wording is not part of the contract, so no test asserts it.
 - *equivalent*: listed by name in equivalent.toml with the reason it cannot be observed.
 
 Exit status: 0 when every module meets the target (>= 90% raw, >= 95% with message-only and
@@ -225,13 +225,16 @@ def _callee(call: ast.Call) -> str:
 
 
 def _is_message(parents: tuple[ast.AST, ...], node: ast.AST, message_calls: frozenset[str]) -> bool:
-    """Whether ``node`` is (part of) a positional argument of a raise, message or log call."""
+    """Whether ``node`` is (part of) the first positional argument of a raise, message or
+    log call."""
     chain = (*parents, node)
     for index, ancestor in enumerate(chain[:-1]):
         if not isinstance(ancestor, ast.Call):
             continue
         child = chain[index + 1]
-        if not any(child is arg for arg in ancestor.args):
+        # Only the first positional argument is the wording: a reason code passed second
+        # (``check.fail("The proof is too old.", "dpop_iat")``) is a metrics label.
+        if not ancestor.args or child is not ancestor.args[0]:
             continue
         name = _callee(ancestor)
         in_raise = any(isinstance(p, ast.Raise) for p in chain[:index])
