@@ -3,6 +3,8 @@ identity it becomes, and that no token or id ever shows in a repr."""
 
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
@@ -73,8 +75,23 @@ def test_a_login_makes_a_session_from_the_tokens_and_the_users_claims() -> None:
     }
 
 
-def test_every_login_gets_a_new_handle() -> None:
+def test_every_login_gets_a_new_handle_of_128_random_bits() -> None:
     assert login().handle != login().handle
+    handle = login().handle
+    assert len(handle) == 22 and len(base64.urlsafe_b64decode(handle + "==")) == 16
+
+
+def test_a_login_keeps_the_id_token_only_when_asked_and_an_expiry_only_when_given() -> None:
+    session = Session.from_login(
+        login="web",
+        issuer="https://as.example",
+        id_token=ID_TOKEN,
+        tokens=replace(TOKENS, expires_in=None),
+        now=NOW,
+        keep_id_token=False,
+        raw_id_token="id.token.raw",
+    )
+    assert (session.id_token, session.access_expires_at) == (None, None)
 
 
 def test_the_encoding_round_trips() -> None:
@@ -82,8 +99,18 @@ def test_the_encoding_round_trips() -> None:
     assert decode_session(encode_session(session)) == session
 
 
+def test_a_session_without_the_optional_fields_round_trips() -> None:
+    session = login(sid=None, refresh_token=None, id_token=None, access_expires_at=None, scope=None)
+    assert decode_session(encode_session(session)) == session
+
+
 def test_the_encoding_is_compact() -> None:
     assert len(encode_session(login())) < 300
+    # No whitespace between members and UTF-8 rather than \u escapes: the most compact JSON.
+    encoded = encode_session(login(claims=MappingProxyType({"name": "Zoë 李", "sub": "alice"})))
+    assert "Zoë 李".encode() in encoded
+    minimal = json.dumps(json.loads(encoded), separators=(",", ":"), ensure_ascii=False)
+    assert len(encoded) == len(minimal.encode())
 
 
 @pytest.mark.parametrize(
@@ -91,6 +118,48 @@ def test_the_encoding_is_compact() -> None:
     [b"[]", b'["s0"]', b"{}", b"x", b'["s1"' + b',"x"' * 14 + b"]", b"[" * 64],
 )
 def test_anything_else_does_not_decode(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_session(data)
+
+
+_FIELDS = [
+    "format", "login", "issuer", "subject", "sid", "claims", "access_token", "token_type",
+    "refresh_token", "id_token", "access_expires_at", "scope", "created_at", "last_seen",
+    "handle",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("login", "1"),
+        ("issuer", "null"),
+        ("subject", "[]"),
+        ("access_token", "null"),
+        ("token_type", "1"),
+        ("handle", "{}"),
+        ("sid", "1"),
+        ("refresh_token", "[]"),
+        ("id_token", "true"),
+        ("scope", "1"),
+        ("claims", "[]"),
+        ("claims", '"x"'),
+        ("access_expires_at", '"soon"'),
+        ("access_expires_at", "true"),
+        ("access_expires_at", "1e400"),
+        ("created_at", "true"),
+        ("created_at", "1e400"),
+        ("created_at", "null"),
+        ("last_seen", "false"),
+        ("last_seen", "-1e400"),
+        ("last_seen", '"now"'),
+    ],
+)
+def test_a_field_of_the_wrong_type_does_not_decode(name: str, raw: str) -> None:
+    """Booleans are not numbers here, nor is a number too large for a float (infinite)."""
+    fields = json.loads(encode_session(login()))
+    fields[_FIELDS.index(name)] = "@@"
+    data = json.dumps(fields).replace('"@@"', raw).encode()
     with pytest.raises(ValueError):
         decode_session(data)
 
@@ -132,6 +201,7 @@ def test_activity_is_recorded_at_most_once_a_minute() -> None:
     assert not touch_due(session, NOW + 59, idle=IDLE)
     assert touch_due(session, NOW + 60, idle=IDLE)
     assert touch_due(session, NOW + 30, idle=300)  # a tenth of a short idle timeout
+    assert not touch_due(session, NOW + 29, idle=300)
 
 
 def test_refresh_is_due_within_the_margin_and_only_with_a_refresh_token() -> None:
@@ -152,6 +222,21 @@ def test_a_refresh_replaces_tokens_and_keeps_what_it_did_not_send() -> None:
     assert (refreshed.id_token, refreshed.scope) == ("id.token.raw", "openid email")
     assert refreshed.access_expires_at == NOW + 850
     assert (refreshed.handle, refreshed.created_at) == (before.handle, before.created_at)
+    assert refreshed.claims == before.claims
+
+
+def test_a_refresh_takes_the_new_id_tokens_claims_and_the_new_token_type() -> None:
+    new_id_token = replace(
+        ID_TOKEN, claims=MappingProxyType({"sub": "alice", "email": "b@example.com", "iat": 5})
+    )
+    refreshed = login().refreshed(
+        TokenResponse("at-2", "DPoP", None, None, "new.id.tok", None),
+        new_id_token,
+        "new.id.tok",
+        NOW + 250,
+    )
+    assert dict(refreshed.claims) == {"sub": "alice", "email": "b@example.com"}
+    assert (refreshed.token_type, refreshed.access_expires_at) == ("DPoP", None)
 
 
 def test_a_rotated_refresh_token_replaces_the_old_one() -> None:
@@ -168,9 +253,32 @@ def test_a_rotated_refresh_token_replaces_the_old_one() -> None:
 def test_the_session_becomes_the_one_identity_shape() -> None:
     identity = session_identity(login(), "web-app")
     assert identity.subject == "alice" and identity.client_id == "web-app"
+    assert (identity.issuer, identity.audiences) == ("https://as.example", ("web-app",))
+    assert identity.expires_at == NOW + 300
     assert identity.scopes == frozenset({"openid", "email"})
     assert identity.token_kind == "session"
     assert identity.claims["scope"] == "openid email" and identity.claims["groups"] == ["ops"]
+
+
+@pytest.mark.parametrize(
+    ("claims", "client_id"),
+    [
+        pytest.param({"sub": "alice", "azp": "first-app"}, "first-app", id="azp"),
+        pytest.param({"sub": "alice"}, "web-app", id="no-azp"),
+        pytest.param({"sub": "alice", "azp": 7}, "web-app", id="azp-not-a-string"),
+    ],
+)
+def test_the_identitys_client_is_the_id_tokens_azp_else_the_logins_client(
+    claims: dict[str, Any], client_id: str
+) -> None:
+    """README (sessions, Upstream): the ID token's ``azp``, else the login's ``client_id``."""
+    identity = session_identity(login(claims=MappingProxyType(claims)), "web-app")
+    assert identity.client_id == client_id
+
+
+def test_a_session_without_a_granted_scope_has_no_scopes() -> None:
+    identity = session_identity(login(scope=None), "web-app")
+    assert identity.scopes == frozenset() and "scope" not in identity.claims
 
 
 def test_session_ids_are_random_256_bit_and_stored_hashed() -> None:
