@@ -39,6 +39,7 @@ import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -76,6 +77,7 @@ _COPY = ("gateway", "tests", "pyproject.toml", "deploy", "config", "README.md")
 _SKIP = shutil.ignore_patterns(
     "__pycache__", "node_modules", ".hypothesis", "bench", "faults", "fuzz", "e2e", "mutation"
 )
+_DETECTED = ("killed", "timeout", "caught by type check")
 _LOGGER_METHODS = frozenset({"debug", "info", "warning", "error", "exception", "critical"})
 
 
@@ -103,7 +105,7 @@ class ModuleResult:
 
     @property
     def detected(self) -> int:
-        return self.count("killed", "timeout", "caught by type check")
+        return self.count(*_DETECTED)
 
     @property
     def set_aside(self) -> int:
@@ -182,12 +184,18 @@ def _statuses(work: Path, module: str) -> dict[str, str]:
     return {name: status_by_exit_code[code] for name, code in meta["exit_code_by_key"].items()}
 
 
-def _functions(work: Path, module: str, name: str) -> tuple[str, str]:
+def _parsed(work: Path, module: str) -> Any:
+    """mutmut's trampolined copy of ``module``, parsed once for all of its survivors."""
+    import libcst as cst
+
+    return cst.parse_module((work / "mutants" / module).read_text("utf-8"))
+
+
+def _functions(source: Any, name: str) -> tuple[str, str]:
     """The original and the mutated function's source, both under the original name."""
     import libcst as cst
     from mutmut.mutation.diff_apply import read_mutant_function, read_original_function
 
-    source = cst.parse_module((work / "mutants" / module).read_text("utf-8"))
     original = cst.Module([read_original_function(source, name)]).code
     mutant = cst.Module([read_mutant_function(source, name)]).code
     return original, mutant
@@ -273,7 +281,6 @@ def _diff(original: str, mutant: str) -> str:
 
 def run_modules(modules: Sequence[str], parent: Path, children: int) -> list[ModuleResult]:
     """One mutmut run over ``modules``: tests are mapped to functions once, for all of them."""
-    listed, message_calls = load_equivalents()
     work = _workdir(parent, modules)
     log = parent / "mutmut.log"
     started = time.monotonic()
@@ -282,16 +289,25 @@ def run_modules(modules: Sequence[str], parent: Path, children: int) -> list[Mod
     if code != 0:
         sys.stderr.write(log.read_text("utf-8", "replace")[-4000:])
         raise SystemExit(f"mutmut failed (exit {code}); log: {log}")
+    return read_results(work, modules, seconds)
+
+
+def read_results(work: Path, modules: Sequence[str], seconds: float) -> list[ModuleResult]:
+    """The statuses mutmut recorded in ``work`` and the survivors, classified."""
+    listed, message_calls = load_equivalents()
     results = []
     cwd = os.getcwd()
     os.chdir(work)  # mutmut's readers work relative to the project root
     try:
         for module in modules:
             result = ModuleResult(module, _statuses(work, module), seconds=seconds)
-            for name, status in sorted(result.statuses.items(), key=lambda i: _order(i[0])):
-                if status in ("killed", "timeout", "caught by type check"):
-                    continue
-                original, mutant = _functions(work, module, name)
+            survivors = sorted(
+                (item for item in result.statuses.items() if item[1] not in _DETECTED),
+                key=lambda item: _order(item[0]),
+            )
+            source = _parsed(work, module) if survivors else None
+            for name, status in survivors:
+                original, mutant = _functions(source, name)
                 kind = "equivalent" if name in listed else classify(original, mutant, message_calls)
                 result.survivors.append(Survivor(name, status, kind, _diff(original, mutant)))
             results.append(result)
@@ -356,6 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("modules", nargs="*", help="module paths (default: all of MODULES)")
     parser.add_argument("--children", type=int, default=1, help="mutmut worker processes")
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it")
+    parser.add_argument(
+        "--from", dest="source", type=Path, help="report on a --keep directory, do not run"
+    )
     parser.add_argument("--all-survivors", action="store_true", help="also list set-aside ones")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     parser.add_argument("--list", action="store_true", help="list modules and their tests")
@@ -368,14 +387,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [m for m in modules if m not in MODULES]
     if unknown:
         parser.error(f"not in MODULES: {', '.join(unknown)}")
-    parent = args.keep or Path(tempfile.mkdtemp(prefix="mutation-"))
-    sys.stderr.write(f"mutating {len(modules)} modules in {parent} ...\n")
-    try:
-        results = run_modules(modules, parent, args.children)
-    finally:
-        if not args.keep:
-            shutil.rmtree(parent, ignore_errors=True)
-    sys.stderr.write(f"  {sum(r.total for r in results)} mutants in {results[0].seconds:.0f} s\n")
+    if args.source:
+        results = read_results(args.source / "work", modules, 0.0)
+    else:
+        parent = args.keep or Path(tempfile.mkdtemp(prefix="mutation-"))
+        sys.stderr.write(f"mutating {len(modules)} modules in {parent} ...\n")
+        try:
+            results = run_modules(modules, parent, args.children)
+        finally:
+            if not args.keep:
+                shutil.rmtree(parent, ignore_errors=True)
+    if not args.source:
+        total = sum(r.total for r in results)
+        sys.stderr.write(f"  {total} mutants in {results[0].seconds:.0f} s\n")
     print(table(results))
     print()
     report = survivors_report(results, all_kinds=args.all_survivors)
