@@ -196,6 +196,9 @@ def test_warnings_name_file_line_key_path_and_the_fix() -> None:
         pytest.param("exact", "/a/b", "/a/b", ("/a/b",), id="exact"),
         pytest.param("prefix", "/a", "/a", ("/a", "/a/x"), id="prefix"),
         pytest.param("prefix", "/", "/", ("/", "/x"), id="root-prefix"),
+        # Only the trailing "/" goes before "/x": not the other characters of "XX/XX".
+        pytest.param("prefix", "/BOX", "/BOX", ("/BOX", "/BOX/x"), id="prefix-ending-in-X"),
+        pytest.param("prefix", "/X/", "/X/", ("/X/", "/X/x"), id="prefix-X-and-slash"),
         pytest.param("glob", "/a/**", "/a", ("/a/x", "/a"), id="globstar"),
         pytest.param("glob", "/a/*.json", "/a/", ("/a/x.json",), id="star"),
         pytest.param("glob", "/**", "", ("/x", "/"), id="root-globstar"),
