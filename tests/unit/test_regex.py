@@ -59,6 +59,8 @@ def test_case_insensitive() -> None:
         pytest.param(r"\C*", "", id="no-range-for-any-bytes"),
         pytest.param(r"/a\C*", "/", id="any-byte-after-a-literal-errs-short"),
         pytest.param("/caf\u00e9", "/caf", id="stops-before-non-ascii"),
+        pytest.param("/caf[\u00e9\u00ea]", "/caf", id="stops-before-a-cut-character"),
+        pytest.param("/\u0080", "/", id="stops-before-the-first-non-ascii-character"),
         pytest.param("(?i)/a", "/", id="both-cases-share-nothing-after-slash"),
         pytest.param(r"/a$^", "/a", id="matches-nothing-a-vacuous-bound"),
     ],
