@@ -14,6 +14,8 @@ than by a hand-written scan of the pattern's syntax.
 
 from __future__ import annotations
 
+import itertools
+import os
 from typing import Any
 
 import re2  # google-re2 ships no type information (pyproject: ignore_missing_imports)
@@ -27,7 +29,7 @@ _UNSUPPORTED = ("invalid perl operator", "invalid escape sequence", "bad repetit
 class LinearRegex:
     """A compiled RE2 pattern; ``fullmatch`` costs time linear in the text."""
 
-    __slots__ = ("_compiled", "pattern")
+    __slots__ = ("_compiled",)
 
     def __init__(self, pattern: str, *, case_insensitive: bool = False) -> None:
         options: Any = re2.Options()
@@ -38,7 +40,6 @@ class LinearRegex:
             self._compiled: Any = re2.compile(pattern, options)
         except re2.error as exc:
             raise ValueError(_reason(exc)) from None
-        self.pattern = pattern
 
     def fullmatch(self, text: str) -> bool:
         return self._compiled.fullmatch(text.encode()) is not None
@@ -48,24 +49,24 @@ class LinearRegex:
 
         RE2 guarantees ``low <= s <= high`` for every string ``s`` the pattern matches
         from its start; a string between two bounds starts with their common prefix.
-        Normalised paths are ASCII, so the prefix stops at the first non-ASCII byte.
+        Normalised paths are ASCII, so the prefix stops at the first non-ASCII byte: a
+        character that is not ASCII, or the U+FFFD of a sequence the common part cuts.
         """
         try:
             low, high = self._compiled.possiblematchrange(_RANGE_LENGTH)
         except re2.error:
             return ""  # e.g. a pattern that starts with \C*: no usable bounds
-        common = bytearray()
-        for a, b in zip(low, high, strict=False):
-            if a != b or a >= 0x80:
-                break
-            common.append(a)
-        return common.decode("ascii")
+        # Bytes, not paths: the byte-by-byte common prefix is the one wanted.
+        common = os.path.commonprefix([low, high]).decode(errors="replace")  # noqa: RUF071
+        return "".join(itertools.takewhile(str.isascii, common))
 
 
 def _reason(exc: Exception) -> str:
+    """A refused pattern's message, from whatever ``re2.error`` carries: the engine's bytes
+    (UTF-8, the pattern's encoding), the wrapper's own str, or nothing."""
     detail = exc.args[0] if exc.args else ""
     if isinstance(detail, bytes):
-        detail = detail.decode("utf-8", "replace")
+        detail = detail.decode(errors="replace")
     if str(detail).startswith(_UNSUPPORTED):
         return f"{detail} (RE2 syntax: no backreferences, lookaround or possessive quantifiers)"
     return str(detail)

@@ -39,8 +39,14 @@ def sample_paths(kind: str, pattern: str, literal_prefix: str) -> tuple[str, ...
 
 
 def near_spellings(path: str) -> Iterator[tuple[Difference, str]]:
-    """Normalised paths that differ from ``path`` only by case or a trailing "/", "." or
-    space (on the whole path, or on one of its segments)."""
+    """Normalised paths that differ from the normal ``path`` (one ``sample_paths`` gave)
+    only by case or a trailing "/", "." or space (on the whole path, or on one of its
+    segments).
+
+    Each is yielded once without keeping a set: for a normal path no two spellings
+    normalise alike. The case ones keep its length and slashes, the trailing-slash one
+    toggles its last "/", the others lengthen one segment. Only a spelling that normalises
+    back to ``path`` itself (a lowered escape, "//" for "/") is dropped."""
     spellings: list[tuple[Difference, str]] = [
         ("case", path.upper()),
         ("case", path.lower()),
@@ -52,21 +58,22 @@ def near_spellings(path: str) -> Iterator[tuple[Difference, str]]:
             for difference, suffix in _SUFFIXES:
                 changed = [*segments[:index], segment + suffix, *segments[index + 1 :]]
                 spellings.append((difference, "/".join(changed)))
-    seen = {path}
     for difference, spelling in spellings:
         normal = _normal(spelling)
-        if normal is not None and normal not in seen:
-            seen.add(normal)
+        if normal is not None and normal != path:
             yield difference, normal
 
 
 def _normal(path: str) -> str | None:
+    """The path ``normalise_target`` makes of ``path``, or None if it refuses it. A "?"
+    needs no check: no spelling of a normal path holds one, and the path made of "/a?b"
+    is "/a", so a path with a query is never its own normal form."""
     try:
-        target = normalise_target(path)
+        return normalise_target(path).path
     except InvalidPath:
         return None
-    return target.path if target.query is None else None
 
 
 def _is_normal(path: str) -> bool:
-    return path.startswith("/") and _normal(path) == path
+    """``normalise_target`` refuses what does not start with "/": no check of our own."""
+    return _normal(path) == path

@@ -103,6 +103,19 @@ def test_envoy_http_takes_the_path_after_the_prefix(raw: str, target: str) -> No
     assert from_envoy_http("DELETE", raw, [("Host", "h")], "/envoy").target == target
 
 
+@pytest.mark.parametrize(
+    ("headers", "host"),
+    [([("Host", "api.example")], "api.example"), ([("host", "api.example")], "api.example"),
+     ([("Authorization", "Bearer t")], None), ([("Host", "")], None)],
+)  # fmt: skip
+def test_envoy_http_reads_the_original_host_and_does_without_one(
+    headers: list[tuple[str, str]], host: str | None
+) -> None:
+    """Envoy sends the original ``:authority`` as ``Host``; a check without one (an HTTP/1.0
+    client's) is no configuration error: it matches only routes that name no host."""
+    assert from_envoy_http("GET", "/envoy/a", headers, "/envoy").host == host
+
+
 @pytest.mark.parametrize("raw", ["/envoyx/a", "/%65nvoy/a", "/other"])
 def test_envoy_http_refuses_a_path_without_the_prefix(raw: str) -> None:
     with pytest.raises(BadForwarded):

@@ -21,6 +21,7 @@ EQUIVALENT = {
     "percent-case": ("https://h.example/a%2fb", "https://h.example/a%2Fb"),
     "percent-unreserved": ("https://h.example/%7Euser/%41%2d", "https://h.example/~user/A-"),
     "percent-in-host": ("https://%41pi.example/", "https://api.example/"),
+    "percent-case-in-host": ("https://EX%2fAMPLE.com/", "https://ex%2Fample.com/"),
     "dot-segments": ("https://h.example/a/b/c/./../../g", "https://h.example/a/g"),
     "dot-segment-escaped": ("https://h.example/a/%2E%2E/b", "https://h.example/b"),
     "dots-above-root": ("https://h.example/../../a", "https://h.example/a"),
@@ -56,6 +57,7 @@ REFUSED = {
     "bad-ipv6": "https://[not-an-address]/",
     "control": "https://h.example/\n",
     "too-long": "https://h.example/" + "a" * 9000,
+    "one-too-long": "https://h.example/" + "a" * (8193 - len("https://h.example/")),
 }
 
 
@@ -73,6 +75,17 @@ def test_different_resources_stay_different(one: str, other: str) -> None:
 def test_what_is_no_http_uri_is_refused(uri: str) -> None:
     with pytest.raises(ValueError):
         normalise_htu(uri)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://h.example:65535/",  # the largest TCP port
+        "https://h.example/" + "a" * (8192 - len("https://h.example/")),  # the longest URI
+    ],
+)
+def test_the_limits_themselves_are_accepted(uri: str) -> None:
+    assert normalise_htu(uri) == uri
 
 
 @pytest.mark.parametrize(
@@ -171,6 +184,9 @@ def test_arbitrary_text_is_a_value_error_or_a_uri(text: str) -> None:
         ("https://api.example.com/", "/orders", "https://api.example.com/orders"),
         ("https://example.com/api", "/orders", "https://example.com/api/orders"),
         ("https://example.com/api/", "/", "https://example.com/api/"),
+        # Only slashes are stripped: a prefix that ends in another character keeps it.
+        ("https://example.com/BOX", "/orders", "https://example.com/BOX/orders"),
+        ("https://example.com/X/", "/orders", "https://example.com/X/orders"),
     ],
 )
 def test_external_uri_is_the_configured_url_and_the_path(

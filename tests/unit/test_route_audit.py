@@ -7,10 +7,14 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, reject
+from hypothesis import strategies as st
 
 from gateway.config.loader import load_config_text
 from gateway.config.models import GatewayConfig
+from gateway.problems import InvalidPath
 from gateway.route_audit import Shadow, Strength, find_shadows, shadow_warnings
+from gateway.routing.paths import Target, normalise_target
 from gateway.routing.variants import near_spellings, sample_paths
 
 
@@ -196,12 +200,16 @@ def test_warnings_name_file_line_key_path_and_the_fix() -> None:
         pytest.param("exact", "/a/b", "/a/b", ("/a/b",), id="exact"),
         pytest.param("prefix", "/a", "/a", ("/a", "/a/x"), id="prefix"),
         pytest.param("prefix", "/", "/", ("/", "/x"), id="root-prefix"),
+        # Only the trailing "/" goes before "/x": not the other characters of "XX/XX".
+        pytest.param("prefix", "/BOX", "/BOX", ("/BOX", "/BOX/x"), id="prefix-ending-in-X"),
+        pytest.param("prefix", "/X/", "/X/", ("/X/", "/X/x"), id="prefix-X-and-slash"),
         pytest.param("glob", "/a/**", "/a", ("/a/x", "/a"), id="globstar"),
         pytest.param("glob", "/a/*.json", "/a/", ("/a/x.json",), id="star"),
         pytest.param("glob", "/**", "", ("/x", "/"), id="root-globstar"),
         pytest.param(
             "regex", r"/u/\d+", "/u/", ("/u/", "/u/x", "/u/0", "/u/1"), id="regex-no-empty-segment"
         ),
+        pytest.param("exact", "/a?b", "/a?b", (), id="a-query-is-no-path"),
     ],
 )
 def test_sample_paths(kind: str, pattern: str, prefix: str, samples: tuple[str, ...]) -> None:
@@ -222,3 +230,25 @@ def test_near_spellings() -> None:
     assert ("trailing_slash", "/a") in list(near_spellings("/a/"))
     # Lowering the hex digits too renormalises to the path itself: only one case spelling.
     assert [s for d, s in near_spellings("/caf%C3%A9") if d == "case"] == ["/CAF%C3%A9"]
+
+
+# Paths as sample_paths gives them: normal, with cased letters, escapes, dots, ";params".
+_SEGMENT = st.sampled_from(["a", "B", "x.", ".", "..", "", "%20", "%c3%a9", "%41", "a;p", "~"])
+raw_paths = st.builds(
+    lambda parts, slash: "/" + "/".join(parts) + slash,
+    st.lists(_SEGMENT, max_size=4),
+    st.sampled_from(["", "/"]),
+)
+
+
+@given(raw_paths)
+def test_near_spellings_are_distinct_normal_paths_other_than_the_path(raw: str) -> None:
+    """near_spellings keeps no set: this is the property that lets it go without one."""
+    try:
+        path = normalise_target(raw).path
+    except InvalidPath:
+        reject()
+    spellings = [spelling for _, spelling in near_spellings(path)]
+    assert len(spellings) == len(set(spellings))
+    assert path not in spellings
+    assert all(normalise_target(spelling) == Target(spelling, None) for spelling in spellings)
