@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-import timeit
-from collections.abc import Callable
 
 import pytest
 import re2
@@ -75,20 +73,12 @@ def test_catastrophic_backtracking_patterns_run_in_linear_time(length: int) -> N
 
 
 def test_groups_capture_nothing_so_a_match_needs_no_submatch_search() -> None:
-    """Routes use no groups: compiled without captures, RE2 decides a match with its DFA
-    alone instead of also running its (linear, but some 20 times slower here) NFA to find
-    submatches. Measured against the same pattern compiled with captures."""
-    text = "/" + "a" * 100_000 + "b"
-    ours = LinearRegex("/(a+)+b")
-    options = re2.Options()
-    options.log_errors = False
-    capturing = re2.compile("/(a+)+b", options)
-
-    def best(run: Callable[[], object]) -> float:
-        return min(timeit.repeat(run, number=1, repeat=5))
-
-    assert ours.fullmatch(text) and capturing.fullmatch(text.encode())
-    assert best(lambda: ours.fullmatch(text)) * 5 < best(lambda: capturing.fullmatch(text.encode()))
+    """Routes use no groups: compiled without captures (RE2 reports no groups), RE2
+    decides a match with its DFA alone instead of also running its NFA for submatches
+    (some 20 times slower on a long path). Checked on the compiled pattern, not by
+    timing it on a shared machine."""
+    assert LinearRegex("/(a+)+b")._compiled.groups == 0
+    assert re2.compile("/(a+)+b").groups == 1  # what the option changes
 
 
 def test_case_insensitive() -> None:
