@@ -129,7 +129,8 @@ def normalise_host(raw: str | None) -> str | None:
     if host.startswith("["):
         return _normalise_ipv6(host)
     name, _, port = host.partition(":")
-    _check_port(raw, port)
+    if not _valid_port(port):
+        raise ValueError(f"invalid host {raw!r}: bad port")
     name = name.removesuffix(".")
     if not name or len(name) > _MAX_HOST_LENGTH or _HOST_NAME.fullmatch(name) is None:
         raise ValueError(f"invalid host {raw!r}")
@@ -248,22 +249,22 @@ def _glob_to_regex(pattern: str) -> str:
 
 def _glob_literal_prefix(pattern: str) -> str:
     prefix = pattern[: pattern.index("*")]
-    star_segment = pattern[len(prefix) :].split("/", 1)[0]
+    star_segment = pattern[len(prefix) :].partition("/")[0]
     # "/a/**" also matches "/a", so the "/" before a "**" segment is not guaranteed.
     return prefix[:-1] if star_segment == "**" and prefix.endswith("/") else prefix
 
 
-def _check_port(raw: str, port: str) -> None:
-    # RFC 3986 §3.2.3: port = *DIGIT (an empty port is allowed and means the default).
-    if port and not (port.isdigit() and len(port) <= 5 and int(port) < 65536):
-        raise ValueError(f"invalid host {raw!r}: bad port")
+def _valid_port(port: str) -> bool:
+    """RFC 3986 §3.2.3: port = *DIGIT; an empty port is allowed and means the default."""
+    return not port or (port.isdigit() and len(port) <= 5 and int(port) < 65536)
 
 
 def _normalise_ipv6(host: str) -> str:
     literal, bracket, rest = host[1:].partition("]")
     if not bracket or (rest and not rest.startswith(":")):
         raise ValueError(f"invalid host {host!r}")
-    _check_port(host, rest[1:])
+    if not _valid_port(rest[1:]):
+        raise ValueError(f"invalid host {host!r}: bad port")
     if "%" in literal:
         raise ValueError(f"invalid host {host!r}: zone identifiers are not accepted")
     try:

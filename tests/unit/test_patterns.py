@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from gateway.routing.patterns import (
     HostPattern,
     PathKind,
+    check_prefix_path,
     compile_path_pattern,
     normalise_host,
 )
@@ -55,6 +56,9 @@ MATCHES = [
     pytest.param("glob", "/a.b/+(x)", "/a.b/+(x)", True, id="glob-regex-chars-literal"),
     pytest.param("glob", "/a.b/*", "/axb/c", False, id="glob-dot-is-literal"),
     pytest.param("glob", "/users/*/orders/*", "/users/1/orders/2", True, id="two-stars"),
+    # A "**" after a "*" segment is not the prefix shortcut: the "*" still matches anything.
+    pytest.param("glob", "/a*/**", "/ab/c", True, id="star-segment-then-globstar"),
+    pytest.param("glob", "/*/**", "/x/y", True, id="root-star-then-globstar"),
     # --- regex -----------------------------------------------------------------------------
     pytest.param("regex", r"/u/\d+", "/u/42", True, id="regex-fullmatch"),
     pytest.param("regex", r"/u/\d+", "/u/42/x", False, id="regex-anchored-at-end"),
@@ -103,6 +107,10 @@ def test_matches(kind: PathKind, pattern: str, path: str, expected: bool) -> Non
         pytest.param("regex", r".*", "", id="regex-no-literal"),
         pytest.param("regex", r"/caf%C3%A9/.*", "/caf%C3%A9/", id="regex-encoded-utf8"),
         pytest.param("regex", "/caf\u00e9/.*", "/caf", id="regex-stops-at-non-ascii"),
+        # A literal cut inside an escape or a UTF-8 sequence is a possible prefix all the same.
+        pytest.param("regex", r"/caf%C3%A[9A]", "/caf%C3%A", id="regex-stops-mid-utf8-escape"),
+        pytest.param("regex", r"/x%F0%9F%98%8[0-9A-F]", "/x%F0%9F%98%8", id="regex-stops-in-emoji"),
+        pytest.param("regex", r"/%C3%A9%C3%A[0-9A-F]", "/%C3%A9%C3%A", id="regex-stops-after-char"),
         # Issue 19: alternations the old hand-written scanner was never tested on.
         pytest.param("regex", r"/admin(/.*)?|/internal(/.*)?", "/", id="bar-after-closed-group"),
         pytest.param("regex", r"/api/v\d|/internal", "/", id="bar-after-escape"),
@@ -133,6 +141,8 @@ def test_literal_prefix(kind: PathKind, pattern: str, prefix: str) -> None:
         pytest.param("regex", r"/admin%2F.*", id="regex-encoded-slash"),
         pytest.param("regex", r"/%7euser/.*", id="regex-encoded-unreserved"),
         pytest.param("regex", r"/caf%c3%a9", id="regex-lowercase-hex"),
+        # No UTF-8 sequence is cut short by four bytes: these can never become valid.
+        pytest.param("regex", r"/a%80%80%80%80.*", id="regex-four-continuation-bytes"),
         pytest.param("regex", r"/admin;x/.*", id="regex-path-parameters"),
         pytest.param("regex", r"/x\|y", id="regex-unencoded-bar"),
         pytest.param("exact", "/admin;x", id="exact-path-parameters"),
@@ -154,6 +164,35 @@ def test_literal_prefix(kind: PathKind, pattern: str, prefix: str) -> None:
 def test_bad_patterns(kind: PathKind, pattern: str) -> None:
     with pytest.raises(ValueError, match=r"\S"):
         compile_path_pattern(kind, pattern)
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        pytest.param("/", id="root"),
+        pytest.param("/v2", id="plain"),
+        pytest.param("/v2/", id="trailing-slash"),
+        pytest.param("/api/.X", id="dot-led-segment"),
+    ],
+)
+def test_rewrite_prefixes(prefix: str) -> None:
+    check_prefix_path("add_prefix", prefix)
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        pytest.param("/v2 ", id="trailing-space"),
+        pytest.param("/v2\t", id="trailing-tab"),
+        pytest.param("/a//X", id="empty-segment"),
+        pytest.param("/a/../b/", id="dot-segments"),
+        pytest.param("/a;x/", id="path-parameters"),
+        pytest.param("v2/", id="relative"),
+    ],
+)
+def test_bad_rewrite_prefixes(prefix: str) -> None:
+    with pytest.raises(ValueError, match=r"\S"):
+        check_prefix_path("strip_prefix", prefix)
 
 
 _SEGMENTS = st.sampled_from(["a", "b", "ab", "x.json", "", "*", "**", "a*", "*b"])
