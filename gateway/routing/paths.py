@@ -68,7 +68,7 @@ def normalise_target(raw: str) -> Target:
 
 def without_path_parameters(path: str) -> str:
     """``/a;x=1/b;y`` → ``/a/b``: the path a servlet container routes on (RFC 3986 §3.3)."""
-    return "/".join(segment.split(";", 1)[0] for segment in path.split("/"))
+    return "/".join(segment.partition(";")[0] for segment in path.split("/"))
 
 
 def rewrite_path(
@@ -84,13 +84,11 @@ def rewrite_path(
     as the upstream reads them (``semantics``). A stripped segment goes with its
     parameters: "/public;x/a" stripped of "/public" is "/a", the path the route chose by.
     """
-    strip = (strip_prefix or "").rstrip("/")
-    if strip:
-        below = _below(path, strip, semantics)
+    if strip_prefix:
+        below = _below(path, strip_prefix.rstrip("/"), semantics)
         if below is not None:
             path = below
-    add = (add_prefix or "").rstrip("/")
-    return add + path if add else path
+    return (add_prefix or "").rstrip("/") + path
 
 
 def _below(path: str, prefix: str, semantics: PathSemantics) -> str | None:
@@ -100,7 +98,7 @@ def _below(path: str, prefix: str, semantics: PathSemantics) -> str | None:
     if len(segments) < len(wanted):
         return None
     for want, have in zip(wanted, segments, strict=False):
-        name = have.split(";", 1)[0]
+        name = have.partition(";")[0]
         if name != want and semantics.segment_key(name) != semantics.segment_key(want):
             return None
     return "/" + "/".join(segments[len(wanted) :])

@@ -32,7 +32,8 @@ def origin_form(raw: str, host: str | None) -> str:
     if not authority or parts.username or parts.password or authority != (host or "").lower():
         raise BadRequest("An absolute-form target must name the same authority as Host.")
     path = parts.path or "/"
-    return f"{path}?{parts.query}" if "?" in raw[len(parts.scheme) + 3 :] else path
+    # "?" in raw, not parts.query, tells "/a?" from "/a"; "http://" and "https://" hold none.
+    return f"{path}?{parts.query}" if "?" in raw else path
 
 
 def match_path(path: str, *, path_parameters: bool) -> str:

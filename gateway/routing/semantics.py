@@ -62,7 +62,7 @@ class PathSemantics:
             path = "/".join(self._trimmed(segment) for segment in path.split("/"))
         if self.case_insensitive:
             path = _folded(path)
-        if self.trailing_slash_ignored and len(path) > 1 and path.endswith("/"):
+        if self.trailing_slash_ignored and path != "/" and path.endswith("/"):
             path = path[:-1]
         return path
 

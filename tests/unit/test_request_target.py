@@ -41,6 +41,8 @@ def test_origin_form(raw: str, host: str | None, expected: str) -> None:
         pytest.param("http://other.example/a", "api.example", id="authority-not-host"),
         pytest.param("http://api.example/a", None, id="no-host"),
         pytest.param("http:///a", "", id="empty-authority"),
+        pytest.param("http:///a", "xxxx", id="empty-authority-whatever-the-host"),
+        pytest.param("http://xxxx/a", None, id="no-host-whatever-the-authority"),
         pytest.param("http://user@api.example/a", "user@api.example", id="userinfo"),
         pytest.param("http://:pw@api.example/a", ":pw@api.example", id="password-only"),
         pytest.param("http://[::1/a", "[::1", id="unparseable-ipv6"),

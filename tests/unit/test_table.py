@@ -286,6 +286,9 @@ def test_a_path_an_upstream_would_misread_is_refused_only_where_that_upstream_se
     assert table.match("other.example.com", long_s, "GET") == "strict"
     with pytest.raises(InvalidPath):
         table.match("iis.example.com", long_s, "GET")
+    assert table.candidates(long_s, "other.example.com") == (1,)
+    with pytest.raises(InvalidPath):  # the index is probed on the host's views too
+        table.candidates(long_s, "iis.example.com")
 
 
 def test_what_is_matched_is_not_what_is_returned() -> None:
