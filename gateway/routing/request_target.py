@@ -24,6 +24,8 @@ def origin_form(raw: str, host: str | None) -> str:
     lowered = raw[:8].lower()
     if not (lowered.startswith("http://") or lowered.startswith("https://")):
         raise BadRequest("The request target must be a path.")
+    if "#" in raw:  # RFC 9112 §3.2.2: an absolute-URI, which has no fragment
+        raise BadRequest("The request target must not carry a fragment.")
     try:
         parts = urlsplit(raw)
         authority = (parts.netloc or "").lower()

@@ -408,6 +408,12 @@ TARGETS = [
         id="absolute-form-dotdot-above-root",
     ),
     pytest.param(
+        b"GET http://x/public#/../admin/x HTTP/1.1\r\nHost: x\r\n\r\n",
+        [400],
+        None,
+        id="absolute-form-fragment",
+    ),
+    pytest.param(
         b"GET HTTP://X/public HTTP/1.1\r\nHost: x\r\n\r\n",
         [200],
         "/public",

@@ -47,6 +47,11 @@ def test_origin_form(raw: str, host: str | None, expected: str) -> None:
         pytest.param("http://:pw@api.example/a", ":pw@api.example", id="password-only"),
         pytest.param("http://[::1/a", "[::1", id="unparseable-ipv6"),
         pytest.param("http://api.example:8443/a", "api.example", id="port-differs"),
+        # RFC 9112 §3.2.2: absolute-form is an absolute-URI, which has no fragment; an
+        # origin-form "/a#x" is refused too, so neither form may hide a part of the target.
+        pytest.param("http://api.example/a#x?y", "api.example", id="fragment"),
+        pytest.param("http://api.example/a#/../admin", "api.example", id="fragment-dots"),
+        pytest.param("http://api.example#/admin", "api.example", id="fragment-no-path"),
     ],
 )
 def test_origin_form_refuses(raw: str, host: str | None) -> None:
