@@ -62,13 +62,13 @@ def read_credential(
         found = Credential(dpop, "header", "dpop") if dpop is not None else None
     # A query can only name access_token literally or through percent-encoding.
     if allow_query and query and (ACCESS_TOKEN_PARAM in query or "%" in query):
-        for name, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+        for name, value in parse_qsl(query, keep_blank_values=True):
             if name == ACCESS_TOKEN_PARAM:
-                found = _only(found, Credential(_param_token(value, "query"), "query"))
+                found = _only(found, Credential(_param_token("query", value), "query"))
     if allow_form and form_fields:
         for name, value in form_fields:
             if name == ACCESS_TOKEN_PARAM:
-                found = _only(found, Credential(_param_token(value, "form body"), "form"))
+                found = _only(found, Credential(_param_token("form body", value), "form"))
     if found is not None and len(found.token) > max_size:
         raise InvalidToken("the access token is too large", reason="oversized")
     return found
@@ -106,7 +106,9 @@ def _header_token(value: str) -> str | None:
     return token
 
 
-def _param_token(value: str, where: str) -> str:
+def _param_token(where: str, value: str) -> str:
+    """``value`` when it is RFC 6749 A.12 syntax; ``where`` (first, so mutation testing's
+    message_calls reads it as wording) only words the error."""
     if _VSCHARS.fullmatch(value) is None:
         raise InvalidRequest(f"malformed access_token in the {where}")
     return value

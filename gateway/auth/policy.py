@@ -21,7 +21,6 @@ Scalar = str | int | float | bool
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 # RFC 6750 §3: error_description characters, so a claim name can be quoted in the challenge.
 _DESCRIBABLE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]+")
-_MISSING = object()
 
 
 def _kind(value: Any) -> type:
@@ -40,26 +39,22 @@ def _same(claim: Any, expected: Scalar) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class ClaimTest:
-    """One compiled claim rule. ``detail`` is precomputed and never holds the claim's value."""
+    """One compiled claim rule. ``quotable``: whether the refusal may name the claim."""
 
     name: str
     op: ClaimOp
     values: tuple[Scalar, ...]
-    detail: str
+    quotable: bool
 
     @classmethod
     def compile(cls, name: str, op: ClaimOp, values: tuple[Scalar, ...]) -> ClaimTest:
         if not values or (op != "one_of" and len(values) != 1):
-            raise ValueError(
-                f"claim {name!r}: {op} takes {'values' if op == 'one_of' else 'one value'}"
-            )
-        shown = f"'{name}' claim" if _DESCRIBABLE.fullmatch(name) else "a claim"
-        return cls(name, op, values, f"the token's {shown} does not satisfy this route")
+            raise ValueError(f"claim {name!r}: {op}: one_of takes values, the others one value")
+        return cls(name, op, values, _DESCRIBABLE.fullmatch(name) is not None)
 
     def matches(self, claims: Mapping[str, Any]) -> bool:
-        value = claims.get(self.name, _MISSING)
-        if value is _MISSING:
-            return False
+        # An absent claim reads as null, which no rule's scalar equals (nor is a list or string).
+        value = claims.get(self.name)
         if self.op == "equals":
             return _same(value, self.values[0])
         if self.op == "one_of":
@@ -113,4 +108,10 @@ def check(policy: Policy, identity: Identity) -> None:
         raise InsufficientScope(required=policy.required_scopes)
     for test in policy.claims:
         if not test.matches(identity.claims):
-            raise Forbidden(test.detail)
+            # The detail never holds the claim's value, and names the claim only where RFC 6750
+            # §3's error_description characters can carry it.
+            raise Forbidden(
+                f"the token's '{test.name}' claim does not satisfy this route"
+                if test.quotable
+                else "a claim of the token does not satisfy this route"
+            )

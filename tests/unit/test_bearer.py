@@ -222,3 +222,45 @@ def test_oversized_token_has_its_own_reason() -> None:
         read(("Bearer " + "a" * 300,), max_size=256)
     assert caught.value.reason == "oversized"
     assert caught.value.status == 401
+
+
+@pytest.mark.parametrize(
+    ("authorization", "expected"),
+    [
+        # RFC 9110 §5.5: OWS around a field value is SP and HTAB only; other whitespace is
+        # part of the value, so it makes the credentials malformed or another scheme's.
+        pytest.param(f"\tBearer {TOKEN} \t", TOKEN, id="sp-and-htab-are-trimmed"),
+        pytest.param(f"\x0cBearer {TOKEN}", None, id="leading-form-feed-is-no-bearer-scheme"),
+        pytest.param(f"\nBearer {TOKEN}", None, id="leading-newline-is-no-bearer-scheme"),
+        # Only whitespace is trimmed: letters at either end belong to the scheme or token.
+        pytest.param(f"Bearer {TOKEN}X", f"{TOKEN}X", id="trailing-letter-is-the-token's"),
+        pytest.param(f"XBearer {TOKEN}", None, id="leading-letter-is-the-scheme's"),
+    ],
+)
+def test_only_sp_and_htab_are_trimmed_from_authorization(
+    authorization: str, expected: str | None
+) -> None:
+    assert read((authorization,)) == expected
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        pytest.param(f"Bearer {TOKEN}\x0b", id="trailing-vertical-tab"),
+        pytest.param(f"Bearer {TOKEN}\r\n", id="trailing-crlf"),
+    ],
+)
+def test_other_trailing_whitespace_makes_bearer_credentials_malformed(authorization: str) -> None:
+    with pytest.raises(InvalidRequest):
+        read((authorization,))
+
+
+def test_a_dpop_token_is_found_in_the_header() -> None:
+    """The source says where to strip the token from before forwarding (RFC 9449 §7.1)."""
+    from gateway.auth.bearer import Credential, read_credential
+
+    found = read_credential(
+        (f"DPoP {TOKEN}",), None, None,
+        allow_query=False, allow_form=False, max_size=4096, allow_dpop=True,
+    )  # fmt: skip
+    assert found == Credential(TOKEN, "header", "dpop")

@@ -119,6 +119,10 @@ def test_a_wrong_type_is_a_malformed_token(claims: dict[str, Any]) -> None:
     with pytest.raises(InvalidToken) as caught:
         read(claims)
     assert caught.value.reason == "malformed"
+    # RFC 6750 §3 error_description is there "to assist the client developer": it names the
+    # claim at fault (never its value).
+    (name,) = claims
+    assert f" {name} " in caught.value.detail
 
 
 def test_a_wrong_scope_type_is_refused_even_behind_a_good_one() -> None:
@@ -189,3 +193,15 @@ def test_time_boundaries(
         with pytest.raises(InvalidToken) as caught:
             check_times(claims, now, leeway)
         assert caught.value.reason == reason
+
+
+def test_each_time_refusal_says_which_check_failed() -> None:
+    """nbf and a future iat share the reason not_yet_valid; only the error_description
+    (RFC 6750 §3) tells the client developer which date to look at."""
+    details = []
+    for claims, now in [(dates(exp=T), T), (dates(nbf=T), T - 1), (dates(iat=T), T - 1)]:
+        with pytest.raises(InvalidToken) as caught:
+            check_times(claims, now, 0.0)
+        details.append(caught.value.detail)
+    assert len(set(details)) == 3
+    assert InvalidToken.title not in details

@@ -190,3 +190,28 @@ def test_a_claim_name_is_quoted_in_the_challenge_only_when_it_is_safe_there(
     assert "\r" not in challenge and "\n" not in challenge
     if not shown:
         assert "a claim" in caught.value.detail
+
+
+@pytest.mark.parametrize(
+    ("op", "values", "ok"),
+    [
+        pytest.param("equals", ("a",), True, id="equals-one"),
+        pytest.param("equals", ("a", "b"), False, id="equals-two"),
+        pytest.param("equals", (), False, id="equals-none"),
+        pytest.param("contains", ("a", "b"), False, id="contains-two"),
+        pytest.param("contains", (), False, id="contains-none"),
+        pytest.param("one_of", ("a",), True, id="one-of-one"),
+        pytest.param("one_of", ("a", "b"), True, id="one-of-two"),
+        pytest.param("one_of", (), False, id="one-of-none-could-never-match"),
+    ],
+)
+def test_a_claim_rule_takes_its_number_of_values(op: Any, values: tuple, ok: bool) -> None:
+    """``equals`` and ``contains`` compare with one value; a second one would be silently
+    ignored (only ``values[0]`` is read), so it is refused at load, as is an empty rule."""
+    from gateway.auth.policy import compile_policy
+
+    if ok:
+        compile_policy((), (), {"tenant": (op, values)})
+    else:
+        with pytest.raises(ValueError):
+            compile_policy((), (), {"tenant": (op, values)})
