@@ -20,17 +20,19 @@ _Masks = tuple[tuple[int, int], ...]
 def _network(text: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """Parse one configured entry, refusing anything ambiguous at startup.
 
-    ``strict=True`` rejects ``10.0.0.1/8``: host bits in a CIDR are usually a typo for a
-    narrower range, and guessing wider would trust more peers than the operator meant.
+    ``ip_network`` parses strictly by default and so rejects ``10.0.0.1/8``: host bits in a
+    CIDR are usually a typo for a narrower range, and guessing wider would trust more peers
+    than the operator meant. Strictness also means an IPv6 network with an IPv4-mapped
+    address (``::ffff:0:0/96``) has a prefix of at least 96.
     """
     if not isinstance(text, str):
         # ip_network(5) would quietly mean 0.0.0.5/32.
         raise ValueError(f"trusted proxy entry must be a string, got {type(text).__name__}")
     try:
-        network = ipaddress.ip_network(text.strip(), strict=True)
+        network = ipaddress.ip_network(text.strip())
     except ValueError as exc:
         raise ValueError(f"invalid trusted proxy address or network {text!r}: {exc}") from None
-    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
+    if isinstance(network, ipaddress.IPv6Network):
         mapped = network.network_address.ipv4_mapped
         if mapped is not None:
             # Peers in ::ffff:0:0/96 are compared as IPv4, so their networks must be too.
@@ -130,13 +132,23 @@ def client_address(
 
 def _address_of(entry: str) -> str | None:
     """One ``X-Forwarded-For`` entry as a canonical IP, or None (a port or brackets are
-    accepted, as some proxies write ``[2001:db8::1]:443`` or ``192.0.2.1:5000``)."""
+    accepted, as some proxies write ``[2001:db8::1]:443`` or ``192.0.2.1:5000``; anything
+    else after the address, ``[::1]junk`` or ``192.0.2.1:x``, makes it no address)."""
     text = entry.strip()
     if text.startswith("["):
-        text = text[1:].partition("]")[0]
+        text, _, after = text[1:].partition("]")
+        if after and not _is_port(after):
+            return None
     elif text.count(":") == 1:
-        text = text.partition(":")[0]
+        text, _, port = text.partition(":")
+        if not _is_port(":" + port):
+            return None
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
         return None
+
+
+def _is_port(text: str) -> bool:
+    """``":" 1*DIGIT``, the port some proxies append to an address."""
+    return text[:1] == ":" and text[1:].isascii() and text[1:].isdigit()

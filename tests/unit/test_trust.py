@@ -95,9 +95,52 @@ def test_cache_stays_bounded_and_correct_across_clears() -> None:
     assert 0 < len(trust._cache) <= 1024
 
 
-# --- client_address: the client through trusted proxies (rate-limit keys) ----------------
+def test_an_entry_of_another_type_is_named_in_the_error() -> None:
+    with pytest.raises(ValueError, match="got int"):
+        TrustedProxies([167772161])  # type: ignore[list-item]
 
-_OURS = TrustedProxies(["10.0.0.0/8", "fd00::/8"])
+
+class _Lookups:
+    """Counts the lookups the cache lets through to the mask comparison."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.peers: list[str] = []
+        original = TrustedProxies._lookup
+
+        def counted(trust: TrustedProxies, peer: str) -> bool:
+            self.peers.append(peer)
+            return original(trust, peer)
+
+        monkeypatch.setattr(TrustedProxies, "_lookup", counted)
+
+
+def test_a_repeat_peer_is_answered_from_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    lookups = _Lookups(monkeypatch)
+    trust = TrustedProxies(["10.0.0.0/8"])
+    assert [trust.is_trusted("10.0.0.1") for _ in range(3)] == [True] * 3
+    assert [trust.is_trusted("192.0.2.1") for _ in range(3)] == [False] * 3
+    assert lookups.peers == ["10.0.0.1", "192.0.2.1"]
+
+
+def test_no_peer_or_no_networks_needs_no_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    lookups = _Lookups(monkeypatch)
+    assert TrustedProxies(["10.0.0.0/8"]).is_trusted(None) is False
+    assert TrustedProxies([]).is_trusted("10.0.0.1") is False
+    assert lookups.peers == []
+
+
+def test_the_cache_is_cleared_when_it_holds_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    lookups = _Lookups(monkeypatch)
+    trust = TrustedProxies(["10.0.0.0/8"])
+    peers = [f"10.0.{i // 256}.{i % 256}" for i in range(1024)]  # exactly the limit
+    for peer in peers:
+        trust.is_trusted(peer)
+    trust.is_trusted("192.0.2.1")  # the cache is full: cleared, then this one kept
+    trust.is_trusted(peers[0])
+    assert lookups.peers[-1] == peers[0] and len(lookups.peers) == 1026
+
+
+# --- client_address: the client through trusted proxies (rate-limit keys) ----------------
 
 
 @pytest.mark.parametrize(
@@ -122,6 +165,13 @@ _OURS = TrustedProxies(["10.0.0.0/8", "fd00::/8"])
         # Ports and brackets, and IPv6 canonicalised.
         ("10.0.0.2", ["[2001:DB8::1]:443"], "2001:db8::1"),
         ("10.0.0.2", ["192.0.2.1:5000"], "192.0.2.1"),
+        # Anything else after the address makes the entry junk: the walk ends there.
+        ("10.0.0.2", ["[2001:db8::1]junk"], "10.0.0.2"),
+        ("10.0.0.2", ["[2001:db8::1]:"], "10.0.0.2"),
+        ("10.0.0.2", ["[2001:db8::1]:44x"], "10.0.0.2"),
+        ("10.0.0.2", ["192.0.2.1:x"], "10.0.0.2"),
+        ("10.0.0.2", ["192.0.2.1:"], "10.0.0.2"),
+        ("10.0.0.2", ["192.0.2.1:\u0665"], "10.0.0.2"),  # a non-ASCII digit is no port
         ("fd00::2", ["2001:db8:0:0::7"], "2001:db8::7"),
         (None, ["203.0.113.9"], None),
     ],
@@ -129,7 +179,8 @@ _OURS = TrustedProxies(["10.0.0.0/8", "fd00::/8"])
 def test_client_address_walks_trusted_hops_from_the_right(
     peer: str | None, chain: list[str], expected: str | None
 ) -> None:
-    assert client_address(peer, chain, _OURS) == expected
+    ours = TrustedProxies(["10.0.0.0/8", "fd00::/8"])  # built here: see tests/mutation
+    assert client_address(peer, chain, ours) == expected
 
 
 def test_client_address_trusts_nothing_without_trusted_proxies() -> None:
