@@ -289,6 +289,24 @@ def test_a_path_an_upstream_would_misread_is_refused_only_where_that_upstream_se
     assert table.candidates(long_s, "other.example.com") == (1,)
     with pytest.raises(InvalidPath):  # the index is probed on the host's views too
         table.candidates(long_s, "iis.example.com")
+    assert table.allowed("other.example.com", long_s) is None  # "strict" takes any method
+    with pytest.raises(InvalidPath):  # and so is an OPTIONS answered by the gateway
+        table.allowed("iis.example.com", long_s)
+
+
+def test_allowed_reads_the_path_as_each_upstream_does() -> None:
+    """``allowed`` (an OPTIONS the gateway answers, RFC 9110 §7.6.2) sees the routes ``match``
+    sees: a route on a case-insensitive upstream counts for "/DOCS" too."""
+    table = RouteTable(
+        [
+            route("docs", "/Docs", methods=("GET",), hosts=("a.example.com",), semantics=LOOSE),
+            route("docs-write", "/docs", methods=("POST",), semantics=LOOSE),
+            route("strict", "/docs", methods=("PUT",)),
+        ]
+    )
+    assert table.allowed("a.example.com", "/DOCS/") == frozenset({"GET", "HEAD", "POST"})
+    assert table.allowed("b.example.com", "/DOCS/") == frozenset({"POST"})
+    assert table.allowed("a.example.com", "/docs") == frozenset({"GET", "HEAD", "POST", "PUT"})
 
 
 def test_what_is_matched_is_not_what_is_returned() -> None:
