@@ -264,3 +264,29 @@ def test_a_dpop_token_is_found_in_the_header() -> None:
         allow_query=False, allow_form=False, max_size=4096, allow_dpop=True,
     )  # fmt: skip
     assert found == Credential(TOKEN, "header", "dpop")
+
+
+@pytest.mark.parametrize(
+    ("authorization", "query", "expected"),
+    [
+        pytest.param((f"Bearer {TOKEN}",), None, ("header", "bearer"), id="bearer-header"),
+        pytest.param((), f"access_token={TOKEN}", ("query", "bearer"), id="query-not-dpop"),
+        pytest.param((), None, None, id="nothing-is-no-credential"),
+    ],
+)
+def test_the_source_of_each_credential(
+    authorization: tuple[str, ...], query: str | None, expected: tuple[str, str] | None
+) -> None:
+    """The source says where to strip the token from before forwarding; with DPoP allowed, a
+    request without a DPoP token is not given one (RFC 6750 §2, RFC 9449 §7.1)."""
+    from gateway.auth.bearer import read_credential
+
+    found = read_credential(
+        authorization, query, None,
+        allow_query=True, allow_form=False, max_size=4096, allow_dpop=True,
+    )  # fmt: skip
+    if expected is None:
+        assert found is None
+    else:
+        assert found is not None and found.token == TOKEN
+        assert (found.source, found.scheme) == expected

@@ -165,6 +165,8 @@ def test_the_cache_is_cleared_when_it_holds_its_limit(monkeypatch: pytest.Monkey
         # Ports and brackets, and IPv6 canonicalised.
         ("10.0.0.2", ["[2001:DB8::1]:443"], "2001:db8::1"),
         ("10.0.0.2", ["192.0.2.1:5000"], "192.0.2.1"),
+        ("10.0.0.2", ["192.0.2.1:5"], "192.0.2.1"),
+        ("10.0.0.2", ["[2001:db8::1]:5"], "2001:db8::1"),
         # Anything else after the address makes the entry junk: the walk ends there.
         ("10.0.0.2", ["[2001:db8::1]junk"], "10.0.0.2"),
         ("10.0.0.2", ["[2001:db8::1]:"], "10.0.0.2"),
