@@ -106,8 +106,9 @@ def _as_encoded(text: str) -> str:
     return text
 
 
-def _field(read: Callable[[Identity], Any]) -> Source:
-    return lambda identity: _text(read(identity), ",")
+def _field(read: Callable[[Identity], str | None]) -> Source:
+    """An Identity field: always one string or None, never an array, so no separator."""
+    return lambda identity: _escape(value) if (value := read(identity)) else ""
 
 
 def _claim(name: str) -> Source:

@@ -315,3 +315,38 @@ X5T = "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg0"
 def test_binding_placeholders(template: str, cnf: Any, expected: str | None) -> None:
     claims = {} if cnf is None else {"cnf": cnf}
     assert render(template, identity(**claims)) == expected
+
+
+@pytest.mark.parametrize(
+    ("members", "separator", "expected"),
+    [
+        (["a,b,c"], ",", "a%2Cb%2Cc"),  # separators inside one member
+        ([" a"], ",", "%20a"),  # leading space, stripped by parsers
+        (["ab "], ",", "ab%20"),  # trailing space
+        (["a "], ",", "a%20"),
+        (["a", " b"], ",", "a,%20b"),  # ", " inside the joined value
+        (["a ", "b"], ",", "a%20,b"),  # " ," inside the joined value
+        (["a", "b"], " ", "a b"),
+    ],
+)
+def test_joined_encodes_members_a_parser_would_misread(
+    members: list[str], separator: str, expected: str
+) -> None:
+    assert _joined(members, separator) == expected
+
+
+def test_outer_spaces_around_an_x_keep_the_x() -> None:
+    assert _escape(" X") == "%20X"
+    assert _escape("X ") == "X%20"
+
+
+def test_template_keeps_its_source_text() -> None:
+    template = HeaderTemplate.compile("u={sub}")
+    assert template.template == "u={sub}"
+    assert repr(template) == "HeaderTemplate('u={sub}')"
+
+
+def test_render_text_keeps_a_value_of_exactly_the_cap() -> None:
+    who = identity(subject="a" * MAX_VALUE_BYTES)
+    assert HeaderTemplate.compile("{sub}").render_text(who) == "a" * MAX_VALUE_BYTES
+    assert HeaderTemplate.compile("{sub}x").render_text(who) is None
