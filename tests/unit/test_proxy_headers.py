@@ -800,3 +800,30 @@ def test_every_hop_by_hop_field_is_dropped_from_responses(name: str) -> None:
     value = "chunked" if name == "Transfer-Encoding" else "x"
     headers = [(name, value), ("X-Kept", "1")]
     assert downstream_response_headers(headers) == [("X-Kept", "1")]
+
+
+def test_configured_identity_name_with_underscores_catches_the_dashed_spelling() -> None:
+    # Configured names and prefixes are folded ('_' to '-'), so x_user_id removes X-User-Id.
+    removal = Removal(frozenset({"x_user_id"}), ("x_auth_",))
+    assert removal.removes("X-User-Id") and removal.removes("X-Auth-Role")
+    sent = upstream([("X-User-Id", "mallory"), ("X-Auth-Role", "admin")], removal=removal, add=())
+    assert values(sent, "x-user-id") == [] and values(sent, "x-auth-role") == []
+
+
+def test_connection_option_trims_only_ows() -> None:
+    # RFC 9110 §5.6.3: OWS is SP and HTAB only; a form feed is part of the (invalid) option.
+    assert connection_tokens([" x-a\t,\x0cx-b"]) == {"x-a", "\x0cx-b"}
+
+
+def test_one_character_request_id_is_kept() -> None:
+    assert request_id_of([("X-Request-Id", "a")], "X-Request-Id", lambda: "fresh") == "a"
+
+
+def test_via_pseudonym_may_carry_a_port() -> None:
+    sent = upstream([], policy=policy(via="gw:8443"))
+    assert values(sent, "via") == ["1.1 gw:8443"]
+
+
+def test_trusted_forwarded_is_extended_not_duplicated() -> None:
+    sent = upstream([("Forwarded", "for=192.0.2.1")], peer=TRUSTED, policy=policy(forwarded=True))
+    assert values(sent, "forwarded") == ["for=192.0.2.1, for=10.0.0.5;proto=https"]
