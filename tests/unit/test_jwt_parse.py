@@ -225,3 +225,12 @@ def test_the_accepted_access_token_types_are_exactly_those_tested() -> None:
     from gateway.auth import jwt as module
 
     assert {"at+jwt", "application/at+jwt"} == module._AT_JWT_TYPES
+
+
+@pytest.mark.parametrize("signature", ["AAAAAB", "AAAAAAB", "AB", "AAB"])
+def test_non_canonical_base64url_is_malformed(verifier: JwtVerifier, signature: str) -> None:
+    """RFC 4648 §3.5: unused trailing bits must be zero, so one token has one spelling."""
+    head, body, _ = rs256().split(".")
+    with pytest.raises(NotMine) as exc:
+        verifier.parse(f"{head}.{body}.{signature}")
+    assert exc.value.reason == "malformed"
