@@ -417,6 +417,22 @@ async def test_https_issuer_with_its_own_ca(start: Start, tmp_path: Path, truste
         await server.close()
 
 
+async def test_given_ssl_context_is_used(session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """An explicit client TLS context (e.g. a private CA) must reach the fetches, not be dropped."""
+    context, cert_file = self_signed_tls(tmp_path)
+    server = TestIssuer(ssl=context)
+    await server.start()
+    provider = KeySetProvider(
+        server.config(), session, ssl=ssl.create_default_context(cafile=str(cert_file))
+    )
+    try:
+        await provider.start()
+        assert provider.ready
+    finally:
+        await provider.close()
+        await server.close()
+
+
 # --- fetch_json: bounded and strict ---------------------------------------------------------
 
 
