@@ -477,3 +477,23 @@ async def test_fetch_json_refuses(
     good = str(server.make_url("/good"))
     document, _ = await fetch_json(session, good, timeout=2, ssl=None, allow_http=False)
     assert document == {"keys": []}
+
+
+async def test_inherit_takes_the_running_keys_of_the_same_issuer_only(
+    issuer: TestIssuer, start: Start, session: aiohttp.ClientSession
+) -> None:
+    """On reload a provider that has no keys yet starts from the running ones, but never
+    from another issuer's: those keys must not verify this issuer's tokens."""
+    running = await start(issuer.config())
+    fresh = KeySetProvider(issuer.config(), session)
+    fresh.inherit(running)
+    assert fresh.ready and fresh.find(issuer.default_kid("EdDSA"), "EdDSA") is not None
+    assert fresh.metadata == running.metadata
+    other = TestIssuer()
+    await other.start()
+    try:
+        stranger = KeySetProvider(other.config(), session)
+        stranger.inherit(running)
+        assert not stranger.ready and stranger.metadata is None
+    finally:
+        await other.close()
