@@ -497,3 +497,22 @@ async def test_inherit_takes_the_running_keys_of_the_same_issuer_only(
         assert not stranger.ready and stranger.metadata is None
     finally:
         await other.close()
+
+
+async def test_unknown_kid_refetch_is_refused_inside_the_interval_only(
+    issuer: TestIssuer, session: aiohttp.ClientSession
+) -> None:
+    """RFC 7517 gives no rate, so the configured interval bounds what unknown kids cost the
+    issuer: a refetch inside it is refused (False), one exactly at its end goes ahead."""
+    now = [1000.0]
+    config = issuer.config(refresh={"unknown_kid_interval": 10})
+    provider = KeySetProvider(config, session, clock=lambda: now[0])
+    await provider.start()
+    try:
+        assert await provider.refetch_for_unknown_kid()
+        now[0] += 5
+        assert not await provider.refetch_for_unknown_kid()
+        now[0] += 5
+        assert await provider.refetch_for_unknown_kid()
+    finally:
+        await provider.close()
