@@ -417,6 +417,22 @@ async def test_https_issuer_with_its_own_ca(start: Start, tmp_path: Path, truste
         await server.close()
 
 
+async def test_given_ssl_context_is_used(session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """An explicit client TLS context (e.g. a private CA) must reach the fetches, not be dropped."""
+    context, cert_file = self_signed_tls(tmp_path)
+    server = TestIssuer(ssl=context)
+    await server.start()
+    provider = KeySetProvider(
+        server.config(), session, ssl=ssl.create_default_context(cafile=str(cert_file))
+    )
+    try:
+        await provider.start()
+        assert provider.ready
+    finally:
+        await provider.close()
+        await server.close()
+
+
 # --- fetch_json: bounded and strict ---------------------------------------------------------
 
 
@@ -461,3 +477,42 @@ async def test_fetch_json_refuses(
     good = str(server.make_url("/good"))
     document, _ = await fetch_json(session, good, timeout=2, ssl=None, allow_http=False)
     assert document == {"keys": []}
+
+
+async def test_inherit_takes_the_running_keys_of_the_same_issuer_only(
+    issuer: TestIssuer, start: Start, session: aiohttp.ClientSession
+) -> None:
+    """On reload a provider that has no keys yet starts from the running ones, but never
+    from another issuer's: those keys must not verify this issuer's tokens."""
+    running = await start(issuer.config())
+    fresh = KeySetProvider(issuer.config(), session)
+    fresh.inherit(running)
+    assert fresh.ready and fresh.find(issuer.default_kid("EdDSA"), "EdDSA") is not None
+    assert fresh.metadata == running.metadata
+    other = TestIssuer()
+    await other.start()
+    try:
+        stranger = KeySetProvider(other.config(), session)
+        stranger.inherit(running)
+        assert not stranger.ready and stranger.metadata is None
+    finally:
+        await other.close()
+
+
+async def test_unknown_kid_refetch_is_refused_inside_the_interval_only(
+    issuer: TestIssuer, session: aiohttp.ClientSession
+) -> None:
+    """RFC 7517 gives no rate, so the configured interval bounds what unknown kids cost the
+    issuer: a refetch inside it is refused (False), one exactly at its end goes ahead."""
+    now = [1000.0]
+    config = issuer.config(refresh={"unknown_kid_interval": 10})
+    provider = KeySetProvider(config, session, clock=lambda: now[0])
+    await provider.start()
+    try:
+        assert await provider.refetch_for_unknown_kid()
+        now[0] += 5
+        assert not await provider.refetch_for_unknown_kid()
+        now[0] += 5
+        assert await provider.refetch_for_unknown_kid()
+    finally:
+        await provider.close()
