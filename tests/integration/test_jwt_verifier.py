@@ -376,8 +376,9 @@ async def test_no_keys_yet_is_unavailable_not_invalid(issuer: TestIssuer, build:
     issuer.jwks_status = 500
     verifier, provider = await build(issuer.config())
     assert not provider.ready
-    with pytest.raises(ServiceUnavailable):
+    with pytest.raises(ServiceUnavailable) as caught:
         await verifier.verify(issuer.mint())
+    assert caught.value.reason == "keys_unavailable"  # the access log's and metrics' reason
     issuer.jwks_status = 200
     with pytest.raises(ServiceUnavailable):  # the unknown-kid refetch is rate-limited too
         await verifier.verify(issuer.mint())
