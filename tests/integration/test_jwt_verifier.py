@@ -382,3 +382,15 @@ async def test_no_keys_yet_is_unavailable_not_invalid(issuer: TestIssuer, build:
     issuer.jwks_status = 200
     with pytest.raises(ServiceUnavailable):  # the unknown-kid refetch is rate-limited too
         await verifier.verify(issuer.mint())
+
+
+async def test_a_known_kid_does_not_refetch_the_key_set(env: Env) -> None:
+    """Only a kid the key set lacks asks the issuer again (a rotation); a token naming a key
+    the set holds is verified from it however long since the last fetch, so a flood of
+    valid tokens costs the issuer nothing."""
+    kid = env.issuer.default_kid("RS256")
+    await env.verifier.verify(env.issuer.mint(kid=kid))
+    before = env.issuer.jwks_fetches
+    env.clock.now += 31  # past unknown_kid_interval (30s): a refetch would be allowed
+    await env.verifier.verify(env.issuer.mint(kid=kid))
+    assert env.issuer.jwks_fetches == before
