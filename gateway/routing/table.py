@@ -133,14 +133,8 @@ class RouteTable(Generic[T]):
         ``BadRequest`` for a Host that is not a host, and ``InvalidPath`` for a path that
         an upstream serving this host would read in a way we cannot tell.
         """
-        host = _request_host(host)
-        views = (path,) if self._strict else self._views(host, path)
         allowed: set[str] = set()
-        for position in self._candidates(host, views):
-            entry = self._entries[position]
-            view = path if self._strict else views[entry.group]
-            if not (entry.host_matches(host) and entry.path.matches(view)):
-                continue
+        for entry in self._matching(host, path):
             # RFC 9110 §9.1: "The method token is case-sensitive", so "get" is not GET.
             if entry.methods is None or method in entry.methods:
                 return entry.target
@@ -153,17 +147,23 @@ class RouteTable(Generic[T]):
         """The methods ``match`` accepts for host and path: the union of every matching
         entry's, as a 405's ``Allow`` lists them (RFC 9110 §10.2.1), or None when an entry
         accepts any method. Empty when nothing matches."""
+        allowed: set[str] = set()
+        for entry in self._matching(host, path):
+            if entry.methods is None:
+                return None
+            allowed |= entry.methods
+        return frozenset(allowed)
+
+    def _matching(self, host: str | None, path: str) -> Iterator[_Compiled[T]]:
+        """The entries whose host and path patterns match, in table order: what ``match``
+        and ``allowed`` choose from."""
         host = _request_host(host)
         views = (path,) if self._strict else self._views(host, path)
-        allowed: set[str] = set()
         for position in self._candidates(host, views):
             entry = self._entries[position]
             view = path if self._strict else views[entry.group]
             if entry.host_matches(host) and entry.path.matches(view):
-                if entry.methods is None:
-                    return None
-                allowed |= entry.methods
-        return frozenset(allowed)
+                yield entry
 
     def candidates(self, path: str, host: str | None = None) -> tuple[int, ...]:
         """Positions of the entries ``match`` would test, in order: shows the index at work."""
