@@ -10,22 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gateway import base_config, running_gateway
-from tests.support.listener import exchange
-from tests.support.raw_upstream import RawUpstream
+from tests.support.raw_upstream import relayed as _relayed
 
 GET = b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
 async def relayed(tmp_path: Path, parts: list[bytes], request: bytes = GET) -> bytes:
-    """What a client reads back for ``request`` when the upstream answers ``parts``."""
-    upstream = RawUpstream(parts=parts)
-    await upstream.start()
-    try:
-        async with running_gateway(tmp_path, base_config(upstream.url)) as gw:
-            return (await exchange(gw.proxy_port, request)).data
-    finally:
-        await upstream.close()
+    return await _relayed(tmp_path, parts, request)
 
 
 @pytest.mark.parametrize(

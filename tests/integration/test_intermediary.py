@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from gateway.app import Gateway
-from tests.support.gateway import base_config, gateway_with_issuer, running_gateway
+from tests.support.gateway import gateway_with_issuer
 from tests.support.issuer import TestIssuer
 from tests.support.listener import Response, exchange
-from tests.support.raw_upstream import OK, RawUpstream
+from tests.support.raw_upstream import OK
+from tests.support.raw_upstream import relayed as through_gateway
 from tests.support.upstream import RecordingUpstream
 
 EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
@@ -164,17 +165,6 @@ async def test_trace_is_never_echoed_whatever_its_hops(
 
 
 # --- interim responses (RFC 9110 §15.2) ------------------------------------------------------
-
-
-async def through_gateway(tmp_path: Path, parts: list[bytes], data: bytes) -> bytes:
-    """What a raw client reads for ``data`` when the upstream answers ``parts``."""
-    raw = RawUpstream(parts=parts)
-    await raw.start()
-    try:
-        async with running_gateway(tmp_path, base_config(raw.url)) as gw:
-            return (await exchange(gw.proxy_port, data)).data
-    finally:
-        await raw.close()
 
 
 def messages(data: bytes) -> list[tuple[bytes, list[bytes], bytes]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 _HEAD_END = b"\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -101,3 +102,18 @@ class RawUpstream:
                     return
         finally:
             writer.close()
+
+
+async def relayed(tmp_path: Path, parts: list[bytes], request: bytes) -> bytes:
+    """What a raw client reads back for ``request`` through a gateway whose upstream
+    answers ``parts`` byte for byte."""
+    from tests.support.gateway import base_config, running_gateway
+    from tests.support.listener import exchange
+
+    upstream = RawUpstream(parts=parts)
+    await upstream.start()
+    try:
+        async with running_gateway(tmp_path, base_config(upstream.url)) as gw:
+            return (await exchange(gw.proxy_port, request)).data
+    finally:
+        await upstream.close()
