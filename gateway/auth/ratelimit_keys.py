@@ -15,7 +15,6 @@ sync, holds a token, a code, a session id or a proof as sent (RFC 6750 §5.3).
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 from collections.abc import Callable, Iterator
@@ -42,7 +41,7 @@ Part = Callable[[Identity | None, str, HeaderGetter], str]
 def _bounded(value: str) -> str:
     if len(value) <= MAX_PART_CHARS:
         return value
-    return "#" + hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()
+    return "#" + token_digest(value).hex()
 
 
 def _digested(value: str) -> str:
