@@ -24,7 +24,7 @@ from jwt.exceptions import InvalidKeyError
 
 from gateway import boundedjson
 from gateway.auth.dpop_errors import InvalidDpopProof, InvalidDpopToken, UseDpopNonce
-from gateway.auth.htu import normalise_htu
+from gateway.auth.htu import NotAnHttpUri, normalise_htu
 from gateway.auth.thumbprints import b64url, b64url_decode, jwk_thumbprint
 from gateway.problems import InvalidRequest, InvalidToken
 
@@ -262,7 +262,7 @@ def validate_proof(
     try:
         # Equal text normalises alike: the common case costs one comparison.
         htu_matches = htu == uri or normalise_htu(htu) == normalise_htu(uri)
-    except ValueError:
+    except NotAnHttpUri:
         raise check.fail("The DPoP proof's htu is not an http(s) URI.", "dpop_htu") from None
     if not htu_matches:
         raise check.fail("The DPoP proof was made for another URI.", "dpop_htu")

@@ -26,6 +26,12 @@ _UNRESERVED: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuv
 _MAX_LENGTH: Final = 8192
 
 
+class NotAnHttpUri(ValueError):
+    """The text is not an absolute http(s) URI with a host. It carries no message: its one
+    caller, the DPoP check, answers with its own description (RFC 9449 §4.3 item 9), so the
+    reason each raise has is a comment beside it."""
+
+
 def _percent(match: re.Match[str]) -> str:
     """RFC 3986 §6.2.2.1/§6.2.2.2: escapes of unreserved characters are decoded, every other
     escape is written with uppercase hexadecimal digits."""
@@ -38,11 +44,11 @@ def _host(text: str) -> str:
         # RFC 3986 §3.2.2 IP-literal; written the one canonical way (RFC 5952).
         try:
             return f"[{ipaddress.IPv6Address(text[1:-1]).compressed}]"
-        except ValueError:
-            raise ValueError("the URI's IP literal is not an IPv6 address") from None
+        except ValueError:  # the IP literal is not an IPv6 address
+            raise NotAnHttpUri from None
     # RFC 9110 §4.2.1: a recipient "MUST reject" an http(s) URI with an empty host.
     if not text:
-        raise ValueError("the URI has no host")
+        raise NotAnHttpUri
     # RFC 3986 §6.2.2.1: the host is case-insensitive: lowercase, but escapes stay uppercase.
     return _PCT.sub(lambda m: "%" + m.group(1).upper(), _PCT.sub(_percent, text).lower())
 
@@ -65,33 +71,36 @@ def remove_dot_segments(path: str) -> str:
 
 
 def normalise_htu(uri: str) -> str:
-    """The normal form of an http(s) URI without query and fragment; ``ValueError`` for
+    """The normal form of an http(s) URI without query and fragment; ``NotAnHttpUri`` for
     anything that is not an absolute http(s) URI with a host."""
     if len(uri) > _MAX_LENGTH or _URI_CHARS.fullmatch(uri) is None:
-        raise ValueError("the URI holds characters a URI cannot hold")
+        raise NotAnHttpUri  # too long, or characters a URI cannot hold
     if _BAD_PERCENT.search(uri) is not None:
-        raise ValueError("the URI holds a malformed percent-encoding")
+        raise NotAnHttpUri  # a malformed percent-encoding
     parts = _HTTP_URI.fullmatch(uri)
     if parts is None:
-        raise ValueError("the URI is not absolute")
+        raise NotAnHttpUri  # not absolute
     scheme_text, authority, path = parts.groups()
     scheme = scheme_text.lower()  # RFC 3986 §6.2.2.1
     if scheme not in _DEFAULT_PORTS:
-        raise ValueError("the URI's scheme is not http or https")
+        raise NotAnHttpUri
     # RFC 9110 §4.2.4: a sender "MUST NOT generate the userinfo subcomponent" for http(s).
     if "@" in authority:
-        raise ValueError("the URI carries userinfo")
+        raise NotAnHttpUri
     host_port = _AUTHORITY.fullmatch(authority)
     if host_port is None:
-        raise ValueError("the URI's authority is malformed")
+        raise NotAnHttpUri
     host = _host(host_port.group(1))
     port_text = host_port.group(2)
     port = ""
     # RFC 3986 §6.2.3: an empty port, or the scheme's default port, is omitted.
     if port_text:
-        number = int(port_text)
+        # Leading zeros do not change a port; the length check keeps int() from its
+        # ValueError for a text of more than 4,300 digits.
+        digits = port_text.lstrip("0") or "0"
+        number = int(digits) if len(digits) <= 5 else 65536
         if number > 65535:
-            raise ValueError("the URI's port is out of range")
+            raise NotAnHttpUri  # the port is out of range
         if number != _DEFAULT_PORTS[scheme]:
             port = f":{number}"
     # RFC 3986 §6.2.3: "an empty path component should be normalized to a path of "/"";
