@@ -18,6 +18,8 @@ EQUIVALENT = {
     "empty-port": ("https://api.example.com:/a", "https://api.example.com/a"),
     "port-leading-zeros": ("https://api.example.com:08443/a", "https://api.example.com:8443/a"),
     "port-many-leading-zeros": ("https://api.example.com:0000443/a", "https://api.example.com/a"),
+    "port-zeros-only": ("https://api.example.com:00/a", "https://api.example.com:0/a"),
+    "highest-port": ("https://api.example.com:065535/a", "https://api.example.com:65535/a"),
     "empty-path": ("https://api.example.com", "https://api.example.com/"),
     "percent-case": ("https://h.example/a%2fb", "https://h.example/a%2Fb"),
     "percent-unreserved": ("https://h.example/%7Euser/%41%2d", "https://h.example/~user/A-"),
