@@ -24,8 +24,10 @@ import httptools
 from gateway.problems import BadGateway, GatewayError, GatewayTimeout, RequestTimeout
 from gateway.proxy.response_head import (
     MAX_INTERIM,
+    HeadBudget,
     InterimSink,
     ResponseHead,
+    framing,
     interim_refusal,
     relays_interim,
     unrelayable,
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.upstream")
 
+_TOO_LARGE_HEAD = "The upstream sent too large a response head."
 _HIGH_WATER = 256 * 1024  # pause reading from the upstream above this many buffered bytes
 _LOW_WATER = 64 * 1024
 
@@ -78,6 +81,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._error: BaseException | None = None
         self._reading_paused = False
         self._received_any = False
+        self._head_budget = HeadBudget()
         self._keep_alive = False
         self._last_activity = 0.0
         self._sending = False  # the request body is still being uploaded
@@ -102,6 +106,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(BadGateway("The upstream sent a malformed response."))
         except httptools.HttpParserUpgrade:
             self._fail(BadGateway("The upstream switched protocols unasked."))
+        else:
+            if self._head is None and not self._head_budget.fits_unfinished_read(len(data)):
+                self._fail(BadGateway(_TOO_LARGE_HEAD))
 
     def eof_received(self) -> bool:
         if self._head is not None and self._close_delimited and not self._complete:
@@ -133,6 +140,7 @@ class UpstreamConnection(asyncio.Protocol):
     # --- httptools callbacks -------------------------------------------------------------
 
     def on_status(self, status: bytes) -> None:
+        self._count_head(len(status))  # the reason phrase, perhaps in pieces
         self._reason += status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -141,8 +149,14 @@ class UpstreamConnection(asyncio.Protocol):
             # 9110 §6.5.1 forbids merging it into the header section (a Set-Cookie sent as a
             # trailer is no header), and RFC 9112 §7.1.2 lets the de-chunking gateway drop it.
             return
+        self._count_head(len(name) + len(value) + 4)  # name ": " value CRLF
         # One character per byte, so forward.py relays the field value exactly (RFC 9110 §5.5).
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def _count_head(self, size: int) -> None:
+        if not self._head_budget.fits_parsed(size):
+            self._fail(BadGateway(_TOO_LARGE_HEAD))
+            raise _Unrelayable
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None
@@ -165,14 +179,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._on_interim = None  # none follows a final head; an idle connection holds no client
         version = self._parser.get_http_version()
         major, _, minor = version.partition(".")
-        framed = False
-        codings: list[str] = []
-        for name, value in self._headers:
-            lname = name.lower()
-            if lname == "content-length" or (lname == "transfer-encoding" and value):
-                framed = True
-            if lname == "transfer-encoding":
-                codings.extend(part.strip(" \t").lower() for part in value.split(","))
+        framed, codings = framing(self._headers)
         refusal = unrelayable(status, codings)
         if refusal is not None:
             self._fail(BadGateway(refusal))

@@ -20,6 +20,50 @@ InterimSink = Callable[[int, str, list[Header]], None]
 # upstream cannot make the gateway write without bound before its final answer.
 MAX_INTERIM = 8
 
+# How large the heads up to the end of the final one may be (see HeadBudget).
+MAX_HEAD_BYTES = 64 * 1024
+
+
+class HeadBudget:
+    """What one exchange received before its final head was complete, interim heads included.
+
+    llhttp sets no limit on a head and httptools gathers a field in memory until it ends, so
+    without one an upstream could grow the gateway without bound. Two counts, each held to
+    MAX_HEAD_BYTES: the parsed fields (and status text) of every head, and the raw bytes of
+    the reads that left the head unfinished (what httptools may be holding). Beyond it the
+    exchange is a 502, as nginx's "upstream sent too big header" (its default buffer is
+    4-8 KiB) and HAProxy's (tune.bufsize, 16 KiB).
+    """
+
+    __slots__ = ("_fields", "_unfinished")
+
+    def __init__(self) -> None:
+        self._fields = 0
+        self._unfinished = 0
+
+    def fits_parsed(self, size: int) -> bool:
+        """Count parsed bytes: a status text, or a field (name ": " value CRLF)."""
+        self._fields += size
+        return self._fields <= MAX_HEAD_BYTES
+
+    def fits_unfinished_read(self, size: int) -> bool:
+        self._unfinished += size
+        return self._unfinished <= MAX_HEAD_BYTES
+
+
+def framing(headers: list[Header]) -> tuple[bool, list[str]]:
+    """Whether a final head frames its body (Content-Length or Transfer-Encoding), and its
+    transfer codings in order, lowercased (RFC 9112 §6.1, §6.3)."""
+    framed = False
+    codings: list[str] = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname == "content-length" or (lname == "transfer-encoding" and value):
+            framed = True
+        if lname == "transfer-encoding":
+            codings.extend(part.strip(" \t").lower() for part in value.split(","))
+    return framed, codings
+
 
 @dataclass(slots=True)
 class ResponseHead:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.proxy.response_head import MAX_HEAD_BYTES
+from tests.support.raw_upstream import OK
 from tests.support.raw_upstream import relayed as _relayed
 
 GET = b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -72,3 +74,46 @@ async def test_a_response_the_gateway_cannot_relay_faithfully_is_a_502(
     assert head.startswith(b"HTTP/1.1 502 "), data[:200]
     assert b"application/problem+json" in head
     assert b'"status":502' in body and b"hello" not in body
+
+
+def _field_parts(total: int, *, piece: int = 16 * 1024) -> list[bytes]:
+    """A 200 head with one field of ``total`` bytes of value, written in pieces."""
+    value = b"v" * total
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Big: " + value + b"\r\n\r\nok"
+    return [head[i : i + piece] for i in range(0, len(head), piece)]
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        pytest.param(_field_parts(MAX_HEAD_BYTES), id="one-field-in-pieces"),
+        pytest.param(_field_parts(1024 * 1024, piece=64 * 1024), id="one-megabyte-field"),
+        pytest.param(
+            [b"HTTP/1.1 200 OK\r\n" + b"X-Many: v\r\n" * 7000 + b"Content-Length: 2\r\n\r\nok"],
+            id="many-fields",
+        ),
+        pytest.param(
+            [b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n" * 3000 + OK],
+            id="interim-flood",
+        ),
+    ],
+)
+async def test_a_response_head_beyond_the_bound_is_a_502(
+    tmp_path: Path, parts: list[bytes]
+) -> None:
+    """llhttp bounds no head and httptools gathers a field in memory until it ends: the
+    gateway counts what arrives before the final head (interim heads included) and answers
+    502 past MAX_HEAD_BYTES rather than growing with the upstream."""
+    data = await relayed(tmp_path, parts)
+    # The relayed 103s (at most MAX_INTERIM) come first; the final answer is the 502.
+    final = data.rpartition(b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n")[2]
+    head, _, body = final.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 502 "), final[:200]
+    assert b'"status":502' in body and b"vvvv" not in data and b"X-Many" not in data
+
+
+async def test_a_large_response_head_within_the_bound_is_relayed(tmp_path: Path) -> None:
+    data = await relayed(tmp_path, _field_parts(MAX_HEAD_BYTES - 1024))
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), data[:200]
+    assert b"x-big: " + b"v" * (MAX_HEAD_BYTES - 1024) in head.lower() and body == b"ok"

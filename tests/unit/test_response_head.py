@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.proxy.response_head import interim_refusal, relays_interim, unrelayable
+from gateway.proxy.response_head import (
+    MAX_HEAD_BYTES,
+    HeadBudget,
+    framing,
+    interim_refusal,
+    relays_interim,
+    unrelayable,
+)
 
 
 @pytest.mark.parametrize(
@@ -47,3 +54,36 @@ def test_interim_refusal(headers: list[tuple[str, str]], refused: bool) -> None:
 )
 def test_unrelayable(status: int, codings: list[str], refused: bool) -> None:
     assert (unrelayable(status, codings) is not None) is refused
+
+
+def test_the_head_budget_holds_parsed_bytes_to_the_bound() -> None:
+    budget = HeadBudget()
+    assert budget.fits_parsed(MAX_HEAD_BYTES - 1)
+    assert budget.fits_parsed(1)  # exactly at the bound
+    assert not budget.fits_parsed(1)
+
+
+def test_the_head_budget_counts_unfinished_reads_apart_from_parsed_bytes() -> None:
+    budget = HeadBudget()
+    assert budget.fits_parsed(MAX_HEAD_BYTES)
+    assert budget.fits_unfinished_read(MAX_HEAD_BYTES)
+    assert not budget.fits_unfinished_read(1)
+    assert not budget.fits_parsed(1)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([], (False, [])),
+        ([("Content-Length", "2")], (True, [])),
+        ([("transfer-encoding", "")], (False, [""])),
+        ([("Transfer-Encoding", "Gzip ,\tChunked")], (True, ["gzip", "chunked"])),
+        ([("Transfer-Encoding", "gzip"), ("TRANSFER-ENCODING", "chunked")],
+         (True, ["gzip", "chunked"])),
+        ([("Content-Type", "chunked")], (False, [])),
+    ],
+)  # fmt: skip
+def test_framing_reads_content_length_and_every_transfer_coding(
+    headers: list[tuple[str, str]], expected: tuple[bool, list[str]]
+) -> None:
+    assert framing(headers) == expected
