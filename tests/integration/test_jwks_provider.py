@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import logging
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiohttp.abc
+import jwt as pyjwt
 import pytest
 from aiohttp import web
 from cryptography import x509
@@ -516,3 +520,162 @@ async def test_unknown_kid_refetch_is_refused_inside_the_interval_only(
         assert await provider.refetch_for_unknown_kid()
     finally:
         await provider.close()
+
+
+# --- what a key set's keys do, and what the provider tells operators ------------------------
+
+
+def test_a_prepared_key_verifies_its_issuers_signature() -> None:
+    (key,) = KeySet.from_jwks({"keys": [RSA_JWK | {"kid": "r"}]}).keys
+    token = pyjwt.encode({"sub": "x"}, RSA_KEY, algorithm="PS256", headers={"kid": "r"})
+    assert pyjwt.decode(token, key.key, algorithms=["PS256"]) == {"sub": "x"}
+
+
+def test_the_skipped_keys_line_names_each_key_by_position_and_kid(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    document = {"keys": [RSA_JWK | {"kid": "ok"}, "RSA", OCT_JWK | {"kid": "secret"}]}
+    with caplog.at_level(logging.INFO, logger="gateway.auth.jwks"):
+        KeySet.from_jwks(document)
+    (record,) = caplog.records
+    count, listed = record.args  # type: ignore[misc]
+    assert count == 2
+    first, second = listed.split("; ")
+    assert first.startswith("#1 kid=None: ") and second.startswith("#2 kid='secret': ")
+    assert "kid='ok'" not in record.getMessage()
+
+
+async def test_a_provider_finds_by_kid_and_nothing_before_its_keys_load(
+    issuer: TestIssuer, session: aiohttp.ClientSession, start: Start
+) -> None:
+    assert KeySetProvider(issuer.config(), session).find("any", "RS256") is None
+    provider = await start(issuer.config())
+    issuer.rotate("RS256")  # two RSA keys now: a kid is what tells them apart
+    assert await provider.refetch_for_unknown_kid()
+    for kid in issuer.published:
+        if kid.startswith("RSA"):
+            assert provider.find(kid, "RS256").kid == kid  # type: ignore[union-attr]
+
+
+async def test_fetch_outcomes_are_logged_with_the_issuer_and_what_is_kept(
+    issuer: TestIssuer, start: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator with many issuers must see which one failed, why, and whether tokens
+    still verify (the last good set kept, or none loaded yet)."""
+    config = issuer.config(refresh={"unknown_kid_interval": 0})
+    with caplog.at_level(logging.INFO, logger="gateway.auth.jwks"):
+        issuer.jwks_status = 500
+        provider = await start(config)
+        issuer.jwks_status = 200
+        assert await provider.refetch_for_unknown_kid()
+        issuer.jwks_status = 500
+        assert not await provider.refetch_for_unknown_kid()
+    failed_first, loaded, failed_later = (r for r in caplog.records if r.name.endswith("jwks"))
+    for record in (failed_first, failed_later):
+        key, error, _ = record.args  # type: ignore[misc]
+        assert key == config.key and isinstance(error, FetchError)
+    assert failed_first.args[2] != failed_later.args[2]  # type: ignore[index]
+    assert loaded.args == (config.key, len(issuer.published))
+
+
+async def test_an_unexpected_fetch_error_is_logged_with_the_issuer(
+    issuer: TestIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anything but a fetch or discovery failure (here aiohttp's RuntimeError for a closed
+    session) is logged with its traceback, and the background work goes on."""
+    config = issuer.config(refresh={"unknown_kid_interval": 0})
+    async with aiohttp.ClientSession() as closed:
+        provider = KeySetProvider(config, closed)
+        await provider.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="gateway.auth.jwks"):
+            assert not await provider.refetch_for_unknown_kid()
+    finally:
+        await provider.close()
+    (record,) = caplog.records
+    assert record.args == (config.key,) and record.exc_info is not None
+
+
+async def test_reload_inherits_the_discovered_jwks_uri_when_discovery_is_down(
+    issuer: TestIssuer, start: Start
+) -> None:
+    """A provider built at reload while the metadata endpoint is down takes the running
+    one's keys and its jwks_uri too, so its own refreshes reach the keys meanwhile."""
+    config = issuer.config(refresh={"unknown_kid_interval": 0})
+    running = await start(config)
+    issuer.discovery_status = 503
+    fresh = await start(config)
+    assert not fresh.ready
+    fresh.inherit(running)
+    kid = issuer.rotate("ES256")
+    assert await fresh.refetch_for_unknown_kid()
+    assert fresh.find(kid, "ES256") is not None
+
+
+async def test_discovery_hanging_at_start_is_bounded_by_the_timeout(
+    issuer: TestIssuer, start: Start
+) -> None:
+    issuer.discovery_hang = True
+    provider = await asyncio.wait_for(start(issuer.config(http={"timeout": 0.2})), 5)
+    assert not provider.ready and issuer.discovery_fetches == 1
+
+
+class _EveryNameIsLoopback(aiohttp.abc.AbstractResolver):
+    """Resolves any name to 127.0.0.1: an issuer reached by a name that is no loopback name."""
+
+    async def resolve(self, host: str, port: int = 0, family: int = 0) -> list[dict[str, Any]]:
+        return [{"hostname": host, "host": "127.0.0.1", "port": port,
+                 "family": socket.AF_INET, "proto": 0, "flags": 0}]  # fmt: skip
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_insecure_http_reaches_an_issuer_by_a_non_loopback_name(issuer: TestIssuer) -> None:
+    """insecure_http is the operator's opt-in to plain http beyond loopback: it must reach
+    both the metadata and the JWK Set there (and without it, neither is fetched)."""
+    port = issuer.url.rsplit(":", 1)[1]
+    named = f"http://issuer.test:{port}"
+    issuer.metadata_overrides = {"issuer": named, "jwks_uri": named + "/jwks"}
+    connector = aiohttp.TCPConnector(resolver=_EveryNameIsLoopback())
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for insecure, ready in ((False, False), (True, True)):
+            config = issuer.config(issuer=named, http={"insecure_http": insecure})
+            provider = KeySetProvider(config, session)
+            await provider.start()
+            await provider.close()
+            assert provider.ready is ready
+    assert issuer.discovery_fetches == issuer.jwks_fetches == 1
+
+
+async def test_an_open_breaker_refuses_a_refetch_without_asking_the_issuer(
+    issuer: TestIssuer, start: Start
+) -> None:
+    issuer.jwks_status = 500
+    config = issuer.config(
+        refresh={"unknown_kid_interval": 0, "retry": 3600},
+        http={"breaker": {"failures": 2, "open_for": 60}},
+    )
+    provider = await start(config)
+    assert not await provider.refetch_for_unknown_kid()  # the second failure opens it
+    fetches = issuer.jwks_fetches
+    issuer.jwks_status = 200
+    assert not await provider.refetch_for_unknown_kid()
+    assert issuer.jwks_fetches == fetches and not provider.ready
+
+
+async def test_background_tasks_are_named_for_their_issuer_and_close_twice(
+    issuer: TestIssuer, session: aiohttp.ClientSession
+) -> None:
+    """A task dump (asyncio debug, py-spy) names each issuer's refresh and refetch."""
+    config = issuer.config(refresh={"unknown_kid_interval": 0})
+    provider = KeySetProvider(config, session)
+    await provider.start()
+    issuer.jwks_delay = 0.2
+    refetch = asyncio.ensure_future(provider.refetch_for_unknown_kid())
+    await asyncio.sleep(0.05)
+    names = {task.get_name() for task in asyncio.all_tasks()}
+    assert {f"jwks-refresh:{config.key}", f"jwks-refetch:{config.key}"} <= names
+    assert await refetch
+    await provider.close()
+    await provider.close()

@@ -90,6 +90,8 @@ class TestIssuer:
         self.extra_jwks: list[dict[str, Any]] = []  # served verbatim after the real keys
         self.metadata_overrides: dict[str, Any] = {}
         self.serve_openid_configuration = True  # False: 404, so RFC 8414's location is used
+        self.discovery_status = 200
+        self.discovery_hang = False  # until close()
         self.jwks_status = 200
         self.jwks_hang = False  # until close()
         self.jwks_delay = 0.0  # seconds before each JWK Set answer
@@ -236,11 +238,14 @@ class TestIssuer:
     async def _openid_configuration(self, request: web.Request) -> web.Response:
         if not self.serve_openid_configuration:
             raise web.HTTPNotFound()
-        self.discovery_fetches += 1
-        return web.json_response(self.metadata())
+        return await self._oauth_metadata(request)
 
     async def _oauth_metadata(self, request: web.Request) -> web.Response:
         self.discovery_fetches += 1
+        if self.discovery_hang:
+            await self._release.wait()
+        if self.discovery_status != 200:
+            return web.json_response({"error": "unavailable"}, status=self.discovery_status)
         return web.json_response(self.metadata())
 
     async def _jwks(self, request: web.Request) -> web.Response:
