@@ -164,8 +164,8 @@ def issuer_identifiers(
 @dataclass(frozen=True, slots=True)
 class DpopReplaySettings:
     """One replay store for every DPoP route (RFC 9449 §11.1): a proof is used once, on any
-    route. The strictest route wins: the largest store, Redis if any asks, fail-open only
-    if every route allows it."""
+    route. Set once, in ``defaults.dpop.replay`` (``dpop_replay_settings`` refuses a route
+    that writes its own); ``max_entries_per_key`` is one proof key's share of the store."""
 
     max_entries: int
     max_entries_per_key: int  # one proof key's share of max_entries

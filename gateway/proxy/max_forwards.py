@@ -10,8 +10,9 @@ supported value" (``MAX_SUPPORTED`` here); "A recipient MAY ignore a Max-Forward
 field received with any other request methods", and the gateway passes it on unchanged.
 
 Only OPTIONS is counted here: TRACE is the other method the RFC names, and the gateway
-relays no TRACE at any Max-Forwards (``check_method`` refuses it with 405 before routing),
-so it is already the final recipient of every TRACE. It answers 405 rather than the echo
+relays no TRACE at any Max-Forwards (the handler refuses it with 405 once it is routed, its
+``Allow`` the resource's methods), so it is the final recipient of every TRACE. It answers
+405 rather than the echo
 §9.3.8 describes: an echo reflects the request's credentials to whatever script can send it
 ("cross-site tracing"), and §9.3.8 asks the final recipient to "exclude any request fields
 that are likely to contain sensitive data", which a gateway whose requests carry bearer
@@ -25,14 +26,12 @@ routed and authorised like any other, so Max-Forwards never skips a 401, 403, 40
 from __future__ import annotations
 
 from gateway.problems import BadRequest
-from gateway.proxy.requests import NEVER_RELAYED
+from gateway.proxy.requests import relayed_methods
 
 Header = tuple[str, str]
 
 MAX_SUPPORTED = 2**31 - 1  # far beyond any chain of proxies; fits an upstream's 32-bit int
 _COUNTED = frozenset({"OPTIONS"})
-# RFC 9110 §9.3 and RFC 5789 (PATCH): what a route accepting any method is relayed.
-_ANY_METHOD = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
 def _received(value: str) -> int:
@@ -72,7 +71,5 @@ def next_hop_fields(method: str, fields: list[Header]) -> list[Header] | None:
 
 
 def allow_value(methods: frozenset[str] | None) -> str:
-    """The ``Allow`` field value for the methods a route table accepts on a resource
-    (``RouteTable.allowed``: None means any), without the methods never relayed."""
-    listed = _ANY_METHOD if methods is None else sorted(methods - NEVER_RELAYED)
-    return ", ".join(listed)
+    """The ``Allow`` field value for the methods a route table accepts on a resource."""
+    return ", ".join(relayed_methods(methods))

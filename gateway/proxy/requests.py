@@ -30,6 +30,16 @@ def check_method(method: str) -> None:
         raise MethodNotAllowed(())
 
 
+# RFC 9110 §9.3 and RFC 5789 (PATCH): what a route accepting any method is relayed.
+ANY_METHOD = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def relayed_methods(methods: frozenset[str] | None) -> tuple[str, ...]:
+    """The methods a resource accepts as ``Allow`` lists them (RFC 9110 §10.2.1):
+    ``RouteTable.allowed``'s (None means any), without the methods never relayed."""
+    return ANY_METHOD if methods is None else tuple(sorted(methods - NEVER_RELAYED))
+
+
 def body_of(request: Request) -> Body:
     """The body's framing as the client sent it."""
     body = request.body

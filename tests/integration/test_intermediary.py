@@ -41,6 +41,8 @@ def hops_config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict[str, An
             {"match": {"path": "/any/**"}, "upstream": "app", "auth": "anonymous"},
             {"match": {"path": "/get-only", "methods": ["GET"]}, "upstream": "app",
              "auth": "anonymous"},
+            {"match": {"path": "/traced", "methods": ["GET", "TRACE"]}, "upstream": "app",
+             "auth": "anonymous"},
             {"match": {"path": "/private/**", "methods": ["GET", "OPTIONS"]}, "upstream": "app",
              "require": {"scopes": {"all": ["read"]}}},
         ],
@@ -144,23 +146,44 @@ async def test_an_invalid_max_forwards_on_options_is_a_400(
     assert upstream.received == []
 
 
+@pytest.mark.parametrize(
+    ("path", "allow"),
+    [
+        pytest.param("/open/x", b"DELETE, GET, HEAD, OPTIONS", id="union-of-the-path's-routes"),
+        pytest.param("/any/x", b"DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT", id="any-method"),
+        pytest.param("/traced", b"GET, HEAD", id="a-route-naming-trace"),
+    ],
+)
 async def test_trace_is_never_echoed_whatever_its_hops(
-    hops: tuple[Gateway, RecordingUpstream, TestIssuer],
+    hops: tuple[Gateway, RecordingUpstream, TestIssuer], path: str, allow: bytes
 ) -> None:
     """RFC 9110 §9.3.8: the final recipient of a TRACE "SHOULD exclude any request fields
-    that are likely to contain sensitive data"; the gateway echoes nothing (405)."""
+    that are likely to contain sensitive data"; the gateway echoes nothing (405), and the
+    405's Allow lists what the resource accepts (§15.5.6), TRACE never among them."""
     gw, upstream, issuer = hops
     token = issuer.mint(scope="read")
     for hops_left in ("0", "5"):
         response = await one_response(
             gw,
-            request("TRACE", "/open/x", f"Max-Forwards: {hops_left}",
+            request("TRACE", path, f"Max-Forwards: {hops_left}",
                     f"Authorization: Bearer {token}", "Cookie: session=secret"),
         )  # fmt: skip
         assert response.status == 405
-        assert response.header(b"Allow") is not None
+        assert response.header(b"Allow") == allow
         assert response.header(b"Content-Type") == b"application/problem+json"
         assert token.encode() not in response.body and b"secret" not in response.body
+    assert upstream.received == []
+
+
+async def test_trace_and_connect_on_no_resource(
+    hops: tuple[Gateway, RecordingUpstream, TestIssuer],
+) -> None:
+    """A TRACE to a path no route serves is a 404 like any other method; a CONNECT (the
+    gateway is no open proxy) is a 405 that can list nothing."""
+    gw, upstream, _ = hops
+    assert (await one_response(gw, request("TRACE", "/nowhere"))).status == 404
+    connect = await one_response(gw, request("CONNECT", "example.com:443"))
+    assert connect.status == 405 and connect.header(b"Allow") == b""
     assert upstream.received == []
 
 
