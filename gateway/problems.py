@@ -10,8 +10,8 @@ these errors and the proxy edge renders them in exactly one place.
     ├── BadRequest (400)            malformed request line, target, framing or headers
     │   ├── BadFraming (400)        framing the gateway will not relay (closes the connection)
     │   └── InvalidPath (400)       a path the normaliser refuses
-    ├── RequestTimeout (408)        the request head did not arrive in time
-    ├── PayloadTooLarge (413)       a body the gateway must read is over its bound
+    ├── RequestTimeout (408)        a request head or body did not arrive in time
+    ├── ContentTooLarge (413)       a body the gateway must read is over its bound
     ├── UriTooLong (414)            the request target is over its bound
     ├── HeadersTooLarge (431)
     ├── VersionNotSupported (505)   a request line that is not HTTP/1.0 or HTTP/1.1
@@ -141,7 +141,9 @@ class RequestTimeout(GatewayError):
     reason = "request_timeout"
 
 
-class PayloadTooLarge(GatewayError):
+class ContentTooLarge(GatewayError):
+    """RFC 9110 §15.5.14: a body the gateway must read whole is over its limit."""
+
     status = 413
     title = "Content Too Large"
     slug = "content-too-large"

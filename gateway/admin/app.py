@@ -23,9 +23,9 @@ from gateway.problems import (
     SERVER_NAME,
     BadRequest,
     Challenge,
+    ContentTooLarge,
     GatewayError,
     NotFound,
-    PayloadTooLarge,
     ServiceUnavailable,
     render_problem,
 )
@@ -110,10 +110,10 @@ def _authorised(request: web.Request, expected: str | None) -> bool:
 
 async def _json_body(request: web.Request) -> Any:
     if (request.content_length or 0) > _MAX_BODY:
-        raise PayloadTooLarge(f"Admin requests are limited to {_MAX_BODY} bytes.")
+        raise ContentTooLarge(f"Admin requests are limited to {_MAX_BODY} bytes.")
     data = await request.content.read(_MAX_BODY + 1)
     if len(data) > _MAX_BODY:
-        raise PayloadTooLarge(f"Admin requests are limited to {_MAX_BODY} bytes.")
+        raise ContentTooLarge(f"Admin requests are limited to {_MAX_BODY} bytes.")
     try:
         return boundedjson.loads(data, max_bytes=_MAX_BODY, max_depth=4)
     except ValueError:

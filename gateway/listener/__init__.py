@@ -95,23 +95,21 @@ responses and problems), ``limits``, ``errors``.
 
 from gateway.listener.body import RequestBody
 from gateway.listener.context import Handler
-from gateway.listener.errors import ContentTooLarge, MalformedBody, RequestTimeout, UriTooLong
+from gateway.listener.errors import HeaderTimeout, MalformedBody
 from gateway.listener.head import http_date, problem_parts
 from gateway.listener.limits import ListenerLimits
 from gateway.listener.request import Request, ResponseStream
 from gateway.listener.server import HttpListener
 
 __all__ = [
-    "ContentTooLarge",
     "Handler",
+    "HeaderTimeout",
     "HttpListener",
     "ListenerLimits",
     "MalformedBody",
     "Request",
     "RequestBody",
-    "RequestTimeout",
     "ResponseStream",
-    "UriTooLong",
     "http_date",
     "problem_parts",
 ]

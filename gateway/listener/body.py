@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from gateway.listener.errors import ContentTooLarge
+from gateway.problems import ContentTooLarge
 
 
 class BodyFlow(Protocol):

@@ -13,7 +13,7 @@ import asyncio
 from collections import deque
 
 from gateway.listener.context import ListenerContext
-from gateway.listener.errors import RequestTimeout
+from gateway.listener.errors import HeaderTimeout
 from gateway.listener.head import refusal_bytes
 from gateway.listener.output import Output
 from gateway.listener.parser import RequestParser
@@ -194,9 +194,7 @@ class ConnectionLifecycle:
     def _head_timed_out(self) -> None:
         if self._parser.in_head:
             # No lingering for a client this slow: what it sends next is of no interest.
-            self._refuse(
-                RequestTimeout("The request head was not completed in time."), linger=False
-            )
+            self._refuse(HeaderTimeout("The request head was not completed in time."), linger=False)
         else:
             # Nothing of a request arrived: close quietly, since a 408 the client did not
             # ask for could be read as the answer to its next request.

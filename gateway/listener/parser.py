@@ -36,7 +36,6 @@ from typing import Protocol
 import httptools
 
 from gateway.listener.body import EMPTY_BODY, NO_BODY, BodyFlow, RequestBody
-from gateway.listener.errors import UriTooLong
 from gateway.listener.exchange import Exchange
 from gateway.listener.limits import ListenerLimits
 from gateway.listener.request import Request
@@ -45,6 +44,7 @@ from gateway.problems import (
     BadRequest,
     GatewayError,
     HeadersTooLarge,
+    UriTooLong,
     VersionNotSupported,
 )
 

@@ -13,8 +13,8 @@ import asyncio
 from collections.abc import Sequence
 from urllib.parse import unquote_plus
 
-from gateway.listener import ContentTooLarge, Request
-from gateway.problems import MethodNotAllowed, PayloadTooLarge, RequestTimeout
+from gateway.listener import Request
+from gateway.problems import MethodNotAllowed, RequestTimeout
 from gateway.proxy.forward import NO_BODY, Body
 
 FORM_TYPE = b"application/x-www-form-urlencoded"
@@ -74,8 +74,6 @@ async def read_whole_body(request: Request, limit: int) -> bytes:
         request.send_continue()
         async with asyncio.timeout(request.body_timeout):
             return await body.read_all(limit)
-    except ContentTooLarge:
-        raise PayloadTooLarge(f"This request's body is limited to {limit} bytes.") from None
     except TimeoutError:
         # RFC 9110 §15.5.9: not "a complete request message within the time that it
         # [the server] was prepared to wait".

@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from gateway.listener.body import EMPTY_BODY, NO_BODY, RequestBody
-from gateway.listener.errors import ContentTooLarge, MalformedBody
+from gateway.listener.errors import MalformedBody
+from gateway.problems import ContentTooLarge
 
 
 class Budget:

@@ -8,7 +8,7 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from gateway.listener.errors import RequestTimeout, UriTooLong
+from gateway.listener.errors import HeaderTimeout
 from gateway.listener.head import (
     chunk,
     header_block,
@@ -17,7 +17,7 @@ from gateway.listener.head import (
     refusal_bytes,
     status_line,
 )
-from gateway.problems import InsufficientScope, MethodNotAllowed, MissingCredentials
+from gateway.problems import InsufficientScope, MethodNotAllowed, MissingCredentials, UriTooLong
 
 
 @pytest.mark.parametrize(
@@ -85,8 +85,8 @@ def test_problem_parts_of_a_405_name_the_allowed_methods() -> None:
     assert dict(headers)[b"Allow"] == b"GET, POST"
 
 
-@pytest.mark.parametrize("error", [UriTooLong("too long"), RequestTimeout("slow")])
-def test_refusal_bytes_are_a_whole_closing_response(error: UriTooLong | RequestTimeout) -> None:
+@pytest.mark.parametrize("error", [UriTooLong("too long"), HeaderTimeout("slow")])
+def test_refusal_bytes_are_a_whole_closing_response(error: UriTooLong | HeaderTimeout) -> None:
     data = refusal_bytes(error, b"oauth-gateway")
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")

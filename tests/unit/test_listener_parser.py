@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.listener.errors import UriTooLong
 from gateway.listener.limits import ListenerLimits
 from gateway.listener.parser import ParseFailure, RequestParser
 from gateway.listener.request import Request
-from gateway.problems import BadFraming, BadRequest, HeadersTooLarge, VersionNotSupported
+from gateway.problems import (
+    BadFraming,
+    BadRequest,
+    HeadersTooLarge,
+    UriTooLong,
+    VersionNotSupported,
+)
 
 LIMITS = ListenerLimits(max_request_line=256, max_header_size=300, max_headers=8)
 POST = b"POST / HTTP/1.1\r\nHost: x\r\n"

@@ -68,7 +68,7 @@ class Logins:
     ) -> Reply | None:
         """The answer for one of the login paths (``path`` normalised, ``query`` raw), or
         None for any other path. ``read_body(limit)`` reads the whole request body (raising
-        ``PayloadTooLarge`` past ``limit``); only the back-channel logout calls it."""
+        ``ContentTooLarge`` past ``limit``); only the back-channel logout calls it."""
         found = self._endpoints.get(path)
         if found is None:
             return None
