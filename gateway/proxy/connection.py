@@ -23,6 +23,7 @@ import httptools
 
 from gateway.problems import BadGateway, GatewayError, GatewayTimeout, RequestTimeout
 from gateway.proxy.response_head import (
+    HEAD_FRAME,
     MAX_INTERIM,
     HeadBudget,
     InterimSink,
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.upstream")
 
-_TOO_LARGE_HEAD = "The upstream sent too large a response head."
+_TOO_LARGE_HEAD = "The upstream sent too large a response head or trailer section."
 _HIGH_WATER = 256 * 1024  # pause reading from the upstream above this many buffered bytes
 _LOW_WATER = 64 * 1024
 
@@ -66,7 +67,6 @@ class UpstreamConnection(asyncio.Protocol):
     def _reset_exchange(self) -> None:
         self._headers: list[tuple[str, str]] = []
         self._reason = ""
-        self._status = 0
         self._head: ResponseHead | None = None
         self._head_waiter: asyncio.Future[ResponseHead] | None = None
         self._body: deque[bytes] = deque()
@@ -80,7 +80,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._close_delimited = False
         self._error: BaseException | None = None
         self._reading_paused = False
-        self._received_any = False
+        self.received_any = False  # the upstream sent something: the request is not retried
+        self._read_content = False  # the read being parsed carried body bytes
         self._head_budget = HeadBudget()
         self._keep_alive = False
         self._last_activity = 0.0
@@ -94,7 +95,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_activity = self._loop.time()
-        self._received_any = True
+        self.received_any = True
         parser = self._parser
         if parser is None or self._complete:
             # Bytes outside an exchange: the upstream is not speaking HTTP/1.1 as agreed.
@@ -107,7 +108,8 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(BadGateway("The upstream switched protocols unasked."))
         else:
-            if self._head is None and not self._head_budget.fits_unfinished_read(len(data)):
+            content, self._read_content = self._read_content, False
+            if not self._head_budget.fits_read(len(data), content=content):
                 self._fail(BadGateway(_TOO_LARGE_HEAD))
 
     def eof_received(self) -> bool:
@@ -160,6 +162,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None
+        self._count_head(HEAD_FRAME)
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             # RFC 9110 §15.2: interim responses precede the final one; those the gateway
@@ -209,6 +212,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._body.append(body)
         self._body_size += len(body)
+        self._read_content = True
         if self._body_size > _HIGH_WATER and not self._reading_paused and self.transport:
             self._reading_paused = True
             self.transport.pause_reading()
@@ -339,10 +343,6 @@ class UpstreamConnection(asyncio.Protocol):
     @property
     def reusable(self) -> bool:
         return self._complete and self._keep_alive and self._error is None and not self.closed
-
-    @property
-    def received_any(self) -> bool:
-        return self._received_any
 
     # --- timers --------------------------------------------------------------------------
 

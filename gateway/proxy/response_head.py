@@ -20,19 +20,24 @@ InterimSink = Callable[[int, str, list[Header]], None]
 # upstream cannot make the gateway write without bound before its final answer.
 MAX_INTERIM = 8
 
-# How large the heads up to the end of the final one may be (see HeadBudget).
+# How large the heads up to the end of the final one may be, and a trailer section (see
+# HeadBudget).
 MAX_HEAD_BYTES = 64 * 1024
+# What a head holds beyond its reason phrase and fields ("HTTP/1.1 200 ", the CRLFs).
+HEAD_FRAME = 17
 
 
 class HeadBudget:
-    """What one exchange received before its final head was complete, interim heads included.
+    """What one exchange may receive that is no content: its heads (interim ones included)
+    and its trailer section.
 
-    llhttp sets no limit on a head and httptools gathers a field in memory until it ends, so
+    llhttp sets no limit on either and httptools gathers a field in memory until it ends, so
     without one an upstream could grow the gateway without bound. Two counts, each held to
-    MAX_HEAD_BYTES: the parsed fields (and status text) of every head, and the raw bytes of
-    the reads that left the head unfinished (what httptools may be holding). Beyond it the
-    exchange is a 502, as nginx's "upstream sent too big header" (its default buffer is
-    4-8 KiB) and HAProxy's (tune.bufsize, 16 KiB).
+    MAX_HEAD_BYTES: the parsed heads (status text, fields, HEAD_FRAME each), and the raw
+    bytes of consecutive reads that carried no body bytes (a head, or trailers, still being
+    gathered; a read with content starts that count again, so chunk framing in a long
+    stream never adds up). Beyond it the exchange is a 502, as nginx's "upstream sent too
+    big header" (its default buffer is 4-8 KiB) and HAProxy's (tune.bufsize, 16 KiB).
     """
 
     __slots__ = ("_fields", "_unfinished")
@@ -46,8 +51,9 @@ class HeadBudget:
         self._fields += size
         return self._fields <= MAX_HEAD_BYTES
 
-    def fits_unfinished_read(self, size: int) -> bool:
-        self._unfinished += size
+    def fits_read(self, size: int, *, content: bool) -> bool:
+        """Count a read: one that carried body bytes (``content``) starts the count again."""
+        self._unfinished = 0 if content else self._unfinished + size
         return self._unfinished <= MAX_HEAD_BYTES
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.proxy.response_head import MAX_HEAD_BYTES
+from gateway.proxy.response_head import MAX_HEAD_BYTES, MAX_INTERIM
 from tests.support.raw_upstream import OK
 from tests.support.raw_upstream import relayed as _relayed
 
@@ -96,6 +96,7 @@ def _field_parts(total: int, *, piece: int = 16 * 1024) -> list[bytes]:
             [b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n" * 3000 + OK],
             id="interim-flood",
         ),
+        pytest.param([b"HTTP/1.1 102 \r\n\r\n" * 5000 + OK], id="bare-interim-flood"),
     ],
 )
 async def test_a_response_head_beyond_the_bound_is_a_502(
@@ -105,11 +106,23 @@ async def test_a_response_head_beyond_the_bound_is_a_502(
     gateway counts what arrives before the final head (interim heads included) and answers
     502 past MAX_HEAD_BYTES rather than growing with the upstream."""
     data = await relayed(tmp_path, parts)
-    # The relayed 103s (at most MAX_INTERIM) come first; the final answer is the 502.
-    final = data.rpartition(b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n")[2]
-    head, _, body = final.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 502 "), final[:200]
+    # The relayed interim heads (at most MAX_INTERIM) come first; the final answer is a 502.
+    assert b"HTTP/1.1 502 " in data and b"HTTP/1.1 200 " not in data, data[:200]
+    body = data[data.rindex(b"HTTP/1.1 502 ") :].partition(b"\r\n\r\n")[2]
     assert b'"status":502' in body and b"vvvv" not in data and b"X-Many" not in data
+    assert data.count(b"HTTP/1.1 10") <= MAX_INTERIM
+
+
+async def test_an_endless_trailer_field_ends_the_exchange(tmp_path: Path) -> None:
+    """httptools gathers a trailer field in memory until it ends, like a head's: the reads
+    that carry no body bytes are bounded too. The head and first chunk were already relayed,
+    so the client's response is cut short rather than completed."""
+    trailer = b"0\r\nX-T: " + b"v" * (256 * 1024) + b"\r\n\r\n"
+    parts = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n"]
+    parts += [trailer[i : i + 64 * 1024] for i in range(0, len(trailer), 64 * 1024)]
+    data = await relayed(tmp_path, parts)
+    assert data.startswith(b"HTTP/1.1 200 ") and b"ok" in data, data[:200]
+    assert not data.endswith(b"0\r\n\r\n")
 
 
 async def test_a_large_response_head_within_the_bound_is_relayed(tmp_path: Path) -> None:

@@ -63,12 +63,21 @@ def test_the_head_budget_holds_parsed_bytes_to_the_bound() -> None:
     assert not budget.fits_parsed(1)
 
 
-def test_the_head_budget_counts_unfinished_reads_apart_from_parsed_bytes() -> None:
+def test_the_head_budget_counts_reads_without_content_apart_from_parsed_bytes() -> None:
     budget = HeadBudget()
     assert budget.fits_parsed(MAX_HEAD_BYTES)
-    assert budget.fits_unfinished_read(MAX_HEAD_BYTES)
-    assert not budget.fits_unfinished_read(1)
+    assert budget.fits_read(MAX_HEAD_BYTES, content=False)
+    assert not budget.fits_read(1, content=False)
     assert not budget.fits_parsed(1)
+
+
+def test_a_read_with_content_starts_the_count_of_reads_without_it_again() -> None:
+    """Chunk framing alone in many reads of a long stream never adds up to a refusal."""
+    budget = HeadBudget()
+    for _ in range(3):
+        assert budget.fits_read(MAX_HEAD_BYTES - 10, content=False)
+        assert budget.fits_read(10, content=False)
+        assert budget.fits_read(1, content=True)
 
 
 @pytest.mark.parametrize(
