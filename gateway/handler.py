@@ -29,6 +29,7 @@ from gateway.auth.decide import Allow, Deny
 from gateway.auth.ratelimit import RateLimited
 from gateway.compiler import CompiledRoute
 from gateway.listener import Request
+from gateway.methods import NEVER_RELAYED, relayed_methods
 from gateway.metrics import Metrics
 from gateway.problems import AuthError, BadFraming, GatewayError, MethodNotAllowed
 from gateway.proxy.forward import Body, Relayed, forward, request_head
@@ -43,12 +44,10 @@ from gateway.proxy.problem_response import (
     send_resource_metadata,
 )
 from gateway.proxy.requests import (
-    NEVER_RELAYED,
     FieldLookup,
     body_of,
     is_form,
     read_whole_body,
-    relayed_methods,
     upstream_target,
     wants_websocket,
     without_parameter,

@@ -6,7 +6,9 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema
+from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, WithJsonSchema
+
+from gateway.methods import NEVER_RELAYED
 
 TokenMode = Literal["jwt", "introspection", "auto"]
 """How an issuer's (or a route's) tokens are validated: locally, by introspection, or both
@@ -67,4 +69,12 @@ def _upper(value: Any) -> Any:
     return value.upper() if isinstance(value, str) else value
 
 
-HttpMethod = Annotated[str, BeforeValidator(_upper), Field(pattern=_TOKEN, max_length=32)]
+def _relayed(value: str) -> str:
+    if value in NEVER_RELAYED:
+        raise ValueError(f"{value} is never relayed (the gateway answers it 405): leave it out")
+    return value
+
+
+HttpMethod = Annotated[
+    str, BeforeValidator(_upper), Field(pattern=_TOKEN, max_length=32), AfterValidator(_relayed)
+]

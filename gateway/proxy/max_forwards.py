@@ -25,8 +25,8 @@ routed and authorised like any other, so Max-Forwards never skips a 401, 403, 40
 
 from __future__ import annotations
 
+from gateway.methods import relayed_methods
 from gateway.problems import BadRequest
-from gateway.proxy.requests import relayed_methods
 
 Header = tuple[str, str]
 

@@ -14,30 +14,20 @@ from collections.abc import Sequence
 from urllib.parse import unquote_plus
 
 from gateway.listener import Request
+from gateway.methods import NEVER_RELAYED
 from gateway.problems import MethodNotAllowed, RequestTimeout
 from gateway.proxy.forward import NO_BODY, Body
 
 FORM_TYPE = b"application/x-www-form-urlencoded"
-# Not an open proxy (CONNECT), and no reflection of credentials (TRACE, RFC 9110 §9.3.8).
-NEVER_RELAYED = frozenset({"CONNECT", "TRACE"})
 
 Header = tuple[str, str]
 
 
 def check_method(method: str) -> None:
-    """Methods never relayed, however a request arrived (the forward-auth service asks too)."""
+    """The forward-auth service refuses the methods never relayed before routing: the host
+    proxy asking would relay them (the proxy listener refuses a TRACE once routed)."""
     if method in NEVER_RELAYED:
         raise MethodNotAllowed(())
-
-
-# RFC 9110 §9.3 and RFC 5789 (PATCH): what a route accepting any method is relayed.
-ANY_METHOD = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
-
-
-def relayed_methods(methods: frozenset[str] | None) -> tuple[str, ...]:
-    """The methods a resource accepts as ``Allow`` lists them (RFC 9110 §10.2.1):
-    ``RouteTable.allowed``'s (None means any), without the methods never relayed."""
-    return ANY_METHOD if methods is None else tuple(sorted(methods - NEVER_RELAYED))
 
 
 def body_of(request: Request) -> Body:

@@ -41,8 +41,6 @@ def hops_config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict[str, An
             {"match": {"path": "/any/**"}, "upstream": "app", "auth": "anonymous"},
             {"match": {"path": "/get-only", "methods": ["GET"]}, "upstream": "app",
              "auth": "anonymous"},
-            {"match": {"path": "/traced", "methods": ["GET", "TRACE"]}, "upstream": "app",
-             "auth": "anonymous"},
             {"match": {"path": "/private/**", "methods": ["GET", "OPTIONS"]}, "upstream": "app",
              "require": {"scopes": {"all": ["read"]}}},
         ],
@@ -151,7 +149,6 @@ async def test_an_invalid_max_forwards_on_options_is_a_400(
     [
         pytest.param("/open/x", b"DELETE, GET, HEAD, OPTIONS", id="union-of-the-path's-routes"),
         pytest.param("/any/x", b"DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT", id="any-method"),
-        pytest.param("/traced", b"GET, HEAD", id="a-route-naming-trace"),
     ],
 )
 async def test_trace_is_never_echoed_whatever_its_hops(

@@ -152,6 +152,13 @@ routes:
 
 SCHEMA_ERRORS = [
     pytest.param(
+        UPSTREAMS + ISSUER + "routes:\n  - match: {path: /a, methods: [GET, trace]}\n"
+        "    upstream: orders\n",
+        "gw.yaml:7: routes[0].match.methods[1]: TRACE is never relayed (the gateway answers it "
+        "405): leave it out",
+        id="a-method-never-relayed",
+    ),
+    pytest.param(
         TYPO,
         "gw.yaml:12: routes[1].match.pth: unknown key 'pth' (expected one of: host, methods, path)",
         id="unknown-key",
