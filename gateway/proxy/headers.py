@@ -64,10 +64,6 @@ _XFH = "x-forwarded-host"
 # Names this module always decides itself; a request id header among them would be lost.
 _RESERVED = HOP_BY_HOP | _FRAMING | {"host", "authorization", "via", "forwarded", _XFF, _XFP, _XFH}
 
-# Connection options that name no end-to-end field. Skipping them keeps the usual
-# "keep-alive" and "close" on the single-pass path.
-_NOT_FIELDS = HOP_BY_HOP | {"close"}
-
 # RFC 9110 §5.6.2 tchar: a value made only of these needs no quoting.
 _TCHARS = "!#$%&'*+-.^_`|~" + string.digits + string.ascii_letters
 _REQUEST_ID_CHARS = "._:-" + string.digits + string.ascii_letters
@@ -300,7 +296,10 @@ def upstream_request_headers(
         elif action == _COLLECT:
             chains.setdefault(lname, []).append(value)
         elif action == _CONNECTION:
-            if value.lower() not in _NOT_FIELDS:  # the usual lone "keep-alive" or "close"
+            # A hop-by-hop option names no end-to-end field: the usual lone "keep-alive" stays
+            # on the single-pass path. "close" does: RFC 9110 §16.3.2.2 reserves the field
+            # name "Close", and §7.6.1 removes every field a connection option names.
+            if value.lower() not in HOP_BY_HOP:
                 options.append(value)
         elif action == _HOST:
             if client_host is not None:
@@ -312,7 +311,7 @@ def upstream_request_headers(
             kept.append(item)
 
     if options:
-        named = connection_tokens(options) - _NOT_FIELDS
+        named = connection_tokens(options) - HOP_BY_HOP
         if named:
             # RFC 9110 §7.6.1: "Intermediaries MUST parse a received Connection header field
             # before a message is forwarded and, for each connection-option in this field,
@@ -362,12 +361,12 @@ def downstream_response_headers(upstream_headers: Sequence[Header]) -> list[Head
         if lname not in HOP_BY_HOP:
             kept.append(item)
         elif lname == "connection":
-            if item[1].lower() not in _NOT_FIELDS:
+            if item[1].lower() not in HOP_BY_HOP:
                 options.append(item[1])
         elif lname == "transfer-encoding":
             transfer_coded = True
 
-    drop = connection_tokens(options) - _NOT_FIELDS if options else frozenset()
+    drop = connection_tokens(options) - HOP_BY_HOP if options else frozenset()
     if transfer_coded:
         # RFC 9112 §6.3: an intermediary forwarding a message with both "MUST first remove
         # the received Content-Length field"; the caller reframes the body.

@@ -113,6 +113,12 @@ CONNECTION_CASES = [
         [],
     ),
     case(
+        "connection-close-names-the-reserved-close-field",
+        [("Connection", "close"), ("Close", "x")],
+        "close",
+        [],
+    ),
+    case(
         "connection-names-identity-header-gateway-copy-survives",
         [("Connection", "close, X-Auth-Subject"), ("X-Auth-Subject", "root")],
         "x-auth-subject",
@@ -680,6 +686,11 @@ def test_request_id_of(headers: Headers, expected: str) -> None:
             [("Connection", "x-debug"), ("Transfer-Encoding", "chunked"), ("X-Debug", "1")],
             [],
             id="connection-before-transfer-encoding",
+        ),
+        pytest.param(
+            [("Connection", "close"), ("Close", "x"), ("X-A", "1")],
+            [("X-A", "1")],
+            id="connection-close-names-the-reserved-close-field",
         ),
         pytest.param([], [], id="empty"),
     ],
