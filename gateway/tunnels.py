@@ -23,6 +23,7 @@ from gateway.auth.answer_policy import subject_hash
 from gateway.auth.identity import Identity
 from gateway.problems import ServiceUnavailable
 from gateway.proxy.tunnel import Tunnel
+from gateway.proxy.ws_frames import POLICY_VIOLATION
 
 
 class TunnelRegistry:
@@ -107,8 +108,9 @@ class TunnelRegistry:
             doomed = set(self._by_subject.get(key, ()))
         else:
             doomed = set(self._bound)
+        reason = "revocations may have been missed" if kind == "all" else "the token was revoked"
         for tunnel in doomed:
-            tunnel.close()
+            tunnel.close(POLICY_VIOLATION, reason)
 
     async def drain(self, seconds: float) -> None:
         """Give open tunnels ``seconds`` to end, then close the rest."""

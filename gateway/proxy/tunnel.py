@@ -10,8 +10,9 @@ holds at most the transport's write buffer (``_WRITE_HIGH``) before it stops rea
 the other side, so a frame declaring 4 GiB streams through in constant memory.
 
 A tunnel ends when either side closes, or when ``close()`` is called (its token expired or
-was evicted, the gateway stops): both connections are closed, and reset if they have not
-finished closing within a grace period.
+was evicted, the gateway stops): each side is sent a Close frame saying why where the
+stream written to it stands between frames (``ws_frames``), then both connections are
+closed, and reset if they have not finished closing within a grace period.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ from gateway.proxy.headers import downstream_response_headers
 from gateway.proxy.pool import open_connection
 from gateway.proxy.targets import UpstreamTarget
 from gateway.proxy.websocket import check_upstream_accept
+from gateway.proxy.ws_frames import (
+    GOING_AWAY,
+    POLICY_VIOLATION,
+    FrameTracker,
+    close_frame,
+    new_mask,
+)
 
 _HEAD_LIMIT = 16 * 1024  # the upstream's 101 head
 _WRITE_HIGH = 64 * 1024  # per direction, before the other side stops being read
@@ -46,6 +54,7 @@ class _Leg(asyncio.Protocol):
         self.peer: _Leg | None = None
         self.lost = False
         self.received = 0
+        self.frames = FrameTracker()  # of what this side is sent
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -61,7 +70,14 @@ class _Leg(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
+            self.frames.feed(data)
             transport.write(data)
+
+    def send_close(self, code: int, reason: str, *, masked: bool) -> None:
+        """A Close frame, where one can go: between frames, and none sent yet (§5.5.1)."""
+        frames = self.frames
+        if frames.at_boundary and not frames.closed:
+            self.send(close_frame(code, reason, mask=new_mask() if masked else None))
 
     # Backpressure: this side's socket is full, so stop reading from the other one.
     def pause_writing(self) -> None:
@@ -185,10 +201,16 @@ class Tunnel:
         """End the tunnel ``seconds`` from now (the token that opened it expires then)."""
         if self._deadline is not None:
             self._deadline.cancel()
-        self._deadline = self.loop.call_later(max(seconds, 0.0), self.close)
+        self._deadline = self.loop.call_later(
+            max(seconds, 0.0), self.close, POLICY_VIOLATION, "the token expired"
+        )
 
-    def close(self) -> None:
-        """End the tunnel now: both connections close, and are reset if they linger."""
+    def close(self, code: int = GOING_AWAY, reason: str = "the gateway is stopping") -> None:
+        """End the tunnel now: each side is told why with a Close frame (RFC 6455 §7.4.1)
+        where one can go, then both connections close, and are reset if they linger."""
+        if not self.closed.done() and self.client.transport is not None:
+            self.client.send_close(code, reason, masked=False)
+            self.upstream.send_close(code, reason, masked=True)
         self.end(_FORCED_GRACE)
 
     def end(self, grace: float) -> None:

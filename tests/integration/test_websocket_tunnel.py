@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 
 from gateway.app import Gateway
+from gateway.proxy.ws_frames import close_frame
 from tests.support.gateway import running_gateway, wait_ready
 from tests.support.introspection import TestIntrospectionServer
 from tests.support.issuer import TestIssuer
@@ -285,17 +286,46 @@ async def _closed_at(client: RawWebSocketClient, limit: float) -> float | None:
     return time.time() if await client.closed_within(limit) else None
 
 
+def unmasked_close(data: bytes) -> bytes:
+    """The payload of the masked Close frame that ends ``data`` (what a client sends)."""
+    start = data.rindex(b"\x88")
+    assert data[start + 1] & 0x80, "a frame to the upstream must be masked"
+    mask, payload = data[start + 2 : start + 6], data[start + 6 :]
+    assert len(payload) == data[start + 1] & 0x7F
+    return bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+
+
 async def test_a_tunnel_closes_within_a_second_of_its_token_expiry(
-    gateway: Gateway, issuer: TestIssuer
+    gateway: Gateway, issuer: TestIssuer, ws_upstream: RawWebSocketUpstream
 ) -> None:
+    """Both sides are told why with a Close frame, 1008 (RFC 6455 §7.4.1), where the
+    stream stands between frames; a stream in the middle of a frame is only closed."""
     token = issuer.mint(scope="read", exp_in=2.5)
     exp = int(time.time() + 2.5)
-    client = await connect(gateway.proxy_port, "/secure/feed", f"Authorization: Bearer {token}")
-    assert_switched(client)
-    closed = await _closed_at(client, 6)
-    client.close()
+    between = await connect(gateway.proxy_port, "/secure/feed", f"Authorization: Bearer {token}")
+    assert_switched(between)
+    hello = masked_frame(b"hello")  # echoed by the upstream as it is
+    between.writer.write(hello)
+    closed = await _closed_at(between, 6)
+    between.close()
     assert closed is not None, "the tunnel outlived its token"
     assert exp - 0.05 <= closed <= exp + 1.0, closed - exp
+    assert between.tail == hello + close_frame(1008, "the token expired")
+    assert ws_upstream.tail.startswith(hello)  # written before the gateway closed it
+    assert unmasked_close(ws_upstream.tail[len(hello) :]) == b"\x03\xf0the token expired"
+
+
+async def test_a_tunnel_in_the_middle_of_a_frame_at_expiry_is_only_closed(
+    gateway: Gateway, issuer: TestIssuer, ws_upstream: RawWebSocketUpstream
+) -> None:
+    token = issuer.mint(scope="read", exp_in=1.5)
+    client = await connect(gateway.proxy_port, "/secure/feed", f"Authorization: Bearer {token}")
+    assert_switched(client)
+    partial = masked_frame(b"x" * 1000)[:20]  # the upstream echoes it: both ways mid-frame
+    client.writer.write(partial)
+    assert await client.closed_within(5)
+    client.close()
+    assert client.tail == partial and ws_upstream.tail == partial
 
 
 async def test_a_tunnel_closes_within_a_second_of_an_eviction(
@@ -317,6 +347,7 @@ async def test_a_tunnel_closes_within_a_second_of_an_eviction(
             async with s.post(evict, json={"token": alice}) as r:  # one token
                 assert r.status == 200
             assert await clients["alice"].closed_within(1.0)
+            assert clients["alice"].tail == close_frame(1008, "the token was revoked")
             assert not await clients["alice_2"].closed_within(0.2)
             async with s.post(evict, json={"subject": "alice"}) as r:  # every token of alice
                 assert r.status == 200
@@ -369,3 +400,17 @@ async def test_an_invalid_client_handshake_is_refused_before_the_upstream_is_ask
     writer.close()
     assert head.startswith(b"HTTP/1.1 400 "), head
     assert ws_upstream.heads == []
+
+
+async def test_a_stopping_gateway_says_it_is_going_away(
+    tmp_path: Path, ws_upstream: RawWebSocketUpstream, issuer: TestIssuer
+) -> None:
+    """Shutdown closes the tunnels still open after the drain with 1001 (going away)."""
+    settings = config(ws_upstream, issuer) | {"shutdown": {"drain_timeout": "0.2s"}}
+    async with running_gateway(tmp_path, settings) as gw:
+        await wait_ready(gw)
+        client = await connect(gw.proxy_port, "/ws/feed")
+        assert_switched(client)
+    assert await client.closed_within(5)
+    client.close()
+    assert client.tail == close_frame(1001, "the gateway is stopping")

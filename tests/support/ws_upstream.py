@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_TAIL = 1024
 
 
 def accept_for(key: bytes) -> bytes:
@@ -40,6 +41,7 @@ class RawWebSocketUpstream:
     read_pause: float = 0.0
     heads: list[bytes] = field(default_factory=list)
     received: int = 0  # bytes after the handshakes, over every connection
+    tail: bytes = b""  # the last bytes received, over every connection
     open_connections: int = 0
     port: int = 0
     _server: asyncio.Server | None = None
@@ -78,6 +80,7 @@ class RawWebSocketUpstream:
             writer.write(answer + b"\r\n")
             while data := await reader.read(self.read_size):
                 self.received += len(data)
+                self.tail = (self.tail + data)[-_TAIL:]
                 if self.mode == "echo":
                     writer.write(data)
                     await writer.drain()
@@ -120,6 +123,7 @@ class RawWebSocketClient:
     writer: asyncio.StreamWriter
     head: bytes  # the gateway's answer to the handshake
     accept: bytes  # the Sec-WebSocket-Accept a 101 must carry for this client's key
+    tail: bytes = b""  # the last bytes read by closed_within
 
     @property
     def status(self) -> int:
@@ -132,8 +136,8 @@ class RawWebSocketClient:
         """Whether the gateway ends the connection within ``seconds`` (EOF or reset)."""
         try:
             async with asyncio.timeout(seconds):
-                while await self.reader.read(65536):
-                    pass
+                while data := await self.reader.read(65536):
+                    self.tail = (self.tail + data)[-_TAIL:]
         except TimeoutError:
             return False
         except ConnectionError:

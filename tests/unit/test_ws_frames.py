@@ -1,0 +1,81 @@
+"""Frame boundaries of a relayed WebSocket stream, and the gateway's own Close frame."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.proxy.ws_frames import GOING_AWAY, POLICY_VIOLATION, FrameTracker, close_frame
+from tests.support.ws_upstream import masked_frame
+
+
+def frame(payload: bytes, opcode: int = 0x2) -> bytes:
+    """A server frame (unmasked), in the shortest length encoding."""
+    size = len(payload)
+    if size < 126:
+        return struct.pack("!BB", 0x80 | opcode, size) + payload
+    if size < 1 << 16:
+        return struct.pack("!BBH", 0x80 | opcode, 126, size) + payload
+    return struct.pack("!BBQ", 0x80 | opcode, 127, size) + payload
+
+
+def test_the_status_codes() -> None:
+    assert (POLICY_VIOLATION, GOING_AWAY) == (1008, 1001)
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536])
+@pytest.mark.parametrize("masked", [False, True], ids=["server", "client"])
+def test_a_whole_frame_ends_at_a_boundary_and_a_part_of_it_does_not(
+    size: int, masked: bool
+) -> None:
+    data = masked_frame(b"x" * size) if masked else frame(b"x" * size)
+    for cut in sorted({1, len(data) // 2, len(data) - 1} - {0}):
+        tracker = FrameTracker()
+        tracker.feed(data[:cut])
+        assert not tracker.at_boundary, cut
+        tracker.feed(data[cut:])
+        assert tracker.at_boundary and not tracker.closed
+
+
+@given(
+    payloads=st.lists(st.binary(max_size=300), min_size=1, max_size=6),
+    cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=8),
+)
+def test_boundaries_are_found_however_the_stream_is_split(
+    payloads: list[bytes], cuts: list[int]
+) -> None:
+    frames = [frame(payload) for payload in payloads]
+    stream = b"".join(frames)
+    ends = {sum(len(f) for f in frames[: i + 1]) for i in range(len(frames))}
+    points = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
+    tracker = FrameTracker()
+    for start, stop in itertools.pairwise(points):
+        tracker.feed(stream[start:stop])
+        assert tracker.at_boundary == (stop in ends), stop
+
+
+def test_a_close_frame_passing_is_remembered() -> None:
+    tracker = FrameTracker()
+    tracker.feed(frame(b"hi") + frame(struct.pack("!H", 1000), opcode=0x8))
+    assert tracker.at_boundary and tracker.closed
+
+
+def test_the_close_frame_to_a_client_is_unmasked() -> None:
+    assert close_frame(1008, "the token expired") == b"\x88\x13\x03\xf0the token expired"
+
+
+def test_the_close_frame_to_an_upstream_is_masked() -> None:
+    mask = b"\x01\x02\x03\x04"
+    data = close_frame(1001, "bye", mask=mask)
+    assert data[:2] == b"\x88\x85" and data[2:6] == mask
+    payload = bytes(byte ^ mask[i % 4] for i, byte in enumerate(data[6:]))
+    assert payload == b"\x03\xe9bye"
+
+
+def test_a_long_reason_is_cut_to_what_a_control_frame_holds() -> None:
+    data = close_frame(1008, "r" * 200)
+    assert data[1] == 125 and len(data) == 127
