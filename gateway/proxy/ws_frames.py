@@ -48,8 +48,7 @@ class FrameTracker:
             length = _header_length(header)
             if length is None or len(header) < length:
                 self._header = header  # at most 13 bytes: the rest of a header is still to come
-                position = size
-                continue
+                return
             position += length - len(self._header)
             self._header = b""
             self._remaining = _payload_length(header)

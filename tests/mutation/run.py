@@ -70,6 +70,8 @@ MODULES: dict[str, tuple[str, ...]] = {
     "gateway/proxy/headers.py": ("tests/integration/test_forwarding_headers.py",),
     "gateway/proxy/trust.py": ("tests/integration/test_forwarding_headers.py",),
     "gateway/decision/forwarded.py": ("tests/integration/test_decision_service.py",),
+    "gateway/proxy/response_head.py": ("tests/integration/test_edge_responses.py",),
+    "gateway/proxy/ws_frames.py": (),
 }
 
 # What the copy needs to import the package and run the tests; never the e2e Node modules.

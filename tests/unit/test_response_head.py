@@ -50,6 +50,8 @@ def test_interim_refusal(headers: list[tuple[str, str]], refused: bool) -> None:
         pytest.param(200, ["gzip", "chunked"], True, id="other-coding"),
         pytest.param(600, [], True, id="status-too-high"),
         pytest.param(99, [], True, id="status-too-low"),
+        pytest.param(100, [], False, id="lowest-status"),
+        pytest.param(599, [], False, id="highest-status"),
     ],
 )
 def test_unrelayable(status: int, codings: list[str], refused: bool) -> None:
@@ -90,6 +92,8 @@ def test_a_read_with_content_starts_the_count_of_reads_without_it_again() -> Non
         ([("Transfer-Encoding", "gzip"), ("TRANSFER-ENCODING", "chunked")],
          (True, ["gzip", "chunked"])),
         ([("Content-Type", "chunked")], (False, [])),
+        ([("Transfer-Encoding", "chunked\x0b")], (True, ["chunked\x0b"])),  # only OWS is trimmed
+        ([("Transfer-Encoding", "Xchunked")], (True, ["xchunked"])),
     ],
 )  # fmt: skip
 def test_framing_reads_content_length_and_every_transfer_coding(

@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.proxy.ws_frames import GOING_AWAY, POLICY_VIOLATION, FrameTracker, close_frame
+from gateway.proxy.ws_frames import (
+    GOING_AWAY,
+    POLICY_VIOLATION,
+    FrameTracker,
+    close_frame,
+    new_mask,
+)
 from tests.support.ws_upstream import masked_frame
 
 
@@ -25,6 +31,24 @@ def frame(payload: bytes, opcode: int = 0x2) -> bytes:
 
 def test_the_status_codes() -> None:
     assert (POLICY_VIOLATION, GOING_AWAY) == (1008, 1001)
+
+
+def test_a_new_tracker_is_between_frames_and_not_closed() -> None:
+    tracker = FrameTracker()
+    assert tracker.at_boundary and tracker.closed is False
+
+
+def test_a_length_with_its_top_bit_set_is_read_unsigned() -> None:
+    """§5.2 asks the most significant bit to be 0; a sender that sets it still declares
+    more than 2^63 bytes, never a negative length."""
+    tracker = FrameTracker()
+    tracker.feed(struct.pack("!BBQ", 0x82, 127, (1 << 63) + 5) + b"x" * 100)
+    assert not tracker.at_boundary
+
+
+def test_masks_are_four_random_bytes() -> None:
+    masks = {new_mask() for _ in range(8)}
+    assert len(masks) > 1 and {len(mask) for mask in masks} == {4}
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536])
@@ -70,10 +94,11 @@ def test_the_close_frame_to_a_client_is_unmasked() -> None:
 
 def test_the_close_frame_to_an_upstream_is_masked() -> None:
     mask = b"\x01\x02\x03\x04"
-    data = close_frame(1001, "bye", mask=mask)
-    assert data[:2] == b"\x88\x85" and data[2:6] == mask
-    payload = bytes(byte ^ mask[i % 4] for i, byte in enumerate(data[6:]))
-    assert payload == b"\x03\xe9bye"
+    for reason, length in (("bye", b"\x85"), ("ok", b"\x84")):
+        data = close_frame(1001, reason, mask=mask)
+        assert data[:2] == b"\x88" + length and data[2:6] == mask
+        payload = bytes(byte ^ mask[i % 4] for i, byte in enumerate(data[6:]))
+        assert payload == b"\x03\xe9" + reason.encode()
 
 
 def test_a_long_reason_is_cut_to_what_a_control_frame_holds() -> None:
