@@ -29,9 +29,8 @@ from gateway.auth.decide import Allow, Deny
 from gateway.auth.ratelimit import RateLimited
 from gateway.compiler import CompiledRoute
 from gateway.listener import Request
-from gateway.methods import NEVER_RELAYED, relayed_methods
 from gateway.metrics import Metrics
-from gateway.problems import AuthError, BadFraming, GatewayError, MethodNotAllowed
+from gateway.problems import AuthError, BadFraming, GatewayError
 from gateway.proxy.forward import Body, Relayed, forward, request_head
 from gateway.proxy.headers import request_id_of, upstream_request_headers
 from gateway.proxy.max_forwards import allow_value, next_hop_fields
@@ -48,6 +47,7 @@ from gateway.proxy.requests import (
     body_of,
     is_form,
     read_whole_body,
+    refuse_connect,
     upstream_target,
     wants_websocket,
     without_parameter,
@@ -190,8 +190,7 @@ class ProxyHandler:
     async def _handle(self, exchange: Exchange) -> None:
         request, runtime, record = exchange.request, exchange.runtime, exchange.record
         compiled = runtime.compiled
-        if request.method == "CONNECT":  # not an open proxy: no resource to list (RFC 9110 §9.3.6)
-            raise MethodNotAllowed(())
+        refuse_connect(request.method)
         host = exchange.host
         # The target as the normaliser reads it: UTF-8, undecodable bytes kept as escapes.
         target = target_of(request.target.decode("utf-8", "surrogateescape"), host, record)
@@ -218,11 +217,7 @@ class ProxyHandler:
             # Browser login's own paths: callback, logout, back-channel logout (issue 18).
             await self._login(exchange, target.path, target.query)
             return
-        located = route_of(compiled, target, host, request.method, record)
-        if request.method in NEVER_RELAYED:
-            # A TRACE names a resource: its 405 lists what that accepts (RFC 9110 §15.5.6),
-            # here, where the route accepts any method or names TRACE itself.
-            raise MethodNotAllowed(relayed_methods(compiled.table.allowed(host, located.path)))
+        located = route_of(compiled, target, host, request.method, record)  # 405 for a TRACE
         route = exchange.route = located.route
 
         form_fields = await self._form_fields(exchange)

@@ -19,6 +19,8 @@ from gateway.auth.decide import NO_HEADERS, Decider, Decision, RequestFacts
 from gateway.auth.sender import HeaderLookup
 from gateway.auth.trace import Trace
 from gateway.compiler import CompiledConfig, CompiledRoute
+from gateway.methods import NEVER_RELAYED, relayed_methods
+from gateway.problems import MethodNotAllowed
 from gateway.routing.paths import Target, normalise_target
 from gateway.routing.request_target import match_path, origin_form
 
@@ -65,12 +67,19 @@ def route_of(
     method: str,
     record: RequestRecord | None = None,
 ) -> Located:
-    """The route for a normalised target (the second half of ``locate``)."""
+    """The route for a normalised target (the second half of ``locate``).
+
+    A TRACE is refused here, once routed, by the proxy and the forward-auth service alike:
+    never relayed (``gateway.methods``), it still names a resource, so its 405 lists what
+    that accepts (RFC 9110 §15.5.6), and a path no route serves is a 404 like any other.
+    """
     path = match_path(target.path, path_parameters=compiled.path_parameters)
     # The table normalises Host itself (and answers 400 for one that is no host).
     route = compiled.table.match(host, path, method)
     if record is not None:
         record.route = route.name
+    if method in NEVER_RELAYED:
+        raise MethodNotAllowed(relayed_methods(compiled.table.allowed(host, path)))
     return Located(target, path, route)
 
 

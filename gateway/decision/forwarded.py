@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gateway.problems import BadRequest
-from gateway.proxy.requests import check_method
+from gateway.proxy.requests import refuse_connect
 
 HostProxy = Literal["nginx", "traefik", "caddy", "envoy-http", "envoy-grpc"]
 Header = tuple[str, str]
@@ -82,7 +82,7 @@ def forwarded_request(
     """Check what a reader found: a method token, a target of visible ASCII."""
     if method is None or _METHOD.fullmatch(method) is None:
         raise BadForwarded("The forwarded method is not an HTTP method.")
-    check_method(method)
+    refuse_connect(method)
     if target is None or _TARGET.fullmatch(target) is None:
         raise BadForwarded("The forwarded request target is not a request target.")
     return ForwardedRequest(

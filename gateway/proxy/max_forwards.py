@@ -10,14 +10,14 @@ supported value" (``MAX_SUPPORTED`` here); "A recipient MAY ignore a Max-Forward
 field received with any other request methods", and the gateway passes it on unchanged.
 
 Only OPTIONS is counted here: TRACE is the other method the RFC names, and the gateway
-relays no TRACE at any Max-Forwards (the handler refuses it with 405 once it is routed, its
-``Allow`` the resource's methods), so it is the final recipient of every TRACE. It answers
-405 rather than the echo
-§9.3.8 describes: an echo reflects the request's credentials to whatever script can send it
-("cross-site tracing"), and §9.3.8 asks the final recipient to "exclude any request fields
-that are likely to contain sensitive data", which a gateway whose requests carry bearer
-tokens, cookies, DPoP proofs and site-specific secrets cannot list with certainty. TRACE is
-optional (§9.1: only GET and HEAD are required), so 405 is an answer the RFC allows.
+relays no TRACE at any Max-Forwards (``request_decision.route_of`` refuses it with 405 once
+routed, its ``Allow`` the resource's methods), so it is the final recipient of every TRACE.
+It answers 405 rather than the echo §9.3.8 describes: an echo reflects the request's
+credentials to whatever script can send it ("cross-site tracing"), and §9.3.8 asks the
+final recipient to "exclude any request fields that are likely to contain sensitive data",
+which a gateway whose requests carry bearer tokens, cookies, DPoP proofs and site-specific
+secrets cannot list with certainty. TRACE is optional (§9.1: only GET and HEAD are
+required), so 405 is an answer the RFC allows.
 
 Pure functions over the decoded field list; the handler calls them once the request was
 routed and authorised like any other, so Max-Forwards never skips a 401, 403, 404 or 405.

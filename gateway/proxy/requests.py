@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from urllib.parse import unquote_plus
 
 from gateway.listener import Request
-from gateway.methods import NEVER_RELAYED
 from gateway.problems import MethodNotAllowed, RequestTimeout
 from gateway.proxy.forward import NO_BODY, Body
 
@@ -23,10 +22,11 @@ FORM_TYPE = b"application/x-www-form-urlencoded"
 Header = tuple[str, str]
 
 
-def check_method(method: str) -> None:
-    """The forward-auth service refuses the methods never relayed before routing: the host
-    proxy asking would relay them (the proxy listener refuses a TRACE once routed)."""
-    if method in NEVER_RELAYED:
+def refuse_connect(method: str) -> None:
+    """A CONNECT names no resource (RFC 9110 §9.3.6) and the gateway is no open proxy: 405,
+    before any routing, with nothing to list. (A TRACE is refused once routed:
+    ``request_decision.route_of``.)"""
+    if method == "CONNECT":
         raise MethodNotAllowed(())
 
 

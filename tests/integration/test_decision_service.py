@@ -146,6 +146,7 @@ async def test_every_adapter_decides_as_the_proxy(world: World, case: Case) -> N
             assert answer.header("WWW-Authenticate") == proxied.header("WWW-Authenticate"), kind
         if kind != "nginx" and not allowed:
             assert answer.header("Content-Type") == "application/problem+json"
+            assert answer.header("Allow") == proxied.header("Allow"), kind
             assert answer.body.split(b'"request_id"')[0] == proxied.body.split(b'"request_id"')[0]
         if allowed and kind == "envoy-http":
             removed = set(answer.header("x-envoy-auth-headers-to-remove").split(","))

@@ -78,6 +78,8 @@ CASES = [
     Case("whoami-identified", "GET", "/whoami", "read"),
     Case("no-route", "GET", "/nothing/here", "read"),
     Case("method-not-allowed", "POST", "/reports", "read"),
+    Case("trace-never-relayed", "TRACE", "/api/orders", "read"),
+    Case("trace-no-route", "TRACE", "/nothing/here", "read"),
     # Spellings of a protected path: each must land on the route the proxy chooses.
     Case("dot-segments-to-admin", "GET", "/public/../admin/users", "read"),
     Case("encoded-dots-to-admin", "GET", "/public/%2e%2e/admin/users", "read"),
