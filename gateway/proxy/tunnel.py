@@ -55,6 +55,7 @@ class _Leg(asyncio.Protocol):
         self.lost = False
         self.received = 0
         self.frames = FrameTracker()  # of what this side is sent
+        self.draining = False  # sent a Close: what it sends now is read and dropped
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -64,7 +65,7 @@ class _Leg(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
         peer = self.peer
-        if peer is not None:
+        if peer is not None and not self.draining:
             peer.send(data)
 
     def send(self, data: bytes) -> None:
@@ -73,11 +74,23 @@ class _Leg(asyncio.Protocol):
             self.frames.feed(data)
             transport.write(data)
 
-    def send_close(self, code: int, reason: str, *, masked: bool) -> None:
-        """A Close frame, where one can go: between frames, and none sent yet (§5.5.1)."""
-        frames = self.frames
-        if frames.at_boundary and not frames.closed:
-            self.send(close_frame(code, reason, mask=new_mask() if masked else None))
+    def finish(self, code: int, reason: str, *, masked: bool) -> None:
+        """Say why with a Close frame where one can go (between frames, none sent yet), then
+        half-close and read on, dropping what arrives, until the peer closes or the tunnel's
+        grace ends: a socket closed with unread bytes is reset by the kernel, which throws
+        away the frame still in its send buffer (RFC 6455 §7.1.1: the TCP close follows the
+        closing handshake). Where no frame can go, the connection just closes."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not self.frames.at_boundary or self.frames.closed:
+            transport.close()
+            return
+        self.send(close_frame(code, reason, mask=new_mask() if masked else None))
+        self.draining = True
+        if transport.can_write_eof():
+            transport.write_eof()
+        transport.resume_reading()
 
     # Backpressure: this side's socket is full, so stop reading from the other one.
     def pause_writing(self) -> None:
@@ -90,7 +103,7 @@ class _Leg(asyncio.Protocol):
 
     def set_reading(self, on: bool) -> None:
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self.draining:
             return
         if on:
             transport.resume_reading()
@@ -166,7 +179,11 @@ class _UpstreamLeg(_Leg):
         early, self._early = self._early, []
         for data in early:
             super().data_received(data)
-        self.set_reading(True)
+        client = self.peer.transport if self.peer is not None else None
+        # Replaying may have filled the client's buffer (pause_writing then paused this
+        # side, and resume_writing will resume it): reading on regardless would not stop.
+        if client is not None and client.get_write_buffer_size() <= _WRITE_HIGH:
+            self.set_reading(True)
 
     def _fail(self, error: BaseException) -> None:
         if not self.head.done():
@@ -207,11 +224,17 @@ class Tunnel:
 
     def close(self, code: int = GOING_AWAY, reason: str = "the gateway is stopping") -> None:
         """End the tunnel now: each side is told why with a Close frame (RFC 6455 §7.4.1)
-        where one can go, then both connections close, and are reset if they linger."""
-        if not self.closed.done() and self.client.transport is not None:
-            self.client.send_close(code, reason, masked=False)
-            self.upstream.send_close(code, reason, masked=True)
-        self.end(_FORCED_GRACE)
+        where one can go, and both connections close once their peers did, or are reset
+        after a grace period."""
+        if self.closed.done():
+            return
+        if self.client.transport is None:  # not switched yet: nothing to tell anyone
+            self.end(_FORCED_GRACE)
+            return
+        self.client.finish(code, reason, masked=False)
+        self.upstream.finish(code, reason, masked=True)
+        if self._reaper is None:
+            self._reaper = self.loop.call_later(_FORCED_GRACE, self.abort)
 
     def end(self, grace: float) -> None:
         if self.closed.done():

@@ -20,24 +20,37 @@ POLICY_VIOLATION = 1008  # the token that opened the tunnel expired or was revok
 GOING_AWAY = 1001  # the gateway is stopping
 _CLOSE_OPCODE = 0x8
 _MAX_REASON = 123  # §5.5: a control frame's payload is at most 125 bytes, 2 of them the code
+# Frames per byte fed a tracker follows: past it (a stream of tiny frames, which costs a
+# Python step each where relaying costs nothing per frame) it stops following, for good.
+_BYTES_PER_FRAME = 32
 
 
 class FrameTracker:
-    """Follows the frames of one direction of a WebSocket stream, header by header."""
+    """Follows the frames of one direction of a WebSocket stream, header by header.
 
-    __slots__ = ("_header", "_remaining", "closed")
+    Its work is bounded: a feed of ``n`` bytes reads at most ``n / 32 + 2`` headers. A
+    stream denser in frames than that would make it cost the event loop more than the
+    relaying does, so it gives up (``lost``): never again at a boundary, each feed O(1),
+    and the tunnel is then only closed, as one mid-frame is.
+    """
+
+    __slots__ = ("_header", "_remaining", "closed", "lost")
 
     def __init__(self) -> None:
         self._header = b""  # an incomplete frame header
         self._remaining = 0  # payload bytes of the current frame still to come
         self.closed = False  # a Close frame passed: nothing may follow it (§5.5.1)
+        self.lost = False
 
     @property
     def at_boundary(self) -> bool:
-        return self._remaining == 0 and not self._header
+        return self._remaining == 0 and not self._header and not self.lost
 
     def feed(self, data: bytes) -> None:
+        if self.lost:
+            return
         position, size = 0, len(data)
+        budget = size // _BYTES_PER_FRAME + 2
         while position < size:
             if self._remaining:
                 step = min(self._remaining, size - position)
@@ -48,6 +61,10 @@ class FrameTracker:
             length = _header_length(header)
             if length is None or len(header) < length:
                 self._header = header  # at most 13 bytes: the rest of a header is still to come
+                return
+            budget -= 1
+            if budget < 0:
+                self.lost = True
                 return
             position += length - len(self._header)
             self._header = b""

@@ -287,11 +287,11 @@ async def _closed_at(client: RawWebSocketClient, limit: float) -> float | None:
 
 
 def unmasked_close(data: bytes) -> bytes:
-    """The payload of the masked Close frame that ends ``data`` (what a client sends)."""
-    start = data.rindex(b"\x88")
-    assert data[start + 1] & 0x80, "a frame to the upstream must be masked"
-    mask, payload = data[start + 2 : start + 6], data[start + 6 :]
-    assert len(payload) == data[start + 1] & 0x7F
+    """The payload of the masked Close frame ``data`` is (what a client sends)."""
+    assert data[0] == 0x88, data
+    assert data[1] & 0x80, "a frame to the upstream must be masked"
+    mask, payload = data[2:6], data[6:]
+    assert len(payload) == data[1] & 0x7F
     return bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
 
 
@@ -414,3 +414,19 @@ async def test_a_stopping_gateway_says_it_is_going_away(
     assert await client.closed_within(5)
     client.close()
     assert client.tail == close_frame(1001, "the gateway is stopping")
+
+
+async def test_the_close_frame_reaches_a_client_that_is_still_sending(
+    gateway: Gateway, issuer: TestIssuer, ws_upstream: RawWebSocketUpstream
+) -> None:
+    """A client whose frames back up behind a slow upstream has unread bytes at the
+    gateway when its token expires: closing that socket at once would make the kernel
+    reset it and throw the Close frame away. The gateway half-closes and reads on."""
+    ws_upstream.mode, ws_upstream.read_size, ws_upstream.read_pause = "count", 4096, 0.05
+    token = issuer.mint(scope="read", exp_in=1.5)
+    client = await connect(gateway.proxy_port, "/secure/feed", f"Authorization: Bearer {token}")
+    assert_switched(client)
+    client.writer.write(masked_frame(b"x" * 65536) * 32)  # 2 MiB the upstream reads slowly
+    assert await client.closed_within(6)
+    client.close()
+    assert client.tail == close_frame(1008, "the token expired")

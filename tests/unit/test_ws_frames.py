@@ -66,7 +66,7 @@ def test_a_whole_frame_ends_at_a_boundary_and_a_part_of_it_does_not(
 
 
 @given(
-    payloads=st.lists(st.binary(max_size=300), min_size=1, max_size=6),
+    payloads=st.lists(st.binary(min_size=62, max_size=300), min_size=1, max_size=6),
     cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=8),
 )
 def test_boundaries_are_found_however_the_stream_is_split(
@@ -104,3 +104,15 @@ def test_the_close_frame_to_an_upstream_is_masked() -> None:
 def test_a_long_reason_is_cut_to_what_a_control_frame_holds() -> None:
     data = close_frame(1008, "r" * 200)
     assert data[1] == 125 and len(data) == 127
+
+
+def test_a_stream_denser_in_frames_than_the_budget_is_given_up_for_good() -> None:
+    """Megabytes of 2-byte frames would cost a Python step per frame: the tracker stops
+    following (the tunnel is then only closed), and what follows costs nothing."""
+    tracker = FrameTracker()
+    tracker.feed(frame(b"x" * 100) + frame(b"") * 3)  # a few small frames are fine
+    assert tracker.at_boundary and not tracker.lost
+    tracker.feed(frame(b"") * 1000)
+    assert tracker.lost and not tracker.at_boundary
+    tracker.feed(frame(b"x" * 100))
+    assert not tracker.at_boundary
