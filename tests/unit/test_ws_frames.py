@@ -35,7 +35,7 @@ def test_the_status_codes() -> None:
 
 def test_a_new_tracker_is_between_frames_and_not_closed() -> None:
     tracker = FrameTracker()
-    assert tracker.at_boundary and tracker.closed is False
+    assert tracker.at_boundary and tracker.closed is False and tracker.lost is False
 
 
 def test_a_length_with_its_top_bit_set_is_read_unsigned() -> None:
@@ -116,3 +116,11 @@ def test_a_stream_denser_in_frames_than_the_budget_is_given_up_for_good() -> Non
     assert tracker.lost and not tracker.at_boundary
     tracker.feed(frame(b"x" * 100))
     assert not tracker.at_boundary
+
+
+def test_the_budget_is_two_headers_plus_one_per_32_bytes_fed() -> None:
+    within, beyond = FrameTracker(), FrameTracker()
+    within.feed(frame(b"") * 2)  # 4 bytes: 4 // 32 + 2 = 2 headers
+    beyond.feed(frame(b"") * 3)  # 6 bytes: still 2
+    assert within.at_boundary and not within.lost
+    assert beyond.lost
