@@ -11,8 +11,8 @@ the other side, so a frame declaring 4 GiB streams through in constant memory.
 
 A tunnel ends when either side closes, or when ``close()`` is called (its token expired or
 was evicted, the gateway stops): each side is sent a Close frame saying why where the
-stream written to it stands between frames (``ws_frames``), then both connections are
-closed, and reset if they have not finished closing within a grace period.
+stream written to it stands between frames (``ws_frames``) and then half-closed, the others
+are closed; whatever has not finished closing within a grace period is reset.
 """
 
 from __future__ import annotations
