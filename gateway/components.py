@@ -135,6 +135,7 @@ class IdentityCacheComponent:
             (name,): float(value) for name, value in shared.stats.items()
         }
         events[("evictions_received",)] = float(self.cache.evictions_received)
+        events[("eviction_resyncs",)] = float(self.cache.resyncs_received)
         redis = shared.redis
         if redis is not None:
             events[("redis_errors",)] = float(redis.errors)

@@ -111,6 +111,7 @@ class IdentityCache:
         self._pending: set[asyncio.Future[Any]] = set()
         self._sweeper: asyncio.Future[None] | None = None
         self.evictions_received = 0
+        self.resyncs_received = 0  # gaps in the subscription (also in evictions_received)
 
     # --- local verification ------------------------------------------------------------------
 
@@ -237,6 +238,7 @@ class IdentityCache:
         elif op == "resync":
             # Evictions may have been published while we were not subscribed.
             self._drop_all()
+            self.resyncs_received += 1
         else:
             log.warning("ignoring an unknown eviction message")
             return

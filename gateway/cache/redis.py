@@ -20,7 +20,8 @@ Evictions (deletes, group deletions, publishes) are tried even while the breaker
 and one that cannot reach Redis is kept (bounded) and replayed before any other command
 once Redis answers again: an entry a failed DEL left behind (a promoted replica still holds
 it) must not be served after the outage, and replicas that missed the message must still
-hear it. Until the replay succeeds, reads are misses.
+hear it. Until the replay succeeds, reads are misses. A message that got through while its
+DEL did not is sent again after the replay, for the replicas that read the entry meanwhile.
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ _INDEX_CAP: Final = 10_000
 _DELETE_BATCH: Final = 500
 _PENDING_MAX: Final = 1024
 """Evictions kept for replay while Redis is unreachable; past this the oldest are lost."""
-Operation = tuple[str, tuple[str, ...]]  # ("delete", keys) | ("group", (g,)) | ("publish", (p,))
+Operation = tuple[str, tuple[str, ...]]
+"""("delete", keys) | ("group", (g,)) | ("publish", (p,)) | ("republish", (p,)): a message
+sent already, to be sent again once every deletion kept before it is done."""
+_DELETIONS: Final = frozenset({"delete", "group"})
 
 RESYNC: Final = {"op": "resync"}
 """Delivered to the subscriber after a gap in the subscription: messages may be lost."""
@@ -166,8 +170,19 @@ class RedisCache:
 
     async def publish(self, message: dict[str, Any]) -> bool:
         """Send a message to every subscriber; whether Redis took it (if not, it is
-        published when Redis answers again)."""
-        return await self._evict(("publish", (json.dumps(message, separators=(",", ":")),)))
+        published when Redis answers again).
+
+        Sent while a deletion waits for replay (Redis took the PUBLISH but not the DEL: a
+        cluster node holding the entries or their group index is down), it is also sent
+        again once the deletion is replayed: a replica that heard it has emptied its L1, read
+        the entry the DEL left behind from a node still up, and would serve it until its TTL.
+        """
+        payload = json.dumps(message, separators=(",", ":"))
+        deletion_pending = any(kind in _DELETIONS for kind, _ in self._pending)
+        sent = await self._evict(("publish", (payload,)))
+        if sent and deletion_pending:
+            self._keep(("republish", (payload,)))
+        return sent
 
     @property
     def pending(self) -> int:
@@ -246,14 +261,20 @@ class RedisCache:
 
     async def _replay(self) -> None:
         """Every kept eviction, oldest first; those Redis took leave the queue. Raises the
-        first failure once all were tried, so the command waiting on the replay is a miss."""
+        first failure once all were tried, so the command waiting on the replay is a miss.
+        A repeated message waits while a deletion before it fails: sent now, it would reach
+        the replicas before the entry is gone, and they could read it again."""
         async with self._replaying:
             failure: Exception | None = None
+            deletion_failed = False
             for operation in list(self._pending):
+                if operation[0] == "republish" and deletion_failed:
+                    continue
                 try:
                     await self._apply(operation)
                 except Exception as exc:  # keep it for the next attempt
                     failure = failure or exc
+                    deletion_failed = deletion_failed or operation[0] in _DELETIONS
                     continue
                 self._pending.remove(operation)
             if failure is not None:
