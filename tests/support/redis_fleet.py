@@ -8,6 +8,7 @@ what one proves about a failover the other proves about a node restart.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 import time
 from collections import Counter
@@ -97,6 +98,11 @@ def opaque_token(introspection: TestIntrospectionServer, subject: str = "svc-use
     return token
 
 
+def entry_pattern(prefix: str, token: str) -> str:
+    """A glob matching ``token``'s entries in Redis under any validation context."""
+    return f"{prefix}*:{hashlib.sha256(token.encode()).hexdigest()}"
+
+
 def introspections_of(introspection: TestIntrospectionServer, token: str) -> int:
     """How many times the authorization server was asked about ``token``."""
     return sum(1 for request in introspection.requests if request["form"].get("token") == token)
@@ -121,6 +127,11 @@ def redis_errors(gateway: Gateway) -> int:
 def evictions_received(gateway: Gateway) -> int:
     """Eviction messages this gateway applied from elsewhere (pub/sub, or a resync)."""
     return gateway.holder.current.identity_cache.evictions_received
+
+
+def resyncs_received(gateway: Gateway) -> int:
+    """Gaps in this gateway's subscription, each answered by emptying its memory."""
+    return gateway.holder.current.identity_cache.resyncs_received
 
 
 def degraded(gateway: Gateway) -> bool:
@@ -304,19 +315,28 @@ async def event_under_load(
     introspection: TestIntrospectionServer,
     event: Callable[[], Any],
     subscriptions: Callable[[str], int],
+    placed: Callable[[str], bool] = lambda token: True,
 ) -> EventReport:
     """Run ``event`` (a blocking topology helper, in a thread) while ``Load`` runs; while
     it runs, revoke a token both gateways cached and evict it through A; then wait until
     the cache has recovered by itself: both gateways healthy, both subscribed again
     (``subscriptions(channel)`` counts them on the topology), and L2 hits on B again. The
     caller asserts on the report. The event always runs to its end, so the topology is
-    whole again when this returns or raises."""
+    whole again when this returns or raises.
+
+    ``placed(token)`` picks the revoked token among fresh ones by where its entry is (a
+    cluster node), so what a replica may read of it during the event is known."""
     a, b = fleet
     names = {id(a): "A", id(b): "B"}
     async with aiohttp.ClientSession() as session:
-        revoked = opaque_token(introspection, subject="revoked-during-event")
-        for gateway in fleet:
-            assert await get(session, gateway, revoked) == 200
+        for _ in range(40):
+            revoked = opaque_token(introspection, subject="revoked-during-event")
+            for gateway in fleet:
+                assert await get(session, gateway, revoked) == 200
+            if placed(revoked):
+                break
+        else:
+            raise AssertionError("no fresh token's entry was placed where the test wants it")
         load = Load(fleet, issuer, introspection)
         before = Snapshot.take(fleet, introspection)
         accepted: list[tuple[str, float]] = []

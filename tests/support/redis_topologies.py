@@ -461,6 +461,10 @@ class RedisClusterSet(_Topology):
             for node in self.nodes
         ]
 
+    def node_holding(self, pattern: str) -> int | None:
+        """The index of the first node holding a key matching ``pattern``, if any does."""
+        return next((i for i, count in enumerate(self.keys_per_node(pattern)) if count), None)
+
     def ensure_healthy(self) -> None:
         """Every node running and the cluster ok, whatever a test left behind."""
         for node in self.nodes:
