@@ -17,11 +17,9 @@ in one write, on one connection with many in flight (``InFlightGets``, for a pla
 redis-py command each.
 
 Evictions (deletes, group deletions, publishes) are tried even while the breaker is open,
-and one that cannot reach Redis is kept (bounded) and replayed before any other command
-once Redis answers again: an entry a failed DEL left behind (a promoted replica still holds
-it) must not be served after the outage, and replicas that missed the message must still
-hear it. Until the replay succeeds, reads are misses. A message that got through while its
-DEL did not is sent again after the replay, for the replicas that read the entry meanwhile.
+and one that cannot reach Redis is kept (``pending``: why, and the republish) and replayed
+before any other command once Redis answers again. Until the replay succeeds, reads are
+misses.
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ import contextlib
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -47,6 +44,7 @@ from redis.exceptions import MaxConnectionsError
 from gateway.cache import redis_bus
 from gateway.cache.batching import GetBatcher
 from gateway.cache.inflight import InFlightGets, endpoint_of
+from gateway.cache.pending import Operation, PendingEvictions
 from gateway.cache.settings import RedisSettings
 
 log = logging.getLogger(__name__)
@@ -56,12 +54,6 @@ _MAX_CONNECTIONS: Final = 64
 _INDEX_CAP: Final = 10_000
 """Most members one group index keeps (the ones expiring last win)."""
 _DELETE_BATCH: Final = 500
-_PENDING_MAX: Final = 1024
-"""Evictions kept for replay while Redis is unreachable; past this the oldest are lost."""
-Operation = tuple[str, tuple[str, ...]]
-"""("delete", keys) | ("group", (g,)) | ("publish", (p,)) | ("republish", (p,)): a message
-sent already, to be sent again once every deletion kept before it is done."""
-_DELETIONS: Final = frozenset({"delete", "group"})
 
 RESYNC: Final = {"op": "resync"}
 """Delivered to the subscriber after a gap in the subscription: messages may be lost."""
@@ -91,8 +83,7 @@ class RedisCache:
         self._healthy = True
         self._probe_at = 0.0
         self._subscriber: asyncio.Task[None] | None = None
-        self._pending: deque[Operation] = deque()
-        self._replaying = asyncio.Lock()
+        self._pending = PendingEvictions()
         self._dropping: set[asyncio.Task[None]] = set()
         self.errors = 0
         self.commands = 0
@@ -162,7 +153,7 @@ class RedisCache:
                 limit=self._admin_timeout,
             )  # fmt: skip
             if removed is None:
-                self._keep(("group", (group,)))
+                self._pending.keep(("group", (group,)))
                 return GroupDeletion(deleted, complete=False, error="redis unavailable")
             if removed < 0:
                 return GroupDeletion(deleted, complete=True)
@@ -178,10 +169,10 @@ class RedisCache:
         the entry the DEL left behind from a node still up, and would serve it until its TTL.
         """
         payload = json.dumps(message, separators=(",", ":"))
-        deletion_pending = any(kind in _DELETIONS for kind, _ in self._pending)
+        deletion_pending = self._pending.deletion_waiting()
         sent = await self._evict(("publish", (payload,)))
         if sent and deletion_pending:
-            self._keep(("republish", (payload,)))
+            self._pending.keep(("republish", (payload,)))
         return sent
 
     @property
@@ -218,7 +209,7 @@ class RedisCache:
             if timed or (replay and self._pending):
                 async with asyncio.timeout(self._timeout if limit is None else limit):
                     if replay and self._pending:
-                        await self._replay()
+                        await self._pending.replay(self._apply)
                     result = await command()
             else:
                 result = await command()
@@ -249,36 +240,9 @@ class RedisCache:
             partial(self._apply, operation), probe=True, replay=False, limit=self._admin_timeout
         )
         if done is None:
-            self._keep(operation)
+            self._pending.keep(operation)
             return False
         return True
-
-    def _keep(self, operation: Operation) -> None:
-        if len(self._pending) == _PENDING_MAX:
-            log.warning("redis unavailable: dropping the oldest eviction kept for replay")
-            self._pending.popleft()
-        self._pending.append(operation)
-
-    async def _replay(self) -> None:
-        """Every kept eviction, oldest first; those Redis took leave the queue. Raises the
-        first failure once all were tried, so the command waiting on the replay is a miss.
-        A repeated message waits while a deletion before it fails: sent now, it would reach
-        the replicas before the entry is gone, and they could read it again."""
-        async with self._replaying:
-            failure: Exception | None = None
-            deletion_failed = False
-            for operation in list(self._pending):
-                if operation[0] == "republish" and deletion_failed:
-                    continue
-                try:
-                    await self._apply(operation)
-                except Exception as exc:  # keep it for the next attempt
-                    failure = failure or exc
-                    deletion_failed = deletion_failed or operation[0] in _DELETIONS
-                    continue
-                self._pending.remove(operation)
-            if failure is not None:
-                raise failure
 
     async def _apply(self, operation: Operation) -> bool:
         kind, values = operation
@@ -340,7 +304,10 @@ class RedisCache:
                     await redis_bus.subscribe(pubsub, self._channel)
                 self._succeeded()
                 if self._pending:  # now, not at the next request: replicas are waiting
-                    await self._run(self._replay, replay=False, limit=self._admin_timeout)
+                    await self._run(
+                        partial(self._pending.replay, self._apply), replay=False,
+                        limit=self._admin_timeout,
+                    )  # fmt: skip
                 if gap:
                     redis_bus.deliver(callback, dict(RESYNC))
                 ready.set()
