@@ -83,14 +83,15 @@ refused request answers with ``Connection: close`` and nothing pipelined behind 
 more than ``max_pipeline`` requests pipelined ahead are answered in order and the
 connection then closes (the client retries the rest, RFC 9112 §9.3.2). HTTP/1.1 over TCP,
 or over TLS when ``start(ssl=…)`` is given one (``tls``: the server context, renewals, the
-client certificate, seen as ``request.secure`` and ``request.peer_certificate``); no HTTP/2.
+client certificate, seen as ``request.secure`` and ``request.peer_certificate``; plain HTTP
+sent to a TLS port is answered 400, see ``tls_door``); no HTTP/2.
 
 Modules: ``server`` (the listening socket, drain), ``context`` (what connections share,
 batched writes), ``connection`` (protocol callbacks, dispatch in order), ``lifecycle``
 (timeouts, flow control, lingering, closing), ``parser`` (llhttp and the checks on top),
 ``request`` (the request and its response), ``exchange`` (what a request needs from its
-connection), ``tls``, ``body``, ``output``, ``head`` (bytes of
-responses and problems), ``limits``, ``errors``.
+connection), ``tls``, ``tls_door`` (the TLS port's accept loop), ``body``, ``output``,
+``head`` (bytes of responses and problems), ``limits``, ``errors``.
 """
 
 from gateway.listener.body import RequestBody

@@ -1,13 +1,13 @@
 """The listener's own refusals, in the gateway's one exception tree (RFC 9110 §15.5).
 
 problems.py holds the errors the whole gateway raises (the listener's 413 and 414 among
-them); these two only the HTTP core does, so they live beside it and render through the
+them); these three only the HTTP core does, so they live beside it and render through the
 same ``GatewayError`` machinery.
 """
 
 from __future__ import annotations
 
-from gateway.problems import BadFraming, RequestTimeout
+from gateway.problems import BadFraming, BadRequest, RequestTimeout
 
 
 class HeaderTimeout(RequestTimeout):
@@ -23,3 +23,11 @@ class MalformedBody(BadFraming):
 
     slug = "malformed-body"
     reason = "malformed_body"
+
+
+class PlainHttpOnTlsPort(BadRequest):
+    """A connection to the TLS port whose first byte is not a TLS record: plain HTTP sent
+    where HTTPS was expected (nginx answers 400 the same way; see ``tls_door``)."""
+
+    slug = "plain-http-on-tls-port"
+    reason = "plain_http_on_tls_port"

@@ -8,6 +8,7 @@ from ssl import SSLContext
 from gateway.listener.connection import HttpConnection
 from gateway.listener.context import Handler, ListenerContext, RefusalHook
 from gateway.listener.limits import ListenerLimits
+from gateway.listener.tls_door import TlsDoor
 
 
 class HttpListener:
@@ -34,6 +35,7 @@ class HttpListener:
         self._on_refusal = on_refusal
         self._context: ListenerContext | None = None
         self._server: asyncio.Server | None = None
+        self._door: TlsDoor | None = None
 
     def _make_context(self) -> ListenerContext:
         if self._context is None:
@@ -58,27 +60,33 @@ class HttpListener:
     ) -> None:
         """Listen on ``host:port``; ``reuse_port`` lets several workers share it; ``ssl``
         makes it a TLS listener (``ReloadingTls.front``, whose callback follows renewals)."""
-        if self._server is not None:
+        if self._server is not None or self._door is not None:
             raise RuntimeError("the listener is already started")
         context = self._make_context()
-        loop = context.loop
+        if ssl is not None:
+            # A handshake is bounded like a request head: a client that opens a connection
+            # and never finishes the handshake holds it no longer than it could idle.
+            door = TlsDoor(context, ssl, max(self._limits.head_timeout, 1.0))
+            await door.start(host, port, reuse_port=reuse_port, backlog=backlog)
+            self._door = door
+            return
 
         def factory() -> HttpConnection:
             return HttpConnection(context)
 
-        self._server = await loop.create_server(
-            factory, host, port, reuse_port=reuse_port or None, backlog=backlog, ssl=ssl,
-            # A handshake is bounded like a request head: a client that opens a connection
-            # and never finishes the handshake holds it no longer than it could idle.
-            ssl_handshake_timeout=max(self._limits.head_timeout, 1.0) if ssl is not None else None,
-        )  # fmt: skip
+        self._server = await context.loop.create_server(
+            factory, host, port, reuse_port=reuse_port or None, backlog=backlog
+        )
 
     @property
     def port(self) -> int:
         """The bound port (useful with port 0)."""
-        if self._server is None or not self._server.sockets:
+        sockets = self._door.sockets if self._door is not None else None
+        if self._server is not None:
+            sockets = list(self._server.sockets)
+        if not sockets:
             return 0
-        return int(self._server.sockets[0].getsockname()[1])
+        return int(sockets[0].getsockname()[1])
 
     @property
     def open_connections(self) -> int:
@@ -92,6 +100,9 @@ class HttpListener:
         server, self._server = self._server, None
         if server is not None:
             server.close()
+        door, self._door = self._door, None
+        if door is not None:
+            door.close()
         if self._context is None:
             return True
         # Not server.wait_closed(): from Python 3.12 it also waits for connections handed

@@ -2,8 +2,9 @@
 socket stays open.
 
 A certificate is renewed long before the process is restarted (cert-manager rotates every
-60 days, ACME clients every 30), so the listener never holds its context for life. asyncio
-and uvloop take one ``SSLContext`` when the server is created; that *front* context's
+60 days, ACME clients every 30), so the listener never holds its context for life. The
+listener is given one ``SSLContext`` when it starts (``tls_door`` hands it to every
+connection's handshake); that *front* context's
 ``sni_callback`` runs during every ClientHello (with or without SNI) and points the
 connection at the *current* context, whose certificate, key and client CAs OpenSSL then
 uses for that handshake (``SSL_set_SSL_CTX``). Replacing the current context changes what
@@ -133,7 +134,7 @@ def files_version(files: TlsFiles) -> tuple[tuple[int, int, int, int], ...]:
 
 
 class ReloadingTls:
-    """The listener's TLS: ``front`` goes to ``create_server``; ``replace`` and ``refresh``
+    """The listener's TLS: ``front`` goes to the listener; ``replace`` and ``refresh``
     change what new handshakes use."""
 
     def __init__(self, files: TlsFiles) -> None:

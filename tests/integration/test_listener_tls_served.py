@@ -101,7 +101,7 @@ async def test_https_reaches_the_upstream_as_https(
         assert status == 200
         assert upstream.last.raw_path == "/orders?a=1"
         assert upstream.last.header("X-Forwarded-Proto") == "https"
-        # Plain HTTP on the TLS port is not served (the client's bytes are no ClientHello).
+        # Plain HTTP on the TLS port is not served (answered 400: test_listener_tls_door.py).
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.proxy_port)
         writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
         answer = await asyncio.wait_for(reader.read(), 5)
