@@ -178,6 +178,8 @@ def _serve(
 ) -> int:
     try:
         run_worker(prepared, channel)
+    except SystemExit as stopped:  # the worker logged why (a port taken) before it stopped
+        return stopped.code if isinstance(stopped.code, int) else 1
     except BaseException:
         log.exception("worker failed")
         return 1

@@ -168,9 +168,13 @@ async def serve(
 
     config_path = prepared.path
     relay, listen = _worker_channel(channel)
-    gateway = await start_gateway(
-        prepared.loaded, reuse_port=reuse_port, relay=relay, compiled=prepared.compiled
-    )
+    try:
+        gateway = await start_gateway(
+            prepared.loaded, reuse_port=reuse_port, relay=relay, compiled=prepared.compiled
+        )
+    except OSError as exc:  # a port taken, an address not this host's: said, not traced
+        log.error("cannot start: %s", exc)
+        raise SystemExit(1) from None
     listen(gateway)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -279,3 +279,30 @@ def test_demo_shows_an_allowed_a_forbidden_and_an_unauthenticated_call():
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "tls"])
+def test_a_port_already_taken_is_one_error_line_and_exit_1(
+    tmp_path: Path, workers: str, tls: bool
+) -> None:
+    from tests.support.certificates import TestCA
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        listen: dict[str, object] = {"host": "127.0.0.1", "port": port}
+        if tls:
+            issued = TestCA(tmp_path / "ca").issue("localhost", server=True)
+            listen["tls"] = {"cert_file": str(issued.cert_file), "key_file": str(issued.key_file)}
+        config = tmp_path / "gw.yaml"
+        config.write_text(json.dumps({
+            "listen": listen, "admin": {"host": "127.0.0.1", "port": free_port()},
+            "upstreams": {"app": {"url": "http://127.0.0.1:9"}}, "defaults": {"auth": "anonymous"},
+            "routes": [{"match": {"path": {"prefix": "/"}}, "upstream": "app"}],
+        }))  # fmt: skip
+        result = gateway("run", "-c", str(config), "--workers", workers)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert str(port) in result.stderr and "address already in use" in result.stderr
