@@ -19,10 +19,10 @@ the handshake alone did before.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import ssl
-from collections.abc import Coroutine
 from typing import Any, Final
 
 from gateway.listener.connection import HttpConnection
@@ -35,7 +35,11 @@ TLS_HANDSHAKE_RECORD: Final = 0x16
 """RFC 8446 §5.1 ContentType.handshake: the first byte of every TLS ClientHello."""
 _ACCEPT_BATCH: Final = 64
 _ACCEPT_PAUSE: Final = 0.1
-"""Seconds without accepting after accept() failed (out of descriptors): not a busy loop."""
+"""Seconds without accepting after accept() ran out of a resource: not a busy loop."""
+_OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+"""accept() errors that say the process or the system is full (as asyncio pauses on)."""
+_WARN_EVERY: Final = 10.0
+"""Seconds between two warnings that accepting is paused: one per burst, not per wake-up."""
 
 
 class PlainHttpConnection(HttpConnection):
@@ -60,18 +64,28 @@ class TlsDoor:
         self._timeout = handshake_timeout
         self.sockets: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._warned_at = float("-inf")
 
     async def start(self, host: str | None, port: int, *, reuse_port: bool, backlog: int) -> None:
         """Bind like ``loop.create_server`` (every address ``host`` resolves to; all
         interfaces for None) and start accepting."""
         loop = self._ctx.loop
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        infos = await loop.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )  # "" means every interface, as for create_server
         try:
             for family, kind, proto, _, address in dict.fromkeys(infos):
-                self.sockets.append(_listening(family, kind, proto, address, reuse_port, backlog))
+                try:
+                    listening = socket.socket(family, kind, proto)
+                except OSError:  # a family this kernel lacks (no IPv6): the others serve
+                    log.debug("no socket for address family %s: skipped", family)
+                    continue
+                self.sockets.append(_listening(listening, address, family, reuse_port, backlog))
         except BaseException:
             self._close_sockets()
             raise
+        if not self.sockets:
+            raise OSError(errno.EAFNOSUPPORT, f"cannot listen on {_where(host or '*', port)}")
         for listening in self.sockets:
             self._listen(listening)
 
@@ -89,10 +103,16 @@ class TlsDoor:
             listening.close()
         self.sockets = []
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coroutine)
+    def _spawn(self, accepted: socket.socket) -> None:
+        task = asyncio.ensure_future(self._admit(accepted))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        def settle(done: asyncio.Task[None]) -> None:
+            self._tasks.discard(done)
+            if done.cancelled():  # perhaps before its first step: the socket is still ours
+                accepted.close()
+
+        task.add_done_callback(settle)
 
     def _listen(self, listening: socket.socket) -> None:
         self._ctx.loop.add_reader(listening.fileno(), self._accept, listening)
@@ -104,12 +124,23 @@ class TlsDoor:
                 accepted, _ = listening.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE and the like: pause rather than spin
-                log.warning("accept failed on the TLS listener: %s", exc)
-                self._ctx.loop.remove_reader(listening.fileno())
-                self._ctx.loop.call_later(_ACCEPT_PAUSE, self._relisten, listening)
-                return
-            self._spawn(self._admit(accepted))
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:  # pause rather than spin
+                    self._pause(listening, exc)
+                    return
+                # One connection's failure (aborted before it was taken, EPROTO...):
+                # the next one in the backlog is unaffected.
+                log.debug("accept failed on the TLS listener: %r", exc)
+                continue
+            self._spawn(accepted)
+
+    def _pause(self, listening: socket.socket, exc: OSError) -> None:
+        loop = self._ctx.loop
+        if loop.time() - self._warned_at >= _WARN_EVERY:
+            self._warned_at = loop.time()
+            log.warning("TLS listener paused accepting for %ss: %s", _ACCEPT_PAUSE, exc)
+        loop.remove_reader(listening.fileno())
+        loop.call_later(_ACCEPT_PAUSE, self._relisten, listening)
 
     def _relisten(self, listening: socket.socket) -> None:
         if listening in self.sockets and listening.fileno() != -1:
@@ -176,14 +207,13 @@ async def _readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
 
 
 def _listening(
-    family: int,
-    kind: int,
-    proto: int,
+    listening: socket.socket,
     address: tuple[Any, ...],
+    family: int,
     reuse_port: bool,
     backlog: int,
 ) -> socket.socket:
-    listening = socket.socket(family, kind, proto)
+    """``listening`` bound to ``address`` and listening, or closed and the error raised."""
     try:
         listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
@@ -194,7 +224,7 @@ def _listening(
             listening.bind(address)
         except OSError as exc:  # worded as asyncio's create_server words it
             reason = (exc.strerror or str(exc)).lower()
-            where = f"{address[0]}:{address[1]}"
+            where = _where(address[0], address[1])
             raise OSError(exc.errno, f"cannot listen on {where}: {reason}") from exc
         listening.listen(backlog)
         listening.setblocking(False)
@@ -202,3 +232,8 @@ def _listening(
         listening.close()
         raise
     return listening
+
+
+def _where(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets (RFC 3986 §3.2.2)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
