@@ -142,11 +142,12 @@ class RedisCache:
 
     async def delete_group(self, group: str, *, budget: float = 10.0) -> GroupDeletion:
         """Delete every key indexed in ``group``, in batches, within ``budget`` seconds; if
-        Redis fails midway the whole group deletion is replayed later."""
+        Redis fails midway, or the budget runs out, the rest is replayed later."""
         deadline = time.monotonic() + budget
         deleted = 0
         while True:
             if time.monotonic() > deadline:
+                self._pending.keep(("group", (group,)))
                 return GroupDeletion(deleted, complete=False, error="time budget exceeded")
             removed = await self._run(
                 partial(self._delete_batch, group), probe=True, replay=False,

@@ -39,15 +39,30 @@ async def test_a_replay_applies_oldest_first_and_empties_the_queue() -> None:
 
 async def test_a_failure_is_raised_after_every_other_was_tried_and_only_it_stays() -> None:
     pending, redis = PendingEvictions(), Redis("delete")
-    for operation in (DELETE, PUBLISH, GROUP):
+    for operation in (GROUP, PUBLISH, DELETE):
         pending.keep(operation)
     with pytest.raises(ConnectionError, match="delete refused"):
         await pending.replay(redis.apply)
-    assert redis.applied == [PUBLISH, GROUP]
+    assert redis.applied == [GROUP, PUBLISH]
     assert len(pending) == 1 and pending.deletion_waiting()
     redis.down.clear()
     await pending.replay(redis.apply)
     assert redis.applied[-1] == DELETE and len(pending) == 0
+
+
+async def test_a_message_sent_while_the_deletion_before_it_fails_stays_as_a_republish() -> None:
+    """A replica that heard it emptied its memory and may read back the entry the failed
+    deletion left: it must hear the message again once that deletion is done."""
+    pending, redis = PendingEvictions(), Redis("group")
+    pending.keep(GROUP)
+    pending.keep(PUBLISH)
+    with pytest.raises(ConnectionError):
+        await pending.replay(redis.apply)
+    assert redis.applied == [PUBLISH] and len(pending) == 2
+    redis.down.clear()
+    await pending.replay(redis.apply)
+    assert redis.applied == [PUBLISH, GROUP, ("republish", PUBLISH[1])]
+    assert len(pending) == 0
 
 
 @pytest.mark.parametrize("failing", [DELETE, GROUP])
@@ -106,3 +121,37 @@ async def test_past_the_limit_the_oldest_is_dropped_with_a_warning(
     assert "dropping the oldest eviction" in caplog.text
     await pending.replay(redis.apply)
     assert redis.applied == [GROUP, PUBLISH]
+
+
+async def test_at_the_limit_a_republish_is_dropped_before_an_eviction_not_yet_heard(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pending, redis = PendingEvictions(limit=3), Redis()
+    with caplog.at_level(logging.WARNING, logger="gateway.cache.pending"):
+        for operation in (DELETE, REPUBLISH, GROUP, PUBLISH):
+            pending.keep(operation)
+    assert "dropping the oldest eviction" in caplog.text
+    await pending.replay(redis.apply)
+    assert redis.applied == [DELETE, GROUP, PUBLISH]
+
+
+async def test_the_same_republish_is_kept_once_behind_the_latest_deletion() -> None:
+    pending, redis = PendingEvictions(), Redis()
+    for operation in (REPUBLISH, DELETE, REPUBLISH):
+        pending.keep(operation)
+    assert len(pending) == 2
+    await pending.replay(redis.apply)
+    assert redis.applied == [DELETE, REPUBLISH]
+
+
+async def test_an_operation_dropped_at_the_limit_during_a_replay_is_not_an_error() -> None:
+    pending = PendingEvictions(limit=2)
+
+    async def apply(operation: Operation) -> None:
+        if operation == DELETE:  # while Redis takes it, two more evictions fail and are kept
+            pending.keep(GROUP)
+            pending.keep(PUBLISH)
+
+    pending.keep(DELETE)
+    await pending.replay(apply)
+    assert len(pending) == 2  # DELETE was dropped for PUBLISH; GROUP and PUBLISH wait
