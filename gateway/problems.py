@@ -219,9 +219,21 @@ class ServiceUnavailable(GatewayError):
     reason = "unavailable"
 
 
-def _quoted(value: str) -> str:
-    """An RFC 9110 quoted-string; RFC 6750 §3 forbids '"' and '\\' in these values anyway."""
+def quoted(value: str) -> str:
+    """An RFC 9110 §5.6.4 quoted-string."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def error_description(detail: str) -> str:
+    """``detail`` as an ``error_description`` may carry it. RFC 6750 §3 (and RFC 9449 §7.1,
+    which reuses it): values "MUST NOT include characters outside the set %x20-21 /
+    %x23-5B / %x5D-7E". A detail may quote what the client sent (a DPoP proof's ``alg``),
+    so this is where the rule is kept: ``"`` becomes ``'``, anything else outside the set
+    ``?``. The problem body's ``detail`` (JSON) keeps the text as it is."""
+    return "".join(
+        char if " " <= char <= "~" and char not in '"\\' else "'" if char == '"' else "?"
+        for char in detail
+    )
 
 
 class AuthError(GatewayError):
@@ -232,21 +244,21 @@ class AuthError(GatewayError):
 
     def challenge(self, context: Challenge | str) -> str | None:
         ctx = as_challenge(context)
-        realm = [f"realm={_quoted(ctx.realm)}"]
+        realm = [f"realm={quoted(ctx.realm)}"]
         error = []
         if self.error_code is not None:
-            error = [f"error={_quoted(self.error_code)}",
-                     f"error_description={_quoted(self.detail)}"]  # fmt: skip
+            error = [f"error={quoted(self.error_code)}",
+                     f"error_description={quoted(error_description(self.detail))}"]  # fmt: skip
         error.extend(self._extra_params())
         if self.error_code is None and ctx.scope:
             # MCP authorization: a 401 may name the scopes the client should request.
-            error.append(f"scope={_quoted(ctx.scope)}")
+            error.append(f"scope={quoted(ctx.scope)}")
         # RFC 9728 §5.1: where the client finds this resource's metadata.
-        meta = [f"resource_metadata={_quoted(m)}" for m in (ctx.resource_metadata,) if m]
+        meta = [f"resource_metadata={quoted(m)}" for m in (ctx.resource_metadata,) if m]
         if not ctx.dpop_algs:
             return "Bearer " + ", ".join([*realm, *error, *meta])
         # RFC 9449 §7.1: "An algs parameter SHOULD be included".
-        algs = [f"algs={_quoted(' '.join(ctx.dpop_algs))}"]
+        algs = [f"algs={quoted(' '.join(ctx.dpop_algs))}"]
         if not ctx.bearer:  # only DPoP here: the error travels in the DPoP challenge
             return "DPoP " + ", ".join([*realm, *error, *algs, *meta])
         bearer = "Bearer " + ", ".join([*realm, *error, *meta])
@@ -297,7 +309,7 @@ class InsufficientScope(AuthError):
         super().__init__(detail or "The access token does not grant the scope this route needs.")
 
     def _extra_params(self) -> list[str]:
-        return [f"scope={_quoted(' '.join(self.required))}"] if self.required else []
+        return [f"scope={quoted(' '.join(self.required))}"] if self.required else []
 
 
 class Forbidden(AuthError):

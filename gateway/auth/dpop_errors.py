@@ -12,12 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from gateway.problems import Challenge, InvalidToken, as_challenge
-
-
-def quoted(value: str) -> str:
-    """An RFC 9110 §5.6.4 quoted-string."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+from gateway.problems import Challenge, InvalidToken, as_challenge, error_description, quoted
 
 
 def render_challenge(scheme: str, params: Sequence[tuple[str, str]]) -> str:
@@ -41,7 +36,7 @@ def dpop_challenge(
     if error is not None:
         params.append(("error", error))
         if description is not None:
-            params.append(("error_description", description))
+            params.append(("error_description", error_description(description)))
     params.append(("algs", " ".join(algs)))
     if resource_metadata is not None:
         params.append(("resource_metadata", resource_metadata))

@@ -87,6 +87,13 @@ async def test_a_dpop_bound_token_with_its_proof_passes_and_the_proof_stays_here
         pytest.param("wrong-ath", {"token": "another-token"}, "invalid_dpop_proof", id="ath"),
         pytest.param("old-iat", {"iat": 1_000_000}, "invalid_dpop_proof", id="expired-iat"),
         pytest.param("foreign-key", {"key": "other"}, "invalid_token", id="foreign-key"),
+        # The refused alg is quoted in the detail: outside ASCII it had made the answer a 500.
+        pytest.param(
+            "odd-alg",
+            {"header": {"alg": 'ES\u0100"\\'}},
+            "invalid_dpop_proof",
+            id="alg-outside-the-description-charset",
+        ),
     ],
 )
 async def test_a_proof_that_does_not_fit_is_refused_with_the_dpop_challenge(
@@ -104,6 +111,8 @@ async def test_a_proof_that_does_not_fit_is_refused_with_the_dpop_challenge(
     challenge = headers["WWW-Authenticate"]
     assert challenge.startswith('DPoP realm="gateway", error="' + error + '"'), challenge
     assert 'algs="ES256 PS256 RS256 EdDSA"' in challenge
+    description = challenge.split('error_description="', 1)[1].split('"', 1)[0]
+    assert all(" " <= c <= "~" and c not in '"\\' for c in description), description  # §3
     assert upstream.received == []
 
 

@@ -9,7 +9,7 @@ from gateway.auth.dpop_errors import (
     UseDpopNonce,
     dpop_challenge,
 )
-from gateway.problems import Challenge, InvalidToken, MissingCredentials
+from gateway.problems import Challenge, InvalidToken, MissingCredentials, error_description
 
 ALGS = ("ES256", "PS256")
 META = "https://api.example.com/.well-known/oauth-protected-resource/mcp"
@@ -76,5 +76,20 @@ def test_resource_metadata_parameter_in_every_challenge() -> None:
 
 def test_quotes_in_values_are_escaped() -> None:
     error = InvalidDpopProof('bad "alg"', reason="r", algs=ALGS)
-    assert 'error_description="bad \\"alg\\""' in error.challenge('a"b')
+    assert "error_description=\"bad 'alg'\"" in error.challenge('a"b')  # §3: no '"' there
     assert error.challenge('a"b').startswith('DPoP realm="a\\"b"')
+
+
+def test_an_error_description_keeps_to_the_rfc_6750_charset() -> None:
+    """RFC 6750 §3: %x20-21 / %x23-5B / %x5D-7E; a detail quoting client input (a proof's
+    alg) is mapped into it for the challenge, and stays as it was in the problem body."""
+    detail = 'alg "ES\u0100\\x\t" refused'
+    for error in (
+        InvalidToken(detail),
+        InvalidDpopProof(detail, reason="dpop_algorithm", algs=ALGS),
+    ):
+        challenge = error.challenge("gw") or ""
+        assert "error_description=\"alg 'ES??x?' refused\"" in challenge, challenge
+        assert error.problem()["detail"] == detail
+    assert error_description(" !#[]~") == " !#[]~"
+    assert error_description('"\\\x7f\x1f') == "'???"
