@@ -119,7 +119,9 @@ class Authenticator:
             )
             if trace is not None and len(trace.steps) == steps:  # no load ran: a cached answer
                 trace.add("introspection", "cache", served_by="the identity cache")
-            return Authenticated(_accepted(value), key, introspected=True)
+            return Authenticated(
+                _accepted(value, plan.context.issuer.leeway), key, introspected=True
+            )
         assert parsed is not None  # a local-only plan exists only for JWT issuers
         cached = self._cache.local(key)
         if trace is not None:
@@ -128,7 +130,7 @@ class Authenticator:
             epoch = self._cache.epoch
             cached = await self._verify(parsed, trace)
             self._cache.remember_local(key, cached, epoch=epoch, token_size=len(token))
-        return Authenticated(_accepted(cached), key, introspected=False)
+        return Authenticated(_accepted(cached, plan.context.issuer.leeway), key, introspected=False)
 
     async def _verify(self, parsed: ParsedJwt, trace: Trace | None) -> Value:
         assert self._verifier is not None
@@ -196,10 +198,14 @@ def _opaque_plan(rules: TokenRules, token: str) -> IssuerPlan | None:
     return None
 
 
-def _accepted(value: Value) -> Identity:
+def _accepted(value: Value, leeway: float) -> Identity:
+    """The identity a check produced or a cache kept, if it is still good now.
+
+    RFC 7519 §4.1.4: never on or after exp, whatever a cache (or stale serving) kept, but
+    with the issuer's ``leeway`` for clock skew, as the check itself allows it (``exp``
+    within the leeway is accepted: the README's "bounded leeway" applies to all three)."""
     if isinstance(value, Rejection):
         raise value.error()
-    # RFC 7519 §4.1.4: never on or after exp, whatever a cache (or stale serving) kept.
-    if value.expires_at is not None and value.expires_at <= time.time():
+    if value.expires_at is not None and value.expires_at + leeway <= time.time():
         raise InvalidToken("The token has expired.", reason="expired")
     return value

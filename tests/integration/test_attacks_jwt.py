@@ -265,6 +265,10 @@ CONTROLS = [
     pytest.param(lambda w: _typed(w, typ="application/at+jwt"), id="typed-application-at+jwt"),
     pytest.param(lambda w: _typed(w, typ="AT+JWT"), id="typed-uppercase-media-type"),
     pytest.param(lambda w: w.rs256(exp=time.time() + 300.5), id="float-exp"),
+    # leeway (30 s here) for clock skew, end to end: a re-check after the verifier once
+    # ignored it for exp.
+    pytest.param(lambda w: w.rs256(exp=time.time() - 10), id="exp-within-leeway"),
+    pytest.param(lambda w: w.rs256(nbf=time.time() + 10), id="nbf-within-leeway"),
     pytest.param(lambda w: w.rs256(aud=["api://other", AUD]), id="aud-array-with-ours"),
     pytest.param(lambda w: sized_token(w, MAX_TOKEN), id="token-exactly-max-token-size"),
 ]  # fmt: skip

@@ -158,6 +158,19 @@ async def test_active_answer_that_does_not_fit_is_rejected(
     assert upstream.received == []
 
 
+async def test_an_answer_within_the_leeway_of_its_exp_is_accepted_end_to_end(
+    tmp_path: Path, issuer, introspection, upstream
+):
+    """The leeway (30 s by default) for clock skew holds after the cache's own re-check,
+    which had compared exp without it and refused what introspection accepted."""
+    token = opaque(introspection, exp_in=-10)
+    beyond = opaque(introspection, exp_in=-40)
+    async with running_gateway(tmp_path, config(issuer, introspection, upstream)) as gw:
+        assert (await get(gw, "/x", token))[0] == 200
+        assert (await get(gw, "/x", beyond))[0] == 401
+    assert len(upstream.received) == 1
+
+
 async def test_auto_mode_validates_jwts_locally(tmp_path: Path, issuer, introspection, upstream):
     async with running_gateway(tmp_path, config(issuer, introspection, upstream)) as gw:
         await wait_ready(gw)
