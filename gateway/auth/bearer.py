@@ -49,8 +49,11 @@ def read_credential(
     """The one bearer token the request carries, or None when no enabled source holds one.
     With ``allow_dpop``, ``Authorization: DPoP <token>`` carries one too (RFC 9449 §7.1).
 
-    Sources a route has not enabled are ignored entirely: a disabled query token neither
-    authenticates nor counts towards "sent in more than one way".
+    A source the route has not enabled never authenticates. An ``access_token`` in the
+    query still counts towards "sent in more than one way" beside a header token (RFC 6750
+    §2: a client "MUST NOT use more than one method"): forwarded as an ordinary query
+    parameter, it would reach an upstream that may read it as the token, one the gateway
+    never checked. A disabled form body is not read at all, so it cannot count.
     """
     if len(authorization) > 1:
         # RFC 9110 §11.6.2: Authorization holds one set of credentials; two fields are ambiguous.
@@ -61,10 +64,14 @@ def read_credential(
         dpop = read_dpop_token(authorization, max_size=max_size)
         found = Credential(dpop, "header", "dpop") if dpop is not None else None
     # A query can only name access_token literally or through percent-encoding.
-    if allow_query and query and (ACCESS_TOKEN_PARAM in query or "%" in query):
+    in_query = query and (ACCESS_TOKEN_PARAM in query or "%" in query)
+    if in_query and (allow_query or found is not None):
         for name, value in parse_qsl(query, keep_blank_values=True):
-            if name == ACCESS_TOKEN_PARAM:
-                found = _only(found, Credential(_param_token("query", value), "query"))
+            if name != ACCESS_TOKEN_PARAM:
+                continue
+            if not allow_query:
+                raise InvalidRequest("the token was sent in more than one way")
+            found = _only(found, Credential(_param_token("query", value), "query"))
     if allow_form and form_fields:
         for name, value in form_fields:
             if name == ACCESS_TOKEN_PARAM:

@@ -131,3 +131,24 @@ async def test_a_header_token_is_removed_and_query_and_form_tokens_are_not_inven
     assert status_of(response) == 200
     assert upstream.last.header("Authorization") is None
     assert upstream.last.raw_path == "/h?access_token_x=1"
+
+
+@pytest.mark.parametrize("query", ["access_token=other", "a=1&access%5Ftoken=other"])
+async def test_a_header_token_beside_a_query_token_the_route_does_not_take_is_400(
+    tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream, query: str
+) -> None:
+    """RFC 6750 §2: one method per request. Forwarded, the query's token would reach an
+    upstream that may read it, authenticated by the header's."""
+    token = issuer.mint()
+    cfg = config(issuer, upstream)
+    cfg["routes"][0]["tokens"] = {"query": False}
+    async with running_gateway(tmp_path, cfg) as gw:
+        await wait_ready(gw)
+        request = (
+            f"GET /h?{query} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        response = await send_in_pieces(gw.proxy_port, request.encode(), [])
+    assert status_of(response) == 400
+    assert b'error="invalid_request"' in response
+    assert upstream.received == []

@@ -78,9 +78,9 @@ def read(
         pytest.param({"form": [("access_token", TOKEN)]}, None, id="form-token-disabled-ignored"),
         pytest.param({"allow_form": True}, None, id="form-not-read"),
         pytest.param(
-            {"authorization": (f"Bearer {TOKEN}",), "query": "access_token=x&access_token=y"},
+            {"authorization": (f"Bearer {TOKEN}",), "query": "access%5Ftokens=x&a=%41"},
             TOKEN,
-            id="disabled-query-does-not-count",
+            id="header-beside-a-query-without-the-token",
         ),
         pytest.param(
             {
@@ -161,6 +161,19 @@ def test_reads_the_token(kwargs: dict, expected: str | None) -> None:
             InvalidRequest,
             "more than one way",
             id="query-token-twice",
+        ),
+        # Not a source of this route, but forwarded it would reach the upstream unchecked.
+        pytest.param(
+            {"authorization": (f"Bearer {TOKEN}",), "query": "a=1&access_token=x"},
+            InvalidRequest,
+            "more than one way",
+            id="header-and-disabled-query-both",
+        ),
+        pytest.param(
+            {"authorization": (f"Bearer {TOKEN}",), "query": "access%5Ftoken=x"},
+            InvalidRequest,
+            "more than one way",
+            id="header-and-disabled-encoded-query-both",
         ),
         pytest.param(
             {
