@@ -45,8 +45,8 @@ def describe_routes(loaded: LoadedConfig) -> list[str]:
         if route.auth.session is not None:
             auth = f"session:{route.auth.session.login}"
         scopes = ""
-        if route.auth.policy.required_scopes:
-            scopes = " scopes=" + " ".join(route.auth.policy.required_scopes)
+        if route.auth.policy.scopes_named:
+            scopes = " scopes=" + " ".join(route.auth.policy.scopes_named)
         upstream = config.upstreams[spec.upstream]
         lines.append(
             f"{route.index:>3} {route.name}: {methods} {hosts} {match.path.kind}:"

@@ -71,10 +71,22 @@ class Policy:
     scopes_all: frozenset[str]
     scopes_any: frozenset[str]
     claims: tuple[ClaimTest, ...]
+    asked_of_any: str | None = None
+    """The any-of scope a challenge asks for: the first listed, unless an all-of one is
+    in the list too (that one already satisfies it)."""
 
     @property
     def required_scopes(self) -> tuple[str, ...]:
-        """What the challenge's ``scope`` lists: RFC 6750 §3 "the scope necessary"."""
+        """What the challenge's ``scope`` lists. RFC 6750 §3: "the scope necessary to access
+        the protected resource": every all-of scope and one of the any-of list. Listing the
+        whole any-of list would say each is needed, and a client that asks for what the
+        challenge names (MCP's does) would ask for more than it needs."""
+        asked = {self.asked_of_any} if self.asked_of_any is not None else set()
+        return tuple(sorted(self.scopes_all | asked))
+
+    @property
+    def scopes_named(self) -> tuple[str, ...]:
+        """Every scope the policy names, all-of and any-of (RFC 9728 ``scopes_supported``)."""
         return tuple(sorted(self.scopes_all | self.scopes_any))
 
 
@@ -93,7 +105,9 @@ def compile_policy(
     tests = tuple(ClaimTest.compile(name, op, values) for name, (op, values) in claims.items())
     if not (scopes_all or scopes_any or tests):
         return ALLOW_ALL
-    return Policy(frozenset(scopes_all), frozenset(scopes_any), tests)
+    satisfied = not scopes_any or not set(scopes_any).isdisjoint(scopes_all)
+    asked = None if satisfied else scopes_any[0]
+    return Policy(frozenset(scopes_all), frozenset(scopes_any), tests, asked)
 
 
 def check(policy: Policy, identity: Identity) -> None:

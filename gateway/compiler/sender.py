@@ -106,7 +106,7 @@ def protected_resources(
         algs = sorted({alg for rules in dpop for alg in rules.policy.algorithms})
         scopes = spec.scopes_supported
         if scopes is None:
-            scopes = sorted({s for r in mine for s in r.policy.required_scopes})
+            scopes = sorted({s for r in mine for s in r.policy.scopes_named})
         methods: Sequence[str] | None = spec.bearer_methods_supported
         if methods is None:
             methods = sorted({m for r in mine for m in r.bearer_methods})

@@ -123,12 +123,28 @@ def test_claim_rule_refuses(rule: dict, who: Identity) -> None:
     assert "'tenant'" in caught.value.detail
 
 
-def test_required_scopes_are_all_and_any_sorted() -> None:
+def test_required_scopes_are_all_and_the_first_of_any_sorted() -> None:
+    """RFC 6750 §3 "the scope necessary": one any-of scope is, the whole list is not."""
     required = policy(scopes={"all": ["write", "read"], "any": ["b", "a"]})
     with pytest.raises(InsufficientScope) as caught:
         check(required, identity("read"))
-    assert caught.value.required == ("a", "b", "read", "write")
-    assert 'scope="a b read write"' in caught.value.challenge("gw")
+    assert caught.value.required == ("b", "read", "write")
+    assert 'scope="b read write"' in caught.value.challenge("gw")
+    assert required.scopes_named == ("a", "b", "read", "write")
+
+
+@pytest.mark.parametrize(
+    ("scopes", "asked"),
+    [
+        pytest.param({"any": ["b", "a"]}, ("b",), id="any-alone"),
+        pytest.param({"all": ["a"], "any": ["b", "a"]}, ("a",), id="an-all-of-scope-satisfies-any"),
+        pytest.param({"all": ["a"]}, ("a",), id="all-alone"),
+    ],
+)
+def test_the_challenge_asks_for_one_sufficient_set(scopes: dict, asked: tuple[str, ...]) -> None:
+    required = policy(scopes=scopes)
+    assert required.required_scopes == asked
+    check(required, identity(" ".join(asked)))  # enough: no refusal
 
 
 def test_scopes_are_checked_before_claims() -> None:
