@@ -34,6 +34,7 @@ from gateway.problems import AuthError, BadFraming, GatewayError
 from gateway.proxy.forward import Body, Relayed, forward, request_head
 from gateway.proxy.headers import request_id_of, upstream_request_headers
 from gateway.proxy.max_forwards import allow_value, next_hop_fields
+from gateway.proxy.private_responses import must_stay_private, private_after
 from gateway.proxy.problem_response import (
     JWKS_PATH,
     send_jwks,
@@ -298,10 +299,12 @@ class ProxyHandler:
         head = request_head(request.method, upstream_path, outbound, body)
         relayed = exchange.relayed = Relayed()
         pool = runtime.pools[upstream.name]
+        response_filter = runtime.logins.response_filter(upstream.name)
+        if must_stay_private(decision.token_source, decision.response_headers):
+            response_filter = private_after(response_filter)
         try:
             await forward(
-                request, pool, head, body, relayed, echo_id,
-                runtime.logins.response_filter(upstream.name),
+                request, pool, head, body, relayed, echo_id, response_filter
             )  # fmt: skip
         except GatewayError as error:
             # 502/504 before anything was sent: a session this request refreshed is stored

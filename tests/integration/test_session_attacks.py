@@ -78,6 +78,8 @@ class CookieUpstream:
         response = web.Response(text="page\n")
         for cookie in self.cookies:
             response.headers.add("Set-Cookie", cookie)
+        if request.path.endswith(".js"):  # a static asset any cache may keep
+            response.headers["Cache-Control"] = "public, max-age=86400"
         return response
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
@@ -471,6 +473,21 @@ async def test_a_request_refused_after_a_refresh_still_stores_the_session(
         # The stored session holds the new refresh token: the next refresh spends that one.
         assert (await client.get(setup.gateway, "/app/x", API)).status == 200
         assert setup.server.refresh_calls == calls + 2
+
+
+async def test_a_cacheable_answer_carrying_a_refreshed_session_is_private(
+    tmp_path: Path,
+) -> None:
+    """RFC 9111 §7.3: a shared cache may store a response with Set-Cookie. A static asset
+    the upstream calls public, answered with the session the gateway refreshed on the way,
+    would hand that session (its tokens, in the cookie store) to the cache's next user."""
+    async for setup in started(tmp_path, [], login={"refresh_margin": "400s"}):
+        client = setup.client()
+        await client.log_in(setup.gateway, setup.server)
+        answer = await client.get(setup.gateway, "/app/app.js", API)
+        assert answer.status == 200
+        assert any(c.startswith(SESSION_COOKIE + "=") for c in answer.set_cookies())
+        assert answer.headers.getall("Cache-Control") == ["private, max-age=86400"]
 
 
 async def test_an_upstream_failure_after_a_refresh_still_stores_the_session(

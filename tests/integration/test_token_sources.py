@@ -9,6 +9,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.support.gateway import running_gateway, status_of, wait_ready
@@ -152,3 +153,22 @@ async def test_a_header_token_beside_a_query_token_the_route_does_not_take_is_40
     assert status_of(response) == 400
     assert b'error="invalid_request"' in response
     assert upstream.received == []
+
+
+async def test_an_answer_to_a_query_token_is_private_to_caches(
+    tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream
+) -> None:
+    """RFC 6750 §2.3: success responses to query-token requests SHOULD carry private; the
+    URL holding the token is what a shared cache would key them by."""
+    token = issuer.mint()
+    async with running_gateway(tmp_path, config(issuer, upstream)) as gw:
+        await wait_ready(gw)
+        base = f"http://127.0.0.1:{gw.proxy_port}/s?mode=cacheable"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}&access_token={token}") as response:
+                by_query = response.status, response.headers.getall("Cache-Control")
+            headers = {"Authorization": f"Bearer {token}"}
+            async with session.get(base, headers=headers) as response:
+                by_header = response.status, response.headers.getall("Cache-Control")
+    assert by_query == (200, ["private, max-age=60"])
+    assert by_header == (200, ["public, max-age=60"])

@@ -95,6 +95,8 @@ class RecordingUpstream:
             return web.Response(status=500)
         if mode == "status":
             return web.Response(status=int(params.get("code", "200")), text="status\n")
+        if mode == "cacheable":  # a static asset any cache may keep
+            return web.Response(text="static\n", headers={"Cache-Control": "public, max-age=60"})
         if mode == "huge":
             total = int(params.get("size", str(1 << 20)))
             response = web.StreamResponse(status=200)
