@@ -60,7 +60,7 @@ def http_answer(kind: HostProxy, verdict: Verdict, realm: str, request_id: str) 
         headers.append(("Server", SERVER_NAME))
         return HttpAnswer(200, tuple(headers), b"")
     error = decision.error
-    rendered = render_problem(error, realm, request_id)
+    rendered = render_problem(error, verdict.challenge(realm), request_id)
     headers = list(rendered.headers)
     if not any(name == "Cache-Control" for name, _ in headers):
         headers.append(("Cache-Control", "no-store"))  # a refusal is never reused either

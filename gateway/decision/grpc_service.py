@@ -104,7 +104,7 @@ def check_response(
             ),
         )
     error = decision.error
-    rendered = render_problem(error, realm, request_id)
+    rendered = render_problem(error, verdict.challenge(realm), request_id)
     headers = [(name, value) for name, value in rendered.headers if name != "Server"]
     if not any(name == "Cache-Control" for name, _ in headers):
         headers.append(("Cache-Control", "no-store"))

@@ -66,6 +66,22 @@ def normalise_target(raw: str) -> Target:
     return Target(path, query if sep else None)
 
 
+def escapes_normalised(path: str) -> str:
+    """``path`` with only its percent-escapes normalised: unreserved octets decoded, the
+    others' hex uppercased (RFC 3986 §6.2.2.1-2, forms every reader takes as the same).
+
+    Where the gateway only judges a request and the host proxy forwards it as the client
+    sent it (forward auth), a path whose normal form differs from this one in more (dot or
+    empty segments, an encoded dot) reaches the upstream as a path the gateway did not
+    judge, which the upstream may resolve differently."""
+    return _PCT.sub(_equivalent_escape, path)
+
+
+def _equivalent_escape(match: re.Match[str]) -> str:
+    char = chr(int(match[1], 16))
+    return char if char in _UNRESERVED else "%" + match[1].upper()
+
+
 def without_path_parameters(path: str) -> str:
     """``/a;x=1/b;y`` → ``/a/b``: the path a servlet container routes on (RFC 3986 §3.3)."""
     return "/".join(segment.partition(";")[0] for segment in path.split("/"))

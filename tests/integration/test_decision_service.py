@@ -122,6 +122,22 @@ def identity_of(headers: list[tuple[str, str]]) -> dict[str, str]:
     return {k.lower(): v for k, v in headers if k.lower() in wanted}
 
 
+async def assert_refused_as_not_normal(world: World, case: Case, headers: list[Header]) -> None:
+    """The host proxy would forward the path as sent, not the normal one judged: 400."""
+    for kind in HTTP_KINDS:
+        answer = await check_http(world, kind, case.method, case.target, headers)
+        if kind == "nginx":
+            assert (answer.status, answer.header("X-Gateway-Status")) == (403, "400"), kind
+        else:
+            assert answer.status == 400, (kind, answer.body)
+        assert b"not in normal form" in answer.body, kind
+        assert identity_of(answer.headers) == {}, kind
+    checked = await grpc_check(
+        world.grpc_port, check_request(case.method, case.target, "api.example", headers)
+    )
+    assert checked.denied_response.status.code == 400
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 async def test_every_adapter_decides_as_the_proxy(world: World, case: Case) -> None:
     token = token_for(world.issuer, case.token)
@@ -133,6 +149,9 @@ async def test_every_adapter_decides_as_the_proxy(world: World, case: Case) -> N
     assert len(reached) == (1 if allowed else 0)
     expected_identity = identity_of(reached[0].headers) if allowed else {}
     assert "evil" not in expected_identity.values()
+    if case.not_normal:
+        await assert_refused_as_not_normal(world, case, headers)
+        return
 
     for kind in HTTP_KINDS:
         answer = await check_http(world, kind, case.method, case.target, headers)
@@ -432,3 +451,31 @@ async def test_a_cached_allow_never_outlives_the_identity_token_it_carries(
         answer = await raw_request(gw.decision.port, "GET", "/traefik", described)
         assert answer.status == 200 and answer.header("X-Identity-Token")
         assert answer.header("Cache-Control") == "private, max-age=10"
+
+
+async def test_refusals_carry_the_routes_challenge_as_the_proxy_does(tmp_path: Path) -> None:
+    """A DPoP route's challenge (the DPoP scheme, algs) and a protected resource's
+    (resource_metadata, the scope to ask for: RFC 9728 §5.1, MCP) are the route's, not the
+    bare realm: behind Traefik, Caddy or Envoy an MCP client finds its authorization server
+    only through them. Every adapter answers what the proxy answers."""
+    config = with_routes(
+        dpop_route("bound", "required"),
+        {"name": "mcp", "match": {"path": {"prefix": "/mcp"}}, "upstream": "app",
+         "require": {"scopes": {"all": ["mcp:tools"]}}},
+        resources=[{"resource": f"{EXTERNAL}/mcp", "routes": ["mcp"]}],
+    )  # fmt: skip
+    async with forward_auth_world(tmp_path, config) as (gw, upstream, issuer):
+        world = World(gw, upstream, issuer)
+        weak = bearer(token_for(issuer, "read"))
+        for target, headers in (("/bound/x", []), ("/mcp/x", []), ("/mcp/x", weak)):
+            proxied = await raw_request(gw.proxy_port, "GET", target, headers)
+            expected = proxied.header("WWW-Authenticate")
+            assert expected is not None and expected != 'Bearer realm="gateway"', target
+            for kind in HTTP_KINDS:
+                answer = await check_http(world, kind, "GET", target, headers)
+                assert answer.header("WWW-Authenticate") == expected, (kind, target)
+            checked = await grpc_check(
+                world.grpc_port, check_request("GET", target, "api.example", headers)
+            )
+            denied = {h.header.key: h.header.value for h in checked.denied_response.headers}
+            assert denied.get("WWW-Authenticate") == expected, ("grpc", target)

@@ -129,6 +129,13 @@ async def test_the_host_proxy_decides_as_the_gateway(
     direct, direct_reached = await through(world, world.gateway.proxy_port, case, SPOOFED)
     hosted, hosted_reached = await through(world, proxy.port, case, SPOOFED)
     why = f"{proxy.kind} {case.id}: {hosted.status} {hosted.body[:300]!r}\n{proxy.log_tail()}"
+    if case.not_normal and proxy.kind != "traefik":
+        # nginx and Caddy forward the path as the client sent it, not the normal one the
+        # check would judge: refused, never forwarded. Traefik v3 cleans the path first
+        # (sanitizePath), for the check and the upstream alike, so it is decided as usual.
+        assert hosted.status == (403 if proxy.kind == "nginx" else 400), why
+        assert hosted_reached == [], why
+        return
     if direct.status == 200:
         assert hosted.status == 200, why
         assert len(hosted_reached) == 1, why
