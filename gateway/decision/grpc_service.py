@@ -41,6 +41,7 @@ log = logging.getLogger("gateway.decision")
 Header = tuple[str, str]
 KIND = "envoy-grpc"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_APPEND = base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
 # google.rpc.Code for a denial, by the HTTP status Envoy will send.
 _CODES = {
     400: code_pb2.INVALID_ARGUMENT,
@@ -82,12 +83,22 @@ def from_check_request(request: external_auth_pb2.CheckRequest) -> ForwardedRequ
 
 
 def _header_options(headers: Sequence[Header]) -> list[base_pb2.HeaderValueOption]:
-    return [
-        base_pb2.HeaderValueOption(
-            header=base_pb2.HeaderValue(key=name, value=value), append_action=_OVERWRITE
+    """Each field as Envoy should set it: the first of a name overwrites (the client's copy
+    of an identity header must not survive), a repeat of it is added beside it. Overwriting
+    every one would keep only the last of several ``Set-Cookie`` fields (a login's pre-login
+    cookie in chunks, the deletions of a stale session's)."""
+    seen: set[str] = set()
+    options = []
+    for name, value in headers:
+        lname = name.lower()
+        action = _APPEND if lname in seen else _OVERWRITE
+        seen.add(lname)
+        options.append(
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(key=name, value=value), append_action=action
+            )
         )
-        for name, value in headers
-    ]
+    return options
 
 
 def check_response(

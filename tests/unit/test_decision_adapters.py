@@ -290,6 +290,21 @@ def test_grpc_allow_and_deny_shapes() -> None:
     )
 
 
+def test_grpc_keeps_every_set_cookie_of_a_refusal() -> None:
+    """Envoy applies OVERWRITE_IF_EXISTS_OR_ADD as set-and-replace: every Set-Cookie sent
+    so kept only the last (a pre-login cookie in chunks arrived incomplete)."""
+    from envoy.config.core.v3 import base_pb2
+
+    error = MissingCredentials()
+    error.carry_cookies([("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"), ("set-cookie", "c=3")])
+    denied = check_response(deny(error), "r", "i").denied_response
+    cookies = [(h.header.value, h.append_action) for h in denied.headers
+               if h.header.key.lower() == "set-cookie"]  # fmt: skip
+    overwrite = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+    append = base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
+    assert cookies == [("a=1", overwrite), ("b=2", append), ("c=3", append)]
+
+
 @pytest.mark.parametrize(
     ("source", "token_type"),
     [(None, None), ("form", "Bearer"), ("header", "DPoP"), ("header", "mTLS")],
