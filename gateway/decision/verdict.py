@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -75,10 +76,13 @@ async def judge(
     route = located.route
     if isinstance(decision, Deny):
         return Verdict(decision, route)
+    decision = cookie_for_upstream(decision, forwarded.headers)
     settings = compiled.decision
     bound = settings.max_age if settings is not None else 0.0
     if route.auth.rate_limits is not None:
         bound = 0.0  # a reused allow is a request no limit counted
+    if any(name == "Cookie" for name, _ in decision.headers):
+        bound = 0.0  # another request's cookies, on a cache key that does not hold them
     signed = route.auth.identity_token
     if signed is not None and compiled.signing is not None:
         # The allow carries a signed identity token, which the signer hands out until
@@ -107,6 +111,24 @@ def _refuse_unless_normal(raw_target: str, host: str | None, judged: str) -> Non
             "The forwarded path is not in normal form (dot or empty segments): the host "
             "proxy would send the upstream another path than the one judged."
         )
+
+
+def cookie_for_upstream(allow: Allow, headers: Sequence[tuple[str, str]]) -> Allow:
+    """``allow`` saying which ``Cookie`` the upstream gets.
+
+    The proxy takes the gateway's cookies (a browser session) out of what it forwards
+    (``Logins.strip_cookies``, already applied: a ``Cookie`` to set, or ``cookie`` to
+    remove); a host proxy forwards the client's own, so its recipe copies the check's
+    ``Cookie`` over the client's (nginx ``proxy_set_header``, Traefik
+    ``authResponseHeaders``, Caddy, Envoy ``allowed_upstream_headers``), and every allow
+    names it, the client's cookies as sent when none was the gateway's: the same recipe is
+    right with or without browser logins."""
+    if "cookie" in allow.remove or any(name == "Cookie" for name, _ in allow.headers):
+        return allow
+    sent = [value for name, value in headers if name.lower() == "cookie"]
+    if not sent:
+        return allow
+    return replace(allow, headers=(*allow.headers, ("Cookie", "; ".join(sent))))
 
 
 def removed_headers(route: CompiledRoute, allow: Allow, names: tuple[str, ...]) -> tuple[str, ...]:

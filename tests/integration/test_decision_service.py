@@ -343,8 +343,9 @@ async def test_a_cached_allow_is_never_offered_for_a_bound_token_or_a_limited_ro
     tmp_path: Path,
 ) -> None:
     """nginx's cache key is method, host, URI and Authorization: a DPoP-bound token's allow
-    reused from it would let the token pass again without a fresh proof (or with none), and
-    a rate-limited route's would let requests through that no limit counted."""
+    reused from it would let the token pass again without a fresh proof (or with none), a
+    rate-limited route's would let requests through that no limit counted, and one naming
+    the request's cookies would give them to another request."""
     config = with_routes(
         dpop_route("bound", "optional"),
         {"name": "limited", "match": {"path": {"prefix": "/limited"}}, "upstream": "app",
@@ -373,6 +374,12 @@ async def test_a_cached_allow_is_never_offered_for_a_bound_token_or_a_limited_ro
         limited = await raw_request(port, "GET", "/nginx", described("/limited/x", *plain))
         assert limited.status == 200
         assert limited.header("Cache-Control") == "no-store"
+        # The allow names the Cookie the upstream gets: reused from a key without it, it
+        # would hand one request's cookies to the next.
+        cookied = described("/bound/x", *plain, ("Cookie", "csrf=1"))
+        with_cookie = await raw_request(port, "GET", "/nginx", cookied)
+        assert with_cookie.header("Cookie") == "csrf=1"
+        assert with_cookie.header("Cache-Control") == "no-store"
 
 
 async def test_envoy_is_told_to_remove_the_dpop_proof_it_relays(tmp_path: Path) -> None:

@@ -56,6 +56,11 @@ def _config(upstream: RecordingUpstream, issuer: TestIssuer) -> dict:
     data["routes"].insert(0, {"name": "nonce", "match": {"path": {"prefix": "/nonce"}},
                               "upstream": "app", "dpop": {"mode": "required",
                               "external_url": EXTERNAL, "nonce": nonce}})  # fmt: skip
+    # A browser login: its cookies are the gateway's, which no upstream may see.
+    data["logins"] = [{"issuer": issuer.url, "external_url": EXTERNAL, "secrets": ["s" * 32],
+                       "client": {"client_id": "web", "client_secret": "web-secret"},
+                       "endpoints": {"authorization": f"{issuer.url}/authorize",
+                                     "token": f"{issuer.url}/token"}}]  # fmt: skip
     return data
 
 
@@ -284,3 +289,28 @@ async def test_a_dpop_nonce_reaches_the_client_through_the_host_proxy(
     retry = proof(key, htu=EXTERNAL + target, token=token, claims={"nonce": nonce})
     sent = [("Authorization", f"DPoP {token}"), ("DPoP", retry)]
     assert (await raw_request(proxy.port, "GET", target, sent)).status == 200
+
+
+@pytest.mark.parametrize(
+    ("cookies", "reaching"),
+    [
+        pytest.param("__Host-gw_session=stolen; app=1; __Host-gw_session.0=c", "app=1",
+                     id="the-apps-cookies-stay"),
+        pytest.param("__Host-gw_session=stolen", None, id="only-the-gateways"),
+        pytest.param("app=1; theme=dark", "app=1; theme=dark", id="none-of-the-gateways"),
+    ],
+)  # fmt: skip
+async def test_the_gateways_cookies_never_reach_the_upstream(
+    world: World, proxy: HostProxy, cookies: str, reaching: str | None
+) -> None:
+    """As through the proxy listener, on every route (a browser sends the session cookie
+    to every path of the host): a session id, or a cookie-store session with its tokens,
+    in the upstream's hands (or its logs) is the session. The host proxy copies the
+    check's ``Cookie`` (the client's without the gateway's) over the client's."""
+    for port in (world.gateway.proxy_port, proxy.port):
+        before = len(world.upstream.received)
+        answer = await raw_request(port, "GET", "/public/x", [("Cookie", cookies)])
+        assert answer.status == 200, (proxy.kind, answer.body, proxy.log_tail())
+        received = world.upstream.received[before:]
+        assert len(received) == 1
+        assert received[0].header("Cookie") == reaching, (proxy.kind, port)

@@ -1,6 +1,7 @@
 """Real host proxies for the forward-auth tests: nginx (``auth_request``), Traefik
 (``ForwardAuth``) and Caddy (``forward_auth``), each in front of an upstream and asking the
-gateway's decision service. Their configs are the README's "Forward auth" recipes.
+gateway's decision service. Their configs are the README's "Forward auth" recipes, with
+the ``Cookie`` copy a deployment with browser logins adds.
 
 Each proxy runs as a child process in its own process group on a free loopback port, with
 everything it writes under the test's temp dir. A missing binary skips its tests, except
@@ -65,7 +66,7 @@ def nginx_conf(directory: Path, port: int, upstream: int, decision: int) -> Path
     sets = "\n".join(
         f"    auth_request_set $gw_{i} $upstream_http_{name.lower().replace('-', '_')};\n"
         f"    proxy_set_header {name} $gw_{i};"
-        for i, name in enumerate(IDENTITY_HEADERS)
+        for i, name in enumerate((*IDENTITY_HEADERS, "Cookie"))
     )
     check = """
     internal;
@@ -123,7 +124,7 @@ http {{
 
 def traefik_conf(directory: Path, port: int, upstream: int, decision: int) -> Path:
     dynamic = directory / "dynamic.yaml"
-    names = ", ".join(IDENTITY_HEADERS)
+    names = ", ".join((*IDENTITY_HEADERS, "Cookie"))
     dynamic.write_text(f"""
 http:
   routers:
@@ -167,7 +168,7 @@ def caddy_conf(directory: Path, port: int, upstream: int, decision: int) -> Path
     copies = "\n".join(
         f"        @has{i} not vars_regexp {{rp.header.{name}}} ^$\n"
         f"        request_header @has{i} {name} {{rp.header.{name}}}"
-        for i, name in enumerate(IDENTITY_HEADERS)
+        for i, name in enumerate((*IDENTITY_HEADERS, "Cookie"))
     )
     conf = directory / "Caddyfile"
     conf.write_text(f"""
@@ -188,6 +189,8 @@ http://:{port} {{
       header_up X-Forwarded-Uri {{uri}}
       @allowed status 2xx
       handle_response @allowed {{
+        @nocookie vars_regexp {{rp.header.Cookie}} ^$
+        request_header @nocookie -Cookie
 {copies}
       }}
     }}
