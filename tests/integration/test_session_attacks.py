@@ -18,6 +18,7 @@ from aiohttp import web
 from tests.support.gateway import running_gateway, wait_ready
 from tests.support.issuer import TestIssuer
 from tests.support.login import (
+    EXTERNAL,
     LOGIN_COOKIE,
     SESSION_COOKIE,
     LoginClient,
@@ -510,3 +511,35 @@ async def test_an_upstream_failure_after_a_refresh_still_stores_the_session(
         assert client.browser.jar[SESSION_COOKIE] != before
         assert (await client.get(setup.gateway, "/app/x", API)).status == 200
         assert setup.server.refresh_calls == 2
+
+
+# --- cross-site request forgery with the session cookie ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "sent", "status"),
+    [
+        pytest.param("POST", {"Sec-Fetch-Site": "same-site"}, 403, id="sibling-subdomain-form"),
+        pytest.param("DELETE", {"Sec-Fetch-Site": "cross-site"}, 403, id="cross-site-fetch"),
+        pytest.param("POST", {"Origin": "https://evil.app.example"}, 403, id="other-origin"),
+        pytest.param("PUT", {"Origin": "null"}, 403, id="opaque-origin"),
+        pytest.param("POST", {"Origin": EXTERNAL, "Sec-Fetch-Site": "same-origin"}, 200,
+                     id="this-origin"),
+        pytest.param("POST", {}, 200, id="no-browser-signals"),
+        pytest.param("GET", {"Sec-Fetch-Site": "same-site"}, 200, id="safe-method-from-a-link"),
+    ],
+)  # fmt: skip
+async def test_a_state_changing_request_from_another_origin_is_refused(
+    tmp_path: Path, method: str, sent: dict[str, str], status: int
+) -> None:
+    """SameSite=Lax keeps the cookie from other sites, not from a sibling subdomain (the same
+    site, RFC 6265bis §5.2): its form or fetch() would act as the signed-in user."""
+    async for setup in started(tmp_path, []):
+        client = setup.client()
+        await client.log_in(setup.gateway, setup.server)
+        answer = await client.get(setup.gateway, "/app/x", {**API, **sent}, method=method)
+        assert answer.status == status, answer.body
+        if status == 403:
+            assert b"cross-site-request" in answer.body  # the gateway's, not the upstream's
+        else:
+            assert answer.body == b"page\n"

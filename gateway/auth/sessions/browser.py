@@ -12,6 +12,11 @@ from __future__ import annotations
 import re
 from typing import Final
 
+# Fetch Metadata §2.1 Sec-Fetch-Site values of a request this origin started (or the user
+# did, typing the URL: "none"); "" when the browser sends none (it predates Fetch Metadata).
+_SAME_ORIGIN: Final = frozenset({"same-origin", "none", ""})
+# RFC 9110 §9.2.1: the methods whose semantics are read-only (TRACE is never relayed).
+SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 MAX_ACCEPT_BYTES: Final = 4096
 MAX_MEDIA_RANGES: Final = 64
 # RFC 9110 §12.4.2: qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
@@ -92,3 +97,13 @@ def quality(preferences: list[tuple[str, str, float]], kind: str, subtype: str) 
         if rank > best_rank or (rank == best_rank and q > best_q):
             best_rank, best_q = rank, q
     return best_q
+
+
+def from_another_origin(sec_fetch_site: str | None, origin: str | None, ours: str) -> bool:
+    """Whether a browser says this request was started by a page of another origin: its
+    ``Sec-Fetch-Site`` is anything but ``same-origin`` or ``none`` (``same-site`` too: a
+    sibling subdomain is another origin, and may host anyone's pages), or its ``Origin`` is
+    not ``ours`` (``null`` included). A request that carries neither (not a browser, or one
+    before Fetch Metadata on a form ``GET``) says nothing, and is not refused for it."""
+    site = (sec_fetch_site or "").strip().lower()
+    return site not in _SAME_ORIGIN or (origin is not None and origin != ours)

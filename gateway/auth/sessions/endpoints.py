@@ -16,6 +16,7 @@ from typing import Final
 from urllib.parse import parse_qsl
 
 from gateway.auth.sender import HeaderLookup
+from gateway.auth.sessions.browser import from_another_origin
 from gateway.auth.sessions.callback import match_pending, parse_callback
 from gateway.auth.sessions.errors import LogoutTokenInvalid
 from gateway.auth.sessions.gate import first
@@ -34,9 +35,6 @@ log = logging.getLogger(__name__)
 BodyReader = Callable[[int], Awaitable[bytes]]
 MAX_LOGOUT_BODY: Final = 64 * 1024
 _FORM: Final = "application/x-www-form-urlencoded"
-# Fetch Metadata §2.1 Sec-Fetch-Site values of a request this origin started (or the user
-# did, typing the URL: "none"); "" when the browser sends none (it predates Fetch Metadata).
-_SAME_ORIGIN: Final = frozenset({"same-origin", "none", ""})
 
 
 class CrossSiteLogout(Forbidden):
@@ -123,9 +121,8 @@ async def logout(
     try:
         if method not in ("GET", "POST"):
             raise MethodNotAllowed(("GET", "POST"))
-        site = (first(headers, "sec-fetch-site") or "").strip().lower()
-        origin = first(headers, "origin")
-        if site not in _SAME_ORIGIN or (origin is not None and origin != settings.external_url):
+        site, origin = first(headers, "sec-fetch-site"), first(headers, "origin")
+        if from_another_origin(site, origin, settings.external_url):
             raise CrossSiteLogout()
         loaded = await service.store.load(list(headers.getall("cookie", ())), now)
         clear = await service.store.delete(loaded) if loaded.present else []

@@ -11,6 +11,8 @@ callback URL carried, since anyone can craft one.
     │   ├── LoginRedirect (302)          an unauthenticated navigation: off to the login
     │   └── MissingCredentials
     │       └── SessionRequired (401)    no live session (and not a navigation)
+    ├── Forbidden
+    │   └── CrossSiteRequest (403)       a state-changing request from another origin
     ├── LoginFailed (400)                the callback cannot complete a login
     │   ├── LoginExpired (400)           no pending login for this browser (expired, cookies off)
     │   ├── StateMismatch (400)          RFC 6749 §10.12: the callback's state is not ours
@@ -27,7 +29,7 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
-from gateway.problems import AuthError, Challenge, GatewayError, MissingCredentials
+from gateway.problems import AuthError, Challenge, Forbidden, GatewayError, MissingCredentials
 
 # RFC 6749 §4.1.2.1: error = 1*( %x20-21 / %x23-5B / %x5D-7E ).
 _ERROR_CODE: Final = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]{1,64}")
@@ -39,6 +41,18 @@ def error_code(value: str | None) -> str:
     if value is not None and _ERROR_CODE.fullmatch(value) is not None:
         return value
     return "invalid_response"
+
+
+class CrossSiteRequest(Forbidden):
+    """A request that would change state, carrying the browser's session, started by a page
+    of another origin (RFC 6749 §10.12's cross-site request forgery, Fetch Metadata).
+    ``SameSite=Lax`` stops other *sites*, not a sibling subdomain, which is the same site."""
+
+    slug = "cross-site-request"
+    reason = "session_cross_site"
+
+    def __init__(self) -> None:
+        super().__init__("A request that changes something must come from this site's own pages.")
 
 
 class LoginRedirect(AuthError):

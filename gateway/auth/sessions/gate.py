@@ -17,8 +17,8 @@ from gateway.auth.decide import Allow, RequestFacts, RouteAuth
 from gateway.auth.policy import check
 from gateway.auth.sender import HeaderLookup
 from gateway.auth.sessions.authorize import safe_return_path
-from gateway.auth.sessions.browser import wants_login_redirect
-from gateway.auth.sessions.errors import IdTokenInvalid, SessionRequired
+from gateway.auth.sessions.browser import SAFE_METHODS, from_another_origin, wants_login_redirect
+from gateway.auth.sessions.errors import CrossSiteRequest, IdTokenInvalid, SessionRequired
 from gateway.auth.sessions.refresh import SessionEnded
 from gateway.auth.sessions.service import LoginService
 from gateway.auth.sessions.session import (
@@ -50,8 +50,15 @@ async def session_allow(
     now: float | None = None,
 ) -> Allow:
     """The decision for a request judged by its session; raises ``LoginRedirect``,
-    ``SessionRequired`` or the policy's refusal."""
+    ``SessionRequired``, ``CrossSiteRequest`` (an unsafe method another origin's page
+    sent: the cookie would otherwise authorise it) or the policy's refusal."""
     now = time.time() if now is None else now
+    if facts.method not in SAFE_METHODS and from_another_origin(
+        first(facts.headers, "sec-fetch-site"),
+        first(facts.headers, "origin"),
+        service.settings.external_url,
+    ):
+        raise CrossSiteRequest()
     cookie_fields = list(facts.headers.getall("cookie", ()))
     loaded = await service.store.load(cookie_fields, now)
     found = loaded.session
