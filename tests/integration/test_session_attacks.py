@@ -543,3 +543,16 @@ async def test_a_state_changing_request_from_another_origin_is_refused(
             assert b"cross-site-request" in answer.body  # the gateway's, not the upstream's
         else:
             assert answer.body == b"page\n"
+
+
+async def test_a_plain_http_authorization_endpoint_beyond_loopback_is_never_used(
+    tmp_path: Path,
+) -> None:
+    """RFC 6749 §3.1: TLS at the authorization endpoint (the user types a password there);
+    the token endpoint already had the rule. Without the issuer's insecure_http the login
+    is unavailable (503), never a redirect to http."""
+    login = {"endpoints": {"authorization": "http://idp.example/authorize"}}
+    async for setup in started(tmp_path, [], login=login):
+        answer = await setup.client().get(setup.gateway, "/app/x")
+        assert answer.status == 503, answer.body
+        assert "Location" not in answer.headers

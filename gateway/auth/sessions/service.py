@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from gateway.auth.discovery import is_loopback
 from gateway.auth.jwks import KeySetProvider
 from gateway.auth.sessions.cookies import CookiePolicy
 from gateway.auth.sessions.errors import (
@@ -172,8 +173,22 @@ class LoginService:
         metadata = self.keys.metadata
         return _url(metadata.get(name)) if metadata is not None else None
 
+    def _over_tls(self, endpoint: str | None) -> str | None:
+        """``endpoint`` unless it is plain http beyond loopback without the issuer's
+        ``insecure_http``: RFC 6749 §3.1 requires TLS at the authorization endpoint (the
+        user's credentials), RFC 9700 §2.6 for every OAuth exchange, and the logout URL
+        carries the ID token (``id_token_hint``). The token endpoint keeps the same rule."""
+        if endpoint is None or urlsplit(endpoint).scheme == "https" or self.settings.allow_http:
+            return endpoint
+        if is_loopback(urlsplit(endpoint).hostname or ""):
+            return endpoint
+        log.warning("login %s: refusing the plain-http endpoint %s", self.settings.name, endpoint)
+        return None
+
     def authorization_endpoint(self) -> str:
-        endpoint = self.settings.endpoints.authorization or self._metadata("authorization_endpoint")
+        endpoint = self._over_tls(
+            self.settings.endpoints.authorization or self._metadata("authorization_endpoint")
+        )
         if endpoint is None:
             raise ServiceUnavailable(
                 "The identity provider's metadata is not available yet.", reason="login_metadata"
@@ -182,7 +197,9 @@ class LoginService:
 
     def end_session_endpoint(self) -> str | None:
         """RP-Initiated Logout 1.0 §2.1: ``end_session_endpoint`` in the metadata."""
-        return self.settings.endpoints.end_session or self._metadata("end_session_endpoint")
+        return self._over_tls(
+            self.settings.endpoints.end_session or self._metadata("end_session_endpoint")
+        )
 
     def issuer_parameter_required(self) -> bool:
         """RFC 9207 §3: a server that says so sends ``iss`` with every authorization response."""
