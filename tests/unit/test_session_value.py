@@ -15,6 +15,7 @@ from gateway.auth.sessions.id_token import IdToken
 from gateway.auth.sessions.session import (
     Session,
     access_expired,
+    access_expiry,
     decode_session,
     encode_session,
     ended,
@@ -25,7 +26,7 @@ from gateway.auth.sessions.session import (
     session_identity,
     touch_due,
 )
-from gateway.auth.sessions.token_response import TokenResponse
+from gateway.auth.sessions.token_response import MAX_EXPIRES_IN, TokenResponse
 
 NOW = 1_700_000_000.0
 IDLE, ABSOLUTE = 3600.0, 43200.0
@@ -303,3 +304,41 @@ def test_the_protocol_claims_are_exactly_those_tested() -> None:
     from gateway.auth.sessions import session
 
     assert set(_PROTOCOL) == session._PROTOCOL_CLAIMS
+
+
+def _jwt(claims: Any) -> str:
+    def part(value: Any) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'RS256'})}.{part(claims)}.c2ln"
+
+
+@pytest.mark.parametrize(
+    ("access_token", "expires_in", "expected"),
+    [
+        pytest.param("opaque", 300, NOW + 300, id="expires-in"),
+        pytest.param(_jwt({"exp": NOW + 900}), 300, NOW + 300, id="expires-in-wins"),
+        pytest.param(_jwt({"exp": NOW + 900}), None, NOW + 900, id="jwt-exp-without-expires-in"),
+        pytest.param(_jwt({"exp": int(NOW) - 5}), None, NOW - 5, id="jwt-already-expired"),
+        pytest.param(_jwt({"exp": NOW + 10**12}), None, NOW + MAX_EXPIRES_IN, id="jwt-exp-capped"),
+        pytest.param("opaque", None, None, id="opaque-without-expires-in"),
+        pytest.param("a.b", None, None, id="two-parts"),
+        pytest.param("a.%%%.c", None, None, id="payload-not-base64url"),
+        pytest.param(_jwt([1]), None, None, id="payload-not-an-object"),
+        pytest.param(_jwt({"exp": True}), None, None, id="exp-bool"),
+        pytest.param(_jwt({"exp": "1700000900"}), None, None, id="exp-string"),
+        pytest.param(_jwt({"sub": "x"}), None, None, id="no-exp"),
+    ],
+)  # fmt: skip
+def test_the_access_token_ends_at_expires_in_else_its_own_exp(
+    access_token: str, expires_in: int | None, expected: float | None
+) -> None:
+    """RFC 6749 §5.1: expires_in is only RECOMMENDED. Without it the session had taken a JWT
+    access token to last forever: never refreshed, forwarded after it died."""
+    tokens = replace(TOKENS, access_token=access_token, expires_in=expires_in)
+    assert access_expiry(tokens, NOW) == expected
+    session = Session.from_login(login="web", issuer="https://as.example", id_token=ID_TOKEN,
+                                 tokens=tokens, now=NOW, keep_id_token=False,
+                                 raw_id_token="id.token.raw")  # fmt: skip
+    assert session.access_expires_at == expected
+    assert session.refreshed(tokens, None, None, NOW).access_expires_at == expected

@@ -23,7 +23,8 @@ from typing import Any, Final
 from gateway import boundedjson
 from gateway.auth.identity import Identity, scopes_from_claim
 from gateway.auth.sessions.id_token import IdToken
-from gateway.auth.sessions.token_response import TokenResponse
+from gateway.auth.sessions.token_response import MAX_EXPIRES_IN, TokenResponse
+from gateway.auth.thumbprints import b64url_decode
 
 FORMAT: Final = "s1"
 MAX_ENCODED_BYTES: Final = 64 * 1024
@@ -98,7 +99,7 @@ class Session:
             token_type=tokens.token_type,
             refresh_token=tokens.refresh_token,
             id_token=raw_id_token if keep_id_token else None,
-            access_expires_at=None if tokens.expires_in is None else now + tokens.expires_in,
+            access_expires_at=access_expiry(tokens, now),
             scope=tokens.scope,
             created_at=now,
             last_seen=now,
@@ -116,12 +117,41 @@ class Session:
             token_type=tokens.token_type,
             refresh_token=tokens.refresh_token or self.refresh_token,
             id_token=raw_id_token if raw_id_token and self.id_token else self.id_token,
-            access_expires_at=None if tokens.expires_in is None else now + tokens.expires_in,
+            access_expires_at=access_expiry(tokens, now),
             scope=tokens.scope if tokens.scope is not None else self.scope,
         )
 
     def touched(self, now: float) -> Session:
         return replace(self, last_seen=now)
+
+
+def access_expiry(tokens: TokenResponse, now: float) -> float | None:
+    """When the access token stops working, if anything says so.
+
+    RFC 6749 §5.1 makes ``expires_in`` only RECOMMENDED. Without it, a JWT access token's
+    own ``exp`` says when (RFC 9068 §2.2 requires one), read without verifying: the token
+    endpoint just issued it over TLS, and the time only decides when to refresh and when a
+    session that forwards the token ends. Neither: None, and the token is taken to last as
+    long as the session (README, "Refresh")."""
+    if tokens.expires_in is not None:
+        return now + tokens.expires_in
+    exp = _jwt_exp(tokens.access_token)
+    return None if exp is None else min(exp, now + MAX_EXPIRES_IN)
+
+
+def _jwt_exp(token: str) -> float | None:
+    """A compact JWS's numeric ``exp``; None for an opaque token or one without it."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = boundedjson.loads(b64url_decode(parts[1]), max_bytes=len(token))
+    except ValueError:
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+        return None
+    return float(exp)
 
 
 def identity_claims(claims: Mapping[str, Any]) -> Mapping[str, Any]:
