@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NoReturn
 from urllib.parse import parse_qsl
 
 from gateway.auth.dpop import read_dpop_token
@@ -70,7 +70,7 @@ def read_credential(
             if name != ACCESS_TOKEN_PARAM:
                 continue
             if not allow_query:
-                raise InvalidRequest("the token was sent in more than one way")
+                _sent_twice()
             found = _only(found, Credential(_param_token("query", value), "query"))
     if allow_form and form_fields:
         for name, value in form_fields:
@@ -125,5 +125,9 @@ def _only(found: Credential | None, token: Credential) -> Credential:
     if found is not None:
         # RFC 6750 §2: "Clients MUST NOT use more than one method to transmit the token in
         # each request." A resource server that picked one would hide a confused client.
-        raise InvalidRequest("the token was sent in more than one way")
+        _sent_twice()
     return token
+
+
+def _sent_twice() -> NoReturn:
+    raise InvalidRequest("the token was sent in more than one way")
