@@ -2,11 +2,12 @@
 RFC 3986 §5.2.4, RFC 9110 §9.1, RFC 6750 §2): the one implementation every caller shares.
 
 The proxy listener (``gateway.handler``), the forward-auth decision service
-(``gateway.decision``) and ``gateway explain`` all go through these three functions and
+(``gateway.decision``) and ``gateway explain`` all go through these functions and
 nothing else: the same origin form, the same normalisation with the same refusals, the same
 path-parameter rule, the same route table and the same ``Decider``. A forwarded request is
-judged exactly as the proxy would judge it arriving directly; a test walks the callers'
-source to hold every one of them to this.
+judged exactly as the proxy would judge it arriving directly, and refused where the host
+proxy would forward another path than the one judged; a test walks the callers' source to
+hold every one of them to this.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from gateway.auth.sender import HeaderLookup
 from gateway.auth.trace import Trace
 from gateway.compiler import CompiledConfig, CompiledRoute
 from gateway.methods import NEVER_RELAYED, relayed_methods
-from gateway.problems import MethodNotAllowed
-from gateway.routing.paths import Target, normalise_target
+from gateway.problems import InvalidPath, MethodNotAllowed
+from gateway.routing.paths import Target, escapes_normalised, normalise_target
 from gateway.routing.request_target import match_path, origin_form
 
 
@@ -49,6 +50,23 @@ def locate(
     the route's name once it matched, so a refusal is logged with what was known.
     """
     return route_of(compiled, target_of(raw_target, host, record), host, method, record)
+
+
+def refuse_unless_sent_as_judged(raw_target: str, host: str | None, located: Located) -> None:
+    """For a caller that only judges a request another proxy forwards (forward auth):
+    ``InvalidPath`` unless the path as sent is the normal path judged, up to equivalent
+    escapes (RFC 3986 §6.2.2.1-2).
+
+    The proxy forwards the path it judged; a host proxy forwards the client's own (nginx
+    ``proxy_pass`` without a URI, Caddy, Traefik v2, Envoy without ``normalize_path``).
+    Judged as ``/public``, ``/admin/%2e%2e/public`` would reach an upstream that does not
+    resolve dot segments as a request under ``/admin``."""
+    sent = origin_form(raw_target, host).partition("?")[0]
+    if escapes_normalised(sent) != located.target.path:
+        raise InvalidPath(
+            "The forwarded path is not in normal form (dot or empty segments): the host "
+            "proxy would send the upstream another path than the one judged."
+        )
 
 
 def target_of(raw_target: str, host: str | None, record: RequestRecord | None = None) -> Target:

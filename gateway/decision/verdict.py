@@ -22,10 +22,13 @@ from gateway.auth.decide import Allow, Decision, Deny
 from gateway.auth.settings import CacheSettings
 from gateway.compiler import CompiledRoute
 from gateway.decision.forwarded import ForwardedRequest
-from gateway.problems import Challenge, GatewayError, InvalidPath, UriTooLong
-from gateway.request_decision import decide, locate, request_facts
-from gateway.routing.paths import escapes_normalised
-from gateway.routing.request_target import origin_form
+from gateway.problems import Challenge, GatewayError, UriTooLong
+from gateway.request_decision import (
+    decide,
+    locate,
+    refuse_unless_sent_as_judged,
+    request_facts,
+)
 from gateway.runtime import Runtime
 
 
@@ -64,7 +67,7 @@ async def judge(
             # RFC 9112 §3: the proxy listener's parser refuses such a target with 414.
             raise UriTooLong("The request target is too long.")
         located = locate(compiled, forwarded.target, forwarded.host, forwarded.method, record)
-        _refuse_unless_normal(forwarded.target, forwarded.host, located.target.path)
+        refuse_unless_sent_as_judged(forwarded.target, forwarded.host, located)
         facts = request_facts(
             located, forwarded.method, forwarded.host, forwarded.authorization,
             headers=CIMultiDictProxy(CIMultiDict(forwarded.headers)),
@@ -97,20 +100,6 @@ async def judge(
         remove_query=(ACCESS_TOKEN_PARAM,) if in_query and not route.forward_authorization else (),
         max_age=allow_max_age(decision, bound, compiled.cache, time.time()),
     )
-
-
-def _refuse_unless_normal(raw_target: str, host: str | None, judged: str) -> None:
-    """The proxy forwards the path it judged; a host proxy forwards the client's own
-    (nginx ``proxy_pass`` without a URI, Caddy, Traefik v2, Envoy without
-    ``normalize_path``). Judged as ``/public``, ``/admin/%2e%2e/public`` would reach an
-    upstream that does not resolve dot segments as a request under ``/admin``. So only a
-    path that is already normal, up to equivalent escapes, is judged at all."""
-    sent = origin_form(raw_target, host).partition("?")[0]
-    if escapes_normalised(sent) != judged:
-        raise InvalidPath(
-            "The forwarded path is not in normal form (dot or empty segments): the host "
-            "proxy would send the upstream another path than the one judged."
-        )
 
 
 def cookie_for_upstream(allow: Allow, headers: Sequence[tuple[str, str]]) -> Allow:

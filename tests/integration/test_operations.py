@@ -178,7 +178,7 @@ async def test_access_log_lines_and_no_token_anywhere(tmp_path: Path, issuer, up
     token = issuer.mint({"sub": "alice", "client_id": "svc-a"}, scope="read")
     async with gateway_process(tmp_path, gateway_config(issuer, upstream)) as (proc, port, _, _):
         async with aiohttp.ClientSession() as s:
-            url = f"http://127.0.0.1:{port}/read/x?access_token={token}"
+            url = f"http://127.0.0.1:{port}/read/x?state={token}"  # a query is never logged
             async with s.get(url, headers={"Authorization": f"Bearer {token}"}) as r:
                 assert r.status == 200
             async with s.get(f"http://127.0.0.1:{port}/read/x") as r:
