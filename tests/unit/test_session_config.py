@@ -51,6 +51,21 @@ def test_the_origin_is_normalised_and_http_is_not_secure() -> None:
     assert config.external_url == "http://localhost:8080" and not config.secure
 
 
+@pytest.mark.parametrize(
+    ("written", "origin"),
+    [
+        ("https://App.Example.com:443", "https://app.example.com"),
+        ("HTTP://app.example.com:80/", "http://app.example.com"),
+        ("https://app.example.com:8443", "https://app.example.com:8443"),
+        ("https://[::1]:443", "https://[::1]"),
+    ],
+)
+def test_the_origin_is_what_a_browser_sends_as_origin(written: str, origin: str) -> None:
+    """RFC 6454 §6.2: the cross-site check compares the browser's Origin to it exactly, so a
+    capital or a default port in the config would refuse every same-origin POST."""
+    assert login(external_url=written).external_url == origin
+
+
 def test_a_post_logout_path_is_made_absolute() -> None:
     assert login(post_logout_redirect="/bye").post_logout_redirect_uri == (
         "https://app.example.com/bye"

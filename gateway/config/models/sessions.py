@@ -151,7 +151,16 @@ class Login(Strict):
             raise ValueError("expected an http(s) origin such as https://app.example.com")
         if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
             raise ValueError("an origin has no path, query, fragment or credentials")
-        return f"{parts.scheme}://{parts.netloc}"
+        # The origin as a browser serialises it (RFC 6454 §6.2: lowercase scheme and host,
+        # no default port): the Origin header of this site's own requests is compared to it.
+        scheme, host = parts.scheme.lower(), parts.hostname
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("the origin's port is not a number from 0 to 65535") from None
+        host = f"[{host}]" if ":" in host else host
+        default = {"https": 443, "http": 80}[scheme]
+        return f"{scheme}://{host}" + ("" if port in (None, default) else f":{port}")
 
     @field_validator("scopes")
     @classmethod
