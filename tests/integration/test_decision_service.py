@@ -486,3 +486,39 @@ async def test_refusals_carry_the_routes_challenge_as_the_proxy_does(tmp_path: P
             )
             denied = {h.header.key: h.header.value for h in checked.denied_response.headers}
             assert denied.get("WWW-Authenticate") == expected, ("grpc", target)
+
+
+async def test_a_cross_site_request_on_a_session_route_is_refused_by_every_adapter(
+    tmp_path: Path,
+) -> None:
+    """The proxy listener's cross-site check holds in forward auth, from the Origin and
+    Sec-Fetch-Site the host proxy passes on (README: the Envoy HTTP recipe sends both)."""
+    config = with_routes(
+        {"name": "web", "match": {"path": {"prefix": "/web"}}, "upstream": "app",
+         "auth": "session"},
+    )  # fmt: skip
+
+    def with_login(upstream: RecordingUpstream, issuer: TestIssuer) -> dict[str, Any]:
+        data = config(upstream, issuer)
+        data["logins"] = [{"issuer": issuer.url, "external_url": EXTERNAL,
+                           "secrets": ["s" * 32],
+                           "client": {"client_id": "web", "client_secret": "web-secret"},
+                           "endpoints": {"authorization": f"{issuer.url}/authorize",
+                                         "token": f"{issuer.url}/token"}}]  # fmt: skip
+        return data
+
+    async with forward_auth_world(tmp_path, with_login) as (gw, upstream, issuer):
+        world = World(gw, upstream, issuer)
+        api = [("Accept", "application/json")]
+        for kind in HTTP_KINDS:
+            sibling = await check_http(world, kind, "POST", "/web/x",
+                                       [*api, ("Sec-Fetch-Site", "same-site")])  # fmt: skip
+            assert sibling.status == 403, (kind, sibling.body)
+            if kind != "nginx":
+                assert b"cross-site-request" in sibling.body
+            foreign = await check_http(world, kind, "POST", "/web/x",
+                                       [*api, ("Origin", "https://evil.example")])  # fmt: skip
+            assert foreign.status == 403, kind
+            plain = await check_http(world, kind, "POST", "/web/x", api)
+            assert plain.status == 401, kind  # judged as usual: no session
+        assert upstream.received == []
