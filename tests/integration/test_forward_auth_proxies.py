@@ -245,6 +245,11 @@ async def test_nginx_proxy_cache_reuses_an_allow_per_token(world: World, proxy: 
     for _ in range(2):
         assert (await raw_request(proxy.port, "GET", read.target)).status == 401
     assert await _checks(world, "nginx") == start + 5  # a refusal is asked again each time
+    # The allow cached from a request without cookies must not strip a later one's.
+    before = len(world.upstream.received)
+    cookie = [("Cookie", "csrftoken=x")]
+    assert (await raw_request(proxy.port, "GET", read.target, token + cookie)).status == 200
+    assert world.upstream.received[before].header("Cookie") == "csrftoken=x"
 
 
 @pytest.mark.parametrize("proxy", ["nginx"], indirect=True)

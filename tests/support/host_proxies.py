@@ -110,7 +110,7 @@ http {{
     }}
     location = /_gateway_check_cached {{{check}
       proxy_cache gateway_decisions;
-      proxy_cache_key "$request_method $host $request_uri $http_authorization";
+      proxy_cache_key "$request_method $host $request_uri $http_authorization $http_cookie";
     }}
     location = /_gateway_unavailable {{
       internal;
