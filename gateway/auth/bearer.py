@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NoReturn
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 from gateway.auth.dpop import read_dpop_token
 from gateway.problems import InvalidRequest, InvalidToken
@@ -45,6 +45,7 @@ def read_credential(
     allow_form: bool,
     max_size: int,
     allow_dpop: bool = False,
+    unread_query_counts: bool = True,
 ) -> Credential | None:
     """The one bearer token the request carries, or None when no enabled source holds one.
     With ``allow_dpop``, ``Authorization: DPoP <token>`` carries one too (RFC 9449 §7.1).
@@ -53,7 +54,9 @@ def read_credential(
     query still counts towards "sent in more than one way" beside a header token (RFC 6750
     §2: a client "MUST NOT use more than one method"): forwarded as an ordinary query
     parameter, it would reach an upstream that may read it as the token, one the gateway
-    never checked. A disabled form body is not read at all, so it cannot count.
+    never checked. Not where nothing is checked (``unread_query_counts`` false: an
+    anonymous route passes both on as sent). A disabled form body is not read at all, so
+    it cannot count.
     """
     if len(authorization) > 1:
         # RFC 9110 §11.6.2: Authorization holds one set of credentials; two fields are ambiguous.
@@ -64,14 +67,13 @@ def read_credential(
         dpop = read_dpop_token(authorization, max_size=max_size)
         found = Credential(dpop, "header", "dpop") if dpop is not None else None
     # A query can only name access_token literally or through percent-encoding.
-    in_query = query and (ACCESS_TOKEN_PARAM in query or "%" in query)
-    if in_query and (allow_query or found is not None):
-        for name, value in parse_qsl(query, keep_blank_values=True):
-            if name != ACCESS_TOKEN_PARAM:
-                continue
-            if not allow_query:
-                _sent_twice()
-            found = _only(found, Credential(_param_token("query", value), "query"))
+    if query and (ACCESS_TOKEN_PARAM in query or "%" in query):
+        if allow_query:
+            for name, value in parse_qsl(query, keep_blank_values=True):
+                if name == ACCESS_TOKEN_PARAM:
+                    found = _only(found, Credential(_param_token("query", value), "query"))
+        elif found is not None and unread_query_counts and _names_the_token(query):
+            _sent_twice()
     if allow_form and form_fields:
         for name, value in form_fields:
             if name == ACCESS_TOKEN_PARAM:
@@ -127,6 +129,17 @@ def _only(found: Credential | None, token: Credential) -> Credential:
         # each request." A resource server that picked one would hide a confused client.
         _sent_twice()
     return token
+
+
+def _names_the_token(query: str) -> bool:
+    """Whether a query has an ``access_token`` parameter, as ``parse_qsl`` would name it,
+    reading names only: the values of a query no token is taken from stay undecoded (a
+    header-token request's query is often long and encoded; decoding it all costs ~15 µs)."""
+    for part in query.split("&"):
+        name = part.partition("=")[0]
+        if name == ACCESS_TOKEN_PARAM or ("%" in name and unquote_plus(name) == ACCESS_TOKEN_PARAM):
+            return True
+    return False
 
 
 def _sent_twice() -> NoReturn:

@@ -191,6 +191,7 @@ class Decider:
             allow_form=route.allow_form,
             max_size=self._max_token_size,
             allow_dpop=route.sender.dpop_mode != "off",
+            unread_query_counts=route.required or route.identify_anonymous,
         )
         if trace is not None:
             trace.add("credential", "none" if credential is None else "found",

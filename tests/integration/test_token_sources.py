@@ -43,6 +43,14 @@ async def send_in_pieces(port: int, head: bytes, pieces: list[bytes]) -> bytes:
         writer.close()
 
 
+async def get_with_header_token(port: int, target: str, token: str) -> bytes:
+    """``GET target`` with ``Authorization: Bearer token``, written as sent (no client
+    re-encodes the query); the raw answer."""
+    request = (f"GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+               "Connection: close\r\n\r\n")  # fmt: skip
+    return await send_in_pieces(port, request.encode(), [])
+
+
 def form_request(body_length: int) -> bytes:
     return (
         b"POST /submit HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
@@ -124,11 +132,7 @@ async def test_a_header_token_is_removed_and_query_and_form_tokens_are_not_inven
     cfg = config(issuer, upstream, forward_authorization=False)
     async with running_gateway(tmp_path, cfg) as gw:
         await wait_ready(gw)
-        request = (
-            f"GET /h?access_token_x=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-            "Connection: close\r\n\r\n"
-        )
-        response = await send_in_pieces(gw.proxy_port, request.encode(), [])
+        response = await get_with_header_token(gw.proxy_port, "/h?access_token_x=1", token)
     assert status_of(response) == 200
     assert upstream.last.header("Authorization") is None
     assert upstream.last.raw_path == "/h?access_token_x=1"
@@ -139,20 +143,22 @@ async def test_a_header_token_beside_a_query_token_the_route_does_not_take_is_40
     tmp_path: Path, issuer: TestIssuer, upstream: RecordingUpstream, query: str
 ) -> None:
     """RFC 6750 §2: one method per request. Forwarded, the query's token would reach an
-    upstream that may read it, authenticated by the header's."""
+    upstream that may read it, authenticated by the header's. An anonymous route checks
+    neither and passes both on as sent (README)."""
     token = issuer.mint()
     cfg = config(issuer, upstream)
     cfg["routes"][0]["tokens"] = {"query": False}
+    cfg["routes"].insert(0, {"match": {"path": {"prefix": "/open"}}, "upstream": "app",
+                             "auth": "anonymous"})  # fmt: skip
     async with running_gateway(tmp_path, cfg) as gw:
         await wait_ready(gw)
-        request = (
-            f"GET /h?{query} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-            "Connection: close\r\n\r\n"
-        )
-        response = await send_in_pieces(gw.proxy_port, request.encode(), [])
-    assert status_of(response) == 400
-    assert b'error="invalid_request"' in response
-    assert upstream.received == []
+        response = await get_with_header_token(gw.proxy_port, f"/h?{query}", token)
+        assert status_of(response) == 400
+        assert b'error="invalid_request"' in response
+        assert upstream.received == []
+        anonymous = await get_with_header_token(gw.proxy_port, f"/open?{query}", token)
+    assert status_of(anonymous) == 200
+    assert upstream.last.raw_path == f"/open?{query}"
 
 
 async def test_an_answer_to_a_query_token_is_private_to_caches(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.auth.bearer import read_token
+from gateway.auth.bearer import Credential, read_credential, read_token
 from gateway.problems import InvalidRequest, InvalidToken
 
 TOKEN = "eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJl"
@@ -303,3 +303,29 @@ def test_the_source_of_each_credential(
     else:
         assert found is not None and found.token == TOKEN
         assert (found.source, found.scheme) == expected
+
+
+@pytest.mark.parametrize(
+    ("query", "names_it"),
+    [
+        pytest.param("a=1&access_token=x", True, id="plain"),
+        pytest.param("q=caf%C3%A9&access%5ftoken=x", True, id="encoded-name-lowercase-hex"),
+        pytest.param("access_token", True, id="bare-flag"),
+        pytest.param("access_token_x=1&x=access_token", False, id="a-longer-name-or-a-value"),
+        pytest.param("q=%ZZ&a=%41", False, id="junk-escapes-in-values"),
+    ],
+)
+def test_a_disabled_query_token_counts_beside_a_header_one_only_where_tokens_are_checked(
+    query: str, names_it: bool
+) -> None:
+    """Names only are read (values stay undecoded); an anonymous route, which checks
+    nothing, passes both on as sent."""
+    header = (f"Bearer {TOKEN}",)
+    options = {"allow_query": False, "allow_form": False, "max_size": 4096}
+    if names_it:
+        with pytest.raises(InvalidRequest, match="more than one way"):
+            read_credential(header, query, None, **options)
+    else:
+        assert read_credential(header, query, None, **options) == Credential(TOKEN, "header")
+    quiet = read_credential(header, query, None, unread_query_counts=False, **options)
+    assert quiet == Credential(TOKEN, "header")
