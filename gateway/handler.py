@@ -30,7 +30,7 @@ from gateway.auth.ratelimit import RateLimited
 from gateway.compiler import CompiledRoute
 from gateway.listener import Request
 from gateway.metrics import Metrics
-from gateway.problems import AuthError, BadFraming, GatewayError
+from gateway.problems import AuthError, BadFraming, GatewayError, InvalidToken
 from gateway.proxy.forward import Body, Relayed, forward, request_head
 from gateway.proxy.headers import request_id_of, upstream_request_headers
 from gateway.proxy.max_forwards import allow_value, next_hop_fields
@@ -322,6 +322,11 @@ class ProxyHandler:
         counted (and closable by its token's expiry or eviction) until it ends."""
         request, record, route = exchange.request, exchange.record, exchange.route
         assert route is not None
+        expires_at = decision.identity.expires_at if decision.identity is not None else None
+        if expires_at is not None and expires_at <= time.time():
+            # Accepted within its issuer's leeway: clock skew for one request, not a
+            # connection that outlives it (the tunnel would close at once, 1008).
+            raise InvalidToken("The token has expired.", reason="expired")
         # The request id, and what the decision has for the client: RateLimit fields and a
         # session's Set-Cookie (a refresh made by this upgrade is lost without it).
         echo_id = ((exchange.runtime.compiled.forwarding.request_id_header, record.request_id),

@@ -121,10 +121,12 @@ def build_claims(
     uri: str | None,
 ) -> dict[str, Any]:
     """The claim set (pure). ``exp`` is ``now + lifetime`` but never after the client's own
-    token expires: the identity token must not outlive the credential it vouches for."""
+    token expires: the identity token must not outlive the credential it vouches for. A
+    token accepted within its issuer's leeway past ``exp`` gets one second, never an
+    ``exp`` before its ``iat`` that the upstream would refuse."""
     exp = now + route.lifetime
     if identity.expires_at is not None:
-        exp = min(exp, math.floor(identity.expires_at))
+        exp = min(exp, max(math.floor(identity.expires_at), now + 1))
     claims: dict[str, Any] = {}
     for name, template in route.claims:
         value = template.render_text(identity)

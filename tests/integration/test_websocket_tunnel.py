@@ -315,6 +315,19 @@ async def test_a_tunnel_closes_within_a_second_of_its_token_expiry(
     assert unmasked_close(ws_upstream.tail[len(hello) :]) == b"\x03\xf0the token expired"
 
 
+async def test_a_token_within_the_leeway_past_exp_opens_no_tunnel(
+    gateway: Gateway, issuer: TestIssuer, ws_upstream: RawWebSocketUpstream
+) -> None:
+    """The leeway is clock skew for one request (a plain request passes: test_attacks_jwt's
+    exp-within-leeway control); an upgrade, a connection that would outlive it and close
+    at once with 1008, is 401 expired."""
+    token = issuer.mint(scope="read", exp_in=-10)
+    refused = await connect(gateway.proxy_port, "/secure/feed", f"Authorization: Bearer {token}")
+    assert refused.status == 401, refused.head
+    assert b'error="invalid_token"' in refused.head
+    refused.close()
+
+
 async def test_a_tunnel_in_the_middle_of_a_frame_at_expiry_is_only_closed(
     gateway: Gateway, issuer: TestIssuer, ws_upstream: RawWebSocketUpstream
 ) -> None:

@@ -169,6 +169,10 @@ def test_exp_never_passes_the_clients_token() -> None:
     unbounded = build_claims(who(expires_in=None), route, issuer=ISSUER, now=int(NOW), jti="j",
                              method="GET", uri="http://o/")  # fmt: skip
     assert unbounded["exp"] == int(NOW) + 60
+    # Accepted 10 s past exp within the leeway: a second, not an exp before iat.
+    late = build_claims(who(expires_in=-10), route, issuer=ISSUER, now=int(NOW), jti="j",
+                        method="GET", uri="http://o/")  # fmt: skip
+    assert (late["iat"], late["exp"]) == (int(NOW), int(NOW) + 1)
 
 
 def test_absent_subject_client_and_scope_are_omitted_and_binding_can_be_off() -> None:
