@@ -556,3 +556,25 @@ async def test_a_plain_http_authorization_endpoint_beyond_loopback_is_never_used
         answer = await setup.client().get(setup.gateway, "/app/x")
         assert answer.status == 503, answer.body
         assert "Location" not in answer.headers
+
+
+async def test_a_plain_http_end_session_endpoint_ends_the_session_here_and_says_503(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A logout must not look done while the provider's session lives on (the next
+    navigation would sign the user in again, silently): the session ends here, the
+    answer is 503, and the refused endpoint is warned of once, not per request."""
+    login = {"endpoints": {"end_session": "http://idp.example/logout"}}
+    caplog.set_level(logging.WARNING, logger="gateway.auth.sessions.service")
+    async for setup in started(tmp_path, [], login=login):
+        client = setup.client()
+        await client.log_in(setup.gateway, setup.server)
+        assert SESSION_COOKIE in client.browser.jar
+        for _ in range(2):
+            answer = await client.get(setup.gateway, "/oauth2/logout")
+            assert answer.status == 503, answer.body
+            assert "Location" not in answer.headers
+        assert SESSION_COOKIE not in client.browser.jar
+        assert (await client.get(setup.gateway, "/app/x", API)).status == 401
+    warned = [r for r in caplog.records if "plain-http endpoint" in r.getMessage()]
+    assert len(warned) == 1

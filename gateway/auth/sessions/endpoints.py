@@ -136,7 +136,10 @@ async def logout(
     if session is not None:
         log.info("login %s: session %s logged out", settings.name, session.ref)
     location = settings.post_logout_redirect_uri
-    end_session = service.end_session_endpoint()
+    try:
+        end_session = service.end_session_endpoint()
+    except GatewayError as error:  # ended here; the provider cannot be told safely
+        return problem_page(error, accept, set_cookies=clear, request_id=request_id)
     if end_session is not None:
         location = end_session_url(
             end_session,

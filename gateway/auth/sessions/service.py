@@ -108,6 +108,7 @@ class LoginService:
             else None
         )
         self._token_endpoints: dict[str, TokenEndpoint] = {}
+        self._refused_endpoints: set[str] = set()  # plain-http endpoints already warned of
         cookie = settings.cookie
         self.session_policy = CookiePolicy(
             cookie.name, cookie.secure, cookie.chunk_bytes, cookie.max_chunks
@@ -174,16 +175,22 @@ class LoginService:
         return _url(metadata.get(name)) if metadata is not None else None
 
     def _over_tls(self, endpoint: str | None) -> str | None:
-        """``endpoint`` unless it is plain http beyond loopback without the issuer's
-        ``insecure_http``: RFC 6749 §3.1 requires TLS at the authorization endpoint (the
-        user's credentials), RFC 9700 §2.6 for every OAuth exchange, and the logout URL
-        carries the ID token (``id_token_hint``). The token endpoint keeps the same rule."""
+        """``endpoint``, or ``ServiceUnavailable`` for one in plain http beyond loopback
+        without the issuer's ``insecure_http``: RFC 6749 §3.1 requires TLS at the
+        authorization endpoint (the user's credentials), RFC 9700 §2.6 for every OAuth
+        exchange, and the logout URL carries the ID token (``id_token_hint``). The token
+        endpoint keeps the same rule. Warned once per URL, not per request."""
         if endpoint is None or urlsplit(endpoint).scheme == "https" or self.settings.allow_http:
             return endpoint
         if is_loopback(urlsplit(endpoint).hostname or ""):
             return endpoint
-        log.warning("login %s: refusing the plain-http endpoint %s", self.settings.name, endpoint)
-        return None
+        if endpoint not in self._refused_endpoints:
+            self._refused_endpoints.add(endpoint)
+            log.warning("login %s: refusing the plain-http endpoint %s", self.settings.name,
+                        endpoint)  # fmt: skip
+        raise ServiceUnavailable(
+            "The identity provider's endpoint does not use TLS.", reason="login_metadata"
+        )
 
     def authorization_endpoint(self) -> str:
         endpoint = self._over_tls(
@@ -196,7 +203,9 @@ class LoginService:
         return endpoint
 
     def end_session_endpoint(self) -> str | None:
-        """RP-Initiated Logout 1.0 §2.1: ``end_session_endpoint`` in the metadata."""
+        """RP-Initiated Logout 1.0 §2.1: ``end_session_endpoint`` in the metadata; None when
+        the provider has none, ``ServiceUnavailable`` for one that is refused (a logout
+        must not look done while the provider's session lives on)."""
         return self._over_tls(
             self.settings.endpoints.end_session or self._metadata("end_session_endpoint")
         )
