@@ -28,8 +28,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final, TypeVar
@@ -84,7 +85,7 @@ class RedisCache:
         self._probe_at = 0.0
         self._subscriber: asyncio.Task[None] | None = None
         self._pending = PendingEvictions()
-        self._dropping: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[object]] = set()
         self.errors = 0
         self.commands = 0
 
@@ -106,7 +107,7 @@ class RedisCache:
             await asyncio.gather(self._subscriber, return_exceptions=True)
             self._subscriber = None
         await self._gets.close()
-        await asyncio.gather(*self._dropping, return_exceptions=True)
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self._client.aclose()
 
     async def get(self, key: str) -> bytes | None:
@@ -142,12 +143,15 @@ class RedisCache:
 
     async def delete_group(self, group: str, *, budget: float = 10.0) -> GroupDeletion:
         """Delete every key indexed in ``group``, in batches, within ``budget`` seconds; if
-        Redis fails midway, or the budget runs out, the rest is replayed later."""
+        Redis fails midway the rest is replayed later. Past the budget the caller is told
+        and the rest goes on in the background, a batch per command as here: replayed
+        before a request's own command instead, under its short bound, a large group on a
+        slow Redis would time out there and open the breaker."""
         deadline = time.monotonic() + budget
         deleted = 0
         while True:
             if time.monotonic() > deadline:
-                self._pending.keep(("group", (group,)))
+                self._in_background(self.delete_group(group, budget=math.inf))
                 return GroupDeletion(deleted, complete=False, error="time budget exceeded")
             removed = await self._run(
                 partial(self._delete_batch, group), probe=True, replay=False,
@@ -284,9 +288,13 @@ class RedisCache:
         if self._healthy:
             self._healthy = False
             log.warning("redis unavailable, serving without L2: %s", _describe(exc))
-            task = asyncio.ensure_future(self._drop_idle_connections())
-            self._dropping.add(task)
-            task.add_done_callback(self._dropping.discard)
+            self._in_background(self._drop_idle_connections())
+
+    def _in_background(self, work: Coroutine[Any, Any, object]) -> None:
+        """Run ``work`` as a task this client owns (``close`` waits for it)."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _succeeded(self) -> None:
         if not self._healthy:

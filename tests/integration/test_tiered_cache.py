@@ -755,10 +755,14 @@ async def test_group_deletion_out_of_time_says_so_and_counts_honestly(
     assert not deletion.complete
     assert deletion.error == "time budget exceeded"
     assert deletion.deleted < 5_000
-    assert await count_existing(raw_redis, keys) == 5_000 - deletion.deleted
-    assert redis_cache.pending == 1  # the rest is replayed, not left to expire
-    await redis_cache.get(prefix + "any")  # a command replays what is kept first
-    assert redis_cache.pending == 0
+    # Counted honestly: what it reports deleted is gone (the background may be further on).
+    assert await count_existing(raw_redis, keys) <= 5_000 - deletion.deleted
+    assert redis_cache.pending == 0  # not replayed ahead of request-path commands
+    # The rest goes on in the background, not left to expire with the tokens.
+    for _ in range(200):
+        if await count_existing(raw_redis, keys) == 0:
+            break
+        await asyncio.sleep(0.02)
     assert await count_existing(raw_redis, keys) == 0
     assert await raw_redis.exists(group) == 0
 
