@@ -85,7 +85,8 @@ async def judge(
     if route.auth.rate_limits is not None:
         bound = 0.0  # a reused allow is a request no limit counted
     if any(name == "Cookie" for name, _ in decision.headers):
-        bound = 0.0  # another request's cookies, on a cache key that does not hold them
+        bound = 0.0  # this request's cookies: reusable only under a key holding them, which
+        # README's nginx key does; a host proxy's own key might not
     signed = route.auth.identity_token
     if signed is not None and compiled.signing is not None:
         # The allow carries a signed identity token, which the signer hands out until
